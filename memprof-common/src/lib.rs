@@ -1,0 +1,151 @@
+//! Records the eBPF programs send to userspace through the ring buffer.
+//!
+//! Every record starts with a [`RecordHeader`]; `kind` says which struct follows.
+//! All fields are explicit integers so the layout has no hidden padding.
+#![no_std]
+
+/// What a record is; the value of [`RecordHeader::kind`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A memory syscall returned: [`SyscallRecord`].
+    Syscall = 1,
+    /// A page fault on a user address: [`FaultRecord`].
+    Fault = 2,
+    /// One of the mm's RSS counters changed: [`RssRecord`].
+    Rss = 3,
+    /// A traced process created a new process: [`NewProcessRecord`].
+    NewProcess = 4,
+    /// A traced process called exec: header only.
+    Exec = 5,
+    /// The last thread of a traced process is exiting, address space still intact: header only.
+    Exit = 6,
+}
+
+impl RecordKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Syscall,
+            2 => Self::Fault,
+            3 => Self::Rss,
+            4 => Self::NewProcess,
+            5 => Self::Exec,
+            6 => Self::Exit,
+            _ => return None,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordHeader {
+    pub kind: u32,
+    /// Process id (thread group id) of the task the record is about.
+    pub tgid: u32,
+    /// Thread id of the task that caused it.
+    pub tid: u32,
+    pub _reserved: u32,
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+    pub ts_ns: u64,
+}
+
+/// The first five syscall arguments, as the sys_enter tracepoint gave them.
+pub const SYSCALL_ARGS: usize = 5;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallRecord {
+    pub header: RecordHeader,
+    /// The architecture's syscall number (`__syscall_nr`).
+    pub nr: u32,
+    pub _reserved: u32,
+    /// mmap: addr, len, prot, flags, fd; munmap: addr, len; mremap: addr, old_len,
+    /// new_len, flags, new_addr; brk: brk; mprotect: addr, len, prot; madvise: addr, len, advice.
+    pub args: [u64; SYSCALL_ARGS],
+    /// The syscall's return value (negative errno on failure).
+    pub ret: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultRecord {
+    pub header: RecordHeader,
+    pub address: u64,
+    /// x86 page-fault error code: bit 1 set for a write.
+    pub error_code: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RssRecord {
+    pub header: RecordHeader,
+    /// 0 file, 1 anon, 2 swap entries, 3 shmem (kmem:rss_stat `member`).
+    pub member: u32,
+    pub _reserved: u32,
+    /// The counter's new value in bytes.
+    pub bytes: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NewProcessRecord {
+    pub header: RecordHeader,
+    /// The new process's pid; it is already in the in-kernel filter.
+    pub child_pid: u32,
+    pub _reserved: u32,
+    pub clone_flags: u64,
+}
+
+/// Index of the per-CPU counter of records the ring buffer had no room for.
+pub const COUNTER_LOST: u32 = 0;
+/// Number of per-CPU counters.
+pub const COUNTERS: u32 = 1;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain #[repr(C)] integer structs without padding.
+    unsafe impl aya::Pod for RecordHeader {}
+    unsafe impl aya::Pod for SyscallRecord {}
+    unsafe impl aya::Pod for FaultRecord {}
+    unsafe impl aya::Pod for RssRecord {}
+    unsafe impl aya::Pod for NewProcessRecord {}
+}
+
+/// Where the eBPF programs read each tracepoint field: (tracepoint, field, offset).
+/// The loader checks every entry against the kernel's `format` file before attaching, so a
+/// kernel with another layout is refused by name instead of producing wrong figures.
+pub mod fields {
+    pub type Field = (&'static str, &'static str, usize);
+
+    pub const SYSCALL_NR: Field = ("syscalls/sys_enter_mmap", "__syscall_nr", 8);
+    /// First syscall argument; the others follow 8 bytes apart.
+    pub const SYSCALL_ARG0: Field = ("syscalls/sys_enter_mmap", "addr", 16);
+    pub const SYSCALL_RET: Field = ("syscalls/sys_exit_mmap", "ret", 16);
+    pub const FAULT_ADDRESS: Field = ("exceptions/page_fault_user", "address", 8);
+    pub const FAULT_ERROR_CODE: Field = ("exceptions/page_fault_user", "error_code", 24);
+    pub const RSS_MM_ID: Field = ("kmem/rss_stat", "mm_id", 8);
+    pub const RSS_CURR: Field = ("kmem/rss_stat", "curr", 12);
+    pub const RSS_MEMBER: Field = ("kmem/rss_stat", "member", 16);
+    pub const RSS_SIZE: Field = ("kmem/rss_stat", "size", 24);
+    pub const NEWTASK_PID: Field = ("task/task_newtask", "pid", 8);
+    pub const NEWTASK_CLONE_FLAGS: Field = ("task/task_newtask", "clone_flags", 32);
+    pub const EXIT_GROUP_DEAD: Field = ("sched/sched_process_exit", "group_dead", 32);
+    pub const EXEC_OLD_PID: Field = ("sched/sched_process_exec", "old_pid", 16);
+
+    pub const ALL: [Field; 13] = [
+        SYSCALL_NR,
+        SYSCALL_ARG0,
+        SYSCALL_RET,
+        FAULT_ADDRESS,
+        FAULT_ERROR_CODE,
+        RSS_MM_ID,
+        RSS_CURR,
+        RSS_MEMBER,
+        RSS_SIZE,
+        NEWTASK_PID,
+        NEWTASK_CLONE_FLAGS,
+        EXIT_GROUP_DEAD,
+        EXEC_OLD_PID,
+    ];
+}

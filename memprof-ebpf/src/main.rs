@@ -1,0 +1,276 @@
+//! memprof's kernel side: follow the memory syscalls, page faults and RSS counter changes of
+//! traced processes and send them to userspace as records (see memprof-common).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use memprof_common::{
+    COUNTER_LOST, COUNTERS, FaultRecord, NewProcessRecord, RecordHeader, RecordKind, RssRecord,
+    SYSCALL_ARGS, SyscallRecord, fields,
+};
+
+const CLONE_THREAD: u64 = 0x0001_0000;
+/// Addresses at or above this are the kernel's (x86_64 and arm64 with 48-bit user space).
+const USER_SPACE_END: u64 = 0x0000_8000_0000_0000;
+
+/// The in-kernel filter: pids (thread group ids) being traced. Userspace seeds it; new
+/// processes of traced ones are added at fork, before they first run.
+#[map]
+static MP_TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
+/// Syscall arguments saved at sys_enter, by thread id, until sys_exit gives the result.
+#[map]
+static MP_PENDING: HashMap<u32, SyscallRecord> = HashMap::with_max_entries(16384, 0);
+
+/// mm_id → pid, learnt from rss_stat events of the mm's own tasks, so that counter changes made
+/// by other tasks (reclaim) can be charged to the right process.
+#[map]
+static MP_MM_OWNER: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Threads inside execve. Their faults are skipped: the kernel builds the new image (and
+/// faults on it) before sched_process_exec tells userspace the address space was replaced.
+#[map]
+static MP_EXECING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+
+/// Default size; userspace sets the real one at load time (`--ring-buffer-size`).
+#[map]
+static MP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 25, 0);
+
+#[map]
+static MP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+fn current_ids() -> (u32, u32) {
+    let id = bpf_get_current_pid_tgid();
+    ((id >> 32) as u32, id as u32)
+}
+
+fn is_traced(tgid: u32) -> bool {
+    MP_TRACED.get_ptr(tgid).is_some()
+}
+
+fn header(kind: RecordKind, tgid: u32, tid: u32) -> RecordHeader {
+    RecordHeader {
+        kind: kind as u32,
+        tgid,
+        tid,
+        _reserved: 0,
+        // SAFETY: the helper has no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+/// Sends one record, or counts it as lost when the ring buffer is full.
+fn emit<T: 'static>(record: T) {
+    match MP_EVENTS.reserve::<T>(0) {
+        Some(mut entry) => {
+            entry.write(record);
+            entry.submit(0);
+        }
+        None => {
+            if let Some(lost) = MP_COUNTERS.get_ptr_mut(COUNTER_LOST) {
+                // SAFETY: per-CPU slot, and tracepoint programs do not nest on a CPU.
+                unsafe { *lost += 1 };
+            }
+        }
+    }
+}
+
+fn read<T>(ctx: &TracePointContext, field: fields::Field) -> Result<T, i64> {
+    // SAFETY: the offset was checked against this kernel's tracepoint format by the loader.
+    unsafe { ctx.read_at::<T>(field.2) }.map_err(i64::from)
+}
+
+fn ok(result: Result<u32, i64>) -> u32 {
+    result.unwrap_or(0)
+}
+
+/// Attached to sys_enter of mmap, munmap, mremap, brk, mprotect and madvise.
+#[tracepoint]
+pub fn mp_sys_enter(ctx: TracePointContext) -> u32 {
+    ok(try_sys_enter(&ctx))
+}
+
+fn try_sys_enter(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(0);
+    }
+    let mut record = SyscallRecord {
+        header: header(RecordKind::Syscall, tgid, tid),
+        nr: read::<i32>(ctx, fields::SYSCALL_NR)? as u32,
+        ..Default::default()
+    };
+    for (i, arg) in record.args.iter_mut().enumerate().take(SYSCALL_ARGS) {
+        let (tp, name, offset) = fields::SYSCALL_ARG0;
+        *arg = read::<u64>(ctx, (tp, name, offset + 8 * i))?;
+    }
+    MP_PENDING.insert(tid, record, 0)?;
+    Ok(0)
+}
+
+/// Attached to the matching sys_exit tracepoints.
+#[tracepoint]
+pub fn mp_sys_exit(ctx: TracePointContext) -> u32 {
+    ok(try_sys_exit(&ctx))
+}
+
+fn try_sys_exit(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (_, tid) = current_ids();
+    let Some(pending) = MP_PENDING.get_ptr(tid) else {
+        return Ok(0);
+    };
+    // SAFETY: the entry belongs to this thread, which is the only one that writes or removes it.
+    let mut record = unsafe { *pending };
+    MP_PENDING.remove(tid)?;
+    record.ret = read::<i64>(ctx, fields::SYSCALL_RET)?;
+    // The time the change became visible, not when it was asked for.
+    record.header.ts_ns = header(RecordKind::Syscall, 0, 0).ts_ns;
+    emit(record);
+    Ok(0)
+}
+
+/// Attached to exceptions:page_fault_user and page_fault_kernel (a syscall touching user
+/// memory can grow the stack too).
+#[tracepoint]
+pub fn mp_page_fault(ctx: TracePointContext) -> u32 {
+    ok(try_page_fault(&ctx))
+}
+
+fn try_page_fault(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) || MP_EXECING.get_ptr(tid).is_some() {
+        return Ok(0);
+    }
+    let address = read::<u64>(ctx, fields::FAULT_ADDRESS)?;
+    if address >= USER_SPACE_END {
+        return Ok(0);
+    }
+    emit(FaultRecord {
+        header: header(RecordKind::Fault, tgid, tid),
+        address,
+        error_code: read::<u64>(ctx, fields::FAULT_ERROR_CODE)?,
+    });
+    Ok(0)
+}
+
+/// Attached to kmem:rss_stat.
+#[tracepoint]
+pub fn mp_rss_stat(ctx: TracePointContext) -> u32 {
+    ok(try_rss_stat(&ctx))
+}
+
+fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (current_tgid, tid) = current_ids();
+    let mm_id = read::<u32>(ctx, fields::RSS_MM_ID)?;
+    let tgid = if read::<u32>(ctx, fields::RSS_CURR)? != 0 {
+        if !is_traced(current_tgid) {
+            return Ok(0);
+        }
+        MP_MM_OWNER.insert(mm_id, current_tgid, 0)?;
+        current_tgid
+    } else {
+        // SAFETY: a plain u32 copied out at once.
+        match unsafe { MP_MM_OWNER.get(mm_id) } {
+            Some(&owner) if is_traced(owner) => owner,
+            _ => return Ok(0),
+        }
+    };
+    emit(RssRecord {
+        header: header(RecordKind::Rss, tgid, tid),
+        member: read::<i32>(ctx, fields::RSS_MEMBER)? as u32,
+        _reserved: 0,
+        bytes: read::<i64>(ctx, fields::RSS_SIZE)?,
+    });
+    Ok(0)
+}
+
+/// Attached to task:task_newtask, which runs in the parent before the child can run, so a
+/// traced process's children are traced from their first instruction.
+#[tracepoint]
+pub fn mp_newtask(ctx: TracePointContext) -> u32 {
+    ok(try_newtask(&ctx))
+}
+
+fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, tid) = current_ids();
+    let clone_flags = read::<u64>(ctx, fields::NEWTASK_CLONE_FLAGS)?;
+    if !is_traced(tgid) || clone_flags & CLONE_THREAD != 0 {
+        return Ok(0);
+    }
+    let child_pid = read::<i32>(ctx, fields::NEWTASK_PID)? as u32;
+    MP_TRACED.insert(child_pid, 1, 0)?;
+    emit(NewProcessRecord {
+        header: header(RecordKind::NewProcess, tgid, tid),
+        child_pid,
+        _reserved: 0,
+        clone_flags,
+    });
+    Ok(0)
+}
+
+/// Attached to sys_enter_execve and sys_enter_execveat.
+#[tracepoint]
+pub fn mp_exec_enter(_ctx: TracePointContext) -> u32 {
+    let (tgid, tid) = current_ids();
+    if is_traced(tgid) {
+        let _ = MP_EXECING.insert(tid, 1, 0);
+    }
+    0
+}
+
+/// Attached to sys_exit_execve and sys_exit_execveat: a failed exec leaves the old image.
+#[tracepoint]
+pub fn mp_exec_exit(_ctx: TracePointContext) -> u32 {
+    let (_, tid) = current_ids();
+    let _ = MP_EXECING.remove(tid);
+    0
+}
+
+/// Attached to sched:sched_process_exec.
+#[tracepoint]
+pub fn mp_exec(ctx: TracePointContext) -> u32 {
+    ok(try_exec(&ctx))
+}
+
+fn try_exec(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(0);
+    }
+    // A non-leader thread that execs takes the leader's pid: forget it under its old one.
+    let _ = MP_EXECING.remove(read::<i32>(ctx, fields::EXEC_OLD_PID)? as u32);
+    let _ = MP_EXECING.remove(tid);
+    emit(header(RecordKind::Exec, tgid, tid));
+    Ok(0)
+}
+
+/// Attached to sched:sched_process_exit, which fires before the exiting task drops its mm.
+#[tracepoint]
+pub fn mp_exit(ctx: TracePointContext) -> u32 {
+    ok(try_exit(&ctx))
+}
+
+fn try_exit(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) || read::<u8>(ctx, fields::EXIT_GROUP_DEAD)? == 0 {
+        return Ok(0);
+    }
+    emit(header(RecordKind::Exit, tgid, tid));
+    MP_TRACED.remove(tgid)?;
+    Ok(0)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

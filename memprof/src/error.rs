@@ -1,0 +1,47 @@
+//! Failures a user can act on, each with its own exit code (listed in the README).
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no process with pid {0} (check the pid with `ps -p {0}`)")]
+    NoSuchProcess(u32),
+    #[error(
+        "memprof needs root or the CAP_BPF and CAP_PERFMON capabilities to load eBPF programs: \
+         run it with sudo (missing: {0})"
+    )]
+    InsufficientPrivileges(String),
+    #[error(
+        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}); \
+         mount it with `sudo mount -t tracefs nodev /sys/kernel/tracing`"
+    )]
+    TracefsUnavailable(std::io::Error),
+    #[error(
+        "this kernel lacks the tracepoint {0} that memprof needs (no {1}); \
+         memprof needs Linux 6.2 or newer built with CONFIG_FTRACE_SYSCALLS"
+    )]
+    TracepointMissing(String, PathBuf),
+    #[error(
+        "tracepoint {tracepoint} field `{field}` is at offset {found:?} on this kernel, \
+         memprof expects {expected}"
+    )]
+    TracepointLayout {
+        tracepoint: String,
+        field: String,
+        expected: usize,
+        found: Option<usize>,
+    },
+    #[error("command not found: {0}")]
+    CommandNotFound(String),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::NoSuchProcess(_) => 3,
+            Self::InsufficientPrivileges(_) => 4,
+            Self::TracefsUnavailable(_) => 5,
+            Self::TracepointMissing(..) | Self::TracepointLayout { .. } => 6,
+            Self::CommandNotFound(_) => 7,
+        }
+    }
+}

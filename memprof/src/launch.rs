@@ -1,0 +1,117 @@
+//! Launch mode: start a command so that it is traced from its first instruction.
+//!
+//! The child is forked before memprof loads anything and waits on a pipe; once its pid is in
+//! the in-kernel filter it is released to exec. It asks to be ptraced, so the kernel stops it
+//! right after exec: memprof reads the fresh address space from /proc, then detaches.
+use std::{
+    env,
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{error::Error, process::Snapshot};
+
+/// Finds `program` the way a shell would: as a path when it has a slash, else on $PATH.
+pub fn resolve(program: &str) -> Result<PathBuf, Error> {
+    let executable = |p: &Path| {
+        p.is_file() && {
+            let c = CString::new(p.as_os_str().as_bytes()).unwrap_or_default();
+            // SAFETY: valid NUL-terminated path.
+            unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
+        }
+    };
+    let found = if program.contains('/') {
+        Some(PathBuf::from(program)).filter(|p| executable(p))
+    } else {
+        env::var_os("PATH").and_then(|path| {
+            env::split_paths(&path)
+                .map(|dir| dir.join(program))
+                .find(|p| executable(p))
+        })
+    };
+    found.ok_or_else(|| Error::CommandNotFound(program.to_string()))
+}
+
+/// A forked child waiting for [`Launched::start`] before it execs.
+pub struct Launched {
+    pub pid: u32,
+    go: OwnedFd,
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+impl Launched {
+    /// Forks the child. Call while memprof is single-threaded (before the runtime starts).
+    pub fn fork(path: &Path, args: &[String]) -> anyhow::Result<Self> {
+        let path = CString::new(path.as_os_str().as_bytes())?;
+        let argv: Vec<CString> = args
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = env::vars_os()
+            .map(|(k, v)| CString::new([k.as_bytes(), b"=", v.as_bytes()].concat()))
+            .collect::<Result<_, _>>()?;
+        let pointers = |strings: &[CString]| {
+            let mut p: Vec<*const libc::c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+            p.push(std::ptr::null());
+            p
+        };
+        let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
+        let (wait, go) = pipe().context("pipe")?;
+
+        // SAFETY: the child only calls async-signal-safe functions before exec or _exit.
+        match unsafe { libc::fork() } {
+            -1 => Err(io::Error::last_os_error()).context("fork"),
+            0 => unsafe {
+                libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                let mut byte = 0u8;
+                // EOF means memprof gave up: exit without running the command.
+                if libc::read(wait.as_raw_fd(), (&raw mut byte).cast(), 1) == 1 {
+                    libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+                }
+                libc::_exit(127)
+            },
+            pid => Ok(Self {
+                pid: pid as u32,
+                go,
+            }),
+        }
+    }
+
+    /// Lets the child exec, waits for the stop that follows exec, reads its address space,
+    /// and lets it run.
+    pub fn start(self) -> anyhow::Result<Snapshot> {
+        let pid = self.pid as libc::pid_t;
+        // SAFETY: writing one byte from a valid buffer to our pipe.
+        if unsafe { libc::write(self.go.as_raw_fd(), [1u8].as_ptr().cast(), 1) } != 1 {
+            return Err(io::Error::last_os_error()).context("releasing the command");
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+            return Err(io::Error::last_os_error()).context("waiting for the command to exec");
+        }
+        if !libc::WIFSTOPPED(status) {
+            bail!("the command could not be executed (exit status {status:#x})");
+        }
+        let snapshot = Snapshot::read(self.pid).context("reading the command's address space");
+        // SAFETY: detaching our stopped tracee; signal 0 lets it continue as if never stopped.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+        snapshot
+    }
+}

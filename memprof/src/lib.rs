@@ -1,0 +1,12 @@
+//! memprof: where a process's reserved and resident memory came from, traced with eBPF.
+pub mod cli;
+pub mod error;
+pub mod launch;
+pub mod loader;
+pub mod model;
+pub mod process;
+pub mod procfs;
+pub mod reader;
+pub mod report;
+pub mod run;
+pub mod session;

@@ -1,0 +1,234 @@
+//! Checks the machine, then loads the eBPF programs, attaches them and owns the in-kernel
+//! filter. Everything it loads is released when the [`Probes`] are dropped.
+use std::{fs, io, path::Path};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use memprof_common::{COUNTER_LOST, fields};
+
+use crate::error::Error;
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// The memory syscalls followed, as tracepoint names.
+pub const SYSCALLS: [&str; 6] = ["mmap", "munmap", "mremap", "brk", "mprotect", "madvise"];
+
+/// Every tracepoint memprof attaches to, with the program that handles it.
+fn attachments() -> Vec<(&'static str, String, &'static str)> {
+    let mut all = Vec::new();
+    for name in SYSCALLS {
+        all.push(("syscalls", format!("sys_enter_{name}"), "mp_sys_enter"));
+        all.push(("syscalls", format!("sys_exit_{name}"), "mp_sys_exit"));
+    }
+    for (category, name, program) in [
+        ("syscalls", "sys_enter_execve", "mp_exec_enter"),
+        ("syscalls", "sys_enter_execveat", "mp_exec_enter"),
+        ("syscalls", "sys_exit_execve", "mp_exec_exit"),
+        ("syscalls", "sys_exit_execveat", "mp_exec_exit"),
+        ("exceptions", "page_fault_user", "mp_page_fault"),
+        ("exceptions", "page_fault_kernel", "mp_page_fault"),
+        ("kmem", "rss_stat", "mp_rss_stat"),
+        ("task", "task_newtask", "mp_newtask"),
+        ("sched", "sched_process_exec", "mp_exec"),
+        ("sched", "sched_process_exit", "mp_exit"),
+    ] {
+        all.push((category, name.to_string(), program));
+    }
+    all
+}
+
+/// Refuses early, with the fix named, when memprof cannot load eBPF programs.
+pub fn check_privileges() -> Result<(), Error> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(cap, _)| !has(cap))
+        .map(|(_, name)| name)
+        .collect();
+    Err(Error::InsufficientPrivileges(missing.join(", ")))
+}
+
+/// Mounts tracefs when it is not there yet (aya attaches tracepoints through it).
+pub fn ensure_tracefs() -> Result<bool, Error> {
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(false);
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(Error::TracefsUnavailable)?;
+    if !status.status.success() || !Path::new(TRACEFS).join("events").is_dir() {
+        let why = String::from_utf8_lossy(&status.stderr).trim().to_string();
+        return Err(Error::TracefsUnavailable(io::Error::other(why)));
+    }
+    Ok(true)
+}
+
+/// Checks that each tracepoint exists and that every field the programs read is where they
+/// read it.
+pub fn check_tracepoints(tracefs: &Path) -> Result<(), Error> {
+    for (category, name, _) in attachments() {
+        let dir = tracefs.join("events").join(category).join(&name);
+        if !dir.join("id").exists() {
+            return Err(Error::TracepointMissing(format!("{category}:{name}"), dir));
+        }
+    }
+    check_fields(tracefs, &fields::ALL)
+}
+
+pub fn check_fields(tracefs: &Path, wanted: &[fields::Field]) -> Result<(), Error> {
+    for &(tracepoint, field, expected) in wanted {
+        let path = tracefs.join("events").join(tracepoint).join("format");
+        let format = fs::read_to_string(&path)
+            .map_err(|_| Error::TracepointMissing(tracepoint.replace('/', ":"), path.clone()))?;
+        let found = field_offset(&format, field);
+        if found != Some(expected) {
+            return Err(Error::TracepointLayout {
+                tracepoint: tracepoint.replace('/', ":"),
+                field: field.to_string(),
+                expected,
+                found,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The offset of `field` in a tracepoint `format` file
+/// (`field:unsigned long address;\toffset:8;\tsize:8;\tsigned:0;`).
+fn field_offset(format: &str, field: &str) -> Option<usize> {
+    format.lines().find_map(|line| {
+        let declaration = line.trim().strip_prefix("field:")?.split(';').next()?;
+        let name = declaration.rsplit([' ', '*']).next()?;
+        let name = name.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        let offset = line.split("offset:").nth(1)?.split(';').next()?;
+        offset.trim().parse().ok()
+    })
+}
+
+/// The loaded and attached programs and the maps userspace uses.
+pub struct Probes {
+    /// Kept alive: dropping it detaches and unloads everything.
+    _ebpf: Ebpf,
+    traced: HashMap<MapData, u32, u8>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Probes {
+    /// Loads and attaches everything; returns the probes and the ring buffer of records.
+    pub fn load(ring_buffer_bytes: u32) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+        // Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: plain syscall with a valid pointer.
+        unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("MP_EVENTS", ring_buffer_bytes)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/memprof"
+            )))
+            .context("loading memprof's eBPF programs")?;
+        for (_, program) in ebpf.programs_mut() {
+            let program: &mut TracePoint = program.try_into()?;
+            program
+                .load()
+                .context("the kernel's verifier refused a program")?;
+        }
+        for (category, name, program) in attachments() {
+            let program: &mut TracePoint = ebpf
+                .program_mut(program)
+                .with_context(|| format!("program {program} missing from the eBPF object"))?
+                .try_into()?;
+            program
+                .attach(category, &name)
+                .with_context(|| format!("attaching to {category}:{name}"))?;
+        }
+        let events = RingBuf::try_from(ebpf.take_map("MP_EVENTS").context("MP_EVENTS")?)?;
+        let traced = HashMap::try_from(ebpf.take_map("MP_TRACED").context("MP_TRACED")?)?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("MP_COUNTERS").context("MP_COUNTERS")?)?;
+        let probes = Self {
+            _ebpf: ebpf,
+            traced,
+            counters,
+        };
+        Ok((probes, events))
+    }
+
+    /// Adds a process to the in-kernel filter; its future children follow on their own.
+    pub fn trace(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.traced
+            .insert(pid, 1, 0)
+            .with_context(|| format!("adding pid {pid} to the filter"))
+    }
+
+    /// Records the kernel side could not deliver (ring buffer full), summed over CPUs.
+    pub fn lost_records(&self) -> u64 {
+        self.counters
+            .get(&COUNTER_LOST, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_offsets_are_read_from_a_format_file() {
+        let format = "name: rss_stat\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:unsigned int mm_id;\toffset:8;\tsize:4;\tsigned:0;\n\
+            \tfield:char comm[16];\toffset:12;\tsize:16;\tsigned:0;\n\
+            \tfield:struct clone_args * uargs;\toffset:32;\tsize:8;\tsigned:0;\n";
+        assert_eq!(field_offset(format, "mm_id"), Some(8));
+        assert_eq!(field_offset(format, "comm"), Some(12));
+        assert_eq!(field_offset(format, "uargs"), Some(32));
+        assert_eq!(field_offset(format, "curr"), None);
+    }
+
+    /// Runs against this machine's real tracefs: every tracepoint memprof needs is there with
+    /// the layout the programs read, and one this kernel lacks is refused by name.
+    #[test]
+    fn this_kernel_has_every_tracepoint_and_a_missing_one_is_named() {
+        ensure_tracefs().expect("tracefs (tests run as root)");
+        check_tracepoints(Path::new(TRACEFS)).expect("this kernel's tracepoints");
+        let missing = ("syscalls/sys_enter_memprof_nonexistent", "addr", 16);
+        let err = check_fields(Path::new(TRACEFS), &[missing]).unwrap_err();
+        assert_eq!(err.exit_code(), 6);
+        assert!(
+            err.to_string()
+                .contains("syscalls:sys_enter_memprof_nonexistent")
+        );
+        let moved = ("exceptions/page_fault_user", "address", 16);
+        let err = check_fields(Path::new(TRACEFS), &[moved]).unwrap_err();
+        assert!(
+            err.to_string().contains("`address` is at offset Some(8)"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! One traced process: its address-space model and the figures memprof reports for it,
+//! updated record by record.
+use std::{fs, io};
+
+use memprof_common::{FaultRecord, SyscallRecord};
+use serde::Serialize;
+
+use crate::{
+    model::AddressSpace,
+    procfs::{self, MapsEntry, Status},
+};
+
+/// A figure's value when tracing began, when it ended, and the highest in between.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Extent {
+    pub start: u64,
+    pub end: u64,
+    pub peak: u64,
+}
+
+impl Extent {
+    fn new(value: u64) -> Self {
+        Self {
+            start: value,
+            end: value,
+            peak: value,
+        }
+    }
+
+    fn set(&mut self, value: u64) {
+        self.end = value;
+        self.peak = self.peak.max(value);
+    }
+}
+
+/// Resident bytes by kind, as the kernel's RSS counters split them.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ResidentSplit {
+    pub anon: u64,
+    pub file: u64,
+    pub shmem: u64,
+    pub swap: u64,
+}
+
+impl ResidentSplit {
+    pub fn total(&self) -> u64 {
+        self.anon + self.file + self.shmem
+    }
+
+    fn from_status(status: &Status) -> Self {
+        Self {
+            anon: status.rss_anon,
+            file: status.rss_file,
+            shmem: status.rss_shmem,
+            swap: 0,
+        }
+    }
+
+    /// Applies a kmem:rss_stat update (`member` as the kernel numbers them).
+    fn set(&mut self, member: u32, bytes: u64) {
+        match member {
+            0 => self.file = bytes,
+            1 => self.anon = bytes,
+            2 => self.swap = bytes,
+            3 => self.shmem = bytes,
+            _ => {}
+        }
+    }
+}
+
+/// Records seen for the process, by kind.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct EventCounts {
+    pub mmap: u64,
+    pub munmap: u64,
+    pub mremap: u64,
+    pub brk: u64,
+    pub mprotect: u64,
+    pub madvise: u64,
+    /// Memory syscalls that returned an error (they change nothing).
+    pub failed_syscalls: u64,
+    pub page_faults: u64,
+    /// Stack growth found from faults below a growsdown region.
+    pub stack_growths: u64,
+    pub rss_updates: u64,
+    pub forks: u64,
+    pub execs: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Sample {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub monotonic_ns: u64,
+    pub reserved: u64,
+    pub committed: u64,
+    pub resident: u64,
+}
+
+/// What /proc/PID said at the end, to reconcile against.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ProcCheck {
+    pub vm_size_bytes: u64,
+    pub vm_rss_bytes: u64,
+}
+
+/// The address space of a process as read from /proc at one instant.
+pub struct Snapshot {
+    pub command: String,
+    pub maps: Vec<MapsEntry>,
+    pub start_brk: Option<u64>,
+    pub status: Option<Status>,
+}
+
+impl Snapshot {
+    pub fn read(pid: u32) -> io::Result<Self> {
+        let maps = procfs::read_smaps(pid)?;
+        if maps.is_empty() {
+            // A zombie or a kernel thread: nothing to seed from.
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no address space"));
+        }
+        Ok(Self {
+            command: read_command(pid).unwrap_or_default(),
+            maps,
+            start_brk: procfs::read_start_brk(pid).ok().flatten(),
+            status: procfs::read_status(pid).ok().flatten(),
+        })
+    }
+}
+
+pub fn read_command(pid: u32) -> io::Result<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline"))?;
+    let words: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    if words.is_empty() {
+        return fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| format!("[{}]", c.trim()));
+    }
+    Ok(words.join(" "))
+}
+
+pub struct Process {
+    pub pid: u32,
+    pub command: String,
+    pub space: AddressSpace,
+    pub resident_split: ResidentSplit,
+    pub resident_split_start: ResidentSplit,
+    pub reserved: Extent,
+    pub resident: Extent,
+    pub events: EventCounts,
+    pub timeline: Vec<Sample>,
+    pub started_ns: u64,
+    pub ended_ns: Option<u64>,
+    /// Set when the process exited while traced; its figures are frozen from then on.
+    pub exited: bool,
+    /// Why the model may not match the kernel, when memprof knows it does not.
+    pub incomplete: Option<String>,
+    pub proc_check: Option<ProcCheck>,
+    interval_ns: u64,
+    next_sample_ns: u64,
+}
+
+impl Process {
+    /// A process whose address space memprof learnt from /proc at `now_ns`.
+    pub fn from_snapshot(pid: u32, snapshot: Snapshot, now_ns: u64, interval_ns: u64) -> Self {
+        let space = AddressSpace::from_maps(&snapshot.maps, snapshot.start_brk);
+        let split = snapshot
+            .status
+            .as_ref()
+            .map(ResidentSplit::from_status)
+            .unwrap_or_default();
+        Self::new(pid, snapshot.command, space, split, now_ns, interval_ns)
+    }
+
+    /// A child made by fork: a copy of its parent's address space.
+    pub fn forked(parent: &Process, pid: u32, now_ns: u64) -> Self {
+        // The child's RSS counters are its own from the start; read them while we can.
+        let split = procfs::read_status(pid)
+            .ok()
+            .flatten()
+            .map(|s| ResidentSplit::from_status(&s))
+            .unwrap_or(parent.resident_split);
+        Self::new(
+            pid,
+            parent.command.clone(),
+            parent.space.clone(),
+            split,
+            now_ns,
+            parent.interval_ns,
+        )
+    }
+
+    fn new(
+        pid: u32,
+        command: String,
+        space: AddressSpace,
+        resident_split: ResidentSplit,
+        now_ns: u64,
+        interval_ns: u64,
+    ) -> Self {
+        let mut process = Self {
+            pid,
+            command,
+            reserved: Extent::new(space.reserved()),
+            resident: Extent::new(resident_split.total()),
+            space,
+            resident_split,
+            resident_split_start: resident_split,
+            events: EventCounts::default(),
+            timeline: Vec::new(),
+            started_ns: now_ns,
+            ended_ns: None,
+            exited: false,
+            incomplete: None,
+            proc_check: None,
+            interval_ns: interval_ns.max(1),
+            next_sample_ns: now_ns,
+        };
+        process.advance_to(now_ns);
+        process
+    }
+
+    /// Replaces the address space after exec; the figures' history goes on.
+    pub fn exec(&mut self, snapshot: Option<Snapshot>) {
+        self.events.execs += 1;
+        match snapshot {
+            Some(s) => {
+                self.command = s.command;
+                self.space = AddressSpace::from_maps(&s.maps, s.start_brk);
+                if let Some(status) = &s.status {
+                    self.resident_split = ResidentSplit::from_status(status);
+                }
+            }
+            None => {
+                self.space = AddressSpace::new();
+                self.incomplete =
+                    Some("it exec'd and exited before memprof could read its new maps".into());
+            }
+        }
+        self.update_figures();
+    }
+
+    /// Takes timeline samples for every interval boundary up to `ts_ns`, with the state as
+    /// it was before the record stamped `ts_ns` is applied.
+    pub fn advance_to(&mut self, ts_ns: u64) {
+        while self.next_sample_ns <= ts_ns {
+            self.timeline.push(Sample {
+                monotonic_ns: self.next_sample_ns,
+                reserved: self.space.reserved(),
+                committed: self.space.committed(),
+                resident: self.resident_split.total(),
+            });
+            self.next_sample_ns += self.interval_ns;
+        }
+    }
+
+    pub fn apply_syscall(&mut self, record: &SyscallRecord) {
+        let [a0, a1, a2, a3, a4] = record.args;
+        let ret = record.ret;
+        let counter = match i64::from(record.nr) {
+            libc::SYS_mmap => &mut self.events.mmap,
+            libc::SYS_munmap => &mut self.events.munmap,
+            libc::SYS_mremap => &mut self.events.mremap,
+            libc::SYS_brk => &mut self.events.brk,
+            libc::SYS_mprotect => &mut self.events.mprotect,
+            libc::SYS_madvise => &mut self.events.madvise,
+            _ => return,
+        };
+        *counter += 1;
+        // brk reports failure by returning the unchanged break, never a negative value.
+        if ret < 0 {
+            self.events.failed_syscalls += 1;
+            return;
+        }
+        let space = &mut self.space;
+        match i64::from(record.nr) {
+            libc::SYS_mmap => space.mmap(ret as u64, a1, a2, a3, a4 as i64),
+            libc::SYS_munmap => space.munmap(a0, a1),
+            libc::SYS_mremap => space.mremap(a0, a1, a2, a3, ret as u64),
+            libc::SYS_brk => space.brk(ret as u64),
+            libc::SYS_mprotect => space.mprotect(a0, a1, a2),
+            libc::SYS_madvise => space.madvise(a0, a1, a2),
+            _ => unreachable!("filtered above"),
+        }
+        self.update_figures();
+    }
+
+    pub fn apply_fault(&mut self, record: &FaultRecord) {
+        self.events.page_faults += 1;
+        let before = self.space.reserved();
+        self.space.fault(record.address, record.error_code);
+        if self.space.reserved() != before {
+            self.events.stack_growths += 1;
+            self.update_figures();
+        }
+    }
+
+    pub fn apply_rss(&mut self, member: u32, bytes: i64) {
+        self.events.rss_updates += 1;
+        self.resident_split.set(member, bytes.max(0) as u64);
+        self.resident.set(self.resident_split.total());
+    }
+
+    fn update_figures(&mut self) {
+        self.reserved.set(self.space.reserved());
+        self.resident.set(self.resident_split.total());
+    }
+
+    /// Fills in the paths of file mappings made since the last call, while the process lives.
+    pub fn name_files(&mut self) {
+        if self.exited || !self.space.has_unnamed_files() {
+            return;
+        }
+        if let Ok(maps) = procfs::read_maps(self.pid) {
+            self.space.name_files(&maps);
+        }
+    }
+
+    /// Ends tracing of this process at `ts_ns` (its exit, or the end of the run).
+    pub fn finish(&mut self, ts_ns: u64, exited: bool) {
+        if self.ended_ns.is_some() {
+            return;
+        }
+        self.advance_to(ts_ns);
+        self.name_files();
+        self.ended_ns = Some(ts_ns);
+        self.exited = exited;
+        if !exited {
+            self.proc_check = procfs::read_status(self.pid)
+                .ok()
+                .flatten()
+                .map(|s| ProcCheck {
+                    vm_size_bytes: s.vm_size,
+                    vm_rss_bytes: s.vm_rss,
+                });
+        }
+    }
+
+    pub fn traced_ns(&self) -> u64 {
+        self.ended_ns.unwrap_or(self.started_ns) - self.started_ns
+    }
+}

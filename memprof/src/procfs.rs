@@ -1,0 +1,325 @@
+//! Parsers of the /proc text memprof reconciles against, and thin readers around them.
+//!
+//! Parsers take the file's text and skip what they do not understand rather than fail:
+//! /proc formats grow new fields, and a line torn by a concurrent mapping change must
+//! not take the profiler down.
+
+use std::{fs, io};
+
+/// Access bits of a mapping, as the `rwxp` column of /proc/PID/maps shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Perms {
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+}
+
+impl Perms {
+    /// The `PROT_*` bits (READ=1, WRITE=2, EXEC=4) these permissions stand for.
+    pub fn prot(self) -> u32 {
+        u32::from(self.read) | u32::from(self.write) << 1 | u32::from(self.exec) << 2
+    }
+}
+
+/// One line of /proc/PID/maps, with what memprof needs from its smaps block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapsEntry {
+    pub start: u64,
+    pub end: u64,
+    pub perms: Perms,
+    pub offset: u64,
+    pub inode: u64,
+    /// None for anonymous memory; otherwise as the kernel prints it: "[heap]",
+    /// "/usr/lib/libc.so.6", "/tmp/x (deleted)", ...
+    pub path: Option<String>,
+    /// smaps `Rss`, in bytes; 0 when parsed from plain maps.
+    pub rss_bytes: u64,
+    /// smaps `VmFlags` has `gd` (the mapping grows down, like a stack).
+    pub growsdown: bool,
+}
+
+/// Parses /proc/PID/maps or /proc/PID/smaps text.
+pub fn parse_maps(text: &str) -> Vec<MapsEntry> {
+    let mut entries = Vec::new();
+    for line in text.lines() {
+        if let Some(entry) = parse_maps_line(line) {
+            entries.push(entry);
+        } else if let (Some((key, value)), Some(last)) = (line.split_once(':'), entries.last_mut())
+        {
+            match key {
+                "Rss" => last.rss_bytes = kb(value).unwrap_or(0),
+                "VmFlags" => last.growsdown = value.split_whitespace().any(|f| f == "gd"),
+                _ => {}
+            }
+        }
+    }
+    entries
+}
+
+/// `start-end perms offset dev inode [path]`; the path may contain spaces.
+fn parse_maps_line(line: &str) -> Option<MapsEntry> {
+    let mut rest = line;
+    let mut field = || {
+        let s = rest.trim_start();
+        let (field, tail) = s.split_at(s.find(' ').unwrap_or(s.len()));
+        rest = tail;
+        (!field.is_empty()).then_some(field)
+    };
+    let (start, end) = field()?.split_once('-')?;
+    let perms = field()?.as_bytes();
+    let offset = field()?;
+    let _device = field()?;
+    let inode = field()?.parse().ok()?;
+    let [read, write, exec, share] = *perms else {
+        return None;
+    };
+    let path = rest.trim_start();
+    Some(MapsEntry {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        perms: Perms {
+            read: read == b'r',
+            write: write == b'w',
+            exec: exec == b'x',
+            shared: share == b's',
+        },
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        inode,
+        path: (!path.is_empty()).then(|| path.to_owned()),
+        rss_bytes: 0,
+        growsdown: false,
+    })
+}
+
+/// The memory figures of /proc/PID/status, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Status {
+    pub vm_size: u64,
+    pub vm_rss: u64,
+    pub rss_anon: u64,
+    pub rss_file: u64,
+    pub rss_shmem: u64,
+}
+
+/// Parses /proc/PID/status; None when the memory fields are absent (kernel threads,
+/// zombies).
+pub fn parse_status(text: &str) -> Option<Status> {
+    let [
+        mut vm_size,
+        mut vm_rss,
+        mut rss_anon,
+        mut rss_file,
+        mut rss_shmem,
+    ] = [None; 5];
+    for (key, value) in text.lines().filter_map(|l| l.split_once(':')) {
+        let slot = match key {
+            "VmSize" => &mut vm_size,
+            "VmRSS" => &mut vm_rss,
+            "RssAnon" => &mut rss_anon,
+            "RssFile" => &mut rss_file,
+            "RssShmem" => &mut rss_shmem,
+            _ => continue,
+        };
+        *slot = kb(value);
+    }
+    Some(Status {
+        vm_size: vm_size?,
+        vm_rss: vm_rss?,
+        rss_anon: rss_anon?,
+        rss_file: rss_file?,
+        rss_shmem: rss_shmem?,
+    })
+}
+
+/// `   1234 kB` → 1234 * 1024.
+fn kb(value: &str) -> Option<u64> {
+    value
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1024)
+}
+
+/// Field 47 (start_brk) of /proc/PID/stat; None when absent or 0 (no mm, or the reader
+/// may not see it).
+pub fn parse_start_brk(stat: &str) -> Option<u64> {
+    // comm (field 2) may hold spaces and ')': fields resume after the last ')', with field 3.
+    let (_, fields) = stat.rsplit_once(')')?;
+    let start_brk = fields.split_ascii_whitespace().nth(47 - 3)?.parse().ok()?;
+    (start_brk != 0).then_some(start_brk)
+}
+
+/// /proc/PID/{file} as text; file names in maps need not be UTF-8, so replace what is not.
+fn read(pid: u32, file: &str) -> io::Result<String> {
+    let bytes = fs::read(format!("/proc/{pid}/{file}"))?;
+    Ok(String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+pub fn read_maps(pid: u32) -> io::Result<Vec<MapsEntry>> {
+    Ok(parse_maps(&read(pid, "maps")?))
+}
+
+pub fn read_smaps(pid: u32) -> io::Result<Vec<MapsEntry>> {
+    Ok(parse_maps(&read(pid, "smaps")?))
+}
+
+pub fn read_status(pid: u32) -> io::Result<Option<Status>> {
+    Ok(parse_status(&read(pid, "status")?))
+}
+
+pub fn read_start_brk(pid: u32) -> io::Result<Option<u64>> {
+    Ok(parse_start_brk(&read(pid, "stat")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+563fc5e76000-563fc5e78000 r--p 00000000 fe:00 247030                     /usr/bin/cat
+563fc5e78000-563fc5e7d000 r-xp 00002000 fe:00 247030                     /usr/bin/cat
+563fc6453000-563fc6474000 rw-p 00000000 00:00 0                          [heap]
+7fc14a905000-7fc14a927000 rw-p 00000000 00:00 0 
+7fc14a982000-7fc14a983000 r--p 00000000 fe:00 316538                     /opt/My App/data file.bin
+7fc14ab6d000-7fc14ab74000 r--s 00000000 fe:00 325745                     /tmp/gone (deleted)
+7fc14ab74000-7fc14ab75000 ---p 00000000 00:00 0 
+7fc14ab77000-7fc14ab7b000 r--p 00000000 00:00 0                          [vvar]
+7ffde5413000-7ffde5434000 rw-p 00000000 00:00 0                          [stack]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+";
+
+    #[test]
+    fn maps_lines() {
+        let e = parse_maps(MAPS);
+        assert_eq!(e.len(), 10);
+        assert_eq!(
+            e[1],
+            MapsEntry {
+                start: 0x563fc5e78000,
+                end: 0x563fc5e7d000,
+                perms: Perms {
+                    read: true,
+                    write: false,
+                    exec: true,
+                    shared: false
+                },
+                offset: 0x2000,
+                inode: 247030,
+                path: Some("/usr/bin/cat".into()),
+                rss_bytes: 0,
+                growsdown: false,
+            }
+        );
+        assert_eq!(e[1].perms.prot(), 5);
+        assert_eq!(e[2].path.as_deref(), Some("[heap]"));
+        assert_eq!(e[3].path, None, "trailing space, no path");
+        assert_eq!(e[4].path.as_deref(), Some("/opt/My App/data file.bin"));
+        assert_eq!(e[5].path.as_deref(), Some("/tmp/gone (deleted)"));
+        assert!(e[5].perms.shared && e[5].perms.read);
+        assert_eq!(e[6].perms.prot(), 0);
+        assert!(!e[8].growsdown, "plain maps has no VmFlags");
+        assert_eq!(e[9].path.as_deref(), Some("[vsyscall]"));
+        assert_eq!(
+            (e[9].start, e[9].end),
+            (0xffffffffff600000, 0xffffffffff601000)
+        );
+    }
+
+    #[test]
+    fn maps_skips_malformed_lines() {
+        let text = "garbage\n1000-zz rw-p 0 00:00 0\n1000-2000 rw 0 00:00 0\n1000-2000 rw-p 0\n\
+                    3000-4000 rw-p 00000000 00:00 0\n";
+        let e = parse_maps(text);
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].start, e[0].end), (0x3000, 0x4000));
+    }
+
+    #[test]
+    fn smaps_blocks() {
+        let text = "\
+563fc6453000-563fc6474000 rw-p 00000000 00:00 0                          [heap]
+Size:                132 kB
+KernelPageSize:        4 kB
+MMUPageSize:           4 kB
+Rss:                  12 kB
+Pss:                  12 kB
+Anonymous:            12 kB
+THPeligible:           0
+VmFlags: rd wr mr mw me ac 
+7ffde5413000-7ffde5434000 rw-p 00000000 00:00 0                          [stack]
+Size:                132 kB
+Rss:                  16 kB
+Pss:                  16 kB
+Private_Dirty:        16 kB
+VmFlags: rd wr mr mw me gd ac 
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+Size:                  4 kB
+Rss:                   0 kB
+VmFlags: ex 
+";
+        let e = parse_maps(text);
+        assert_eq!(e.len(), 3);
+        assert_eq!((e[0].rss_bytes, e[0].growsdown), (12 << 10, false));
+        assert_eq!((e[1].rss_bytes, e[1].growsdown), (16 << 10, true));
+        assert_eq!(e[1].path.as_deref(), Some("[stack]"));
+        assert_eq!((e[2].rss_bytes, e[2].growsdown), (0, false));
+    }
+
+    #[test]
+    fn status() {
+        let text = "Name:\tcat\nUmask:\t0022\nState:\tR (running)\nVmPeak:\t    3060 kB\n\
+                    VmSize:\t    3060 kB\nVmLck:\t       0 kB\nVmHWM:\t    1720 kB\nVmRSS:\t    1720 kB\n\
+                    RssAnon:\t     116 kB\nRssFile:\t    1604 kB\nRssShmem:\t       0 kB\n\
+                    VmData:\t     360 kB\nThreads:\t1\n";
+        assert_eq!(
+            parse_status(text),
+            Some(Status {
+                vm_size: 3060 << 10,
+                vm_rss: 1720 << 10,
+                rss_anon: 116 << 10,
+                rss_file: 1604 << 10,
+                rss_shmem: 0,
+            })
+        );
+        let kthread = "Name:\tkthreadd\nUmask:\t0000\nState:\tS (sleeping)\nThreads:\t1\n";
+        assert_eq!(parse_status(kthread), None);
+    }
+
+    #[test]
+    fn start_brk() {
+        let stat = "4248 (my (odd) proc) R 4242 4242 3923 0 -1 4194304 101 0 0 0 0 0 0 0 20 0 1 0 \
+                    44139 3133440 358 18446744073709551615 94348393959424 94348393979305 \
+                    140735654220000 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0 94348393995312 94348393996928 \
+                    94348720414720 140735654226659 140735654226679 140735654226679 140735654227947 0\n";
+        assert_eq!(parse_start_brk(stat), Some(94348720414720));
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 9 0 0 \
+                       18446744073709551615 0 0 0 0 0 0 0 2147483647 0 0 0 0 17 0 0 0 0 0 0 0 0 0 \
+                       0 0 0 0 0\n";
+        assert_eq!(parse_start_brk(kthread), None);
+        assert_eq!(parse_start_brk("1 (truncated) R 0"), None);
+    }
+
+    #[test]
+    fn readers_on_self() {
+        let pid = std::process::id();
+        let maps = read_maps(pid).unwrap();
+        let smaps = read_smaps(pid).unwrap();
+        assert!(maps.iter().any(|e| e.path.as_deref() == Some("[stack]")));
+        assert!(
+            smaps
+                .iter()
+                .any(|e| e.growsdown && e.path.as_deref() == Some("[stack]"))
+        );
+        assert!(smaps.iter().any(|e| e.rss_bytes > 0));
+        let status = read_status(pid).unwrap().unwrap();
+        assert!(status.vm_rss > 0 && status.vm_size >= status.vm_rss);
+        let start_brk = read_start_brk(pid).unwrap().unwrap();
+        assert!(
+            maps.iter()
+                .all(|e| e.path.as_deref() != Some("[heap]") || e.start == start_brk)
+        );
+    }
+}

@@ -1,0 +1,191 @@
+//! A tracing session: the probes, the processes being traced, and the loop that applies
+//! records to them until tracing ends.
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::SignalKind,
+};
+
+use crate::{
+    loader::Probes,
+    process::{Process, Snapshot},
+    reader::{self, Record},
+};
+
+/// How one session was started.
+pub enum Origin {
+    /// `--pid N`: ends when that process exits.
+    Attached,
+    /// `-- CMD`: ends when the command and all its descendants have exited. Holds the
+    /// snapshot taken while the command was stopped right after exec.
+    Launched(Option<Snapshot>),
+}
+
+pub struct Session {
+    probes: Probes,
+    pub root: u32,
+    origin: Origin,
+    pub processes: BTreeMap<u32, Process>,
+    interval_ns: u64,
+    pub started_ns: u64,
+    pub ended_ns: u64,
+    /// Records the kernel could not deliver plus records this build could not decode.
+    pub lost_events: u64,
+    undecodable: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns, so records and samples
+/// taken in userspace line up.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Session {
+    pub fn new(probes: Probes, root: u32, origin: Origin, interval: Duration) -> Self {
+        Self {
+            probes,
+            root,
+            origin,
+            processes: BTreeMap::new(),
+            interval_ns: interval.as_nanos() as u64,
+            started_ns: monotonic_ns(),
+            ended_ns: 0,
+            lost_events: 0,
+            undecodable: 0,
+        }
+    }
+
+    /// Attach mode: start from what /proc says now. Records already queued for the process
+    /// replay changes the snapshot may already show; each is a range assignment, so applying
+    /// it again leaves the same result.
+    pub fn seed(&mut self, pid: u32, snapshot: Snapshot) {
+        let process = Process::from_snapshot(pid, snapshot, monotonic_ns(), self.interval_ns);
+        self.processes.insert(pid, process);
+    }
+
+    /// Applies records until tracing ends: Ctrl-C, SIGTERM, `duration`, or the traced
+    /// processes are gone.
+    pub async fn run(
+        &mut self,
+        events: RingBuf<MapData>,
+        duration: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd holds it.
+        let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+            .context("polling the ring buffer")?;
+        let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
+        let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
+        let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(deadline);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                guard = events.readable_mut() => {
+                    let mut guard = guard?;
+                    self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+                _ = &mut deadline, if duration.is_some() => break,
+                _ = tick.tick() => {
+                    for process in self.processes.values_mut() {
+                        process.name_files();
+                    }
+                }
+            }
+            if self.finished() {
+                break;
+            }
+        }
+        // Whatever the kernel committed before the end still counts.
+        self.drain(events.get_mut());
+        self.finish();
+        Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        match self.origin {
+            Origin::Attached => self.processes.get(&self.root).is_some_and(|p| p.exited),
+            Origin::Launched(_) => {
+                !self.processes.is_empty() && self.processes.values().all(|p| p.exited)
+            }
+        }
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            match reader::parse(&item) {
+                Some(record) => self.apply(record),
+                None => self.undecodable += 1,
+            }
+        }
+    }
+
+    fn apply(&mut self, record: Record) {
+        let header = *record.header();
+        if let Record::Exec(_) = record {
+            self.exec(header.tgid, header.ts_ns);
+            return;
+        }
+        let Some(process) = self.processes.get_mut(&header.tgid) else {
+            // Launch mode: the command before its exec is memprof's own fork.
+            return;
+        };
+        if process.exited {
+            return;
+        }
+        process.advance_to(header.ts_ns);
+        match record {
+            Record::Syscall(r) => process.apply_syscall(&r),
+            Record::Fault(r) => process.apply_fault(&r),
+            Record::Rss(r) => process.apply_rss(r.member, r.bytes),
+            Record::NewProcess(r) => {
+                process.events.forks += 1;
+                // The child copies the parent's regions: name them while the parent lives.
+                process.name_files();
+                let child = Process::forked(process, r.child_pid, header.ts_ns);
+                self.processes.insert(r.child_pid, child);
+            }
+            Record::Exit(_) => process.finish(header.ts_ns, true),
+            Record::Exec(_) => unreachable!("handled above"),
+        }
+    }
+
+    fn exec(&mut self, pid: u32, ts_ns: u64) {
+        let snapshot = match &mut self.origin {
+            Origin::Launched(first) if pid == self.root && first.is_some() => first.take(),
+            // Read now: the process runs on, but the records that follow replay onto it.
+            _ => Snapshot::read(pid).ok(),
+        };
+        match self.processes.get_mut(&pid) {
+            Some(process) => {
+                process.advance_to(ts_ns);
+                process.exec(snapshot);
+            }
+            None => {
+                if let Some(snapshot) = snapshot {
+                    let process = Process::from_snapshot(pid, snapshot, ts_ns, self.interval_ns);
+                    self.processes.insert(pid, process);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.ended_ns = monotonic_ns();
+        for process in self.processes.values_mut() {
+            process.finish(self.ended_ns, false);
+        }
+        self.lost_events = self.probes.lost_records() + self.undecodable;
+    }
+}

@@ -32,6 +32,11 @@ static MP_PENDING: HashMap<u32, SyscallRecord> = HashMap::with_max_entries(16384
 #[map]
 static MP_MM_OWNER: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
 
+/// pid → its mm_id, to forget MP_MM_OWNER's entry when the mm goes away (exec, exit): a
+/// freed mm is reused by other processes, whose counter changes must not be charged here.
+#[map]
+static MP_MM_OF: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
+
 /// Threads inside execve. Their faults are skipped: the kernel builds the new image (and
 /// faults on it) before sched_process_exec tells userspace the address space was replaced.
 #[map]
@@ -51,6 +56,15 @@ fn current_ids() -> (u32, u32) {
 
 fn is_traced(tgid: u32) -> bool {
     MP_TRACED.get_ptr(tgid).is_some()
+}
+
+/// Stops charging counter changes of `tgid`'s current mm to it.
+fn forget_mm(tgid: u32) {
+    // SAFETY: a plain u32 copied out at once.
+    if let Some(&mm_id) = unsafe { MP_MM_OF.get(tgid) } {
+        let _ = MP_MM_OWNER.remove(mm_id);
+        let _ = MP_MM_OF.remove(tgid);
+    }
 }
 
 fn header(kind: RecordKind, tgid: u32, tid: u32) -> RecordHeader {
@@ -171,12 +185,17 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
         if !is_traced(current_tgid) {
             return Ok(0);
         }
-        MP_MM_OWNER.insert(mm_id, current_tgid, 0)?;
+        // SAFETY: a plain u32 copied out at once.
+        if unsafe { MP_MM_OF.get(current_tgid) } != Some(&mm_id) {
+            MP_MM_OF.insert(current_tgid, mm_id, 0)?;
+            MP_MM_OWNER.insert(mm_id, current_tgid, 0)?;
+        }
         current_tgid
     } else {
-        // SAFETY: a plain u32 copied out at once.
+        // SAFETY: plain u32s copied out at once.
         match unsafe { MP_MM_OWNER.get(mm_id) } {
-            Some(&owner) if is_traced(owner) => owner,
+            // Still the owner's current mm: mm_ids of freed mms are reused.
+            Some(&owner) if unsafe { MP_MM_OF.get(owner) } == Some(&mm_id) => owner,
             _ => return Ok(0),
         }
     };
@@ -245,6 +264,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i64> {
     // A non-leader thread that execs takes the leader's pid: forget it under its old one.
     let _ = MP_EXECING.remove(read::<i32>(ctx, fields::EXEC_OLD_PID)? as u32);
     let _ = MP_EXECING.remove(tid);
+    forget_mm(tgid);
     emit(header(RecordKind::Exec, tgid, tid));
     Ok(0)
 }
@@ -261,6 +281,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     emit(header(RecordKind::Exit, tgid, tid));
+    forget_mm(tgid);
     MP_TRACED.remove(tgid)?;
     Ok(0)
 }

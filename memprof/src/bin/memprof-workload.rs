@@ -1,0 +1,299 @@
+//! A workload whose memory operations are known, for memprof's integration tests and demo.
+//!
+//! It runs fixed steps (mmap, mprotect, madvise, munmap, mremap, brk, a file mapping, a thread,
+//! stack growth), each followed by a checkpoint: one JSON line on stdout with the kernel's own
+//! VmSize and VmRSS at that moment, then a pause without memory operations.
+
+use anyhow::{Context, Result, anyhow, bail};
+use libc::c_int;
+use std::{
+    fs::File,
+    hint::black_box,
+    io::{self, Read, Write},
+    mem::ManuallyDrop,
+    os::fd::{AsRawFd, FromRawFd},
+    process, ptr, thread,
+    time::Duration,
+};
+
+const USAGE: &str = "usage: memprof-workload [--pause-ms N] [--hold-ms N] [--wait-stdin]";
+const MIB: usize = 1 << 20;
+const GIB: usize = 1 << 30;
+/// The smallest page size Linux uses: writing every 4 KiB touches every page whatever its size.
+const PAGE: usize = 4096;
+const RW: c_int = libc::PROT_READ | libc::PROT_WRITE;
+const ANON: c_int = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+
+/// Contents of the mapped file: real data, so that its pages are page cache, not holes.
+static FILE_PAGE: [u8; PAGE] = [0xa5; PAGE];
+
+struct Options {
+    pause: Duration,
+    hold: Duration,
+    wait_stdin: bool,
+}
+
+fn main() -> Result<()> {
+    let options = parse_args()?;
+    if options.wait_stdin {
+        emit(format!("ready {}\n", process::id()).as_bytes())?;
+        io::stdin().read_line(&mut String::new())?;
+    }
+    let checkpoint = |name: &str| {
+        checkpoint(name)?;
+        thread::sleep(options.pause);
+        Ok::<_, anyhow::Error>(())
+    };
+
+    let base = mmap(GIB, libc::PROT_NONE, ANON | libc::MAP_NORESERVE, -1)?;
+    checkpoint("reserve")?;
+
+    // SAFETY (every unsafe block below): the memory changed or touched is in mappings that
+    // this program made, holds no Rust values, and is mapped writable where it is written.
+    unsafe { mprotect(base, 256 * MIB, RW)? };
+    checkpoint("commit")?;
+
+    unsafe { touch(base, 64 * MIB) };
+    checkpoint("touch")?;
+
+    // Replaces 48..64 MiB (touched) and 64..80 MiB (untouched) of the reservation.
+    let fixed = base.wrapping_add(48 * MIB);
+    unsafe { mmap_fixed(fixed, 32 * MIB)? };
+    unsafe { touch(fixed, 8 * MIB) };
+    checkpoint("map_fixed")?;
+
+    unsafe { madvise(base, 16 * MIB, libc::MADV_DONTNEED)? };
+    checkpoint("dontneed")?;
+
+    unsafe { munmap(base.wrapping_add(GIB - 128 * MIB), 128 * MIB)? };
+    // Splits the reservation in two.
+    unsafe { munmap(base.wrapping_add(512 * MIB), 16 * MIB)? };
+    checkpoint("munmap")?;
+
+    let grown = mmap(16 * MIB, RW, ANON, -1)?;
+    unsafe { touch(grown, 16 * MIB) };
+    let grown = unsafe { mremap(grown, 16 * MIB, 32 * MIB, libc::MREMAP_MAYMOVE)? };
+    unsafe { touch(grown.wrapping_add(16 * MIB), 16 * MIB) };
+    unsafe { mremap(grown, 32 * MIB, 8 * MIB, 0)? };
+    checkpoint("mremap")?;
+
+    // The raw syscall: glibc's brk() returns no address, and sbrk() answers from a cache.
+    let start = unsafe { libc::syscall(libc::SYS_brk, 0) } as *mut u8;
+    unsafe { brk(start.wrapping_add(8 * MIB))? };
+    unsafe { touch(start, 8 * MIB) };
+    unsafe { brk(start.wrapping_add(4 * MIB))? };
+    checkpoint("brk")?;
+
+    map_file()?;
+    checkpoint("file")?;
+
+    // Besides its 8 MiB mapping and its 2 MiB stack, the thread's first malloc (in std) gets it
+    // glibc's own arena: 64 MiB reserved, 132 KiB of it committed. The stack stays cached.
+    let thread_mapping = thread::spawn(|| -> Result<usize> {
+        let mapping = mmap(8 * MIB, RW, ANON, -1)?;
+        unsafe { touch(mapping, 8 * MIB) };
+        black_box(use_stack::<{ 16 << 10 }>(8));
+        Ok(mapping as usize)
+    })
+    .join()
+    .map_err(|_| anyhow!("the workload thread panicked"))??;
+    black_box(thread_mapping);
+    checkpoint("thread")?;
+
+    // 32 frames of 64 KiB grow the main thread's stack VMA by about 2 MiB, for good.
+    black_box(use_stack::<{ 64 << 10 }>(32));
+    checkpoint("stack")?;
+
+    checkpoint("end")?;
+    thread::sleep(options.hold);
+    Ok(())
+}
+
+fn parse_args() -> Result<Options> {
+    let mut options = Options {
+        pause: Duration::from_millis(300),
+        hold: Duration::ZERO,
+        wait_stdin: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut millis = || -> Result<Duration> {
+            let value = args
+                .next()
+                .with_context(|| format!("{arg} needs a value\n{USAGE}"))?;
+            let millis = value
+                .parse()
+                .with_context(|| format!("{arg} {value}: not a number"))?;
+            Ok(Duration::from_millis(millis))
+        };
+        match arg.as_str() {
+            "--pause-ms" => options.pause = millis()?,
+            "--hold-ms" => options.hold = millis()?,
+            "--wait-stdin" => options.wait_stdin = true,
+            _ => bail!("unknown argument {arg}\n{USAGE}"),
+        }
+    }
+    Ok(options)
+}
+
+/// Prints the checkpoint line. Nothing here allocates, so the figures read are the ones the
+/// line reports and a tracer sees no memory operation of the checkpoint itself.
+fn checkpoint(name: &str) -> Result<()> {
+    let mut status = [0u8; 4096];
+    let mut len = 0;
+    let mut file = File::open("/proc/self/status")?;
+    while len < status.len() {
+        match file.read(&mut status[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    let status = &status[..len];
+    let size = status_bytes(status, "VmSize:")?;
+    let rss = status_bytes(status, "VmRSS:")?;
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to fill.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    check(ret != 0, "clock_gettime")?;
+    let ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    let mut line = io::Cursor::new([0u8; 256]);
+    writeln!(
+        line,
+        r#"{{"checkpoint":"{name}","monotonic_ns":{ns},"vm_size_bytes":{size},"vm_rss_bytes":{rss}}}"#
+    )?;
+    emit(&line.get_ref()[..line.position() as usize])?;
+    Ok(())
+}
+
+/// A `Key:   N kB` line of /proc/PID/status, in bytes.
+fn status_bytes(status: &[u8], key: &str) -> Result<u64> {
+    status
+        .split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(key.as_bytes()))
+        .and_then(|value| std::str::from_utf8(value).ok()?.trim().strip_suffix(" kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .with_context(|| format!("no {key} in /proc/self/status"))
+}
+
+/// Writes straight to fd 1: no buffer to allocate or flush, and each line leaves at once.
+fn emit(bytes: &[u8]) -> io::Result<()> {
+    // SAFETY: fd 1 is open for the life of the process; ManuallyDrop never closes it.
+    ManuallyDrop::new(unsafe { File::from_raw_fd(1) }).write_all(bytes)
+}
+
+/// Creates an 8 MiB file, maps it shared read-only, reads every page, and removes its path:
+/// the mapping (file-backed resident memory) stays until exit.
+fn map_file() -> Result<()> {
+    let path = std::env::temp_dir().join(format!("memprof-workload-{}", process::id()));
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    for _ in 0..8 * MIB / PAGE {
+        file.write_all(&FILE_PAGE)?;
+    }
+    let fd = file.as_raw_fd();
+    let mapping = mmap(8 * MIB, libc::PROT_READ, libc::MAP_SHARED, fd)?;
+    let sum = pages(mapping, 8 * MIB)
+        // SAFETY: every page is within the readable mapping.
+        .map(|page| unsafe { page.read_volatile() })
+        .fold(0u8, u8::wrapping_add);
+    black_box(sum);
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+}
+
+/// Uses `depth` stack frames of at least N bytes each, all written.
+#[inline(never)]
+fn use_stack<const N: usize>(depth: usize) -> u8 {
+    if depth == 0 {
+        return 0;
+    }
+    let mut frame = [depth as u8; N];
+    black_box(&mut frame);
+    // The frame is used after the call, so the recursion cannot become a loop reusing it.
+    frame[0].wrapping_add(use_stack::<N>(depth - 1))
+}
+
+fn pages(start: *mut u8, len: usize) -> impl Iterator<Item = *mut u8> {
+    (0..len)
+        .step_by(PAGE)
+        .map(move |offset| start.wrapping_add(offset))
+}
+
+/// Writes one byte to every page of `start..start + len`.
+///
+/// # Safety
+/// The range must be mapped writable and hold no Rust values.
+unsafe fn touch(start: *mut u8, len: usize) {
+    for page in pages(start, len) {
+        // SAFETY: the caller guarantees the page is writable.
+        unsafe { page.write_volatile(1) };
+    }
+}
+
+/// A new mapping, where the kernel chooses (`flags` has no MAP_FIXED).
+fn mmap(len: usize, prot: c_int, flags: c_int, fd: c_int) -> Result<*mut u8> {
+    // SAFETY: a new mapping replaces nothing.
+    let address = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, fd, 0) };
+    check(address == libc::MAP_FAILED, "mmap")?;
+    Ok(address.cast())
+}
+
+// The unsafe wrappers below change existing memory. Safety: the range is part of a mapping
+// this program made and holds no Rust values.
+
+/// A new anonymous read-write mapping replacing whatever was at `addr..addr + len`.
+unsafe fn mmap_fixed(addr: *mut u8, len: usize) -> Result<()> {
+    let flags = ANON | libc::MAP_FIXED;
+    // SAFETY: see above.
+    let address = unsafe { libc::mmap(addr.cast(), len, RW, flags, -1, 0) };
+    check(address == libc::MAP_FAILED, "mmap")
+}
+
+unsafe fn mremap(old: *mut u8, old_len: usize, new_len: usize, flags: c_int) -> Result<*mut u8> {
+    // SAFETY: see above.
+    let address = unsafe { libc::mremap(old.cast(), old_len, new_len, flags) };
+    check(address == libc::MAP_FAILED, "mremap")?;
+    Ok(address.cast())
+}
+
+unsafe fn mprotect(addr: *mut u8, len: usize, prot: c_int) -> Result<()> {
+    // SAFETY: see above.
+    let ret = unsafe { libc::mprotect(addr.cast(), len, prot) };
+    check(ret != 0, "mprotect")
+}
+
+unsafe fn madvise(addr: *mut u8, len: usize, advice: c_int) -> Result<()> {
+    // SAFETY: see above.
+    let ret = unsafe { libc::madvise(addr.cast(), len, advice) };
+    check(ret != 0, "madvise")
+}
+
+unsafe fn munmap(addr: *mut u8, len: usize) -> Result<()> {
+    // SAFETY: see above.
+    let ret = unsafe { libc::munmap(addr.cast(), len) };
+    check(ret != 0, "munmap")
+}
+
+/// Moves the program break with glibc's brk(): the syscall itself plus an update of glibc's
+/// cached break, so that malloc's own later heap growth goes above it instead of cutting it.
+unsafe fn brk(end: *mut u8) -> Result<()> {
+    // SAFETY: see above.
+    let ret = unsafe { libc::brk(end.cast()) };
+    check(ret != 0, "brk")
+}
+
+/// Turns a failed syscall into an error naming it and the errno it left.
+fn check(failed: bool, what: &str) -> Result<()> {
+    if failed {
+        bail!("{what}: {}", io::Error::last_os_error());
+    }
+    Ok(())
+}

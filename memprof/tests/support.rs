@@ -1,0 +1,149 @@
+//! Shared by the integration tests: run memprof and the workload, read their output, and
+//! compare memprof's figures with the kernel's.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, Command, Output, Stdio},
+};
+
+use serde_json::Value;
+
+pub const MEMPROF: &str = env!("CARGO_BIN_EXE_memprof");
+pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_memprof-workload");
+pub const MIB: u64 = 1 << 20;
+
+/// A fresh directory for one test's files.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("memprof-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn memprof() -> Command {
+    let mut cmd = Command::new(MEMPROF);
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+/// What a workload printed at one checkpoint: the kernel's figures at that instant.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub name: String,
+    pub monotonic_ns: u64,
+    pub vm_size: u64,
+    pub vm_rss: u64,
+}
+
+pub fn checkpoints(stdout: &str) -> Vec<Checkpoint> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("{\"checkpoint\""))
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            Checkpoint {
+                name: v["checkpoint"].as_str().unwrap().to_string(),
+                monotonic_ns: v["monotonic_ns"].as_u64().unwrap(),
+                vm_size: v["vm_size_bytes"].as_u64().unwrap(),
+                vm_rss: v["vm_rss_bytes"].as_u64().unwrap(),
+            }
+        })
+        .collect()
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("memprof wrote no {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn process(report: &Value, pid: u64) -> &Value {
+    report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(pid))
+        .unwrap_or_else(|| panic!("pid {pid} not in report: {report:#}"))
+}
+
+pub fn resident_close(ours: u64, kernel: u64) -> bool {
+    let tolerance = (kernel / 100).max(MIB);
+    ours.abs_diff(kernel) <= tolerance
+}
+
+/// Every checkpoint must have timeline samples taken while the workload paused after it, and
+/// each must show reserved == VmSize exactly and resident within max(1%, 1 MiB) of VmRSS.
+pub fn assert_checkpoints_match(process: &Value, checkpoints: &[Checkpoint], pause_ms: u64) {
+    assert!(
+        !checkpoints.is_empty(),
+        "the workload printed no checkpoints"
+    );
+    let timeline = process["timeline"].as_array().unwrap();
+    for c in checkpoints {
+        let (from, to) = (
+            c.monotonic_ns + pause_ms * 1_000_000 / 5,
+            c.monotonic_ns + pause_ms * 1_000_000 * 4 / 5,
+        );
+        let samples: Vec<&Value> = timeline
+            .iter()
+            .filter(|s| (from..to).contains(&s["monotonic_ns"].as_u64().unwrap()))
+            .collect();
+        assert!(
+            !samples.is_empty(),
+            "no timeline sample during checkpoint {}",
+            c.name
+        );
+        for s in samples {
+            let reserved = s["reserved"].as_u64().unwrap();
+            let resident = s["resident"].as_u64().unwrap();
+            assert_eq!(
+                reserved,
+                c.vm_size,
+                "checkpoint {}: reserved {reserved} != VmSize {} (off by {} pages)",
+                c.name,
+                c.vm_size,
+                (reserved as i64 - c.vm_size as i64) / 4096
+            );
+            assert!(
+                resident_close(resident, c.vm_rss),
+                "checkpoint {}: resident {resident} vs VmRSS {}",
+                c.name,
+                c.vm_rss
+            );
+        }
+    }
+}
+
+/// Waits until memprof says it is tracing; returns its stderr for later reading.
+pub fn wait_until_tracing(child: &mut Child) -> BufReader<ChildStderr> {
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "memprof ended before tracing"
+        );
+        if line.contains("tracing pid") {
+            return stderr;
+        }
+    }
+}
+
+pub fn signal(child: &Child, signal: i32) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, signal) };
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

@@ -1,0 +1,316 @@
+//! memprof against real processes on this kernel, checked against /proc.
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    process::{Command, Stdio},
+};
+
+use support::*;
+
+const PAUSE_MS: u64 = 300;
+
+#[test]
+fn launch_mode_is_exact_at_every_checkpoint() {
+    let dir = scratch("launch");
+    let json = dir.join("report.json");
+    let out = run_ok(
+        memprof()
+            .args(["run", "--interval", "20", "--json"])
+            .arg(&json)
+            .arg("--")
+            .args([WORKLOAD, "--pause-ms", &PAUSE_MS.to_string()]),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = read_json(&json);
+    assert_eq!(report["lost_events"], 0);
+    let processes = report["processes"].as_array().unwrap();
+    let workload = processes
+        .iter()
+        .find(|p| p["command"].as_str().unwrap().contains("memprof-workload"))
+        .expect("workload in report");
+    assert_eq!(workload["exited"], true);
+    let checkpoints = checkpoints(&stdout);
+    assert_eq!(checkpoints.last().unwrap().name, "end", "{stdout}");
+    assert_checkpoints_match(workload, &checkpoints, PAUSE_MS);
+    // The stack grew without a syscall, and every kind of change was seen.
+    let events = &workload["events"];
+    for kind in ["mmap", "munmap", "mremap", "brk", "mprotect", "madvise"] {
+        assert!(events[kind].as_u64().unwrap() > 0, "no {kind} in {events}");
+    }
+    assert!(events["stack_growths"].as_u64().unwrap() > 0, "{events}");
+    assert!(stdout.contains("lost events: 0"), "{stdout}");
+}
+
+/// Two memprof runs attached to one process at once both match /proc, and nothing either
+/// loaded into the kernel outlives it.
+#[test]
+fn attach_mode_is_exact_and_two_runs_coexist_and_clean_up() {
+    let dir = scratch("attach");
+    let mut workload = Command::new(WORKLOAD)
+        .args(["--wait-stdin", "--hold-ms", "60000"])
+        .args(["--pause-ms", &PAUSE_MS.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(workload.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    let pid: u64 = ready
+        .strip_prefix("ready ")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let runs: Vec<_> = (0..2)
+        .map(|i| {
+            let json = dir.join(format!("report-{i}.json"));
+            let mut child = memprof()
+                .args([
+                    "run",
+                    "--interval",
+                    "20",
+                    "--pid",
+                    &pid.to_string(),
+                    "--json",
+                ])
+                .arg(&json)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stderr = wait_until_tracing(&mut child);
+            (child, stderr, json)
+        })
+        .collect();
+    let kernel_objects: Vec<BTreeSet<(String, u32)>> = runs
+        .iter()
+        .map(|(child, ..)| bpf_objects_of(child.id()))
+        .collect();
+    for objects in &kernel_objects {
+        assert!(
+            objects.iter().any(|(kind, _)| kind == "prog_id"),
+            "{objects:?}"
+        );
+        assert!(
+            objects.iter().any(|(kind, _)| kind == "map_id"),
+            "{objects:?}"
+        );
+    }
+
+    writeln!(workload.stdin.as_mut().unwrap()).unwrap();
+    let mut stdout = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stdout.push_str(&line);
+        stdout.push('\n');
+        if line.contains("\"end\"") {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(PAUSE_MS));
+    let checkpoints = checkpoints(&stdout);
+    for (child, mut stderr, json) in runs {
+        signal(&child, libc::SIGINT);
+        let out = child.wait_with_output().unwrap();
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        assert!(out.status.success(), "{}: {rest}", out.status);
+        let report = read_json(&json);
+        assert_eq!(report["lost_events"], 0);
+        let p = process(&report, pid);
+        assert_eq!(p["exited"], false);
+        assert_checkpoints_match(p, &checkpoints, PAUSE_MS);
+        let check = &p["proc_check"];
+        assert_eq!(
+            p["reserved_bytes"]["end"], check["vm_size_bytes"],
+            "{check}"
+        );
+        assert!(resident_close(
+            p["resident_bytes"]["end"].as_u64().unwrap(),
+            check["vm_rss_bytes"].as_u64().unwrap()
+        ));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("(exact)"), "{text}");
+    }
+    let _ = workload.kill();
+    let _ = workload.wait();
+
+    // The kernel frees programs after an RCU grace period and maps after the programs that
+    // use them, so give it a moment before calling anything left behind a leak.
+    let ours: BTreeSet<(String, u32)> = kernel_objects.into_iter().flatten().collect();
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        let alive = live_bpf_objects();
+        left = ours.intersection(&alive).cloned().collect();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        left.is_empty(),
+        "still loaded 10 s after memprof exited: {left:?}"
+    );
+}
+
+/// The eBPF programs, maps and links a process holds, from its fdinfo.
+fn bpf_objects_of(pid: u32) -> BTreeSet<(String, u32)> {
+    let mut objects = BTreeSet::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = fs::read_to_string(entry.unwrap().path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            if let Some((key, value)) = line.split_once(':')
+                && ["prog_id", "map_id", "link_id"].contains(&key)
+            {
+                objects.insert((key.to_string(), value.trim().parse().unwrap()));
+            }
+        }
+    }
+    objects
+}
+
+fn live_bpf_objects() -> BTreeSet<(String, u32)> {
+    let programs = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| ("prog_id".to_string(), p.id()));
+    let maps = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .map(|m| ("map_id".to_string(), m.id()));
+    let links = aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .map(|l| ("link_id".to_string(), l.id()));
+    programs.chain(maps).chain(links).collect()
+}
+
+/// A traced process killed mid-run: the report is still written, with its last state.
+#[test]
+fn a_killed_process_still_gets_its_report() {
+    let dir = scratch("killed");
+    let json = dir.join("report.json");
+    let mut child = memprof()
+        .args(["run", "--json"])
+        .arg(&json)
+        .args(["--", WORKLOAD, "--pause-ms", "2000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stderr = wait_until_tracing(&mut child);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("\"reserve\""), "{first}");
+    let pid = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(&format!(") S {} ", child.id())))
+        })
+        .expect("the workload is memprof's child");
+    // SAFETY: killing the workload we started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let report = read_json(&json);
+    let p = process(&report, u64::from(pid));
+    assert_eq!(p["exited"], true);
+    assert!(
+        p["reserved_bytes"]["end"].as_u64().unwrap() > 1 << 30,
+        "{p}"
+    );
+}
+
+/// A Go program traced from launch: the runtime's start-up reservations show, reserved far
+/// above resident, both exact.
+#[test]
+fn go_program_startup_reservations() {
+    let go = which("go").expect(
+        "`go` is not installed: `cargo xtask setup` installs Debian's golang-go for this test",
+    );
+    let dir = scratch("go");
+    fs::write(dir.join("main.go"), GO_PROGRAM).unwrap();
+    fs::write(dir.join("go.mod"), "module memprofgo\n\ngo 1.19\n").unwrap();
+    run_ok(
+        Command::new(go)
+            .args(["build", "-o", "prog", "."])
+            .current_dir(&dir)
+            .env("GOCACHE", dir.join("cache"))
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off"),
+    );
+    let json = dir.join("report.json");
+    let out = run_ok(
+        memprof()
+            .args(["run", "--interval", "20", "--json"])
+            .arg(&json)
+            .arg("--")
+            .arg(dir.join("prog")),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = read_json(&json);
+    assert_eq!(report["lost_events"], 0);
+    let p = &report["processes"][0];
+    let reserved = p["reserved_bytes"]["end"].as_u64().unwrap();
+    let resident = p["resident_bytes"]["end"].as_u64().unwrap();
+    assert!(
+        reserved > 20 * resident,
+        "reserved {reserved} vs resident {resident}"
+    );
+    assert!(p["events"]["mmap"].as_u64().unwrap() > 5, "{}", p["events"]);
+    assert_checkpoints_match(p, &checkpoints(&stdout), PAUSE_MS);
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .chain(["/usr/lib/go/bin".into(), "/usr/local/go/bin".into()])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Allocates and touches 4 MiB, then prints a checkpoint like the Rust workload's and holds
+/// still for PAUSE_MS.
+const GO_PROGRAM: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+var keep []byte
+
+func kb(status, key string) uint64 {
+	for _, line := range strings.Split(status, "\n") {
+		if strings.HasPrefix(line, key) {
+			f := strings.Fields(line)
+			n, _ := strconv.ParseUint(f[1], 10, 64)
+			return n * 1024
+		}
+	}
+	return 0
+}
+
+func main() {
+	keep = make([]byte, 4<<20)
+	for i := 0; i < len(keep); i += 4096 {
+		keep[i] = 1
+	}
+	raw, _ := os.ReadFile("/proc/self/status")
+	var ts syscall.Timespec
+	syscall.Syscall(syscall.SYS_CLOCK_GETTIME, 1, uintptr(unsafe.Pointer(&ts)), 0)
+	status := string(raw)
+	fmt.Printf("{\"checkpoint\":\"end\",\"monotonic_ns\":%d,\"vm_size_bytes\":%d,\"vm_rss_bytes\":%d}\n",
+		ts.Nano(), kb(status, "VmSize:"), kb(status, "VmRSS:"))
+	time.Sleep(300 * time.Millisecond)
+}
+"#;

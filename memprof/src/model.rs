@@ -10,6 +10,8 @@ use crate::procfs::MapsEntry;
 use std::{cmp::Ordering, collections::BTreeMap, ops::Range, sync::Arc};
 
 pub const PAGE_SIZE: u64 = 4096;
+/// The kernel's default fault_around_bytes (64 KiB), in pages.
+const FAULT_AROUND_PAGES: u64 = 16;
 
 pub const PROT_READ: u32 = 1;
 pub const PROT_WRITE: u32 = 2;
@@ -560,14 +562,26 @@ impl AddressSpace {
     /// A user page fault at `address`; `error_code` is the x86 one (bit 1: write).
     pub fn fault(&mut self, address: u64, error_code: u64) {
         let write = error_code & FAULT_WRITE != 0;
-        let resident = match self.region_at(address) {
-            Some(r) => r.resident_after(write),
-            None => self
-                .grow_stack(address)
-                .is_some_and(|r| r.resident_after(write)),
+        let (resident, around) = match self.region_at(address) {
+            // A read fault on a file maps the neighbours already in the page cache too
+            // ("fault-around"); they usually are, so count the whole window.
+            Some(r) if r.kind == RegionKind::File && !write => {
+                let window = FAULT_AROUND_PAGES * PAGE_SIZE;
+                let aligned = address / window * window;
+                let around = (aligned.max(r.start), (aligned + window).min(r.end));
+                (r.resident_after(write), Some(around))
+            }
+            Some(r) => (r.resident_after(write), None),
+            None => (
+                self.grow_stack(address)
+                    .is_some_and(|r| r.resident_after(write)),
+                None,
+            ),
         };
-        if resident {
-            self.touched.insert(address);
+        match (resident, around) {
+            (true, Some((start, end))) => self.touched.insert_range(start, end),
+            (true, None) => self.touched.insert(address),
+            (false, _) => {}
         }
     }
 
@@ -947,14 +961,37 @@ mod tests {
         s.fault(A + 5, WRITE_FAULT);
         s.fault(A + 6, WRITE_FAULT);
         assert_eq!(s.touched_bytes(), P);
-        s.mmap(B, 2 * P, 1, 0x02, 3); // private file
+        s.mmap(B, 2 * P, 1, 0x02, 3); // private file: a read maps both pages (fault-around)
         s.fault(B, READ_FAULT);
         s.fault(B + P, WRITE_FAULT); // not writable: SIGSEGV
         s.mmap(B + 2 * P, 2 * P, RW, SHARED_ANON, -1);
         s.fault(B + 2 * P, READ_FAULT);
         s.mmap(B + 4 * P, 2 * P, 0, PRIVATE_ANON, -1);
         s.fault(B + 4 * P, WRITE_FAULT);
-        assert_eq!(s.touched_bytes(), 3 * P);
+        assert_eq!(s.touched_bytes(), 4 * P);
+        check(&s);
+    }
+
+    #[test]
+    fn file_read_faults_map_the_aligned_window_within_the_region() {
+        let mut s = AddressSpace::new();
+        let window = FAULT_AROUND_PAGES * P;
+        // The region starts 3 pages into a window and is 40 pages long.
+        let start = 0x7000_0000_0000 + 3 * P;
+        s.mmap(start, 40 * P, 1, 0x02, 3);
+        s.fault(start + P, READ_FAULT);
+        assert_eq!(
+            s.touched_bytes(),
+            window - 3 * P,
+            "clamped to the region's start"
+        );
+        s.fault(start + 38 * P, READ_FAULT);
+        let last_window_start = (start + 38 * P) / window * window;
+        assert_eq!(
+            s.touched_bytes(),
+            window - 3 * P + (start + 40 * P - last_window_start),
+            "clamped to the region's end"
+        );
         check(&s);
     }
 

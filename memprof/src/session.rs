@@ -93,15 +93,15 @@ impl Session {
                     let mut guard = guard?;
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
-                }
-                _ = interrupt.recv() => break,
-                _ = terminate.recv() => break,
-                _ = &mut deadline, if duration.is_some() => break,
-                _ = tick.tick() => {
+                    // Name new file mappings while the process (and its fd) is still there.
                     for process in self.processes.values_mut() {
                         process.name_files();
                     }
                 }
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+                _ = &mut deadline, if duration.is_some() => break,
+                _ = tick.tick() => self.end_vanished(events.get_mut()),
             }
             if self.finished() {
                 break;
@@ -118,6 +118,32 @@ impl Session {
             Origin::Attached => self.processes.get(&self.root).is_some_and(|p| p.exited),
             Origin::Launched(_) => {
                 !self.processes.is_empty() && self.processes.values().all(|p| p.exited)
+            }
+        }
+    }
+
+    /// A process gone from /proc whose exit record never came (it was lost): end it here
+    /// rather than wait for it forever. Checked before draining, so an exit record committed
+    /// before the process vanished has been applied by the time it is judged lost.
+    fn end_vanished(&mut self, ring: &mut RingBuf<MapData>) {
+        let gone: Vec<u32> = self
+            .processes
+            .values()
+            .filter(|p| !p.exited)
+            .map(|p| p.pid)
+            .filter(|pid| {
+                let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit_once(") ")?.1.chars().next());
+                matches!(state, None | Some('Z' | 'X'))
+            })
+            .collect();
+        self.drain(ring);
+        let now = monotonic_ns();
+        for pid in gone {
+            if let Some(process) = self.processes.get_mut(&pid).filter(|p| !p.exited) {
+                process.incomplete = Some("memprof did not see it exit (a lost record)".into());
+                process.finish(now, true);
             }
         }
     }

@@ -44,6 +44,35 @@ fn launch_mode_is_exact_at_every_checkpoint() {
     assert!(stdout.contains("lost events: 0"), "{stdout}");
 }
 
+/// A child the command forks and execs is followed from its first instruction, and its
+/// figures are as exact as the command's own.
+#[test]
+fn forked_children_are_followed_and_exact() {
+    let dir = scratch("fork");
+    let json = dir.join("report.json");
+    // `; true` keeps the shell from exec'ing the workload in place: it must fork.
+    let script = format!("{WORKLOAD} --pause-ms {PAUSE_MS}; true");
+    let out = run_ok(
+        memprof()
+            .args(["run", "--interval", "20", "--json"])
+            .arg(&json)
+            .args(["--", "sh", "-c", &script]),
+    );
+    let report = read_json(&json);
+    assert_eq!(report["lost_events"], 0);
+    let processes = report["processes"].as_array().unwrap();
+    assert!(processes.len() >= 2, "{report:#}");
+    let shell = &processes[0];
+    assert!(shell["events"]["forks"].as_u64().unwrap() >= 1, "{shell}");
+    let workload = processes
+        .iter()
+        .find(|p| p["command"].as_str().unwrap().starts_with(WORKLOAD))
+        .expect("the forked workload is in the report");
+    assert_eq!(workload["events"]["execs"], 1);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_checkpoints_match(workload, &checkpoints(&stdout), PAUSE_MS);
+}
+
 /// Two memprof runs attached to one process at once both match /proc, and nothing either
 /// loaded into the kernel outlives it.
 #[test]

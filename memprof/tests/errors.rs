@@ -38,8 +38,11 @@ fn command_not_found() {
 #[test]
 fn not_root_is_told_to_use_sudo() {
     use std::os::unix::process::CommandExt as _;
-    // Run as `nobody`: memprof refuses before loading anything, and names the fix.
-    let out = memprof()
+    // Run as `nobody`: memprof refuses before loading anything, and names the fix. A copy in
+    // a world-readable place, in case the checkout is not.
+    let copy = scratch("nobody").join("memprof");
+    std::fs::copy(MEMPROF, &copy).unwrap();
+    let out = Command::new(&copy)
         .args(["run", "--", "true"])
         .uid(65534)
         .gid(65534)

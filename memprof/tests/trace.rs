@@ -111,7 +111,8 @@ fn attach_mode_is_exact_and_two_runs_coexist_and_clean_up() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let stderr = wait_until_tracing(&mut child);
+            let (traced, stderr) = wait_until_tracing(&mut child);
+            assert_eq!(u64::from(traced), pid);
             (child, stderr, json)
         })
         .collect();
@@ -230,18 +231,10 @@ fn a_killed_process_still_gets_its_report() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let _stderr = wait_until_tracing(&mut child);
+    let (pid, _stderr) = wait_until_tracing(&mut child);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     assert!(first.contains("\"reserve\""), "{first}");
-    let pid = fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(&format!(") S {} ", child.id())))
-        })
-        .expect("the workload is memprof's child");
     // SAFETY: killing the workload we started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let status = child.wait().unwrap();

@@ -116,8 +116,9 @@ pub fn assert_checkpoints_match(process: &Value, checkpoints: &[Checkpoint], pau
     }
 }
 
-/// Waits until memprof says it is tracing; returns its stderr for later reading.
-pub fn wait_until_tracing(child: &mut Child) -> BufReader<ChildStderr> {
+/// Waits until memprof says it is tracing; returns the traced pid and memprof's stderr for
+/// later reading.
+pub fn wait_until_tracing(child: &mut Child) -> (u32, BufReader<ChildStderr>) {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     loop {
@@ -126,8 +127,9 @@ pub fn wait_until_tracing(child: &mut Child) -> BufReader<ChildStderr> {
             stderr.read_line(&mut line).unwrap() > 0,
             "memprof ended before tracing"
         );
-        if line.contains("tracing pid") {
-            return stderr;
+        if let Some(rest) = line.split("tracing pid ").nth(1) {
+            let pid = rest.split(|c: char| !c.is_ascii_digit()).next().unwrap();
+            return (pid.parse().unwrap(), stderr);
         }
     }
 }

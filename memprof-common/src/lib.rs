@@ -49,8 +49,11 @@ pub struct RecordHeader {
     pub ts_ns: u64,
 }
 
-/// The first five syscall arguments, as the sys_enter tracepoint gave them.
-pub const SYSCALL_ARGS: usize = 5;
+/// The syscall arguments, as the sys_enter tracepoint gave them.
+pub const SYSCALL_ARGS: usize = 6;
+
+/// A stack id that is not there: not asked for, or the kernel could not store it.
+pub const NO_STACK: i32 = -1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -58,8 +61,12 @@ pub struct SyscallRecord {
     pub header: RecordHeader,
     /// The architecture's syscall number (`__syscall_nr`).
     pub nr: u32,
+    /// The caller's user stack in the stack map, or a negative errno / [`NO_STACK`].
+    pub user_stack_id: i32,
+    /// The kernel stack (with `--kernel-stacks`), or a negative errno / [`NO_STACK`].
+    pub kernel_stack_id: i32,
     pub _reserved: u32,
-    /// mmap: addr, len, prot, flags, fd; munmap: addr, len; mremap: addr, old_len,
+    /// mmap: addr, len, prot, flags, fd, offset; munmap: addr, len; mremap: addr, old_len,
     /// new_len, flags, new_addr; brk: brk; mprotect: addr, len, prot; madvise: addr, len, advice.
     pub args: [u64; SYSCALL_ARGS],
     /// The syscall's return value (negative errno on failure).
@@ -73,6 +80,9 @@ pub struct FaultRecord {
     pub address: u64,
     /// x86 page-fault error code: bit 1 set for a write.
     pub error_code: u64,
+    /// The faulting code's user stack when this fault was sampled (`--fault-stacks`).
+    pub stack_id: i32,
+    pub _reserved: u32,
 }
 
 #[repr(C)]
@@ -98,8 +108,10 @@ pub struct NewProcessRecord {
 
 /// Index of the per-CPU counter of records the ring buffer had no room for.
 pub const COUNTER_LOST: u32 = 0;
+/// Index of the per-CPU counter of stacks the stack map had no room for.
+pub const COUNTER_STACKS_LOST: u32 = 1;
 /// Number of per-CPU counters.
-pub const COUNTERS: u32 = 1;
+pub const COUNTERS: u32 = 2;
 
 #[cfg(feature = "user")]
 mod pod {

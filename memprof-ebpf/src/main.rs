@@ -4,15 +4,24 @@
 #![no_main]
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use memprof_common::{
-    COUNTER_LOST, COUNTERS, FaultRecord, NewProcessRecord, RecordHeader, RecordKind, RssRecord,
-    SYSCALL_ARGS, SyscallRecord, fields,
+    COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, FaultRecord, NO_STACK, NewProcessRecord,
+    RecordHeader, RecordKind, RssRecord, SYSCALL_ARGS, SyscallRecord, fields,
 };
+
+/// Set by userspace at load time (`--kernel-stacks`): also record kernel stacks of syscalls.
+#[unsafe(no_mangle)]
+static KERNEL_STACKS: u32 = 0;
+/// Set by userspace at load time (`--fault-stacks`, `--fault-sample`): record the stack of one
+/// fault in this many; 0 records none.
+#[unsafe(no_mangle)]
+static FAULT_STACK_SAMPLE: u32 = 0;
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// Addresses at or above this are the kernel's (x86_64 and arm64 with 48-bit user space).
@@ -48,6 +57,33 @@ static MP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 25, 0);
 
 #[map]
 static MP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
+
+/// Call stacks, de-duplicated by the kernel; records carry their ids. Userspace sets the size.
+#[map]
+static MP_STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+fn config(value: &'static u32) -> u32 {
+    // SAFETY: a valid static; volatile so the compiler keeps the value userspace patched in.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+fn count(counter: u32) {
+    if let Some(slot) = MP_COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: per-CPU slot, and tracepoint programs do not nest on a CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The current user (or kernel) stack's id, or a negative value when there is none.
+fn stack_id(ctx: &TracePointContext, flags: u64) -> i32 {
+    match ctx.get_stackid(&MP_STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(err) => {
+            count(COUNTER_STACKS_LOST);
+            err
+        }
+    }
+}
 
 fn current_ids() -> (u32, u32) {
     let id = bpf_get_current_pid_tgid();
@@ -85,12 +121,7 @@ fn emit<T: 'static>(record: T) {
             entry.write(record);
             entry.submit(0);
         }
-        None => {
-            if let Some(lost) = MP_COUNTERS.get_ptr_mut(COUNTER_LOST) {
-                // SAFETY: per-CPU slot, and tracepoint programs do not nest on a CPU.
-                unsafe { *lost += 1 };
-            }
-        }
+        None => count(COUNTER_LOST),
     }
 }
 
@@ -117,11 +148,18 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<u32, i64> {
     let mut record = SyscallRecord {
         header: header(RecordKind::Syscall, tgid, tid),
         nr: read::<i32>(ctx, fields::SYSCALL_NR)? as u32,
+        user_stack_id: stack_id(ctx, u64::from(BPF_F_USER_STACK)),
+        kernel_stack_id: if config(&KERNEL_STACKS) != 0 {
+            stack_id(ctx, 0)
+        } else {
+            NO_STACK
+        },
         ..Default::default()
     };
+    // Syscalls with fewer arguments have shorter records: what lies past them is ignored.
     for (i, arg) in record.args.iter_mut().enumerate().take(SYSCALL_ARGS) {
         let (tp, name, offset) = fields::SYSCALL_ARG0;
-        *arg = read::<u64>(ctx, (tp, name, offset + 8 * i))?;
+        *arg = read::<u64>(ctx, (tp, name, offset + 8 * i)).unwrap_or(0);
     }
     MP_PENDING.insert(tid, record, 0)?;
     Ok(0)
@@ -164,10 +202,19 @@ fn try_page_fault(ctx: &TracePointContext) -> Result<u32, i64> {
     if address >= USER_SPACE_END {
         return Ok(0);
     }
+    let sample = config(&FAULT_STACK_SAMPLE);
+    // SAFETY: the helper has no preconditions.
+    let sampled = sample == 1 || (sample > 1 && unsafe { bpf_get_prandom_u32() } % sample == 0);
     emit(FaultRecord {
         header: header(RecordKind::Fault, tgid, tid),
         address,
         error_code: read::<u64>(ctx, fields::FAULT_ERROR_CODE)?,
+        stack_id: if sampled {
+            stack_id(ctx, u64::from(BPF_F_USER_STACK))
+        } else {
+            NO_STACK
+        },
+        _reserved: 0,
     });
     Ok(0)
 }

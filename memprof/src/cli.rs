@@ -56,6 +56,25 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 15)]
     pub regions: usize,
 
+    /// Write flame graphs and profiles here: reserved.folded, resident.folded (faults.folded
+    /// with --fault-stacks), reserved.svg, resident.svg, profile.pb.gz (pprof) and report.json.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+
+    /// Also record the kernel stack of each reservation.
+    #[arg(long)]
+    pub kernel_stacks: bool,
+
+    /// Also record the stack of the code that faulted each page in ("made resident by").
+    #[arg(long)]
+    pub fault_stacks: bool,
+
+    /// With --fault-stacks, record the stack of one fault in N (figures scaled by N and
+    /// labelled as estimates).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "fault_stacks",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub fault_sample: u32,
+
     /// Size of the kernel-to-memprof ring buffer in bytes (a power of two, at least 4096).
     #[arg(long, value_name = "BYTES", default_value_t = 32 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,

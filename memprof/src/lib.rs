@@ -1,6 +1,8 @@
 //! memprof: where a process's reserved and resident memory came from, traced with eBPF.
+pub mod attribution;
 pub mod cli;
 pub mod error;
+pub mod export;
 pub mod launch;
 pub mod loader;
 pub mod model;
@@ -10,3 +12,6 @@ pub mod reader;
 pub mod report;
 pub mod run;
 pub mod session;
+pub mod symbolize;
+#[cfg(test)]
+mod testing;

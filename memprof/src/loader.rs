@@ -5,10 +5,10 @@ use std::{fs, io, path::Path};
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::TracePoint,
 };
-use memprof_common::{COUNTER_LOST, fields};
+use memprof_common::{COUNTER_LOST, COUNTER_STACKS_LOST, fields};
 
 use crate::error::Error;
 
@@ -126,17 +126,26 @@ fn field_offset(format: &str, field: &str) -> Option<usize> {
     })
 }
 
+/// What the kernel side records.
+pub struct LoadOptions {
+    pub ring_buffer_bytes: u32,
+    pub kernel_stacks: bool,
+    /// Record the stack of one fault in this many; 0 for none.
+    pub fault_stack_sample: u32,
+}
+
 /// The loaded and attached programs and the maps userspace uses.
 pub struct Probes {
     /// Kept alive: dropping it detaches and unloads everything.
     _ebpf: Ebpf,
     traced: HashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
+    pub stacks: StackTraceMap<MapData>,
 }
 
 impl Probes {
     /// Loads and attaches everything; returns the probes and the ring buffer of records.
-    pub fn load(ring_buffer_bytes: u32) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+    pub fn load(options: &LoadOptions) -> anyhow::Result<(Self, RingBuf<MapData>)> {
         // Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
         let unlimited = libc::rlimit {
             rlim_cur: libc::RLIM_INFINITY,
@@ -145,8 +154,11 @@ impl Probes {
         // SAFETY: plain syscall with a valid pointer.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
+        let kernel_stacks = u32::from(options.kernel_stacks);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("MP_EVENTS", ring_buffer_bytes)
+            .map_max_entries("MP_EVENTS", options.ring_buffer_bytes)
+            .override_global("KERNEL_STACKS", &kernel_stacks, true)
+            .override_global("FAULT_STACK_SAMPLE", &options.fault_stack_sample, true)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/memprof"
@@ -170,10 +182,12 @@ impl Probes {
         let events = RingBuf::try_from(ebpf.take_map("MP_EVENTS").context("MP_EVENTS")?)?;
         let traced = HashMap::try_from(ebpf.take_map("MP_TRACED").context("MP_TRACED")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("MP_COUNTERS").context("MP_COUNTERS")?)?;
+        let stacks = StackTraceMap::try_from(ebpf.take_map("MP_STACKS").context("MP_STACKS")?)?;
         let probes = Self {
             _ebpf: ebpf,
             traced,
             counters,
+            stacks,
         };
         Ok((probes, events))
     }
@@ -187,8 +201,17 @@ impl Probes {
 
     /// Records the kernel side could not deliver (ring buffer full), summed over CPUs.
     pub fn lost_records(&self) -> u64 {
+        self.counter(COUNTER_LOST)
+    }
+
+    /// Stacks the kernel could not store (stack map full or a hash collision).
+    pub fn lost_stacks(&self) -> u64 {
+        self.counter(COUNTER_STACKS_LOST)
+    }
+
+    fn counter(&self, index: u32) -> u64 {
         self.counters
-            .get(&COUNTER_LOST, 0)
+            .get(&index, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }

@@ -88,6 +88,13 @@ impl RegionKind {
     }
 }
 
+/// A call stack that made memory, as an index into the session's table of sites.
+pub type SiteId = u32;
+/// Regions that existed before tracing began (seeded from /proc).
+pub const SITE_BEFORE_TRACING: SiteId = 0;
+/// Regions whose creating stack could not be captured.
+pub const SITE_NO_STACK: SiteId = 1;
+
 /// One mapping, like a line of /proc/PID/maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Region {
@@ -102,6 +109,10 @@ pub struct Region {
     pub growsdown: bool,
     /// Resident bytes smaps reported at attach (pages touched before memprof looked).
     pub seeded_resident: u64,
+    /// Offset in the mapped file of `start` (meaningful for file regions).
+    pub offset: u64,
+    /// The call stack that reserved this region ("reserved at").
+    pub site: SiteId,
 }
 
 impl Region {
@@ -289,6 +300,8 @@ pub struct AddressSpace {
     totals: Totals,
     touched: PageSet,
     brk: Option<u64>,
+    /// Bytes unmapped, by site id.
+    released: Vec<u64>,
 }
 
 impl AddressSpace {
@@ -317,6 +330,8 @@ impl AddressSpace {
                 path: path.map(|p| intern(&mut last_path, p)),
                 growsdown: e.growsdown || kind == RegionKind::MainStack,
                 seeded_resident: e.rss_bytes,
+                offset: e.offset,
+                site: SITE_BEFORE_TRACING,
             });
         }
         // The heap's end stands in for brk: both round up to the same page.
@@ -409,7 +424,17 @@ impl AddressSpace {
 
     /// `addr` is the syscall's return value. File mappings get their path from
     /// `name_files`.
-    pub fn mmap(&mut self, addr: u64, len: u64, prot: u64, flags: u64, fd: i64) {
+    #[allow(clippy::too_many_arguments)] // mmap's own six arguments, and who called it
+    pub fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        prot: u64,
+        flags: u64,
+        fd: i64,
+        offset: u64,
+        site: SiteId,
+    ) {
         let align = if flags & MAP_HUGETLB != 0 {
             match flags >> MAP_HUGE_SHIFT & MAP_HUGE_MASK {
                 0 => 1 << DEFAULT_HUGE_SHIFT,
@@ -434,6 +459,8 @@ impl AddressSpace {
             path: None,
             growsdown: flags & MAP_GROWSDOWN != 0,
             seeded_resident: 0,
+            offset,
+            site,
         });
         if flags & (MAP_POPULATE | MAP_LOCKED) != 0 {
             // Population writes only where a write is allowed (and breaks COW).
@@ -442,7 +469,7 @@ impl AddressSpace {
     }
 
     pub fn munmap(&mut self, addr: u64, len: u64) {
-        self.clear(addr, page_end(addr, len));
+        self.release(addr, page_end(addr, len));
     }
 
     /// `new_addr` is the syscall's return value: `old_addr` when resized in place.
@@ -462,7 +489,7 @@ impl AddressSpace {
             }
         } else if new_addr == old_addr {
             match new_len.cmp(&old_len) {
-                Ordering::Less => self.clear(new_end, old_end),
+                Ordering::Less => self.release(new_end, old_end),
                 Ordering::Greater => _ = self.extend_end(old_end, new_end, |_| true),
                 Ordering::Equal => {}
             }
@@ -490,7 +517,7 @@ impl AddressSpace {
             } else {
                 self.clear(old_addr, old_end);
             }
-            self.clear(new_addr, new_end);
+            self.release(new_addr, new_end);
             for r in pieces {
                 self.insert(r);
             }
@@ -504,16 +531,17 @@ impl AddressSpace {
     }
 
     /// `new_brk` is the syscall's return value (the current break, also on failure).
-    pub fn brk(&mut self, new_brk: u64) {
+    /// Growth made by another call site than the heap's last piece becomes its own region.
+    pub fn brk(&mut self, new_brk: u64, site: SiteId) {
         let Some(old_brk) = self.brk.replace(new_brk) else {
             return;
         };
         let (old_end, new_end) = (align_up(old_brk, PAGE_SIZE), align_up(new_brk, PAGE_SIZE));
         if new_end < old_end {
-            self.clear(new_end, old_end);
+            self.release(new_end, old_end);
         } else if new_end > old_end
             && !self.extend_end(old_end, new_end, |r| {
-                r.kind == RegionKind::Heap && r.prot == HEAP_PROT
+                r.kind == RegionKind::Heap && r.prot == HEAP_PROT && r.site == site
             })
         {
             self.insert(Region {
@@ -525,6 +553,8 @@ impl AddressSpace {
                 path: None,
                 growsdown: false,
                 seeded_resident: 0,
+                offset: 0,
+                site,
             });
         }
     }
@@ -560,29 +590,30 @@ impl AddressSpace {
     }
 
     /// A user page fault at `address`; `error_code` is the x86 one (bit 1: write).
-    pub fn fault(&mut self, address: u64, error_code: u64) {
+    /// Returns the site of the region the fault landed in, if any.
+    pub fn fault(&mut self, address: u64, error_code: u64) -> Option<SiteId> {
         let write = error_code & FAULT_WRITE != 0;
-        let (resident, around) = match self.region_at(address) {
-            // A read fault on a file maps the neighbours already in the page cache too
-            // ("fault-around"); they usually are, so count the whole window.
-            Some(r) if r.kind == RegionKind::File && !write => {
-                let window = FAULT_AROUND_PAGES * PAGE_SIZE;
-                let aligned = address / window * window;
-                let around = (aligned.max(r.start), (aligned + window).min(r.end));
-                (r.resident_after(write), Some(around))
-            }
-            Some(r) => (r.resident_after(write), None),
-            None => (
-                self.grow_stack(address)
-                    .is_some_and(|r| r.resident_after(write)),
-                None,
-            ),
+        let region = match self.region_at(address) {
+            Some(r) => r,
+            None => self.grow_stack(address)?,
         };
+        let (site, resident) = (region.site, region.resident_after(write));
+        // A read fault on a file maps the neighbours already in the page cache too
+        // ("fault-around"); they usually are, so count the whole window.
+        let around = (region.kind == RegionKind::File && !write).then(|| {
+            let window = FAULT_AROUND_PAGES * PAGE_SIZE;
+            let aligned = address / window * window;
+            (
+                aligned.max(region.start),
+                (aligned + window).min(region.end),
+            )
+        });
         match (resident, around) {
             (true, Some((start, end))) => self.touched.insert_range(start, end),
             (true, None) => self.touched.insert(address),
             (false, _) => {}
         }
+        Some(site)
     }
 
     /// The kernel grows a stack (a growsdown region) down to a fault in the gap below it.
@@ -609,8 +640,49 @@ impl AddressSpace {
 
     /// Adds a region where there may be others: what it overlaps goes.
     fn assign(&mut self, r: Region) {
-        self.clear(r.start, r.end);
+        self.release(r.start, r.end);
         self.insert(r);
+    }
+
+    /// Unmaps [start, end) for good, charging the bytes back to the sites that made them.
+    fn release(&mut self, start: u64, end: u64) {
+        self.split_at(start);
+        self.split_at(end);
+        for r in self.regions.range(start..end).map(|(_, r)| r) {
+            let site = r.site as usize;
+            if self.released.len() <= site {
+                self.released.resize(site + 1, 0);
+            }
+            self.released[site] += r.size();
+        }
+        self.clear(start, end);
+    }
+
+    /// The address space after exec: `new`'s regions, this one's history of releases.
+    pub fn replace(&mut self, new: AddressSpace) {
+        let released = std::mem::take(&mut self.released);
+        *self = new;
+        self.released = released;
+    }
+
+    /// A forked child's copy: the same regions, no releases of its own yet.
+    pub fn forked(&self) -> Self {
+        Self {
+            released: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Bytes unmapped so far, by the site that had reserved them.
+    pub fn released(&self, site: SiteId) -> u64 {
+        self.released.get(site as usize).copied().unwrap_or(0)
+    }
+
+    /// Every site that has released bytes, with how many.
+    pub fn released_by_site(&self) -> impl Iterator<Item = (SiteId, u64)> + '_ {
+        (0..)
+            .zip(self.released.iter().copied())
+            .filter(|&(_, bytes)| bytes > 0)
     }
 
     /// Adds a region over free space.
@@ -651,6 +723,7 @@ impl AddressSpace {
         let tail = Region {
             start: addr,
             seeded_resident: r.seeded_resident - head_resident,
+            offset: r.offset + (addr - r.start),
             ..r.clone()
         };
         r.end = addr;
@@ -670,7 +743,7 @@ impl AddressSpace {
     /// Unmaps [end, new_end) and stretches the region ending at `end` over it if `fits`
     /// it; false when there was no such region.
     fn extend_end(&mut self, end: u64, new_end: u64, fits: impl Fn(&Region) -> bool) -> bool {
-        self.clear(end, new_end);
+        self.release(end, new_end);
         let below = end.checked_sub(1).and_then(|a| self.region_at(a));
         let below = below.filter(|r| r.end == end && fits(r));
         let Some(start) = below.map(|r| r.start) else {
@@ -730,7 +803,7 @@ mod tests {
 
     fn anon(addr: u64, pages: u64, prot: u64) -> AddressSpace {
         let mut s = AddressSpace::new();
-        s.mmap(addr, pages * P, prot, PRIVATE_ANON, -1);
+        s.mmap(addr, pages * P, prot, PRIVATE_ANON, -1, 0, 2);
         s
     }
 
@@ -778,8 +851,8 @@ mod tests {
     #[test]
     fn munmap_across_regions_and_holes() {
         let mut s = anon(A, 2, RW);
-        s.mmap(A + 4 * P, 2 * P, 0, PRIVATE_ANON, -1);
-        s.mmap(A + 8 * P, 2 * P, 1, PRIVATE_ANON, -1);
+        s.mmap(A + 4 * P, 2 * P, 0, PRIVATE_ANON, -1, 0, 2);
+        s.mmap(A + 8 * P, 2 * P, 1, PRIVATE_ANON, -1, 0, 2);
         assert_eq!((s.reserved(), s.committed()), (6 * P, 4 * P));
         s.munmap(A + 11 * P, 4 * P); // only a hole
         s.munmap(A + P, 8 * P);
@@ -790,9 +863,9 @@ mod tests {
     #[test]
     fn map_fixed_replaces_parts_of_two_regions() {
         let mut s = anon(A, 4, RW);
-        s.mmap(A + 4 * P, 4 * P, 0, PRIVATE_ANON, -1);
+        s.mmap(A + 4 * P, 4 * P, 0, PRIVATE_ANON, -1, 0, 2);
         s.fault(A + 3 * P, WRITE_FAULT);
-        s.mmap(A + 2 * P, 4 * P, 1, 0x12, 3); // MAP_PRIVATE | MAP_FIXED, a file
+        s.mmap(A + 2 * P, 4 * P, 1, 0x12, 3, 0, 2); // MAP_PRIVATE | MAP_FIXED, a file
         assert_eq!(
             spans(&s),
             [
@@ -881,7 +954,7 @@ mod tests {
     #[test]
     fn mremap_old_len_zero_duplicates_shared_mapping() {
         let mut s = AddressSpace::new();
-        s.mmap(A, 4 * P, RW, SHARED_ANON, -1);
+        s.mmap(A, 4 * P, RW, SHARED_ANON, -1, 0, 2);
         s.fault(A, READ_FAULT);
         s.mremap(A, 0, 4 * P, MAYMOVE, B);
         assert_eq!(spans(&s), [(A, A + 4 * P, 3), (B, B + 4 * P, 3)]);
@@ -896,28 +969,28 @@ mod tests {
     fn brk_grows_and_shrinks_the_heap() {
         const H: u64 = 0x5600_0000_0000;
         let mut s = AddressSpace::from_maps(&[], Some(H));
-        s.brk(H); // brk(0) answers the current break
+        s.brk(H, 2); // brk(0) answers the current break
         assert_eq!(spans(&s), []);
-        s.brk(H + 0x1234);
+        s.brk(H + 0x1234, 2);
         assert_eq!(spans(&s), [(H, H + 2 * P, 3)]);
-        s.brk(H + 0x5123);
+        s.brk(H + 0x5123, 2);
         assert_eq!(spans(&s), [(H, H + 6 * P, 3)], "grew the same region");
         assert_eq!(s.region_label(s.region_at(H).unwrap()), "heap");
         s.fault(H + 5 * P, WRITE_FAULT);
-        s.brk(H + 0x1800);
+        s.brk(H + 0x1800, 2);
         assert_eq!(
             spans(&s),
             [(H, H + 2 * P, 3)],
             "down to the page holding the break"
         );
         assert_eq!((s.touched_bytes(), s.brk_value()), (0, Some(H + 0x1800)));
-        s.brk(H + 0x1900);
+        s.brk(H + 0x1900, 2);
         assert_eq!(spans(&s), [(H, H + 2 * P, 3)]);
-        s.brk(H);
+        s.brk(H, 2);
         assert_eq!((s.reserved(), s.committed()), (0, 0));
 
         let mut unknown = AddressSpace::new();
-        unknown.brk(H + 0x1234);
+        unknown.brk(H + 0x1234, 2);
         assert_eq!(
             (spans(&unknown), unknown.brk_value()),
             (vec![], Some(H + 0x1234))
@@ -961,15 +1034,59 @@ mod tests {
         s.fault(A + 5, WRITE_FAULT);
         s.fault(A + 6, WRITE_FAULT);
         assert_eq!(s.touched_bytes(), P);
-        s.mmap(B, 2 * P, 1, 0x02, 3); // private file: a read maps both pages (fault-around)
+        s.mmap(B, 2 * P, 1, 0x02, 3, 0, 2); // private file: a read maps both pages (fault-around)
         s.fault(B, READ_FAULT);
         s.fault(B + P, WRITE_FAULT); // not writable: SIGSEGV
-        s.mmap(B + 2 * P, 2 * P, RW, SHARED_ANON, -1);
+        s.mmap(B + 2 * P, 2 * P, RW, SHARED_ANON, -1, 0, 2);
         s.fault(B + 2 * P, READ_FAULT);
-        s.mmap(B + 4 * P, 2 * P, 0, PRIVATE_ANON, -1);
+        s.mmap(B + 4 * P, 2 * P, 0, PRIVATE_ANON, -1, 0, 2);
         s.fault(B + 4 * P, WRITE_FAULT);
         assert_eq!(s.touched_bytes(), 4 * P);
         check(&s);
+    }
+
+    #[test]
+    fn releases_are_charged_to_the_site_that_reserved() {
+        let mut s = AddressSpace::new();
+        s.mmap(A, 8 * P, RW, PRIVATE_ANON, -1, 0, 5);
+        s.mmap(A + 2 * P, 2 * P, RW, PRIVATE_ANON | 0x10, -1, 0, 6); // MAP_FIXED
+        assert_eq!(s.released(5), 2 * P, "MAP_FIXED replaced part of site 5");
+        s.munmap(A, 3 * P);
+        assert_eq!((s.released(5), s.released(6)), (4 * P, P));
+        s.mremap(A + 4 * P, 4 * P, 2 * P, 0, A + 4 * P);
+        assert_eq!(s.released(5), 6 * P);
+        let sites: Vec<(u64, SiteId)> = s.regions().map(|r| (r.size(), r.site)).collect();
+        assert_eq!(sites, [(P, 6), (2 * P, 5)]);
+        assert_eq!(
+            s.forked().released(5),
+            0,
+            "a child has released nothing yet"
+        );
+        let mut after_exec = s.clone();
+        after_exec.replace(AddressSpace::new());
+        assert_eq!((after_exec.reserved(), after_exec.released(5)), (0, 6 * P));
+    }
+
+    #[test]
+    fn heap_growth_from_another_site_is_its_own_region() {
+        let mut s = AddressSpace::from_maps(&[], Some(A));
+        s.brk(A + 2 * P, 7);
+        s.brk(A + 4 * P, 7);
+        s.brk(A + 5 * P, 8);
+        let sites: Vec<(u64, u64, SiteId)> =
+            s.regions().map(|r| (r.start, r.end, r.site)).collect();
+        assert_eq!(sites, [(A, A + 4 * P, 7), (A + 4 * P, A + 5 * P, 8)]);
+        s.brk(A + P, 9);
+        assert_eq!((s.released(7), s.released(8)), (3 * P, P));
+    }
+
+    #[test]
+    fn split_file_regions_keep_their_file_offsets() {
+        let mut s = AddressSpace::new();
+        s.mmap(A, 4 * P, 1, 0x02, 3, 0x10000, 2);
+        s.mprotect(A + P, P, 5);
+        let offsets: Vec<u64> = s.regions().map(|r| r.offset).collect();
+        assert_eq!(offsets, [0x10000, 0x10000 + P, 0x10000 + 2 * P]);
     }
 
     #[test]
@@ -978,7 +1095,7 @@ mod tests {
         let window = FAULT_AROUND_PAGES * P;
         // The region starts 3 pages into a window and is 40 pages long.
         let start = 0x7000_0000_0000 + 3 * P;
-        s.mmap(start, 40 * P, 1, 0x02, 3);
+        s.mmap(start, 40 * P, 1, 0x02, 3, 0, 2);
         s.fault(start + P, READ_FAULT);
         assert_eq!(
             s.touched_bytes(),
@@ -998,7 +1115,7 @@ mod tests {
     #[test]
     fn madvise_dontneed_forgets_pages() {
         let mut s = AddressSpace::from_maps(&[entry(A, A + 8 * P, "rw-p", None, 4 * P)], None);
-        s.mmap(B, 4 * P, RW, PRIVATE_ANON, -1);
+        s.mmap(B, 4 * P, RW, PRIVATE_ANON, -1, 0, 2);
         for page in 0..3 {
             s.fault(B + page * P, WRITE_FAULT);
         }
@@ -1014,9 +1131,9 @@ mod tests {
     #[test]
     fn populate_marks_resident_pages() {
         let mut s = AddressSpace::new();
-        s.mmap(A, 4 * P, RW, PRIVATE_ANON | MAP_POPULATE, -1);
+        s.mmap(A, 4 * P, RW, PRIVATE_ANON | MAP_POPULATE, -1, 0, 2);
         assert_eq!(s.touched_bytes(), 4 * P);
-        s.mmap(B, 4 * P, 1, PRIVATE_ANON | MAP_POPULATE, -1);
+        s.mmap(B, 4 * P, 1, PRIVATE_ANON | MAP_POPULATE, -1, 0, 2);
         assert_eq!(
             s.touched_bytes(),
             4 * P,
@@ -1033,13 +1150,15 @@ mod tests {
     #[test]
     fn hugetlb_lengths_round_to_the_huge_page() {
         let mut s = AddressSpace::new();
-        s.mmap(A, 1, RW, PRIVATE_ANON | MAP_HUGETLB, -1);
+        s.mmap(A, 1, RW, PRIVATE_ANON | MAP_HUGETLB, -1, 0, 2);
         s.mmap(
             B,
             1,
             RW,
             PRIVATE_ANON | MAP_HUGETLB | 30 << MAP_HUGE_SHIFT,
             -1,
+            0,
+            2,
         );
         assert_eq!(spans(&s), [(A, A + (2 << 20), 3), (B, B + (1 << 30), 3)]);
     }
@@ -1131,7 +1250,7 @@ VmFlags: ex
     #[test]
     fn guard_below_thread_stack() {
         let mut s = AddressSpace::new();
-        s.mmap(A, 16 * P, 0, PRIVATE_ANON | MAP_STACK, -1);
+        s.mmap(A, 16 * P, 0, PRIVATE_ANON | MAP_STACK, -1, 0, 2);
         assert_eq!(
             s.region_label(s.region_at(A).unwrap()),
             "PROT_NONE reservation"
@@ -1144,9 +1263,9 @@ VmFlags: ex
     #[test]
     fn name_files_fills_paths() {
         let mut s = AddressSpace::new();
-        s.mmap(A, 4 * P, 1, 0x02, 3);
+        s.mmap(A, 4 * P, 1, 0x02, 3, 0, 2);
         s.mprotect(A + 2 * P, 2 * P, 5);
-        s.mmap(B, P, RW, PRIVATE_ANON, -1);
+        s.mmap(B, P, RW, PRIVATE_ANON, -1, 0, 2);
         assert!(s.has_unnamed_files());
         let maps = parse_maps(&format!(
             "{:x}-{:x} r--p 00000000 fe:00 7 /usr/lib/libfoo.so\n{:x}-{:x} r-xp 00002000 fe:00 7 /usr/lib/libfoo.so\n",
@@ -1232,6 +1351,8 @@ VmFlags: ex
                         rand(8),
                         flags,
                         if flags & MAP_ANONYMOUS != 0 { -1 } else { 3 },
+                        0,
+                        2,
                     );
                 }
                 2 => s.munmap(addr, len),
@@ -1245,13 +1366,13 @@ VmFlags: ex
                         _ => s.mremap(addr, 0, new_len, MAYMOVE, other),
                     }
                 }
-                5 => s.brk(A + rand(64 * P)),
+                5 => s.brk(A + rand(64 * P), 2),
                 6 => s.madvise(
                     addr,
                     len,
                     [MADV_DONTNEED, MADV_POPULATE_WRITE][rand(2) as usize],
                 ),
-                _ => s.fault(addr + rand(P), rand(8)),
+                _ => _ = s.fault(addr + rand(P), rand(8)),
             }
             check(&s);
         }

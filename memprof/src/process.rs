@@ -1,12 +1,12 @@
 //! One traced process: its address-space model and the figures memprof reports for it,
 //! updated record by record.
-use std::{fs, io};
+use std::{collections::HashMap, fs, io};
 
 use memprof_common::{FaultRecord, SyscallRecord};
 use serde::Serialize;
 
 use crate::{
-    model::AddressSpace,
+    model::{AddressSpace, SiteId},
     procfs::{self, MapsEntry, Status},
 };
 
@@ -157,6 +157,10 @@ pub struct Process {
     /// Why the model may not match the kernel, when memprof knows it does not.
     pub incomplete: Option<String>,
     pub proc_check: Option<ProcCheck>,
+    /// Page faults that landed in each site's regions.
+    pub faults_by_site: HashMap<SiteId, u64>,
+    /// Sampled faults by the stack of the code that faulted ("made resident by").
+    pub faults_by_stack: HashMap<SiteId, u64>,
     interval_ns: u64,
     next_sample_ns: u64,
 }
@@ -184,7 +188,7 @@ impl Process {
         Self::new(
             pid,
             parent.command.clone(),
-            parent.space.clone(),
+            parent.space.forked(),
             split,
             now_ns,
             parent.interval_ns,
@@ -214,6 +218,8 @@ impl Process {
             exited: false,
             incomplete: None,
             proc_check: None,
+            faults_by_site: HashMap::new(),
+            faults_by_stack: HashMap::new(),
             interval_ns: interval_ns.max(1),
             next_sample_ns: now_ns,
         };
@@ -227,13 +233,14 @@ impl Process {
         match snapshot {
             Some(s) => {
                 self.command = s.command;
-                self.space = AddressSpace::from_maps(&s.maps, s.start_brk);
+                self.space
+                    .replace(AddressSpace::from_maps(&s.maps, s.start_brk));
                 if let Some(status) = &s.status {
                     self.resident_split = ResidentSplit::from_status(status);
                 }
             }
             None => {
-                self.space = AddressSpace::new();
+                self.space.replace(AddressSpace::new());
                 self.incomplete =
                     Some("it exec'd and exited before memprof could read its new maps".into());
             }
@@ -255,8 +262,9 @@ impl Process {
         }
     }
 
-    pub fn apply_syscall(&mut self, record: &SyscallRecord) {
-        let [a0, a1, a2, a3, a4] = record.args;
+    /// Applies a memory syscall made from call stack `site`.
+    pub fn apply_syscall(&mut self, record: &SyscallRecord, site: SiteId) {
+        let [a0, a1, a2, a3, a4, a5] = record.args;
         let ret = record.ret;
         let counter = match i64::from(record.nr) {
             libc::SYS_mmap => &mut self.events.mmap,
@@ -275,10 +283,10 @@ impl Process {
         }
         let space = &mut self.space;
         match i64::from(record.nr) {
-            libc::SYS_mmap => space.mmap(ret as u64, a1, a2, a3, a4 as i64),
+            libc::SYS_mmap => space.mmap(ret as u64, a1, a2, a3, a4 as i64, a5, site),
             libc::SYS_munmap => space.munmap(a0, a1),
             libc::SYS_mremap => space.mremap(a0, a1, a2, a3, ret as u64),
-            libc::SYS_brk => space.brk(ret as u64),
+            libc::SYS_brk => space.brk(ret as u64, site),
             libc::SYS_mprotect => space.mprotect(a0, a1, a2),
             libc::SYS_madvise => space.madvise(a0, a1, a2),
             _ => unreachable!("filtered above"),
@@ -286,10 +294,16 @@ impl Process {
         self.update_figures();
     }
 
-    pub fn apply_fault(&mut self, record: &FaultRecord) {
+    /// Applies a page fault; `stack` is the faulting code's site when it was sampled.
+    pub fn apply_fault(&mut self, record: &FaultRecord, stack: Option<SiteId>) {
         self.events.page_faults += 1;
         let before = self.space.reserved();
-        self.space.fault(record.address, record.error_code);
+        if let Some(site) = self.space.fault(record.address, record.error_code) {
+            *self.faults_by_site.entry(site).or_default() += 1;
+        }
+        if let Some(stack) = stack {
+            *self.faults_by_stack.entry(stack).or_default() += 1;
+        }
         if self.space.reserved() != before {
             self.events.stack_growths += 1;
             self.update_figures();

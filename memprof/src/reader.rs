@@ -67,6 +67,8 @@ mod tests {
             },
             address: 0x1000,
             error_code: 2,
+            stack_id: 3,
+            _reserved: 0,
         };
         let bytes = bytes_of(&fault);
         match parse(&bytes) {

@@ -4,16 +4,25 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use std::collections::HashMap;
+
 use crate::{
-    model::{PAGE_SIZE, Region},
+    attribution::{self, Site, SiteFigures},
+    model::{PAGE_SIZE, Region, SiteId},
     process::{EventCounts, Extent, ProcCheck, Process, ResidentSplit, Sample},
     session::Session,
+    symbolize::{Frame, Location, Symbolizer},
 };
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     /// Records the kernel could not deliver to memprof; any figure may be off when not 0.
     pub lost_events: u64,
+    /// Stacks the kernel could not store; their bytes are charged to "[stack not captured]".
+    pub lost_stacks: u64,
+    /// With --fault-stacks, one fault in this many had its stack recorded; the
+    /// `made_resident_faults` figures are scaled by it (estimates when above 1). 0: off.
+    pub fault_sample: u64,
     pub duration_secs: f64,
     pub processes: Vec<ProcessReport>,
 }
@@ -37,7 +46,26 @@ pub struct ProcessReport {
     pub proc_check: Option<ProcCheck>,
     /// Set when memprof knows its model of this process is not complete, and why.
     pub incomplete: Option<String>,
+    /// Call stacks and what each reserved, made resident and released, most reserved first.
+    pub sites: Vec<SiteReport>,
     pub timeline: Vec<Sample>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SiteReport {
+    /// Leaf first, inlined frames included.
+    pub stack: Vec<Frame>,
+    /// The outermost frame is not a thread's entry point: the unwinder (frame pointers)
+    /// stopped early.
+    pub truncated: bool,
+    pub reserved_bytes: u64,
+    pub committed_bytes: u64,
+    pub resident_bytes: u64,
+    /// Page faults in the regions this site reserved.
+    pub faults: u64,
+    pub released_bytes: u64,
+    /// Faults made by code with this stack (`--fault-stacks`; scaled, see `fault_sample`).
+    pub made_resident_faults: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -56,6 +84,8 @@ pub struct RegionReport {
     pub reserved_bytes: u64,
     /// Pages memprof saw made resident (faults, populate) plus what smaps said at attach.
     pub resident_bytes: u64,
+    /// Where it was reserved: the first frame of its site outside the C library.
+    pub site: String,
 }
 
 fn perms(region: &Region) -> String {
@@ -68,22 +98,143 @@ fn perms(region: &Region) -> String {
     s
 }
 
+/// At most `width` characters, an ellipsis marking a cut.
+fn shorten(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut cut: String = s.chars().take(width - 1).collect();
+    cut.push('…');
+    cut
+}
+
 fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
 impl Report {
-    pub fn new(session: &Session) -> Self {
+    /// Symbolizes the sites of every process, so this reads binaries from disk.
+    pub fn new(session: &Session, fault_sample: u32) -> Self {
+        let mut stacks = Stacks {
+            symbolizer: Symbolizer::new(),
+            memo: HashMap::new(),
+            sites: &session.sites,
+        };
+        let processes = session
+            .processes
+            .values()
+            .map(|p| ProcessReport::new(p, &mut stacks, u64::from(fault_sample.max(1))))
+            .collect();
         Self {
             lost_events: session.lost_events,
+            lost_stacks: session.lost_stacks,
+            fault_sample: u64::from(fault_sample),
             duration_secs: secs(session.ended_ns.saturating_sub(session.started_ns)),
-            processes: session.processes.values().map(ProcessReport::new).collect(),
+            processes,
         }
     }
 }
 
+/// Symbolized sites, each done once.
+struct Stacks<'a> {
+    symbolizer: Symbolizer,
+    memo: HashMap<SiteId, Vec<Frame>>,
+    sites: &'a attribution::Sites,
+}
+
+impl Stacks<'_> {
+    fn frames(&mut self, id: SiteId) -> &[Frame] {
+        let Self {
+            symbolizer,
+            memo,
+            sites,
+        } = self;
+        memo.entry(id)
+            .or_insert_with(|| symbolize_site(symbolizer, sites.get(id)))
+    }
+}
+
+fn placeholder_frame(name: &str) -> Frame {
+    Frame {
+        function: name.to_string(),
+        module: None,
+        file: None,
+        line: None,
+        address: 0,
+        module_offset: 0,
+    }
+}
+
+fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
+    if let Some(name) = site.placeholder {
+        return vec![placeholder_frame(name)];
+    }
+    let kernel = site
+        .kernel
+        .iter()
+        .map(|&address| placeholder_frame(&attribution::kernel_symbol(address)));
+    let user: Vec<Frame> = site
+        .user
+        .iter()
+        .flat_map(|f| {
+            let location = match &f.module {
+                Some(path) => Location::Module {
+                    path,
+                    file_offset: f.file_offset,
+                },
+                None => Location::Unknown,
+            };
+            symbolizer.symbolize(f.address, location).to_vec()
+        })
+        .collect();
+    kernel.chain(user).collect()
+}
+
+/// Functions a thread's stack starts in: a stack that ends anywhere else was cut short.
+const STACK_ROOTS: [&str; 8] = [
+    "_start",
+    "__libc_start_main",
+    "__libc_start_call_main",
+    "start_thread",
+    "clone3",
+    "runtime.goexit",
+    "runtime.rt0_go",
+    "runtime.mstart",
+];
+
+fn looks_truncated(frames: &[Frame]) -> bool {
+    frames.last().is_some_and(|f| {
+        f.module.is_some() && !STACK_ROOTS.iter().any(|root| f.function.starts_with(root))
+    })
+}
+
+/// A site's frames from the first one outside the C library and dynamic loader (whose
+/// syscall wrappers every stack starts with); all of them if none is.
+fn own_frames(frames: &[Frame]) -> &[Frame] {
+    let in_libc = |f: &Frame| {
+        f.module.as_deref().is_some_and(|m| {
+            let base = m.rsplit('/').next().unwrap_or(m);
+            base.starts_with("libc.so") || base.starts_with("ld-linux")
+        })
+    };
+    match frames.iter().position(|f| !in_libc(f)) {
+        Some(first) => &frames[first..],
+        None => frames,
+    }
+}
+
+/// The frame that names a site in the region table.
+fn site_name(frames: &[Frame]) -> String {
+    own_frames(frames)
+        .first()
+        .map_or_else(String::new, |f| f.function.clone())
+}
+
 impl ProcessReport {
-    fn new(p: &Process) -> Self {
+    fn new(p: &Process, stacks: &mut Stacks, fault_sample: u64) -> Self {
+        let figures = attribution::charge(p, fault_sample);
+        let mut sites: Vec<(SiteId, SiteFigures)> = figures.into_iter().collect();
+        sites.sort_by_key(|&(id, f)| (std::cmp::Reverse((f.reserved, f.resident)), id));
         let mut regions: Vec<RegionReport> = p
             .space
             .regions()
@@ -95,6 +246,7 @@ impl ProcessReport {
                 path: r.path.as_deref().map(str::to_string),
                 reserved_bytes: r.size(),
                 resident_bytes: p.space.region_resident(r),
+                site: site_name(stacks.frames(r.site)),
             })
             .collect();
         regions.sort_by(|a, b| {
@@ -120,6 +272,22 @@ impl ProcessReport {
             events: p.events,
             proc_check: p.proc_check,
             incomplete: p.incomplete.clone(),
+            sites: sites
+                .into_iter()
+                .map(|(id, f)| {
+                    let stack = stacks.frames(id).to_vec();
+                    SiteReport {
+                        truncated: looks_truncated(&stack),
+                        stack,
+                        reserved_bytes: f.reserved,
+                        committed_bytes: f.committed,
+                        resident_bytes: f.resident,
+                        faults: f.faults,
+                        released_bytes: f.released,
+                        made_resident_faults: f.made_resident_faults,
+                    }
+                })
+                .collect(),
             timeline: p.timeline.clone(),
         }
     }
@@ -162,7 +330,7 @@ impl Report {
     pub fn render(&self, max_regions: usize) -> String {
         let mut out = String::new();
         for p in &self.processes {
-            p.render(&mut out, max_regions);
+            p.render(&mut out, max_regions, self.fault_sample);
         }
         let _ = writeln!(
             out,
@@ -179,7 +347,7 @@ impl Report {
 }
 
 impl ProcessReport {
-    fn render(&self, out: &mut String, max_regions: usize) {
+    fn render(&self, out: &mut String, max_regions: usize, fault_sample: u64) {
         let state = if self.exited {
             "exited while traced"
         } else {
@@ -219,6 +387,10 @@ impl ProcessReport {
             }
         );
         self.render_regions(out, max_regions);
+        self.render_sites(out);
+        if fault_sample > 0 {
+            self.render_fault_stacks(out, fault_sample);
+        }
         let ev = &self.events;
         let _ = writeln!(
             out,
@@ -244,23 +416,25 @@ impl ProcessReport {
     fn render_regions(&self, out: &mut String, max_regions: usize) {
         let _ = writeln!(
             out,
-            "  regions    {} (largest reserved first)\n    {:<25} {:<22} {:<4} {:>10} {:>10}  PATH",
+            "  regions    {} (largest reserved first)\n    {:<25} {:<22} {:<4} {:>10} {:>10}  {:<30} PATH",
             self.regions.len(),
             "ADDRESS",
             "KIND",
             "PERM",
             "RESERVED",
-            "RESIDENT"
+            "RESIDENT",
+            "RESERVED AT"
         );
         for r in self.regions.iter().take(max_regions) {
             let row = format!(
-                "    {:012x}-{:012x} {:<22} {:<4} {:>10} {:>10}  {}",
+                "    {:012x}-{:012x} {:<22} {:<4} {:>10} {:>10}  {:<30} {}",
                 r.start,
                 r.end,
                 r.kind,
                 r.perms,
                 bytes(r.reserved_bytes),
                 bytes(r.resident_bytes),
+                shorten(&r.site, 30),
                 r.path.as_deref().unwrap_or("")
             );
             let _ = writeln!(out, "{}", row.trim_end());
@@ -275,6 +449,85 @@ impl ProcessReport {
                 "",
                 bytes(rest.iter().map(|r| r.reserved_bytes).sum()),
                 bytes(rest.iter().map(|r| r.resident_bytes).sum()),
+            );
+        }
+    }
+
+    /// The top sites by reserved and by resident bytes, with the share of what each reserved
+    /// that is resident: the "reserved but never touched" picture.
+    fn render_sites(&self, out: &mut String) {
+        const TOP: usize = 5;
+        let mut by_resident: Vec<&SiteReport> = self.sites.iter().collect();
+        by_resident.sort_by_key(|s| std::cmp::Reverse(s.resident_bytes));
+        for (title, sites) in [
+            ("reserved", self.sites.iter().collect::<Vec<_>>()),
+            ("resident", by_resident),
+        ] {
+            let _ = writeln!(out, "  top sites by {title}:");
+            for s in sites
+                .iter()
+                .take(TOP)
+                .filter(|s| s.reserved_bytes + s.resident_bytes > 0)
+            {
+                let share = match s.reserved_bytes {
+                    0 => String::from("-"),
+                    r => format!("{:.0}%", 100.0 * s.resident_bytes as f64 / r as f64),
+                };
+                let stack: Vec<&str> = own_frames(&s.stack)
+                    .iter()
+                    .take(4)
+                    .map(|f| f.function.as_str())
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "    {:>10} reserved {:>10} resident ({share:>4} of it)  {}{}",
+                    bytes(s.reserved_bytes),
+                    bytes(s.resident_bytes),
+                    stack.join(" < "),
+                    if s.truncated {
+                        " (stack truncated)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        let truncated = self.sites.iter().filter(|s| s.truncated).count();
+        if truncated > 0 {
+            let _ = writeln!(
+                out,
+                "  note       {truncated} of {} stacks look truncated: code without frame \
+                 pointers stops the kernel's unwinder",
+                self.sites.len()
+            );
+        }
+    }
+
+    /// The code that faulted most pages in ("made resident by"), with `--fault-stacks`.
+    fn render_fault_stacks(&self, out: &mut String, fault_sample: u64) {
+        let mut sites: Vec<&SiteReport> = self
+            .sites
+            .iter()
+            .filter(|s| s.made_resident_faults > 0)
+            .collect();
+        sites.sort_by_key(|s| std::cmp::Reverse(s.made_resident_faults));
+        let estimate = if fault_sample > 1 {
+            format!(" (estimates: 1 fault in {fault_sample} sampled)")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(out, "  top code faulting pages in{estimate}:");
+        for s in sites.iter().take(5) {
+            let stack: Vec<&str> = own_frames(&s.stack)
+                .iter()
+                .take(4)
+                .map(|f| f.function.as_str())
+                .collect();
+            let _ = writeln!(
+                out,
+                "    {:>10} faults  {}",
+                s.made_resident_faults,
+                stack.join(" < ")
             );
         }
     }
@@ -315,6 +568,7 @@ impl ProcessReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::assert_snapshot;
 
     fn region(start: u64, end: u64, kind: &'static str, resident: u64) -> RegionReport {
         RegionReport {
@@ -325,6 +579,14 @@ mod tests {
             path: None,
             reserved_bytes: end - start,
             resident_bytes: resident,
+            site: "workload::reserve".into(),
+        }
+    }
+
+    fn frame(function: &str, module: &str) -> Frame {
+        Frame {
+            module: Some(module.into()),
+            ..placeholder_frame(function)
         }
     }
 
@@ -332,6 +594,8 @@ mod tests {
     fn renders_a_fixed_report() {
         let report = Report {
             lost_events: 0,
+            lost_stacks: 0,
+            fault_sample: 4,
             duration_secs: 2.0,
             processes: vec![ProcessReport {
                 pid: 42,
@@ -381,29 +645,37 @@ mod tests {
                     vm_rss_bytes: (64 << 20) + 8192,
                 }),
                 incomplete: None,
+                sites: vec![
+                    SiteReport {
+                        stack: vec![
+                            frame("__mmap64", "/usr/lib/libc.so.6"),
+                            frame("workload::reserve", "/bin/workload"),
+                            frame("workload::main", "/bin/workload"),
+                            frame("__libc_start_main", "/usr/lib/libc.so.6"),
+                        ],
+                        truncated: false,
+                        reserved_bytes: 768 << 20,
+                        committed_bytes: 256 << 20,
+                        resident_bytes: 60 << 20,
+                        faults: 15360,
+                        released_bytes: 0,
+                        made_resident_faults: 0,
+                    },
+                    SiteReport {
+                        stack: vec![frame("runtime.sysMmap", "/bin/go-program")],
+                        truncated: true,
+                        reserved_bytes: 1 << 20,
+                        committed_bytes: 1 << 20,
+                        resident_bytes: 512 << 10,
+                        faults: 128,
+                        released_bytes: 4096,
+                        made_resident_faults: 2048,
+                    },
+                ],
                 timeline: vec![],
             }],
         };
         assert_snapshot("report.txt", &report.render(2));
-    }
-
-    /// Compares with `src/snapshots/NAME`; MEMPROF_UPDATE_SNAPSHOTS=1 rewrites it (review the
-    /// diff before committing).
-    fn assert_snapshot(name: &str, text: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/snapshots")
-            .join(name);
-        if std::env::var_os("MEMPROF_UPDATE_SNAPSHOTS").is_some() {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; MEMPROF_UPDATE_SNAPSHOTS=1 writes it",
-                path.display()
-            )
-        });
-        assert_eq!(text, expected);
     }
 
     #[test]

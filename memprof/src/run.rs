@@ -6,8 +6,9 @@ use anyhow::Context as _;
 use crate::{
     cli::RunArgs,
     error::Error,
+    export::{self, Metric, ProfileInfo, SiteSample},
     launch::{self, Launched},
-    loader::{self, Probes},
+    loader::{self, LoadOptions, Probes},
     process::Snapshot,
     report::Report,
     session::{Origin, Session},
@@ -41,7 +42,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let launched = program
         .map(|path| Launched::fork(&path, &args.command))
         .transpose()?;
-    let (mut probes, events) = Probes::load(args.ring_buffer_size)?;
+    let (mut probes, events) = Probes::load(&LoadOptions {
+        ring_buffer_bytes: args.ring_buffer_size,
+        kernel_stacks: args.kernel_stacks,
+        fault_stack_sample: if args.fault_stacks {
+            args.fault_sample
+        } else {
+            0
+        },
+    })?;
     let interval = Duration::from_millis(args.interval);
     let mut session = match (attach_to, launched) {
         (Some(pid), _) => {
@@ -80,12 +89,88 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         };
     }
 
-    let report = Report::new(&session);
+    let report = Report::new(
+        &session,
+        if args.fault_stacks {
+            args.fault_sample
+        } else {
+            0
+        },
+    );
     print!("{}", report.render(args.regions));
+    let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("memprof: wrote {}", path.display());
+        write(path, json.as_bytes())?;
+    }
+    if let Some(dir) = &args.output {
+        write_output_dir(dir, &report, &json, args.fault_stacks)?;
     }
     Ok(())
+}
+
+fn write(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("memprof: wrote {}", path.display());
+    Ok(())
+}
+
+/// Flame graphs, folded stacks, a pprof profile and the JSON report, in `dir`.
+fn write_output_dir(
+    dir: &Path,
+    report: &Report,
+    json: &str,
+    fault_stacks: bool,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // With several processes, each stack starts at its process.
+    let roots: Vec<Option<String>> = report
+        .processes
+        .iter()
+        .map(|p| {
+            let name = p.command.split_whitespace().next().unwrap_or("?");
+            let name = name.rsplit('/').next().unwrap_or(name);
+            (report.processes.len() > 1).then(|| format!("{name} ({})", p.pid))
+        })
+        .collect();
+    let samples: Vec<SiteSample> = report
+        .processes
+        .iter()
+        .zip(&roots)
+        .flat_map(|(p, root)| {
+            p.sites.iter().map(move |s| SiteSample {
+                frames: &s.stack,
+                root: root.as_deref(),
+                reserved: s.reserved_bytes,
+                resident: s.resident_bytes,
+                faults: s.made_resident_faults,
+            })
+        })
+        .collect();
+    let who = match report.processes.as_slice() {
+        [p] => format!("{} (pid {})", p.command, p.pid),
+        all => format!("{} processes", all.len()),
+    };
+    let mut metrics = vec![
+        (Metric::Reserved, "reserved"),
+        (Metric::Resident, "resident"),
+    ];
+    if fault_stacks {
+        metrics.push((Metric::Faults, "faults"));
+    }
+    for (metric, name) in metrics {
+        let folded = export::folded(&samples, metric);
+        write(&dir.join(format!("{name}.folded")), folded.as_bytes())?;
+        if metric != Metric::Faults {
+            let title = format!("{name} bytes: {who}");
+            let svg = export::flamegraph_svg(&folded, &title, "bytes")?;
+            write(&dir.join(format!("{name}.svg")), svg.as_bytes())?;
+        }
+    }
+    let info = ProfileInfo {
+        duration_nanos: (report.duration_secs * 1e9) as i64,
+        comments: vec![format!("memprof: {who}")],
+        ..Default::default()
+    };
+    write(&dir.join("profile.pb.gz"), &export::pprof(&samples, &info))?;
+    write(&dir.join("report.json"), json.as_bytes())
 }

@@ -10,7 +10,9 @@ use tokio::{
 };
 
 use crate::{
+    attribution::Sites,
     loader::Probes,
+    model::SITE_NO_STACK,
     process::{Process, Snapshot},
     reader::{self, Record},
 };
@@ -29,11 +31,14 @@ pub struct Session {
     pub root: u32,
     origin: Origin,
     pub processes: BTreeMap<u32, Process>,
+    pub sites: Sites,
     interval_ns: u64,
     pub started_ns: u64,
     pub ended_ns: u64,
     /// Records the kernel could not deliver plus records this build could not decode.
     pub lost_events: u64,
+    /// Stacks the kernel could not store: their events are charged to "[stack not captured]".
+    pub lost_stacks: u64,
     undecodable: u64,
 }
 
@@ -56,10 +61,12 @@ impl Session {
             root,
             origin,
             processes: BTreeMap::new(),
+            sites: Sites::default(),
             interval_ns: interval.as_nanos() as u64,
             started_ns: monotonic_ns(),
             ended_ns: 0,
             lost_events: 0,
+            lost_stacks: 0,
             undecodable: 0,
         }
     }
@@ -172,8 +179,30 @@ impl Session {
         }
         process.advance_to(header.ts_ns);
         match record {
-            Record::Syscall(r) => process.apply_syscall(&r),
-            Record::Fault(r) => process.apply_fault(&r),
+            Record::Syscall(r) => {
+                // Only calls that create memory name a site: the others charge the site that
+                // created what they change.
+                let site = if matches!(i64::from(r.nr), libc::SYS_mmap | libc::SYS_brk) {
+                    // Frames in files mapped since the last batch need their paths now.
+                    process.name_files();
+                    let stacks = &self.probes.stacks;
+                    let (user, kernel) = (r.user_stack_id, r.kernel_stack_id);
+                    self.sites
+                        .resolve(header.tgid, user, kernel, &process.space, stacks)
+                } else {
+                    SITE_NO_STACK
+                };
+                process.apply_syscall(&r, site);
+            }
+            Record::Fault(r) => {
+                let stack = (r.stack_id >= 0).then(|| {
+                    process.name_files();
+                    let stacks = &self.probes.stacks;
+                    self.sites
+                        .resolve(header.tgid, r.stack_id, -1, &process.space, stacks)
+                });
+                process.apply_fault(&r, stack);
+            }
             Record::Rss(r) => process.apply_rss(r.member, r.bytes),
             Record::NewProcess(r) => {
                 process.events.forks += 1;
@@ -213,5 +242,6 @@ impl Session {
             process.finish(self.ended_ns, false);
         }
         self.lost_events = self.probes.lost_records() + self.undecodable;
+        self.lost_stacks = self.probes.lost_stacks();
     }
 }

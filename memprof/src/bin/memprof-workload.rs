@@ -16,7 +16,8 @@ use std::{
     time::Duration,
 };
 
-const USAGE: &str = "usage: memprof-workload [--pause-ms N] [--hold-ms N] [--wait-stdin]";
+const USAGE: &str = "usage: memprof-workload [--pause-ms N] [--hold-ms N] [--wait-stdin] \
+                     [--sites] [--fault-rounds N]";
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 /// The smallest page size Linux uses: writing every 4 KiB touches every page whatever its size.
@@ -31,6 +32,10 @@ struct Options {
     pause: Duration,
     hold: Duration,
     wait_stdin: bool,
+    /// Only the call sites of `sites()`, for attribution tests.
+    sites: bool,
+    /// Only this many rounds of `memprof_fault_storm`, 65536 faults each.
+    fault_rounds: usize,
 }
 
 fn main() -> Result<()> {
@@ -44,6 +49,14 @@ fn main() -> Result<()> {
         thread::sleep(options.pause);
         Ok::<_, anyhow::Error>(())
     };
+    if options.sites {
+        sites()?;
+        return checkpoint("end");
+    }
+    if options.fault_rounds > 0 {
+        memprof_fault_storm(options.fault_rounds)?;
+        return checkpoint("end");
+    }
 
     let base = mmap(GIB, libc::PROT_NONE, ANON | libc::MAP_NORESERVE, -1)?;
     checkpoint("reserve")?;
@@ -109,11 +122,57 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Known call sites: attribution tests expect each byte charged to the function named here.
+fn sites() -> Result<()> {
+    let big = memprof_reserve_big()?;
+    memprof_touch_known(big);
+    memprof_reserve_and_touch()
+}
+
+/// Reserves 256 MiB and touches none of it.
+#[inline(never)]
+fn memprof_reserve_big() -> Result<*mut u8> {
+    mmap(256 * MIB, RW, ANON | libc::MAP_NORESERVE, -1)
+}
+
+/// Touches 32 MiB of memory reserved elsewhere.
+#[inline(never)]
+fn memprof_touch_known(start: *mut u8) {
+    // SAFETY: the first 32 MiB of a 256 MiB read-write private mapping of ours.
+    unsafe { touch(start, 32 * MIB) };
+}
+
+/// Reserves 16 MiB and touches 8 MiB of it.
+#[inline(never)]
+fn memprof_reserve_and_touch() -> Result<()> {
+    let start = mmap(16 * MIB, RW, ANON, -1)?;
+    // SAFETY: the first half of a read-write private mapping just made.
+    unsafe { touch(start, 8 * MIB) };
+    Ok(())
+}
+
+/// Faults in every page of 256 MiB, `rounds` times, handing the pages back in between.
+#[inline(never)]
+fn memprof_fault_storm(rounds: usize) -> Result<()> {
+    let len = 256 * MIB;
+    let start = mmap(len, RW, ANON | libc::MAP_NORESERVE, -1)?;
+    for _ in 0..rounds {
+        // SAFETY: a read-write private mapping just made, of `len` bytes.
+        unsafe {
+            touch(start, len);
+            madvise(start, len, libc::MADV_DONTNEED)?;
+        }
+    }
+    Ok(())
+}
+
 fn parse_args() -> Result<Options> {
     let mut options = Options {
         pause: Duration::from_millis(300),
         hold: Duration::ZERO,
         wait_stdin: false,
+        sites: false,
+        fault_rounds: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -130,6 +189,11 @@ fn parse_args() -> Result<Options> {
             "--pause-ms" => options.pause = millis()?,
             "--hold-ms" => options.hold = millis()?,
             "--wait-stdin" => options.wait_stdin = true,
+            "--sites" => options.sites = true,
+            "--fault-rounds" => {
+                let value = args.next().context("--fault-rounds needs a value")?;
+                options.fault_rounds = value.parse().context("--fault-rounds: not a number")?;
+            }
             _ => bail!("unknown argument {arg}\n{USAGE}"),
         }
     }
@@ -239,6 +303,10 @@ unsafe fn touch(start: *mut u8, len: usize) {
 }
 
 /// A new mapping, where the kernel chooses (`flags` has no MAP_FIXED).
+///
+/// Never inlined: glibc's mmap sets up no stack frame, so a frame-pointer unwinder skips the
+/// function that calls it. That is this one, and the caller that matters stays in the stack.
+#[inline(never)]
 fn mmap(len: usize, prot: c_int, flags: c_int, fd: c_int) -> Result<*mut u8> {
     // SAFETY: a new mapping replaces nothing.
     let address = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, fd, 0) };

@@ -149,3 +149,70 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// Builds the test Go program in `dir` with Debian's go; returns its path.
+pub fn build_go_program(dir: &Path) -> PathBuf {
+    let go = which("go").expect(
+        "`go` is not installed: `cargo xtask setup` installs Debian's golang-go for this test",
+    );
+    std::fs::write(dir.join("main.go"), GO_PROGRAM).unwrap();
+    std::fs::write(dir.join("go.mod"), "module memprofgo\n\ngo 1.19\n").unwrap();
+    run_ok(
+        Command::new(go)
+            .args(["build", "-o", "prog", "."])
+            .current_dir(dir)
+            .env("GOCACHE", dir.join("cache"))
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off"),
+    );
+    dir.join("prog")
+}
+
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .chain(["/usr/lib/go/bin".into(), "/usr/local/go/bin".into()])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Allocates and touches 4 MiB, then prints a checkpoint like the Rust workload's and holds
+/// still for PAUSE_MS.
+pub const GO_PROGRAM: &str = r#"package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+var keep []byte
+
+func kb(status, key string) uint64 {
+	for _, line := range strings.Split(status, "\n") {
+		if strings.HasPrefix(line, key) {
+			f := strings.Fields(line)
+			n, _ := strconv.ParseUint(f[1], 10, 64)
+			return n * 1024
+		}
+	}
+	return 0
+}
+
+func main() {
+	keep = make([]byte, 4<<20)
+	for i := 0; i < len(keep); i += 4096 {
+		keep[i] = 1
+	}
+	raw, _ := os.ReadFile("/proc/self/status")
+	var ts syscall.Timespec
+	syscall.Syscall(syscall.SYS_CLOCK_GETTIME, 1, uintptr(unsafe.Pointer(&ts)), 0)
+	status := string(raw)
+	fmt.Printf("{\"checkpoint\":\"end\",\"monotonic_ns\":%d,\"vm_size_bytes\":%d,\"vm_rss_bytes\":%d}\n",
+		ts.Nano(), kb(status, "VmSize:"), kb(status, "VmRSS:"))
+	time.Sleep(300 * time.Millisecond)
+}
+"#;

@@ -1,0 +1,761 @@
+//! Symbolization: turn captured instruction addresses into function names, source files
+//! and lines.
+//!
+//! memprof records, at capture time, the module (file path of the mapping) and the file
+//! offset of every user-space address (`address - region.start + region.file_offset`).
+//! Symbolization therefore works on `(module path, file offset)` pairs and keeps working
+//! after the traced process has exited. It reads the ELF files themselves with
+//! [`blazesym`]: ELF symbol tables (`.symtab`, `.dynsym`), DWARF (embedded, `.dwp`, or
+//! split debug info found through debug links / build ids under `/usr/lib/debug`) for
+//! source lines and inlined functions, and demangles Rust and C++ names. Go binaries
+//! resolve through their ELF symbol table and DWARF (`main.main`, `runtime.mallocgc`).
+//!
+//! Nothing is ever dropped: an address that cannot be named becomes one frame called
+//! `basename+0xOFFSET` (module known) or `[unknown]+0xADDRESS` (anonymous memory, JIT).
+//!
+//! Results are memoized per `(module, file offset)`, so a stack seen a million times is
+//! symbolized once; every later call is two hash lookups.
+//!
+//! Return addresses: every frame of a captured stack except a faulting leaf is the address
+//! *after* a call instruction. For exact lines and inline frames, pass `file_offset - 1`
+//! (and `address - 1`) for those frames; names are right either way except when the call
+//! is the last instruction of a function (`noreturn` callees).
+//!
+//! The [`Symbolizer`] is not `Send` (blazesym keeps `Rc`/`RefCell` caches): create it on
+//! the thread that symbolizes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use blazesym::symbolize::source::{Elf, Source};
+use blazesym::symbolize::{Input, Sym, Symbolized};
+use serde::Serialize;
+
+/// One symbolized frame. An address can give several (inlined calls, innermost first).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Frame {
+    /// Demangled function name; `basename+0x1f3a` (file offset) when no symbol covers the
+    /// address, `[unknown]+0xADDRESS` when the module is unknown.
+    pub function: String,
+    /// Path of the module (as given in [`Location::Module`]); `None` for
+    /// [`Location::Unknown`].
+    pub module: Option<String>,
+    /// Source file (directory joined with file name as recorded in DWARF), when known.
+    pub file: Option<String>,
+    /// Source line, when known. For an inlined frame's caller this is the line of the call.
+    pub line: Option<u32>,
+    /// The address as captured in the traced process.
+    pub address: u64,
+    /// File offset of the address in `module` (0 for [`Location::Unknown`]).
+    pub module_offset: u64,
+}
+
+/// Where an address was: a known module and file offset, or nothing known (anonymous
+/// memory, JIT code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Location<'a> {
+    /// The address lies in a file mapping: `path` is the mapped file, `file_offset` the
+    /// offset of the address inside that file.
+    Module { path: &'a str, file_offset: u64 },
+    /// No module is known for the address.
+    Unknown,
+}
+
+/// What we know about one module (one path).
+#[derive(Debug)]
+struct ModuleCache {
+    /// File name shown in fallback frames (`libc.so.6+0x1234`).
+    basename: String,
+    /// The file could not be opened or parsed: every offset falls back, without asking
+    /// blazesym (and the file system) again.
+    unreadable: bool,
+    /// Memo: file offset -> frames (innermost first).
+    frames: HashMap<u64, Vec<Frame>>,
+}
+
+impl ModuleCache {
+    fn new(path: &str) -> Self {
+        // `/proc/PID/maps` marks files that were unlinked while mapped with " (deleted)":
+        // whatever now sits at the path (if anything) is not the mapped file. Names in
+        // brackets (`[vdso]`, `[heap]`, `[anon:...]`) are not files at all.
+        let not_a_file = path.is_empty() || path.starts_with('[') || path.ends_with(" (deleted)");
+        let shown = path.strip_suffix(" (deleted)").unwrap_or(path);
+        let basename = Path::new(shown)
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| shown.to_string());
+        Self {
+            basename,
+            unreadable: not_a_file,
+            frames: HashMap::new(),
+        }
+    }
+
+    fn fallback(&self, path: &str, address: u64, file_offset: u64) -> Vec<Frame> {
+        vec![Frame {
+            function: format!("{}+{:#x}", self.basename, file_offset),
+            module: Some(path.to_string()),
+            file: None,
+            line: None,
+            address,
+            module_offset: file_offset,
+        }]
+    }
+}
+
+/// Symbolizes `(module, file offset)` pairs, caching parsed binaries and memoizing results.
+#[derive(Debug)]
+pub struct Symbolizer {
+    inner: blazesym::symbolize::Symbolizer,
+    modules: HashMap<String, ModuleCache>,
+    /// Storage for the frame returned for [`Location::Unknown`] (not memoized).
+    scratch: Vec<Frame>,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Symbolizer {
+    /// A symbolizer using DWARF (lines, inlined functions) when present, ELF symbols
+    /// otherwise, with Rust and C++ demangling.
+    pub fn new() -> Self {
+        let inner = blazesym::symbolize::Symbolizer::builder()
+            // A binary is read once; later changes on disk (package upgrades) do not swap
+            // the symbols under an open profile: the open file keeps the original inode.
+            .enable_auto_reload(false)
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        Self {
+            inner,
+            modules: HashMap::new(),
+            scratch: Vec::with_capacity(1),
+        }
+    }
+
+    /// Frames for one address: innermost (inlined) first, the function containing the
+    /// address last. Never empty: a frame that cannot be named is kept as
+    /// `basename+0xOFFSET` (or `[unknown]+0xADDRESS` for [`Location::Unknown`]).
+    pub fn symbolize(&mut self, address: u64, location: Location<'_>) -> &[Frame] {
+        let (path, file_offset) = match location {
+            Location::Module { path, file_offset } => (path, file_offset),
+            Location::Unknown => {
+                self.scratch.clear();
+                self.scratch.push(Frame {
+                    function: format!("[unknown]+{address:#x}"),
+                    module: None,
+                    file: None,
+                    line: None,
+                    address,
+                    module_offset: 0,
+                });
+                return &self.scratch;
+            }
+        };
+        let module = module_cache(&mut self.modules, path);
+        if !module.frames.contains_key(&file_offset) {
+            let mut resolved = resolve(&self.inner, module, path, &[(address, file_offset)]);
+            let frames = resolved.pop().unwrap_or_default();
+            module.frames.insert(file_offset, frames);
+        }
+        let frames = module
+            .frames
+            .get_mut(&file_offset)
+            .expect("memoized just above");
+        // The same code is reached at different addresses in different processes (ASLR):
+        // report the address asked about.
+        for frame in frames.iter_mut() {
+            frame.address = address;
+        }
+        frames
+    }
+
+    /// Number of distinct `(module, file offset)` pairs memoized so far.
+    #[cfg(test)]
+    fn memoized(&self) -> usize {
+        self.modules.values().map(|m| m.frames.len()).sum()
+    }
+}
+
+fn module_cache<'m>(
+    modules: &'m mut HashMap<String, ModuleCache>,
+    path: &str,
+) -> &'m mut ModuleCache {
+    if !modules.contains_key(path) {
+        modules.insert(path.to_string(), ModuleCache::new(path));
+    }
+    modules.get_mut(path).expect("inserted just above")
+}
+
+/// Resolves `(address, file_offset)` pairs of one module; one frame list per input.
+fn resolve(
+    inner: &blazesym::symbolize::Symbolizer,
+    module: &mut ModuleCache,
+    path: &str,
+    addresses: &[(u64, u64)],
+) -> Vec<Vec<Frame>> {
+    let fallback_all = |module: &ModuleCache| {
+        addresses
+            .iter()
+            .map(|&(address, offset)| module.fallback(path, address, offset))
+            .collect()
+    };
+    if module.unreadable {
+        return fallback_all(module);
+    }
+    let offsets: Vec<u64> = addresses.iter().map(|&(_, offset)| offset).collect();
+    let with_debug = Source::Elf(Elf::new(path));
+    let elf_only = Source::Elf({
+        let mut elf = Elf::new(path);
+        elf.debug_syms = false;
+        elf
+    });
+
+    // Debug info (lines, inlined calls) when present, falling back to ELF symbols inside
+    // blazesym; and the ELF symbol tables on their own, for public names (below).
+    let with_debug = inner.symbolize(&with_debug, Input::FileOffset(&offsets));
+    let elf_only = inner.symbolize(&elf_only, Input::FileOffset(&offsets));
+    let (with_debug, elf_only) = match (with_debug, elf_only) {
+        (Err(err), Err(_)) => {
+            log::debug!("{path}: cannot symbolize ({err:#}), using file offsets");
+            module.unreadable = true;
+            return fallback_all(module);
+        }
+        (with_debug, elf_only) => {
+            if let Err(err) = &with_debug {
+                // Broken or unsupported debug info must not cost us the ELF symbols.
+                log::debug!("{path}: debug info unusable ({err:#}), using ELF symbols");
+            }
+            (with_debug.unwrap_or_default(), elf_only.unwrap_or_default())
+        }
+    };
+    addresses
+        .iter()
+        .enumerate()
+        .map(|(i, &(address, offset))| {
+            let elf = named(elf_only.get(i));
+            match (named(with_debug.get(i)), elf) {
+                (Some(debug), elf) => {
+                    let mut frames = frames_of(debug, path, address, offset);
+                    // DWARF names a C function as written in its source, which for glibc
+                    // is an internal alias (`__GI___libc_malloc`, `__GI___mmap64`); the
+                    // symbol table has the public name (`malloc`, `mmap`) that people
+                    // look for. Take it when it names the very same function.
+                    if let Some(elf) = elf.filter(|elf| elf.addr == debug.addr) {
+                        let outer = frames.last_mut().expect("frames_of is never empty");
+                        if outer.function != elf.name {
+                            outer.function = elf.name.to_string();
+                        }
+                    }
+                    frames
+                }
+                (None, Some(elf)) => frames_of(elf, path, address, offset),
+                (None, None) => module.fallback(path, address, offset),
+            }
+        })
+        .collect()
+}
+
+/// The symbol of one result, if it has a name.
+fn named<'a, 'src>(symbolized: Option<&'a Symbolized<'src>>) -> Option<&'a Sym<'src>> {
+    symbolized
+        .and_then(Symbolized::as_sym)
+        .filter(|sym| !sym.name.is_empty())
+}
+
+/// Frames of one blazesym symbol, innermost first.
+///
+/// blazesym reports `f` with `inlined = [g, h]` for an instruction of `h`, inlined into
+/// `g`, inlined into `f`; `f.code_info` is the call of `g` in `f`, `g`'s that of `h` in
+/// `g`, and `h`'s the instruction itself.
+fn frames_of(sym: &Sym<'_>, path: &str, address: u64, offset: u64) -> Vec<Frame> {
+    let frame = |function: &str, code_info: Option<&blazesym::symbolize::CodeInfo<'_>>| Frame {
+        function: function.to_string(),
+        module: Some(path.to_string()),
+        file: code_info.map(|info| info.to_path().to_string_lossy().into_owned()),
+        line: code_info.and_then(|info| info.line),
+        address,
+        module_offset: offset,
+    };
+    let mut frames = Vec::with_capacity(sym.inlined.len() + 1);
+    for inlined in sym.inlined.iter().rev() {
+        frames.push(frame(&inlined.name, inlined.code_info.as_ref()));
+    }
+    frames.push(frame(&sym.name, sym.code_info.as_deref()));
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    #[inline(never)]
+    fn memprof_symbolize_probe_fn() -> u64 {
+        std::hint::black_box(0x5eed_u64).wrapping_mul(3)
+    }
+
+    /// A maps line: (start, end, file offset, path).
+    fn parse_maps_line(line: &str) -> (u64, u64, u64, String) {
+        let mut fields = line.split_whitespace();
+        let range = fields.next().expect("range");
+        let (start, end) = range.split_once('-').expect("start-end");
+        let _perms = fields.next().expect("perms");
+        let offset = fields.next().expect("offset");
+        let _dev = fields.next().expect("dev");
+        let _inode = fields.next().expect("inode");
+        let path = fields.collect::<Vec<_>>().join(" ");
+        (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+            u64::from_str_radix(offset, 16).unwrap(),
+            path,
+        )
+    }
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "memprof-symbolize-{tag}-{}-{:?}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn run(cmd: &mut Command, what: &str, missing: &str) -> String {
+        let out = match cmd.output() {
+            Ok(out) => out,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => panic!("{missing}"),
+            Err(err) => panic!("{what}: {err}"),
+        };
+        assert!(
+            out.status.success(),
+            "{what} failed: {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs a test program that prints a function's address (hex) on its first line and
+    /// the /proc/self/maps line containing it on its second; returns (address, path,
+    /// file offset).
+    fn locate_in_program(program: &Path) -> (u64, String, u64) {
+        let out = run(
+            &mut Command::new(program),
+            "test program",
+            "test program missing",
+        );
+        let mut lines = out.lines();
+        let address = u64::from_str_radix(lines.next().expect("address line").trim(), 16).unwrap();
+        let (start, end, offset, path) = parse_maps_line(lines.next().expect("maps line"));
+        assert!((start..end).contains(&address));
+        (address, path, address - start + offset)
+    }
+
+    #[test]
+    fn symbolize_own_test_binary() {
+        assert_eq!(memprof_symbolize_probe_fn(), 0x5eed * 3);
+        let address = memprof_symbolize_probe_fn as *const () as u64;
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let (start, _, offset, path) = maps
+            .lines()
+            .map(parse_maps_line)
+            .find(|(start, end, _, _)| (*start..*end).contains(&address))
+            .expect("probe function is mapped");
+        let file_offset = address - start + offset;
+
+        let mut symbolizer = Symbolizer::new();
+        let frames = symbolizer
+            .symbolize(
+                address,
+                Location::Module {
+                    path: &path,
+                    file_offset,
+                },
+            )
+            .to_vec();
+        let last = frames.last().unwrap();
+        assert!(
+            last.function.contains("memprof_symbolize_probe_fn"),
+            "{frames:#?}"
+        );
+        assert!(!last.function.contains("17h"), "not demangled: {frames:#?}");
+        assert_eq!(last.address, address);
+        assert_eq!(last.module_offset, file_offset);
+        assert_eq!(last.module.as_deref(), Some(path.as_str()));
+        assert!(
+            last.file.as_deref().unwrap_or("").ends_with("symbolize.rs"),
+            "{frames:#?}"
+        );
+        assert!(last.line.is_some(), "{frames:#?}");
+
+        // Memoized: a second process with another load address gets its own address back.
+        let again = symbolizer
+            .symbolize(
+                address + 0x1000,
+                Location::Module {
+                    path: &path,
+                    file_offset,
+                },
+            )
+            .to_vec();
+        assert_eq!(symbolizer.memoized(), 1);
+        assert_eq!(again.last().unwrap().function, last.function);
+        assert_eq!(again.last().unwrap().address, address + 0x1000);
+    }
+
+    #[test]
+    fn symbolize_libc_public_names() {
+        // libc's DWARF (libc6-dbg) calls these `__GI___libc_malloc` and `__GI___mmap64`;
+        // reports must show the names people know, with or without debug info installed.
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let mut symbolizer = Symbolizer::new();
+        for (address, name) in [
+            (libc::malloc as *const () as u64, "malloc"),
+            (libc::mmap as *const () as u64, "mmap"),
+        ] {
+            let (start, _, offset, path) = maps
+                .lines()
+                .map(parse_maps_line)
+                .find(|(start, end, _, _)| (*start..*end).contains(&address))
+                .expect("libc function is mapped");
+            assert!(path.contains("libc"), "{name} at {address:#x} is in {path}");
+            let file_offset = address - start + offset;
+            let frames = symbolizer.symbolize(
+                address,
+                Location::Module {
+                    path: &path,
+                    file_offset,
+                },
+            );
+            assert_eq!(frames.last().unwrap().function, name, "{frames:#?}");
+        }
+    }
+
+    fn build_c(dir: &Path, source: &str, flags: &[&str]) -> PathBuf {
+        let src = dir.join("known.c");
+        std::fs::write(&src, source).unwrap();
+        let exe = dir.join("known");
+        run(
+            Command::new("gcc")
+                .args(flags)
+                .arg("-o")
+                .arg(&exe)
+                .arg(&src),
+            "gcc",
+            "gcc not found: `cargo xtask setup` installs gcc (Debian package build-essential)",
+        );
+        exe
+    }
+
+    const C_PRINT_SELF: &str = r#"
+static void print_self(unsigned long a) {
+    printf("%lx\n", a);
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+        unsigned long s, e;
+        if (sscanf(line, "%lx-%lx", &s, &e) == 2 && a >= s && a < e)
+            fputs(line, stdout);
+    }
+}
+"#;
+
+    #[test]
+    fn symbolize_c_program_with_dwarf() {
+        let dir = TempDir::new("c");
+        // memprof_c_known is on line 3.
+        let source = format!(
+            "#include <stdio.h>\nvolatile int memprof_c_sink;\nvoid memprof_c_known(void) {{\n    memprof_c_sink++;\n}}\n{C_PRINT_SELF}\nint main(void) {{ memprof_c_known(); print_self((unsigned long)&memprof_c_known); return 0; }}\n"
+        );
+        let exe = build_c(&dir.0, &source, &["-g", "-O0"]);
+        let (address, path, file_offset) = locate_in_program(&exe);
+        assert_eq!(Path::new(&path), exe.as_path());
+
+        let mut symbolizer = Symbolizer::new();
+        let frames = symbolizer
+            .symbolize(
+                address,
+                Location::Module {
+                    path: &path,
+                    file_offset,
+                },
+            )
+            .to_vec();
+        assert_eq!(frames.len(), 1, "{frames:#?}");
+        assert_eq!(frames[0].function, "memprof_c_known");
+        assert!(
+            frames[0].file.as_deref().unwrap_or("").ends_with("known.c"),
+            "{frames:#?}"
+        );
+        assert_eq!(frames[0].line, Some(3), "{frames:#?}");
+        assert_eq!(frames[0].module_offset, file_offset);
+    }
+
+    #[test]
+    fn symbolize_c_inlined_innermost_first() {
+        let dir = TempDir::new("c-inline");
+        let source = format!(
+            r#"#include <stdio.h>
+__attribute__((noinline)) void memprof_c_sink(int v) {{ static volatile int s; s = v; }}
+static inline __attribute__((always_inline)) void memprof_c_inner(int v) {{
+    memprof_c_sink(v * 7);
+    memprof_c_sink(v + 1);
+}}
+__attribute__((noinline)) void memprof_c_outer(int v) {{
+    memprof_c_sink(v - 5);
+    memprof_c_inner(v);
+    memprof_c_sink(v);
+}}
+{C_PRINT_SELF}
+int main(int argc, char **argv) {{ (void)argv; memprof_c_outer(argc); print_self((unsigned long)&memprof_c_outer); return 0; }}
+"#
+        );
+        let exe = build_c(&dir.0, &source, &["-g", "-O2"]);
+        let (address, path, file_offset) = locate_in_program(&exe);
+
+        let mut symbolizer = Symbolizer::new();
+        let all: Vec<Vec<Frame>> = (0..64)
+            .map(|d| {
+                let location = Location::Module {
+                    path: &path,
+                    file_offset: file_offset + d,
+                };
+                symbolizer.symbolize(address + d, location).to_vec()
+            })
+            .collect();
+        let inlined = all
+            .iter()
+            .find(|frames| frames.len() == 2)
+            .unwrap_or_else(|| panic!("no inlined frame in memprof_c_outer: {all:#?}"));
+        assert_eq!(inlined[0].function, "memprof_c_inner", "{inlined:#?}");
+        assert_eq!(inlined[1].function, "memprof_c_outer", "{inlined:#?}");
+        // The inner frame is inside memprof_c_inner (lines 4-5), the outer one at its call
+        // (line 9).
+        assert!(matches!(inlined[0].line, Some(4 | 5)), "{inlined:#?}");
+        assert_eq!(inlined[1].line, Some(9), "{inlined:#?}");
+        assert_eq!(all[0].last().unwrap().function, "memprof_c_outer");
+    }
+
+    #[test]
+    fn symbolize_go_program() {
+        let dir = TempDir::new("go");
+        std::fs::write(dir.0.join("go.mod"), "module x\n\ngo 1.19\n").unwrap();
+        std::fs::write(
+            dir.0.join("main.go"),
+            r#"package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+)
+
+var sink int
+
+//go:noinline
+func knownGoFunc() {
+	sink++
+}
+
+func main() {
+	knownGoFunc()
+	addr := uint64(reflect.ValueOf(knownGoFunc).Pointer())
+	fmt.Printf("%x\n", addr)
+	f, err := os.Open("/proc/self/maps")
+	if err != nil {
+		panic(err)
+	}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		r := strings.SplitN(strings.Fields(line)[0], "-", 2)
+		s, _ := strconv.ParseUint(r[0], 16, 64)
+		e, _ := strconv.ParseUint(r[1], 16, 64)
+		if addr >= s && addr < e {
+			fmt.Println(line)
+		}
+	}
+}
+"#,
+        )
+        .unwrap();
+        let exe = dir.0.join("gobin");
+        run(
+            Command::new("go")
+                .args(["build", "-o"])
+                .arg(&exe)
+                .arg(".")
+                .current_dir(&dir.0)
+                .env("GOCACHE", dir.0.join("gocache"))
+                .env("GOPATH", dir.0.join("gopath"))
+                .env("GOPROXY", "off")
+                .env("GOFLAGS", "-mod=mod")
+                .env("CGO_ENABLED", "0"),
+            "go build",
+            "`go` not found: `cargo xtask setup` installs golang-go (Debian package)",
+        );
+        let (address, path, file_offset) = locate_in_program(&exe);
+
+        let mut symbolizer = Symbolizer::new();
+        let frames = symbolizer
+            .symbolize(
+                address,
+                Location::Module {
+                    path: &path,
+                    file_offset,
+                },
+            )
+            .to_vec();
+        let known = frames.last().unwrap();
+        assert_eq!(known.function, "main.knownGoFunc", "{frames:#?}");
+        // Go's DWARF (zlib-compressed sections) gives the source position.
+        assert!(
+            known.file.as_deref().unwrap_or("").ends_with("main.go"),
+            "{frames:#?}"
+        );
+        assert!(matches!(known.line, Some(15 | 16)), "{frames:#?}");
+
+        // The runtime resolves too: find runtime.mallocgc with binutils' nm. The binary is
+        // not PIE, so symbol values are run-time addresses in the same text mapping.
+        let nm = run(
+            Command::new("nm").arg(&exe),
+            "nm",
+            "nm not found: `cargo xtask setup` installs binutils",
+        );
+        let mallocgc = nm
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split_whitespace();
+                let value = fields.next()?;
+                let _kind = fields.next()?;
+                (fields.next()? == "runtime.mallocgc").then(|| u64::from_str_radix(value, 16))
+            })
+            .expect("runtime.mallocgc in nm output")
+            .unwrap();
+        let mallocgc_offset = mallocgc + file_offset - address;
+        let frames = symbolizer
+            .symbolize(
+                mallocgc + 0x10,
+                Location::Module {
+                    path: &path,
+                    file_offset: mallocgc_offset + 0x10,
+                },
+            )
+            .to_vec();
+        let last = frames.last().unwrap();
+        assert_eq!(last.function, "runtime.mallocgc", "{frames:#?}");
+        assert!(
+            last.file.as_deref().unwrap_or("").ends_with("malloc.go"),
+            "{frames:#?}"
+        );
+    }
+
+    #[test]
+    fn unreadable_and_unknown_fall_back() {
+        let mut symbolizer = Symbolizer::new();
+        let path = "/nonexistent/memprof/libgone.so.1";
+        let frames = symbolizer
+            .symbolize(
+                0x7f00_0000_1f3a,
+                Location::Module {
+                    path,
+                    file_offset: 0x1f3a,
+                },
+            )
+            .to_vec();
+        assert_eq!(
+            frames,
+            vec![Frame {
+                function: "libgone.so.1+0x1f3a".into(),
+                module: Some(path.into()),
+                file: None,
+                line: None,
+                address: 0x7f00_0000_1f3a,
+                module_offset: 0x1f3a,
+            }]
+        );
+        // A second offset of the same unreadable module does not retry the file.
+        let frames = symbolizer.symbolize(
+            1,
+            Location::Module {
+                path,
+                file_offset: 0x20,
+            },
+        );
+        assert_eq!(frames[0].function, "libgone.so.1+0x20");
+
+        let frames = symbolizer.symbolize(
+            7,
+            Location::Module {
+                path: "[vdso]",
+                file_offset: 0x9a0,
+            },
+        );
+        assert_eq!(frames[0].function, "[vdso]+0x9a0");
+
+        let deleted = "/usr/lib/libold.so (deleted)";
+        let frames = symbolizer.symbolize(
+            5,
+            Location::Module {
+                path: deleted,
+                file_offset: 0x10,
+            },
+        );
+        assert_eq!(frames[0].function, "libold.so+0x10");
+
+        // Not an ELF file.
+        let frames = symbolizer.symbolize(
+            5,
+            Location::Module {
+                path: "/proc/self/status",
+                file_offset: 0x10,
+            },
+        );
+        assert_eq!(frames[0].function, "status+0x10");
+
+        let frames = symbolizer.symbolize(0xdead_beef, Location::Unknown);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].function, "[unknown]+0xdeadbeef");
+        assert_eq!(frames[0].module, None);
+        assert_eq!(frames[0].address, 0xdead_beef);
+
+        // An offset outside every loadable segment of a real binary.
+        let exe = std::env::current_exe().unwrap();
+        let exe = exe.to_str().unwrap();
+        let size = std::fs::metadata(exe).unwrap().len();
+        let frames = symbolizer.symbolize(
+            9,
+            Location::Module {
+                path: exe,
+                file_offset: size + 0x100,
+            },
+        );
+        let base = Path::new(exe).file_name().unwrap().to_str().unwrap();
+        assert_eq!(frames[0].function, format!("{base}+{:#x}", size + 0x100));
+    }
+}

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::TracePoint,
+    programs::{TracePoint, trace_point::TracePointLink},
 };
 use memprof_common::{COUNTER_LOST, COUNTER_STACKS_LOST, fields};
 
@@ -141,6 +141,20 @@ pub struct Probes {
     traced: HashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
     pub stacks: StackTraceMap<MapData>,
+    /// Owned here so that they are detached together (see Drop).
+    links: Vec<TracePointLink>,
+}
+
+impl Drop for Probes {
+    /// Detaching a tracepoint program waits for RCU grace periods (~70 ms here); one after
+    /// the other the 22 took 1.6 s, overlapped they take 0.85 s (the kernel serialises part).
+    fn drop(&mut self) {
+        std::thread::scope(|scope| {
+            for link in self.links.drain(..) {
+                scope.spawn(move || drop(link));
+            }
+        });
+    }
 }
 
 impl Probes {
@@ -170,14 +184,16 @@ impl Probes {
                 .load()
                 .context("the kernel's verifier refused a program")?;
         }
+        let mut links = Vec::new();
         for (category, name, program) in attachments() {
             let program: &mut TracePoint = ebpf
                 .program_mut(program)
                 .with_context(|| format!("program {program} missing from the eBPF object"))?
                 .try_into()?;
-            program
+            let link = program
                 .attach(category, &name)
                 .with_context(|| format!("attaching to {category}:{name}"))?;
+            links.push(program.take_link(link)?);
         }
         let events = RingBuf::try_from(ebpf.take_map("MP_EVENTS").context("MP_EVENTS")?)?;
         let traced = HashMap::try_from(ebpf.take_map("MP_TRACED").context("MP_TRACED")?)?;
@@ -188,6 +204,7 @@ impl Probes {
             traced,
             counters,
             stacks,
+            links,
         };
         Ok((probes, events))
     }

@@ -223,6 +223,16 @@ fn own_frames(frames: &[Frame]) -> &[Frame] {
     }
 }
 
+/// A stack on one line: its first own frames, callee < caller.
+fn short_stack(frames: &[Frame]) -> String {
+    let names: Vec<&str> = own_frames(frames)
+        .iter()
+        .take(4)
+        .map(|f| f.function.as_str())
+        .collect();
+    names.join(" < ")
+}
+
 /// The frame that names a site in the region table.
 fn site_name(frames: &[Frame]) -> String {
     own_frames(frames)
@@ -473,17 +483,12 @@ impl ProcessReport {
                     0 => String::from("-"),
                     r => format!("{:.0}%", 100.0 * s.resident_bytes as f64 / r as f64),
                 };
-                let stack: Vec<&str> = own_frames(&s.stack)
-                    .iter()
-                    .take(4)
-                    .map(|f| f.function.as_str())
-                    .collect();
                 let _ = writeln!(
                     out,
                     "    {:>10} reserved {:>10} resident ({share:>4} of it)  {}{}",
                     bytes(s.reserved_bytes),
                     bytes(s.resident_bytes),
-                    stack.join(" < "),
+                    short_stack(&s.stack),
                     if s.truncated {
                         " (stack truncated)"
                     } else {
@@ -518,16 +523,11 @@ impl ProcessReport {
         };
         let _ = writeln!(out, "  top code faulting pages in{estimate}:");
         for s in sites.iter().take(5) {
-            let stack: Vec<&str> = own_frames(&s.stack)
-                .iter()
-                .take(4)
-                .map(|f| f.function.as_str())
-                .collect();
             let _ = writeln!(
                 out,
                 "    {:>10} faults  {}",
                 s.made_resident_faults,
-                stack.join(" < ")
+                short_stack(&s.stack)
             );
         }
     }

@@ -4,7 +4,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
+    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -114,12 +114,24 @@ fn header(kind: RecordKind, tgid: u32, tid: u32) -> RecordHeader {
     }
 }
 
-/// Sends one record, or counts it as lost when the ring buffer is full.
+/// Sends one record, or counts it as lost when the ring buffer is full. Without waking
+/// userspace: a wake-up per record costs the traced thread an interrupt to another CPU, more
+/// than the rest of the probe; userspace drains on a short timer instead.
 fn emit<T: 'static>(record: T) {
+    submit(record, BPF_RB_NO_WAKEUP);
+}
+
+/// Sends a record userspace must see at once (a process starting, exec'ing or exiting: it
+/// reads /proc for those while it still can).
+fn emit_now<T: 'static>(record: T) {
+    submit(record, BPF_RB_FORCE_WAKEUP);
+}
+
+fn submit<T: 'static>(record: T, flags: u32) {
     match MP_EVENTS.reserve::<T>(0) {
         Some(mut entry) => {
             entry.write(record);
-            entry.submit(0);
+            entry.submit(u64::from(flags));
         }
         None => count(COUNTER_LOST),
     }
@@ -134,13 +146,21 @@ fn ok(result: Result<u32, i64>) -> u32 {
     result.unwrap_or(0)
 }
 
-/// Attached to sys_enter of mmap, munmap, mremap, brk, mprotect and madvise.
+/// Attached to sys_enter of the calls that create memory (mmap, brk): their call stack is
+/// the site the memory is charged to.
 #[tracepoint]
-pub fn mp_sys_enter(ctx: TracePointContext) -> u32 {
-    ok(try_sys_enter(&ctx))
+pub fn mp_sys_enter_site(ctx: TracePointContext) -> u32 {
+    ok(try_sys_enter(&ctx, true))
 }
 
-fn try_sys_enter(ctx: &TracePointContext) -> Result<u32, i64> {
+/// Attached to sys_enter of munmap, mremap, mprotect and madvise, which change memory some
+/// site created: walking the stack would cost them for nothing.
+#[tracepoint]
+pub fn mp_sys_enter(ctx: TracePointContext) -> u32 {
+    ok(try_sys_enter(&ctx, false))
+}
+
+fn try_sys_enter(ctx: &TracePointContext, site: bool) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return Ok(0);
@@ -148,14 +168,16 @@ fn try_sys_enter(ctx: &TracePointContext) -> Result<u32, i64> {
     let mut record = SyscallRecord {
         header: header(RecordKind::Syscall, tgid, tid),
         nr: read::<i32>(ctx, fields::SYSCALL_NR)? as u32,
-        user_stack_id: stack_id(ctx, u64::from(BPF_F_USER_STACK)),
-        kernel_stack_id: if config(&KERNEL_STACKS) != 0 {
-            stack_id(ctx, 0)
-        } else {
-            NO_STACK
-        },
+        user_stack_id: NO_STACK,
+        kernel_stack_id: NO_STACK,
         ..Default::default()
     };
+    if site {
+        record.user_stack_id = stack_id(ctx, u64::from(BPF_F_USER_STACK));
+        if config(&KERNEL_STACKS) != 0 {
+            record.kernel_stack_id = stack_id(ctx, 0);
+        }
+    }
     // Syscalls with fewer arguments have shorter records: what lies past them is ignored.
     for (i, arg) in record.args.iter_mut().enumerate().take(SYSCALL_ARGS) {
         let (tp, name, offset) = fields::SYSCALL_ARG0;
@@ -270,7 +292,7 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     let child_pid = read::<i32>(ctx, fields::NEWTASK_PID)? as u32;
     MP_TRACED.insert(child_pid, 1, 0)?;
-    emit(NewProcessRecord {
+    emit_now(NewProcessRecord {
         header: header(RecordKind::NewProcess, tgid, tid),
         child_pid,
         _reserved: 0,
@@ -312,7 +334,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i64> {
     let _ = MP_EXECING.remove(read::<i32>(ctx, fields::EXEC_OLD_PID)? as u32);
     let _ = MP_EXECING.remove(tid);
     forget_mm(tgid);
-    emit(header(RecordKind::Exec, tgid, tid));
+    emit_now(header(RecordKind::Exec, tgid, tid));
     Ok(0)
 }
 
@@ -327,7 +349,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     if !is_traced(tgid) || read::<u8>(ctx, fields::EXIT_GROUP_DEAD)? == 0 {
         return Ok(0);
     }
-    emit(header(RecordKind::Exit, tgid, tid));
+    emit_now(header(RecordKind::Exit, tgid, tid));
     forget_mm(tgid);
     MP_TRACED.remove(tgid)?;
     Ok(0)

@@ -14,14 +14,27 @@ use crate::error::Error;
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// The memory syscalls followed, as tracepoint names.
-pub const SYSCALLS: [&str; 6] = ["mmap", "munmap", "mremap", "brk", "mprotect", "madvise"];
+/// The memory syscalls followed, as tracepoint names, with whether they create memory (and
+/// so record the call stack that did).
+pub const SYSCALLS: [(&str, bool); 6] = [
+    ("mmap", true),
+    ("munmap", false),
+    ("mremap", false),
+    ("brk", true),
+    ("mprotect", false),
+    ("madvise", false),
+];
 
 /// Every tracepoint memprof attaches to, with the program that handles it.
 fn attachments() -> Vec<(&'static str, String, &'static str)> {
     let mut all = Vec::new();
-    for name in SYSCALLS {
-        all.push(("syscalls", format!("sys_enter_{name}"), "mp_sys_enter"));
+    for (name, creates) in SYSCALLS {
+        let enter = if creates {
+            "mp_sys_enter_site"
+        } else {
+            "mp_sys_enter"
+        };
+        all.push(("syscalls", format!("sys_enter_{name}"), enter));
         all.push(("syscalls", format!("sys_exit_{name}"), "mp_sys_exit"));
     }
     for (category, name, program) in [

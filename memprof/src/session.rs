@@ -17,6 +17,9 @@ use crate::{
     reader::{self, Record},
 };
 
+/// How often records sent without a wake-up are read.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
 /// How one session was started.
 pub enum Origin {
     /// `--pid N`: ends when that process exits.
@@ -94,20 +97,23 @@ impl Session {
         let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
+        // Most records arrive without a wake-up (see the eBPF side's `emit`).
+        let mut drain = tokio::time::interval(DRAIN_INTERVAL);
         loop {
             tokio::select! {
                 guard = events.readable_mut() => {
                     let mut guard = guard?;
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
-                    // Name new file mappings while the process (and its fd) is still there.
-                    for process in self.processes.values_mut() {
-                        process.name_files();
-                    }
+                    self.name_files();
                 }
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
                 _ = &mut deadline, if duration.is_some() => break,
+                _ = drain.tick() => {
+                    self.drain(events.get_mut());
+                    self.name_files();
+                }
                 _ = tick.tick() => self.end_vanished(events.get_mut()),
             }
             if self.finished() {
@@ -118,6 +124,13 @@ impl Session {
         self.drain(events.get_mut());
         self.finish();
         Ok(())
+    }
+
+    /// Names new file mappings while the process (and its fd) is still there.
+    fn name_files(&mut self) {
+        for process in self.processes.values_mut() {
+            process.name_files();
+        }
     }
 
     fn finished(&self) -> bool {

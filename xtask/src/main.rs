@@ -1,5 +1,7 @@
 //! Developer tasks that cargo cannot do alone: installing the eBPF toolchain and test tools,
-//! and running tests and memprof as root.
+//! running tests and memprof as root, and measuring memprof's overhead (`bench`).
+
+mod bench;
 
 use anyhow::{Context, Result, ensure};
 use std::{
@@ -24,6 +26,12 @@ Commands:
                `sudo -E` when not root)
   run [ARGS]   setup, build memprof (release), then run `target/release/memprof ARGS` as
                root (through sudo when not root); a leading `--` is dropped
+  bench [--quick] [--runs N] [--json PATH]
+               setup, build memprof (release), then measure its overhead: storms of page
+               faults and of mmap/munmap run untraced, under memprof (default and
+               --fault-stacks) and under the installed peers (bpftrace, perf, strace),
+               interleaved; prints the median slowdowns, memprof's events, lost events, CPU,
+               peak RSS and time to tracing, and its budgets (`cargo xtask bench --help`)
   help         Print this help
 
 Environment:
@@ -56,6 +64,7 @@ fn cli() -> Result<()> {
         }
         Some("test") => test(&args),
         Some("run") => run_memprof(&args),
+        Some("bench") => bench::bench(&args),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             Ok(())

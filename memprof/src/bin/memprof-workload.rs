@@ -3,8 +3,12 @@
 //! It runs fixed steps (mmap, mprotect, madvise, munmap, mremap, brk, a file mapping, a thread,
 //! stack growth), each followed by a checkpoint: one JSON line on stdout with the kernel's own
 //! VmSize and VmRSS at that moment, then a pause without memory operations.
+//!
+//! With `--storm faults|syscalls|mixed` it instead runs one of the benchmark's storms (see
+//! `cargo xtask bench`) and prints only `{"storm":"NAME","elapsed_ns":N}`, the storm's own
+//! CLOCK_MONOTONIC duration, so that start-up and a tracer's attach time are not counted.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use libc::c_int;
 use std::{
     fs::File,
@@ -17,7 +21,7 @@ use std::{
 };
 
 const USAGE: &str = "usage: memprof-workload [--pause-ms N] [--hold-ms N] [--wait-stdin] \
-                     [--sites] [--fault-rounds N]";
+                     [--sites] [--fault-rounds N] [--storm faults|syscalls|mixed] [--scale F]";
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 /// The smallest page size Linux uses: writing every 4 KiB touches every page whatever its size.
@@ -36,6 +40,30 @@ struct Options {
     sites: bool,
     /// Only this many rounds of `memprof_fault_storm`, 65536 faults each.
     fault_rounds: usize,
+    /// Only this benchmark storm, then its duration.
+    storm: Option<Storm>,
+    /// Multiplies the storm's sizes and round counts (1.0: the benchmark's full storm).
+    scale: f64,
+}
+
+#[derive(Clone, Copy)]
+enum Storm {
+    /// Reserve 4 GiB, then 4 rounds: touch every page of the first 1 GiB, hand them back.
+    Faults,
+    /// 200,000 rounds: mmap 64 KiB, touch one page, munmap.
+    Syscalls,
+    /// One round of the fault storm, then 50,000 rounds of the syscall storm.
+    Mixed,
+}
+
+impl Storm {
+    fn name(self) -> &'static str {
+        match self {
+            Storm::Faults => "faults",
+            Storm::Syscalls => "syscalls",
+            Storm::Mixed => "mixed",
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -49,6 +77,9 @@ fn main() -> Result<()> {
         thread::sleep(options.pause);
         Ok::<_, anyhow::Error>(())
     };
+    if let Some(storm) = options.storm {
+        return storm_run(storm, options.scale);
+    }
     if options.sites {
         sites()?;
         return checkpoint("end");
@@ -166,6 +197,77 @@ fn memprof_fault_storm(rounds: usize) -> Result<()> {
     Ok(())
 }
 
+/// Runs a benchmark storm and prints its duration, measured around the storm alone.
+fn storm_run(storm: Storm, scale: f64) -> Result<()> {
+    // The full storm's figures, scaled; at least one page and one round.
+    let touch_len = (((GIB as f64 * scale) as usize) / PAGE).max(1) * PAGE;
+    let rounds = |full: usize| ((full as f64 * scale) as usize).max(1);
+    let start = monotonic_ns()?;
+    match storm {
+        Storm::Faults => memprof_storm_faults(4, touch_len)?,
+        Storm::Syscalls => memprof_storm_syscalls(rounds(200_000))?,
+        Storm::Mixed => {
+            memprof_storm_faults(1, touch_len)?;
+            memprof_storm_syscalls(rounds(50_000))?;
+        }
+    }
+    let elapsed = monotonic_ns()? - start;
+    let mut line = io::Cursor::new([0u8; 128]);
+    writeln!(
+        line,
+        r#"{{"storm":"{}","elapsed_ns":{elapsed}}}"#,
+        storm.name()
+    )?;
+    emit(&line.get_ref()[..line.position() as usize])?;
+    Ok(())
+}
+
+/// Reserves 4 GiB; `rounds` times, writes one byte to every page of its first `len` bytes,
+/// then hands them back (MADV_DONTNEED), so that every round faults every page in again.
+#[inline(never)]
+fn memprof_storm_faults(rounds: usize, len: usize) -> Result<()> {
+    let reserved = 4 * GIB;
+    let start = mmap(reserved, RW, ANON | libc::MAP_NORESERVE, -1)?;
+    let len = len.min(reserved);
+    for _ in 0..rounds {
+        // SAFETY: the first `len` bytes of the read-write private mapping just made.
+        unsafe {
+            touch(start, len);
+            madvise(start, len, libc::MADV_DONTNEED)?;
+        }
+    }
+    // SAFETY: the mapping made above, which holds no Rust values.
+    unsafe { munmap(start, reserved) }
+}
+
+/// `rounds` times: maps 64 KiB, writes one byte to it, unmaps it.
+#[inline(never)]
+fn memprof_storm_syscalls(rounds: usize) -> Result<()> {
+    let len = 64 << 10;
+    for _ in 0..rounds {
+        let start = mmap(len, RW, ANON, -1)?;
+        // SAFETY: the first byte of a read-write private mapping just made; then that
+        // mapping, which holds no Rust values, is unmapped.
+        unsafe {
+            black_box(start).write_volatile(1);
+            munmap(start, len)?;
+        }
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC, in nanoseconds.
+fn monotonic_ns() -> Result<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to fill.
+    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    check(ret != 0, "clock_gettime")?;
+    Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
+}
+
 fn parse_args() -> Result<Options> {
     let mut options = Options {
         pause: Duration::from_millis(300),
@@ -173,6 +275,8 @@ fn parse_args() -> Result<Options> {
         wait_stdin: false,
         sites: false,
         fault_rounds: 0,
+        storm: None,
+        scale: 1.0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -193,6 +297,24 @@ fn parse_args() -> Result<Options> {
             "--fault-rounds" => {
                 let value = args.next().context("--fault-rounds needs a value")?;
                 options.fault_rounds = value.parse().context("--fault-rounds: not a number")?;
+            }
+            "--storm" => {
+                let value = args.next().context("--storm needs a value")?;
+                options.storm = Some(match value.as_str() {
+                    "faults" => Storm::Faults,
+                    "syscalls" => Storm::Syscalls,
+                    "mixed" => Storm::Mixed,
+                    _ => bail!("--storm {value}: not faults, syscalls or mixed\n{USAGE}"),
+                });
+            }
+            "--scale" => {
+                let value = args.next().context("--scale needs a value")?;
+                let scale: f64 = value.parse().context("--scale: not a number")?;
+                ensure!(
+                    scale > 0.0 && scale <= 4.0,
+                    "--scale {value}: not in (0, 4]"
+                );
+                options.scale = scale;
             }
             _ => bail!("unknown argument {arg}\n{USAGE}"),
         }
@@ -215,14 +337,7 @@ fn checkpoint(name: &str) -> Result<()> {
     let status = &status[..len];
     let size = status_bytes(status, "VmSize:")?;
     let rss = status_bytes(status, "VmRSS:")?;
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is a valid timespec to fill.
-    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    check(ret != 0, "clock_gettime")?;
-    let ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    let ns = monotonic_ns()?;
     let mut line = io::Cursor::new([0u8; 256]);
     writeln!(
         line,

@@ -12,17 +12,23 @@ use support::*;
 
 const PAUSE_MS: u64 = 300;
 
+/// memprof launching `command`, sampling every 20 ms (several samples per checkpoint pause),
+/// its report written to `json`.
+fn launch_traced(json: &std::path::Path, command: &[&str]) -> std::process::Output {
+    run_ok(
+        memprof()
+            .args(["run", "--interval", "20", "--json"])
+            .arg(json)
+            .arg("--")
+            .args(command),
+    )
+}
+
 #[test]
 fn launch_mode_is_exact_at_every_checkpoint() {
     let dir = scratch("launch");
     let json = dir.join("report.json");
-    let out = run_ok(
-        memprof()
-            .args(["run", "--interval", "20", "--json"])
-            .arg(&json)
-            .arg("--")
-            .args([WORKLOAD, "--pause-ms", &PAUSE_MS.to_string()]),
-    );
+    let out = launch_traced(&json, &[WORKLOAD, "--pause-ms", &PAUSE_MS.to_string()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report = read_json(&json);
     assert_eq!(report["lost_events"], 0);
@@ -52,12 +58,7 @@ fn forked_children_are_followed_and_exact() {
     let json = dir.join("report.json");
     // `; true` keeps the shell from exec'ing the workload in place: it must fork.
     let script = format!("{WORKLOAD} --pause-ms {PAUSE_MS}; true");
-    let out = run_ok(
-        memprof()
-            .args(["run", "--interval", "20", "--json"])
-            .arg(&json)
-            .args(["--", "sh", "-c", &script]),
-    );
+    let out = launch_traced(&json, &["sh", "-c", &script]);
     let report = read_json(&json);
     assert_eq!(report["lost_events"], 0);
     let processes = report["processes"].as_array().unwrap();
@@ -255,13 +256,7 @@ fn go_program_startup_reservations() {
     let dir = scratch("go");
     let program = build_go_program(&dir);
     let json = dir.join("report.json");
-    let out = run_ok(
-        memprof()
-            .args(["run", "--interval", "20", "--json"])
-            .arg(&json)
-            .arg("--")
-            .arg(program),
-    );
+    let out = launch_traced(&json, &[program.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let report = read_json(&json);
     assert_eq!(report["lost_events"], 0);

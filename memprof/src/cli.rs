@@ -57,7 +57,8 @@ pub struct RunArgs {
     pub regions: usize,
 
     /// Write flame graphs and profiles here: reserved.folded, resident.folded (faults.folded
-    /// with --fault-stacks), reserved.svg, resident.svg, profile.pb.gz (pprof) and report.json.
+    /// with --fault-stacks), reserved.svg, resident.svg, timeline.svg, profile.pb.gz (pprof)
+    /// and report.json.
     #[arg(short, long, value_name = "DIR")]
     pub output: Option<PathBuf>,
 

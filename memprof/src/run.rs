@@ -6,11 +6,11 @@ use anyhow::Context as _;
 use crate::{
     cli::RunArgs,
     error::Error,
-    export::{self, Metric, ProfileInfo, SiteSample},
+    export::{self, Metric, ProfileInfo, Series, SiteSample},
     launch::{self, Launched},
     loader::{self, LoadOptions, Probes},
     process::Snapshot,
-    report::Report,
+    report::{ProcessReport, Report},
     session::{Origin, Session},
 };
 
@@ -172,5 +172,22 @@ fn write_output_dir(
         ..Default::default()
     };
     write(&dir.join("profile.pb.gz"), &export::pprof(&samples, &info))?;
+    // The processes whose address space grew most.
+    let mut growing: Vec<(&ProcessReport, String)> = report
+        .processes
+        .iter()
+        .zip(&roots)
+        .map(|(p, root)| (p, root.clone().unwrap_or_else(|| format!("pid {}", p.pid))))
+        .collect();
+    growing.sort_by_key(|(p, _)| std::cmp::Reverse(p.reserved_bytes.peak - p.reserved_bytes.start));
+    let series: Vec<Series> = growing
+        .iter()
+        .map(|(p, name)| Series {
+            name,
+            samples: &p.timeline,
+        })
+        .collect();
+    let svg = export::timeline_svg(&format!("memory over time: {who}"), &series);
+    write(&dir.join("timeline.svg"), svg.as_bytes())?;
     write(&dir.join("report.json"), json.as_bytes())
 }

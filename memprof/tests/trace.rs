@@ -270,3 +270,60 @@ fn go_program_startup_reservations() {
     assert!(p["events"]["mmap"].as_u64().unwrap() > 5, "{}", p["events"]);
     assert_checkpoints_match(p, &checkpoints(&stdout), PAUSE_MS);
 }
+
+/// timeline.svg draws the workload's phases: reserved jumps by 1 GiB, holds, drops at its
+/// munmap step and ends below its peak.
+#[test]
+fn timeline_svg_shows_the_workloads_phases() {
+    let dir = scratch("timeline");
+    let out = dir.join("out");
+    run_ok(
+        memprof()
+            .args(["run", "--interval", "20", "--output"])
+            .arg(&out)
+            .args(["--", WORKLOAD, "--pause-ms", "100"]),
+    );
+    let svg = fs::read_to_string(out.join("timeline.svg")).unwrap();
+    assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
+    for label in [
+        "seconds since tracing began",
+        "bytes",
+        "reserved",
+        "resident",
+        "memprof-workload",
+    ] {
+        assert!(svg.contains(label), "{label} missing");
+    }
+    let line = svg
+        .lines()
+        .find(|l| l.contains(r#"id="reserved-0""#))
+        .expect("a reserved line");
+    let points = line
+        .split(r#"points=""#)
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    // SVG y grows downwards: height above the axis is what was reserved.
+    let heights: Vec<f64> = points
+        .split_whitespace()
+        .map(|p| -p.split(',').nth(1).unwrap().parse::<f64>().unwrap())
+        .collect();
+    let peak = heights.iter().cloned().fold(f64::MIN, f64::max);
+    let first_peak = heights.iter().position(|&h| h == peak).unwrap();
+    let (first, last) = (heights[0], *heights.last().unwrap());
+    assert!(first < peak - 100.0, "starts low: {first} vs {peak}");
+    assert!(
+        first_peak > 0 && last < peak,
+        "drops after its peak: {heights:?}"
+    );
+    let dip = heights[first_peak..]
+        .iter()
+        .cloned()
+        .fold(f64::MAX, f64::min);
+    assert!(
+        dip < last,
+        "the munmap step dips below the end: {heights:?}"
+    );
+}

@@ -78,15 +78,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()?
         .block_on(session.run(events, args.duration))?;
     if attach_to.is_none() {
-        // Reap the command if it exited, so it does not linger as a zombie.
+        // Reap the command if it exited, so it does not linger as a zombie, and say how it
+        // ended when that was not a success (its own output may have scrolled away).
+        let mut status = 0;
         // SAFETY: reaping our own child.
-        unsafe {
-            libc::waitpid(
-                session.root as libc::pid_t,
-                std::ptr::null_mut(),
-                libc::WNOHANG,
-            )
-        };
+        let reaped =
+            unsafe { libc::waitpid(session.root as libc::pid_t, &mut status, libc::WNOHANG) };
+        if reaped == session.root as libc::pid_t {
+            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+                eprintln!(
+                    "memprof: the command exited with status {}",
+                    libc::WEXITSTATUS(status)
+                );
+            } else if libc::WIFSIGNALED(status) {
+                eprintln!(
+                    "memprof: the command was killed by signal {}",
+                    libc::WTERMSIG(status)
+                );
+            }
+        }
     }
 
     let report = Report::new(

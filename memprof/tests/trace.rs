@@ -232,14 +232,17 @@ fn a_killed_process_still_gets_its_report() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (pid, _stderr) = wait_until_tracing(&mut child);
+    let (pid, mut memprof_stderr) = wait_until_tracing(&mut child);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     assert!(first.contains("\"reserve\""), "{first}");
     // SAFETY: killing the workload we started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status}");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", out.status);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut memprof_stderr, &mut stderr).unwrap();
+    assert!(stderr.contains("killed by signal 9"), "{stderr}");
     let report = read_json(&json);
     let p = process(&report, u64::from(pid));
     assert_eq!(p["exited"], true);

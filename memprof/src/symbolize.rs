@@ -302,21 +302,14 @@ mod tests {
     }
 
     /// A maps line: (start, end, file offset, path).
-    fn parse_maps_line(line: &str) -> (u64, u64, u64, String) {
-        let mut fields = line.split_whitespace();
-        let range = fields.next().expect("range");
-        let (start, end) = range.split_once('-').expect("start-end");
-        let _perms = fields.next().expect("perms");
-        let offset = fields.next().expect("offset");
-        let _dev = fields.next().expect("dev");
-        let _inode = fields.next().expect("inode");
-        let path = fields.collect::<Vec<_>>().join(" ");
-        (
-            u64::from_str_radix(start, 16).unwrap(),
-            u64::from_str_radix(end, 16).unwrap(),
-            u64::from_str_radix(offset, 16).unwrap(),
-            path,
-        )
+    /// The mapped file containing `address` in maps text, and the address's offset in it.
+    fn module_of(maps: &str, address: u64) -> (String, u64) {
+        let entry = crate::procfs::parse_maps(maps)
+            .into_iter()
+            .find(|e| (e.start..e.end).contains(&address))
+            .unwrap_or_else(|| panic!("{address:#x} is not mapped"));
+        let path = entry.path.expect("a file mapping");
+        (path, address - entry.start + entry.offset)
     }
 
     /// A fresh directory under the system temp dir, removed on drop.
@@ -368,9 +361,8 @@ mod tests {
         );
         let mut lines = out.lines();
         let address = u64::from_str_radix(lines.next().expect("address line").trim(), 16).unwrap();
-        let (start, end, offset, path) = parse_maps_line(lines.next().expect("maps line"));
-        assert!((start..end).contains(&address));
-        (address, path, address - start + offset)
+        let (path, file_offset) = module_of(lines.next().expect("maps line"), address);
+        (address, path, file_offset)
     }
 
     #[test]
@@ -378,12 +370,7 @@ mod tests {
         assert_eq!(memprof_symbolize_probe_fn(), 0x5eed * 3);
         let address = memprof_symbolize_probe_fn as *const () as u64;
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-        let (start, _, offset, path) = maps
-            .lines()
-            .map(parse_maps_line)
-            .find(|(start, end, _, _)| (*start..*end).contains(&address))
-            .expect("probe function is mapped");
-        let file_offset = address - start + offset;
+        let (path, file_offset) = module_of(&maps, address);
 
         let mut symbolizer = Symbolizer::new();
         let frames = symbolizer
@@ -435,13 +422,8 @@ mod tests {
             (libc::malloc as *const () as u64, "malloc"),
             (libc::mmap as *const () as u64, "mmap"),
         ] {
-            let (start, _, offset, path) = maps
-                .lines()
-                .map(parse_maps_line)
-                .find(|(start, end, _, _)| (*start..*end).contains(&address))
-                .expect("libc function is mapped");
+            let (path, file_offset) = module_of(&maps, address);
             assert!(path.contains("libc"), "{name} at {address:#x} is in {path}");
-            let file_offset = address - start + offset;
             let frames = symbolizer.symbolize(
                 address,
                 Location::Module {

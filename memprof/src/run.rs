@@ -81,9 +81,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         // Reap the command if it exited, so it does not linger as a zombie, and say how it
         // ended when that was not a success (its own output may have scrolled away).
         let mut status = 0;
+        // Its exit record comes just before it becomes a zombie: wait for that when it exited.
+        let exited = session
+            .processes
+            .get(&session.root)
+            .is_some_and(|p| p.exited);
+        let flags = if exited { 0 } else { libc::WNOHANG };
         // SAFETY: reaping our own child.
-        let reaped =
-            unsafe { libc::waitpid(session.root as libc::pid_t, &mut status, libc::WNOHANG) };
+        let reaped = unsafe { libc::waitpid(session.root as libc::pid_t, &mut status, flags) };
         if reaped == session.root as libc::pid_t {
             if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
                 eprintln!(

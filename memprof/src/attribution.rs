@@ -92,6 +92,12 @@ impl Sites {
         id
     }
 
+    /// Whether [`Sites::resolve`] would answer without reading the stack map.
+    pub fn knows(&self, pid: u32, user_stack: i32, kernel_stack: i32) -> bool {
+        (user_stack < 0 && kernel_stack < 0)
+            || self.index.contains_key(&(pid, user_stack, kernel_stack))
+    }
+
     pub fn get(&self, id: SiteId) -> &Site {
         &self.sites[id as usize]
     }

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{MapData, RingBuf, StackTraceMap};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::SignalKind,
@@ -12,10 +12,25 @@ use tokio::{
 use crate::{
     attribution::Sites,
     loader::Probes,
-    model::SITE_NO_STACK,
+    model::{SITE_NO_STACK, SiteId},
     process::{Process, Snapshot},
     reader::{self, Record},
 };
+
+/// The site of a stack captured in `process`. A stack seen for the first time is pinned to
+/// modules, so the paths of files mapped since the last batch are read first.
+fn site_of(
+    sites: &mut Sites,
+    stacks: &StackTraceMap<MapData>,
+    process: &mut Process,
+    user: i32,
+    kernel: i32,
+) -> SiteId {
+    if !sites.knows(process.pid, user, kernel) {
+        process.name_files();
+    }
+    sites.resolve(process.pid, user, kernel, &process.space, stacks)
+}
 
 /// How often records sent without a wake-up are read.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -105,15 +120,11 @@ impl Session {
                     let mut guard = guard?;
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
-                    self.name_files();
                 }
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
                 _ = &mut deadline, if duration.is_some() => break,
-                _ = drain.tick() => {
-                    self.drain(events.get_mut());
-                    self.name_files();
-                }
+                _ = drain.tick() => self.drain(events.get_mut()),
                 _ = tick.tick() => self.end_vanished(events.get_mut()),
             }
             if self.finished() {
@@ -124,13 +135,6 @@ impl Session {
         self.drain(events.get_mut());
         self.finish();
         Ok(())
-    }
-
-    /// Names new file mappings while the process (and its fd) is still there.
-    fn name_files(&mut self) {
-        for process in self.processes.values_mut() {
-            process.name_files();
-        }
     }
 
     fn finished(&self) -> bool {
@@ -168,12 +172,17 @@ impl Session {
         }
     }
 
+    /// Applies every record the kernel has committed, then names the file mappings they
+    /// made while the processes are still there to ask.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
             match reader::parse(&item) {
                 Some(record) => self.apply(record),
                 None => self.undecodable += 1,
             }
+        }
+        for process in self.processes.values_mut() {
+            process.name_files();
         }
     }
 
@@ -196,12 +205,9 @@ impl Session {
                 // Only calls that create memory name a site: the others charge the site that
                 // created what they change.
                 let site = if matches!(i64::from(r.nr), libc::SYS_mmap | libc::SYS_brk) {
-                    // Frames in files mapped since the last batch need their paths now.
-                    process.name_files();
                     let stacks = &self.probes.stacks;
                     let (user, kernel) = (r.user_stack_id, r.kernel_stack_id);
-                    self.sites
-                        .resolve(header.tgid, user, kernel, &process.space, stacks)
+                    site_of(&mut self.sites, stacks, process, user, kernel)
                 } else {
                     SITE_NO_STACK
                 };
@@ -209,10 +215,13 @@ impl Session {
             }
             Record::Fault(r) => {
                 let stack = (r.stack_id >= 0).then(|| {
-                    process.name_files();
-                    let stacks = &self.probes.stacks;
-                    self.sites
-                        .resolve(header.tgid, r.stack_id, -1, &process.space, stacks)
+                    site_of(
+                        &mut self.sites,
+                        &self.probes.stacks,
+                        process,
+                        r.stack_id,
+                        -1,
+                    )
                 });
                 process.apply_fault(&r, stack);
             }

@@ -20,6 +20,8 @@ pub enum RecordKind {
     Exec = 5,
     /// The last thread of a traced process is exiting, address space still intact: header only.
     Exit = 6,
+    /// A stack the stack map had no room for, sent whole: [`StackRecord`].
+    Stack = 7,
 }
 
 impl RecordKind {
@@ -31,6 +33,7 @@ impl RecordKind {
             4 => Self::NewProcess,
             5 => Self::Exec,
             6 => Self::Exit,
+            7 => Self::Stack,
             _ => return None,
         })
     }
@@ -54,6 +57,11 @@ pub const SYSCALL_ARGS: usize = 6;
 
 /// A stack id that is not there: not asked for, or the kernel could not store it.
 pub const NO_STACK: i32 = -1;
+/// Stack ids with this bit set name a [`StackRecord`] sent before the record using it, not
+/// an entry of the stack map (whose ids stay below its size).
+pub const INLINE_STACK: i32 = 0x4000_0000;
+/// The kernel's most frames per stack (PERF_MAX_STACK_DEPTH).
+pub const MAX_STACK_DEPTH: usize = 127;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -96,6 +104,18 @@ pub struct RssRecord {
     pub bytes: i64,
 }
 
+/// A stack that collided with another in the stack map's hash bucket, sent whole instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackRecord {
+    pub header: RecordHeader,
+    /// The id records use for it, with [`INLINE_STACK`] set.
+    pub id: u32,
+    /// How many of `ips` are filled, leaf first.
+    pub frames: u32,
+    pub ips: [u64; MAX_STACK_DEPTH],
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NewProcessRecord {
@@ -110,8 +130,10 @@ pub struct NewProcessRecord {
 pub const COUNTER_LOST: u32 = 0;
 /// Index of the per-CPU counter of stacks the stack map had no room for.
 pub const COUNTER_STACKS_LOST: u32 = 1;
+/// Index of the per-CPU sequence numbering inline stacks.
+pub const COUNTER_INLINE_STACKS: u32 = 2;
 /// Number of per-CPU counters.
-pub const COUNTERS: u32 = 2;
+pub const COUNTERS: u32 = 3;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -122,6 +144,7 @@ mod pod {
     unsafe impl aya::Pod for FaultRecord {}
     unsafe impl aya::Pod for RssRecord {}
     unsafe impl aya::Pod for NewProcessRecord {}
+    unsafe impl aya::Pod for StackRecord {}
 }
 
 /// Where the eBPF programs read each tracepoint field: (tracepoint, field, offset).

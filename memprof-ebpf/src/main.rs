@@ -4,15 +4,20 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_stack,
+        bpf_ktime_get_ns,
+    },
     macros::{map, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use memprof_common::{
-    COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, FaultRecord, NO_STACK, NewProcessRecord,
-    RecordHeader, RecordKind, RssRecord, SYSCALL_ARGS, SyscallRecord, fields,
+    COUNTER_INLINE_STACKS, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, FaultRecord, INLINE_STACK,
+    MAX_STACK_DEPTH, NO_STACK, NewProcessRecord, RecordHeader, RecordKind, RssRecord, SYSCALL_ARGS,
+    StackRecord, SyscallRecord, fields,
 };
 
 /// Set by userspace at load time (`--kernel-stacks`): also record kernel stacks of syscalls.
@@ -76,13 +81,53 @@ fn count(counter: u32) {
 
 /// The current user (or kernel) stack's id, or a negative value when there is none.
 fn stack_id(ctx: &TracePointContext, flags: u64) -> i32 {
+    const EEXIST: i32 = 17;
     match ctx.get_stackid(&MP_STACKS, flags) {
         Ok(id) => id as i32,
+        // Another stack holds this one's hash bucket: send it whole rather than lose it.
+        Err(err) if err == -EEXIST => inline_stack(ctx, flags).unwrap_or_else(|| {
+            count(COUNTER_STACKS_LOST);
+            NO_STACK
+        }),
         Err(err) => {
             count(COUNTER_STACKS_LOST);
             err
         }
     }
+}
+
+/// Sends the current stack in a [`StackRecord`]; returns the id records refer to it by.
+fn inline_stack(ctx: &TracePointContext, flags: u64) -> Option<i32> {
+    let seq = MP_COUNTERS.get_ptr_mut(COUNTER_INLINE_STACKS)?;
+    // SAFETY: per-CPU slot, and tracepoint programs do not nest on a CPU.
+    let seq = unsafe {
+        *seq += 1;
+        *seq
+    };
+    // SAFETY: the helper has no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // Unique per CPU and sequence: ids are used once, by the record that follows.
+    let id = INLINE_STACK | ((cpu & 0x3fff) << 16) as i32 | (seq & 0xffff) as i32;
+    let (tgid, tid) = current_ids();
+    let mut entry = MP_EVENTS.reserve::<StackRecord>(0)?;
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to a reserved, writable StackRecord; every field is written
+    // before submit (`ips` by the helper, up to the length it returns).
+    let bytes = unsafe {
+        (&raw mut (*record).header).write(header(RecordKind::Stack, tgid, tid));
+        (&raw mut (*record).id).write(id as u32);
+        let ips = &raw mut (*record).ips;
+        let size = core::mem::size_of::<[u64; MAX_STACK_DEPTH]>() as u32;
+        bpf_get_stack(ctx.as_ptr(), ips.cast(), size, flags)
+    };
+    if bytes < 0 {
+        entry.discard(0);
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { (&raw mut (*record).frames).write((bytes as u32) / 8) };
+    entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+    Some(id)
 }
 
 fn current_ids() -> (u32, u32) {

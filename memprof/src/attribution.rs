@@ -5,6 +5,8 @@ use std::{collections::HashMap, sync::Arc};
 
 use aya::maps::{MapData, StackTraceMap};
 
+use memprof_common::{INLINE_STACK, StackRecord};
+
 use crate::model::{AddressSpace, RegionKind, SITE_BEFORE_TRACING, SITE_NO_STACK, SiteId};
 
 /// Where a return address or instruction pointer was when the stack was captured.
@@ -31,6 +33,8 @@ pub struct Site {
 pub struct Sites {
     sites: Vec<Site>,
     index: HashMap<(u32, i32, i32), SiteId>,
+    /// Stacks the kernel sent whole (their ids have INLINE_STACK set), until used.
+    inline: HashMap<i32, Vec<u64>>,
 }
 
 impl Default for Sites {
@@ -47,19 +51,31 @@ impl Default for Sites {
         Self {
             sites,
             index: HashMap::new(),
+            inline: HashMap::new(),
         }
     }
 }
 
-fn read_stack(stacks: &StackTraceMap<MapData>, id: i32) -> Vec<u64> {
-    u32::try_from(id)
-        .ok()
-        .and_then(|id| stacks.get(&id, 0).ok())
-        .map(|s| s.frames().iter().map(|f| f.ip).collect())
-        .unwrap_or_default()
-}
-
 impl Sites {
+    /// Keeps a stack the kernel sent whole for the record that refers to it next.
+    pub fn add_inline(&mut self, record: &StackRecord) {
+        let frames = &record.ips[..(record.frames as usize).min(record.ips.len())];
+        // Like the stack map's, a stack ends at its first zero.
+        let frames = frames.iter().copied().take_while(|&ip| ip != 0).collect();
+        self.inline.insert(record.id as i32, frames);
+    }
+
+    fn read_stack(&mut self, stacks: &StackTraceMap<MapData>, id: i32) -> Vec<u64> {
+        if id >= 0 && id & INLINE_STACK != 0 {
+            return self.inline.remove(&id).unwrap_or_default();
+        }
+        u32::try_from(id)
+            .ok()
+            .and_then(|id| stacks.get(&id, 0).ok())
+            .map(|s| s.frames().iter().map(|f| f.ip).collect())
+            .unwrap_or_default()
+    }
+
     /// The site of a stack captured in process `pid`, whose address space is `space`.
     pub fn resolve(
         &mut self,
@@ -76,19 +92,24 @@ impl Sites {
         if let Some(&id) = self.index.get(&key) {
             return id;
         }
-        let user = read_stack(stacks, user_stack)
+        let user = self
+            .read_stack(stacks, user_stack)
             .into_iter()
             .enumerate()
             .map(|(depth, address)| capture(space, address, depth))
             .collect();
         let id = self.sites.len() as SiteId;
+        let kernel = self.read_stack(stacks, kernel_stack);
         self.sites.push(Site {
             pid,
             user,
-            kernel: read_stack(stacks, kernel_stack),
+            kernel,
             placeholder: None,
         });
-        self.index.insert(key, id);
+        // Inline ids are used once (and wrap around): only stack-map ids name a stack again.
+        if user_stack & INLINE_STACK == 0 && kernel_stack & INLINE_STACK == 0 {
+            self.index.insert(key, id);
+        }
         id
     }
 

@@ -76,6 +76,12 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub fault_sample: u32,
 
+    /// Distinct stacks the kernel keeps de-duplicated (about 1 KiB of kernel memory each);
+    /// a stack whose slot is taken is sent whole with its record instead.
+    #[arg(long, value_name = "N", default_value_t = 16384,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub stack_map_entries: u32,
+
     /// Size of the kernel-to-memprof ring buffer in bytes (a power of two, at least 4096).
     #[arg(long, value_name = "BYTES", default_value_t = 32 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,

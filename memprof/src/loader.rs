@@ -142,6 +142,7 @@ fn field_offset(format: &str, field: &str) -> Option<usize> {
 /// What the kernel side records.
 pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
+    pub stack_map_entries: u32,
     pub kernel_stacks: bool,
     /// Record the stack of one fault in this many; 0 for none.
     pub fault_stack_sample: u32,
@@ -184,6 +185,7 @@ impl Probes {
         let kernel_stacks = u32::from(options.kernel_stacks);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("MP_EVENTS", options.ring_buffer_bytes)
+            .map_max_entries("MP_STACKS", options.stack_map_entries)
             .override_global("KERNEL_STACKS", &kernel_stacks, true)
             .override_global("FAULT_STACK_SAMPLE", &options.fault_stack_sample, true)
             .load(aya::include_bytes_aligned!(concat!(

@@ -1,10 +1,10 @@
 //! Turns ring-buffer bytes into typed records, without allocating.
 use aya::Pod;
 use memprof_common::{
-    FaultRecord, NewProcessRecord, RecordHeader, RecordKind, RssRecord, SyscallRecord,
+    FaultRecord, NewProcessRecord, RecordHeader, RecordKind, RssRecord, StackRecord, SyscallRecord,
 };
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Record {
     Syscall(SyscallRecord),
     Fault(FaultRecord),
@@ -12,6 +12,8 @@ pub enum Record {
     NewProcess(NewProcessRecord),
     Exec(RecordHeader),
     Exit(RecordHeader),
+    /// Boxed: 1 KiB, and rare, unlike the records every fault and syscall sends.
+    Stack(Box<StackRecord>),
 }
 
 impl Record {
@@ -22,6 +24,7 @@ impl Record {
             Self::Rss(r) => &r.header,
             Self::NewProcess(r) => &r.header,
             Self::Exec(h) | Self::Exit(h) => h,
+            Self::Stack(r) => &r.header,
         }
     }
 }
@@ -42,6 +45,7 @@ pub fn parse(bytes: &[u8]) -> Option<Record> {
         RecordKind::NewProcess => Record::NewProcess(read(bytes)?),
         RecordKind::Exec => Record::Exec(header),
         RecordKind::Exit => Record::Exit(header),
+        RecordKind::Stack => Record::Stack(Box::new(read(bytes)?)),
     })
 }
 

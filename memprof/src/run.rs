@@ -44,6 +44,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .transpose()?;
     let (mut probes, events) = Probes::load(&LoadOptions {
         ring_buffer_bytes: args.ring_buffer_size,
+        stack_map_entries: args.stack_map_entries,
         kernel_stacks: args.kernel_stacks,
         fault_stack_sample: if args.fault_stacks {
             args.fault_sample

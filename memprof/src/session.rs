@@ -188,9 +188,10 @@ impl Session {
 
     fn apply(&mut self, record: Record) {
         let header = *record.header();
-        if let Record::Exec(_) = record {
-            self.exec(header.tgid, header.ts_ns);
-            return;
+        match record {
+            Record::Exec(_) => return self.exec(header.tgid, header.ts_ns),
+            Record::Stack(r) => return self.sites.add_inline(&r),
+            _ => {}
         }
         let Some(process) = self.processes.get_mut(&header.tgid) else {
             // Launch mode: the command before its exec is memprof's own fork.
@@ -234,7 +235,7 @@ impl Session {
                 self.processes.insert(r.child_pid, child);
             }
             Record::Exit(_) => process.finish(header.ts_ns, true),
-            Record::Exec(_) => unreachable!("handled above"),
+            Record::Exec(_) | Record::Stack(_) => unreachable!("handled above"),
         }
     }
 

@@ -26,11 +26,24 @@ fn assert_near(what: &str, value: u64, expected: u64, slack: u64) {
 
 #[test]
 fn bytes_and_faults_are_charged_to_the_functions_that_made_them() {
-    let dir = scratch("sites");
+    charged_to_known_functions("sites", &[]);
+}
+
+/// With a one-slot stack map every stack but the first collides and is sent whole: the
+/// figures must not change and no stack may be lost.
+#[test]
+fn stacks_that_collide_in_the_stack_map_are_sent_whole() {
+    charged_to_known_functions("collide", &["--stack-map-entries", "1"]);
+}
+
+fn charged_to_known_functions(name: &str, options: &[&str]) {
+    let dir = scratch(name);
     let out = dir.join("out");
     run_ok(
         memprof()
-            .args(["run", "--fault-stacks", "--output"])
+            .args(["run", "--fault-stacks"])
+            .args(options)
+            .arg("--output")
             .arg(&out)
             .args(["--", WORKLOAD, "--sites", "--pause-ms", "50"]),
     );

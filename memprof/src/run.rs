@@ -42,15 +42,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let launched = program
         .map(|path| Launched::fork(&path, &args.command))
         .transpose()?;
+    // One fault stack in this many is recorded; 0: none.
+    let fault_sample = if args.fault_stacks {
+        args.fault_sample
+    } else {
+        0
+    };
     let (mut probes, events) = Probes::load(&LoadOptions {
         ring_buffer_bytes: args.ring_buffer_size,
         stack_map_entries: args.stack_map_entries,
         kernel_stacks: args.kernel_stacks,
-        fault_stack_sample: if args.fault_stacks {
-            args.fault_sample
-        } else {
-            0
-        },
+        fault_stack_sample: fault_sample,
     })?;
     let interval = Duration::from_millis(args.interval);
     let mut session = match (attach_to, launched) {
@@ -105,21 +107,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    let report = Report::new(
-        &session,
-        if args.fault_stacks {
-            args.fault_sample
-        } else {
-            0
-        },
-    );
+    let report = Report::new(&session, fault_sample);
     print!("{}", report.render(args.regions));
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.json {
         write(path, json.as_bytes())?;
     }
     if let Some(dir) = &args.output {
-        write_output_dir(dir, &report, &json, args.fault_stacks)?;
+        write_output_dir(dir, &report, &json)?;
     }
     Ok(())
 }
@@ -131,12 +126,7 @@ fn write(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Flame graphs, folded stacks, a pprof profile and the JSON report, in `dir`.
-fn write_output_dir(
-    dir: &Path,
-    report: &Report,
-    json: &str,
-    fault_stacks: bool,
-) -> anyhow::Result<()> {
+fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // With several processes, each stack starts at its process.
     let roots: Vec<Option<String>> = report
@@ -170,7 +160,7 @@ fn write_output_dir(
         (Metric::Reserved, "reserved"),
         (Metric::Resident, "resident"),
     ];
-    if fault_stacks {
+    if report.fault_sample > 0 {
         metrics.push((Metric::Faults, "faults"));
     }
     for (metric, name) in metrics {

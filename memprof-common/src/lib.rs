@@ -16,7 +16,8 @@ pub enum RecordKind {
     Rss = 3,
     /// A traced process created a new process: [`NewProcessRecord`].
     NewProcess = 4,
-    /// A traced process called exec: header only.
+    /// A traced process called exec, or a process started matching `--all`'s filter by
+    /// calling exec: [`ExecRecord`].
     Exec = 5,
     /// The last thread of a traced process is exiting, address space still intact: header only.
     Exit = 6,
@@ -124,7 +125,41 @@ pub struct NewProcessRecord {
     pub child_pid: u32,
     pub _reserved: u32,
     pub clone_flags: u64,
+    /// The parent's command name (the child's until it execs).
+    pub comm: [u8; 16],
 }
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExecRecord {
+    pub header: RecordHeader,
+    /// The new command name: names a process that exits before /proc can be read.
+    pub comm: [u8; 16],
+}
+
+/// `--all`: which processes are traced besides those userspace adds to the filter. Checked
+/// in the kernel when a process is created and when it calls exec; a process traced stays
+/// traced until it exits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filter {
+    /// 1: trace every process matching the fields below; 0: only those in the filter map.
+    pub all: u32,
+    /// memprof itself, never traced.
+    pub self_tgid: u32,
+    /// Only processes whose real uid is this one; [`ANY_UID`] for any.
+    pub uid: u32,
+    /// Depth of `cgroup_id` below the cgroup v2 root (its path's components).
+    pub cgroup_level: u32,
+    /// Only processes in this cgroup v2 (its directory's inode number) or below; 0 for any.
+    pub cgroup_id: u64,
+    /// Only processes with this command name (NUL-padded, as the kernel's 16-byte comm);
+    /// all zeroes for any.
+    pub comm: [u8; 16],
+}
+
+/// [`Filter::uid`] matching every user.
+pub const ANY_UID: u32 = u32::MAX;
 
 /// Index of the per-CPU counter of records the ring buffer had no room for.
 pub const COUNTER_LOST: u32 = 0;
@@ -144,6 +179,8 @@ mod pod {
     unsafe impl aya::Pod for FaultRecord {}
     unsafe impl aya::Pod for RssRecord {}
     unsafe impl aya::Pod for NewProcessRecord {}
+    unsafe impl aya::Pod for ExecRecord {}
+    unsafe impl aya::Pod for Filter {}
     unsafe impl aya::Pod for StackRecord {}
 }
 

@@ -7,7 +7,8 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_stack,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_stack,
         bpf_ktime_get_ns,
     },
     macros::{map, tracepoint},
@@ -15,9 +16,9 @@ use aya_ebpf::{
     programs::{TracePointContext, tracing::StackIdContext as _},
 };
 use memprof_common::{
-    COUNTER_INLINE_STACKS, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, FaultRecord, INLINE_STACK,
-    MAX_STACK_DEPTH, NO_STACK, NewProcessRecord, RecordHeader, RecordKind, RssRecord, SYSCALL_ARGS,
-    StackRecord, SyscallRecord, fields,
+    ANY_UID, COUNTER_INLINE_STACKS, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, ExecRecord,
+    FaultRecord, Filter, INLINE_STACK, MAX_STACK_DEPTH, NO_STACK, NewProcessRecord, RecordHeader,
+    RecordKind, RssRecord, SYSCALL_ARGS, StackRecord, SyscallRecord, fields,
 };
 
 /// Set by userspace at load time (`--kernel-stacks`): also record kernel stacks of syscalls.
@@ -27,6 +28,16 @@ static KERNEL_STACKS: u32 = 0;
 /// fault in this many; 0 records none.
 #[unsafe(no_mangle)]
 static FAULT_STACK_SAMPLE: u32 = 0;
+/// Set by userspace at load time (`--all` and its filters).
+#[unsafe(no_mangle)]
+static FILTER: Filter = Filter {
+    all: 0,
+    self_tgid: 0,
+    uid: ANY_UID,
+    cgroup_level: 0,
+    cgroup_id: 0,
+    comm: [0; 16],
+};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// Addresses at or above this are the kernel's (x86_64 and arm64 with 48-bit user space).
@@ -67,9 +78,32 @@ static MP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0
 #[map]
 static MP_STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 
-fn config(value: &'static u32) -> u32 {
+fn config<T: Copy>(value: &'static T) -> T {
     // SAFETY: a valid static; volatile so the compiler keeps the value userspace patched in.
     unsafe { core::ptr::read_volatile(value) }
+}
+
+fn comm() -> [u8; 16] {
+    bpf_get_current_comm().unwrap_or_default()
+}
+
+/// `--all`: whether the current task's process is one to trace from now on.
+fn wanted(tgid: u32) -> bool {
+    let filter = config(&FILTER);
+    if filter.all == 0 || tgid == filter.self_tgid {
+        return false;
+    }
+    if filter.uid != ANY_UID && bpf_get_current_uid_gid() as u32 != filter.uid {
+        return false;
+    }
+    if filter.cgroup_id != 0 {
+        // SAFETY: the helper has no preconditions.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(filter.cgroup_level as i32) };
+        if ancestor != filter.cgroup_id {
+            return false;
+        }
+    }
+    filter.comm[0] == 0 || comm() == filter.comm
 }
 
 fn count(counter: u32) {
@@ -323,7 +357,8 @@ fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
 }
 
 /// Attached to task:task_newtask, which runs in the parent before the child can run, so a
-/// traced process's children are traced from their first instruction.
+/// traced process's children (and, with `--all`, new processes matching the filter) are
+/// traced from their first instruction.
 #[tracepoint]
 pub fn mp_newtask(ctx: TracePointContext) -> u32 {
     ok(try_newtask(&ctx))
@@ -332,7 +367,7 @@ pub fn mp_newtask(ctx: TracePointContext) -> u32 {
 fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     let clone_flags = read::<u64>(ctx, fields::NEWTASK_CLONE_FLAGS)?;
-    if !is_traced(tgid) || clone_flags & CLONE_THREAD != 0 {
+    if clone_flags & CLONE_THREAD != 0 || !(is_traced(tgid) || wanted(tgid)) {
         return Ok(0);
     }
     let child_pid = read::<i32>(ctx, fields::NEWTASK_PID)? as u32;
@@ -342,6 +377,7 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
         child_pid,
         _reserved: 0,
         clone_flags,
+        comm: comm(),
     });
     Ok(0)
 }
@@ -364,7 +400,8 @@ pub fn mp_exec_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Attached to sched:sched_process_exec.
+/// Attached to sched:sched_process_exec, which fires once the new image is in place: with
+/// `--all`, a process that now matches the filter (its new name, say) is traced from here.
 #[tracepoint]
 pub fn mp_exec(ctx: TracePointContext) -> u32 {
     ok(try_exec(&ctx))
@@ -373,13 +410,19 @@ pub fn mp_exec(ctx: TracePointContext) -> u32 {
 fn try_exec(ctx: &TracePointContext) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
-        return Ok(0);
+        if !wanted(tgid) {
+            return Ok(0);
+        }
+        MP_TRACED.insert(tgid, 1, 0)?;
     }
     // A non-leader thread that execs takes the leader's pid: forget it under its old one.
     let _ = MP_EXECING.remove(read::<i32>(ctx, fields::EXEC_OLD_PID)? as u32);
     let _ = MP_EXECING.remove(tid);
     forget_mm(tgid);
-    emit_now(header(RecordKind::Exec, tgid, tid));
+    emit_now(ExecRecord {
+        header: header(RecordKind::Exec, tgid, tid),
+        comm: comm(),
+    });
     Ok(0)
 }
 

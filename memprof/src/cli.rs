@@ -3,6 +3,8 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::top::view::SortKey;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "memprof",
@@ -31,6 +33,74 @@ pub enum Command {
         sudo memprof run --json out.json -- ./server --port 8080"
     )]
     Run(RunArgs),
+    /// A live view of the host's processes, sorted by what grows fastest: reserved, resident
+    /// or page faults per second.
+    #[command(
+        after_help = "Keys: r sort by reserved growth, m by resident growth, f by faults per \
+        second; / filter by command, cgroup or pid (Enter keeps it, Esc clears it); q or Ctrl-C \
+        quits.\n\nWith --batch, or when stdout is not a terminal, prints the table every refresh \
+        as plain text instead.\n\nExamples:\n  sudo memprof top\n  \
+        sudo memprof top --cgroup /system.slice/nginx.service --sort resident\n  \
+        sudo memprof top --batch --duration 10 > memory.log"
+    )]
+    Top(TopArgs),
+}
+
+/// Which processes `--all` and `top` trace. Checked in the kernel when a process is created
+/// or calls exec, so processes that start later are caught from their first instruction.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Only processes with this command name (as `ps -o comm` shows it: the kernel keeps 15
+    /// characters), and the processes they start.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+
+    /// Only processes in this cgroup v2 or below it: a path under /sys/fs/cgroup, e.g.
+    /// /system.slice/nginx.service for a systemd service or a container's scope.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+
+    /// Only processes whose real user id is this one.
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+}
+
+impl FilterArgs {
+    pub fn is_empty(&self) -> bool {
+        self.comm.is_none() && self.cgroup.is_none() && self.uid.is_none()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// What the view is sorted by, highest first: reserved or resident growth per second, or
+    /// page faults per second.
+    #[arg(short, long, value_enum, default_value_t = SortKey::Reserved)]
+    pub sort: SortKey,
+
+    /// Seconds between refreshes.
+    #[arg(short, long, value_name = "SECS", default_value = "1", value_parser = parse_seconds)]
+    pub refresh: Duration,
+
+    /// Print plain text every refresh instead of the interactive view (the default when
+    /// stdout is not a terminal).
+    #[arg(short, long)]
+    pub batch: bool,
+
+    /// Processes printed per refresh with --batch.
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
+
+    /// Stop after this many seconds.
+    #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
+    pub duration: Option<Duration>,
+
+    /// Size of the kernel-to-memprof ring buffer in bytes (a power of two, at least 4096).
+    #[arg(long, value_name = "BYTES", default_value_t = 32 << 20, value_parser = parse_ring_size)]
+    pub ring_buffer_size: u32,
 }
 
 #[derive(Debug, Args)]
@@ -38,6 +108,14 @@ pub struct RunArgs {
     /// Trace this running process (all its threads, and processes it forks from now on).
     #[arg(short, long, value_name = "PID", conflicts_with = "command")]
     pub pid: Option<u32>,
+
+    /// Trace every process on the host (but memprof), including those that start during the
+    /// run; --comm, --cgroup and --uid narrow it.
+    #[arg(short, long, conflicts_with_all = ["pid", "command"])]
+    pub all: bool,
+
+    #[command(flatten)]
+    pub filter: FilterArgs,
 
     /// Stop tracing after this many seconds.
     #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
@@ -87,7 +165,7 @@ pub struct RunArgs {
     pub ring_buffer_size: u32,
 
     /// The command to launch and trace, after `--`.
-    #[arg(last = true, value_name = "CMD", required_unless_present = "pid")]
+    #[arg(last = true, value_name = "CMD", required_unless_present_any = ["pid", "all"])]
     pub command: Vec<String>,
 }
 

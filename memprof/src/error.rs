@@ -32,6 +32,8 @@ pub enum Error {
     },
     #[error("command not found: {0}")]
     CommandNotFound(String),
+    #[error("no cgroup {path}: {why} (list them with `systemd-cgls` or `ls /sys/fs/cgroup`)")]
+    NoSuchCgroup { path: String, why: String },
 }
 
 impl Error {
@@ -42,6 +44,7 @@ impl Error {
             Self::TracefsUnavailable(_) => 5,
             Self::TracepointMissing(..) | Self::TracepointLayout { .. } => 6,
             Self::CommandNotFound(_) => 7,
+            Self::NoSuchCgroup { .. } => 8,
         }
     }
 }

@@ -3,6 +3,7 @@ pub mod attribution;
 pub mod cli;
 pub mod error;
 pub mod export;
+pub mod filter;
 pub mod launch;
 pub mod loader;
 pub mod model;
@@ -15,3 +16,4 @@ pub mod session;
 pub mod symbolize;
 #[cfg(test)]
 mod testing;
+pub mod top;

@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{TracePoint, trace_point::TracePointLink},
 };
-use memprof_common::{COUNTER_LOST, COUNTER_STACKS_LOST, fields};
+use memprof_common::{COUNTER_LOST, COUNTER_STACKS_LOST, Filter, fields};
 
 use crate::error::Error;
 
@@ -26,10 +26,10 @@ pub const SYSCALLS: [(&str, bool); 6] = [
 ];
 
 /// Every tracepoint memprof attaches to, with the program that handles it.
-fn attachments() -> Vec<(&'static str, String, &'static str)> {
+fn attachments(user_stacks: bool) -> Vec<(&'static str, String, &'static str)> {
     let mut all = Vec::new();
     for (name, creates) in SYSCALLS {
-        let enter = if creates {
+        let enter = if creates && user_stacks {
             "mp_sys_enter_site"
         } else {
             "mp_sys_enter"
@@ -97,7 +97,7 @@ pub fn ensure_tracefs() -> Result<bool, Error> {
 /// Checks that each tracepoint exists and that every field the programs read is where they
 /// read it.
 pub fn check_tracepoints(tracefs: &Path) -> Result<(), Error> {
-    for (category, name, _) in attachments() {
+    for (category, name, _) in attachments(true) {
         let dir = tracefs.join("events").join(category).join(&name);
         if !dir.join("id").exists() {
             return Err(Error::TracepointMissing(format!("{category}:{name}"), dir));
@@ -146,6 +146,10 @@ pub struct LoadOptions {
     pub kernel_stacks: bool,
     /// Record the stack of one fault in this many; 0 for none.
     pub fault_stack_sample: u32,
+    /// `--all`: the processes the kernel starts tracing on its own.
+    pub filter: Filter,
+    /// Record the call stack of mmap and brk (the sites); `top` does without.
+    pub user_stacks: bool,
 }
 
 /// The loaded and attached programs and the maps userspace uses.
@@ -188,6 +192,7 @@ impl Probes {
             .map_max_entries("MP_STACKS", options.stack_map_entries)
             .override_global("KERNEL_STACKS", &kernel_stacks, true)
             .override_global("FAULT_STACK_SAMPLE", &options.fault_stack_sample, true)
+            .override_global("FILTER", &options.filter, true)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/memprof"
@@ -200,7 +205,7 @@ impl Probes {
                 .context("the kernel's verifier refused a program")?;
         }
         let mut links = Vec::new();
-        for (category, name, program) in attachments() {
+        for (category, name, program) in attachments(options.user_stacks) {
             let program: &mut TracePoint = ebpf
                 .program_mut(program)
                 .with_context(|| format!("program {program} missing from the eBPF object"))?
@@ -229,6 +234,16 @@ impl Probes {
         self.traced
             .insert(pid, 1, 0)
             .with_context(|| format!("adding pid {pid} to the filter"))
+    }
+
+    /// Whether the process is in the in-kernel filter (the kernel adds new ones itself).
+    pub fn is_traced(&self, pid: u32) -> bool {
+        self.traced.get(&pid, 0).is_ok()
+    }
+
+    /// Takes a process out of the in-kernel filter (one that was gone before it was read).
+    pub fn untrace(&mut self, pid: u32) {
+        let _ = self.traced.remove(&pid);
     }
 
     /// Records the kernel side could not deliver (ring buffer full), summed over CPUs.

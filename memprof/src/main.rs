@@ -9,6 +9,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => memprof::run::run(args),
+        Command::Top(args) => memprof::top::run(args),
     };
     if let Err(err) = result {
         eprintln!("memprof: error: {err:#}");

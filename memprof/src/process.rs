@@ -106,6 +106,8 @@ pub struct ProcCheck {
 /// The address space of a process as read from /proc at one instant.
 pub struct Snapshot {
     pub command: String,
+    /// Its cgroup v2 path.
+    pub cgroup: String,
     pub maps: Vec<MapsEntry>,
     pub start_brk: Option<u64>,
     pub status: Option<Status>,
@@ -120,6 +122,7 @@ impl Snapshot {
         }
         Ok(Self {
             command: read_command(pid).unwrap_or_default(),
+            cgroup: read_cgroup(pid),
             maps,
             start_brk: procfs::read_start_brk(pid).ok().flatten(),
             status: procfs::read_status(pid).ok().flatten(),
@@ -140,9 +143,16 @@ pub fn read_command(pid: u32) -> io::Result<String> {
     Ok(words.join(" "))
 }
 
+/// A process's cgroup v2 path, or "" when /proc does not say.
+fn read_cgroup(pid: u32) -> String {
+    procfs::read_cgroup(pid).ok().flatten().unwrap_or_default()
+}
+
 pub struct Process {
     pub pid: u32,
     pub command: String,
+    /// Its cgroup v2 path when memprof first saw it (or after its exec).
+    pub cgroup: String,
     pub space: AddressSpace,
     pub resident_split: ResidentSplit,
     pub resident_split_start: ResidentSplit,
@@ -174,7 +184,24 @@ impl Process {
             .as_ref()
             .map(ResidentSplit::from_status)
             .unwrap_or_default();
-        Self::new(pid, snapshot.command, space, split, now_ns, interval_ns)
+        let mut process = Self::new(pid, snapshot.command, space, split, now_ns, interval_ns);
+        process.cgroup = snapshot.cgroup;
+        process
+    }
+
+    /// A process that was gone before memprof could read it from /proc: only its records
+    /// are known (`comm` is the kernel's name for it).
+    pub fn unseen(pid: u32, comm: String, now_ns: u64, interval_ns: u64) -> Self {
+        let mut process = Self::new(
+            pid,
+            format!("[{comm}]"),
+            AddressSpace::new(),
+            ResidentSplit::default(),
+            now_ns,
+            interval_ns,
+        );
+        process.incomplete = Some("it exited before memprof could read its maps".into());
+        process
     }
 
     /// A child made by fork: a copy of its parent's address space.
@@ -185,14 +212,16 @@ impl Process {
             .flatten()
             .map(|s| ResidentSplit::from_status(&s))
             .unwrap_or(parent.resident_split);
-        Self::new(
+        let mut child = Self::new(
             pid,
             parent.command.clone(),
             parent.space.forked(),
             split,
             now_ns,
             parent.interval_ns,
-        )
+        );
+        child.cgroup = parent.cgroup.clone();
+        child
     }
 
     fn new(
@@ -206,6 +235,7 @@ impl Process {
         let mut process = Self {
             pid,
             command,
+            cgroup: String::new(),
             reserved: Extent::new(space.reserved()),
             resident: Extent::new(resident_split.total()),
             space,
@@ -233,6 +263,7 @@ impl Process {
         match snapshot {
             Some(s) => {
                 self.command = s.command;
+                self.cgroup = s.cgroup;
                 self.space
                     .replace(AddressSpace::from_maps(&s.maps, s.start_brk));
                 if let Some(status) = &s.status {

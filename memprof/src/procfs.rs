@@ -174,6 +174,32 @@ pub fn read_start_brk(pid: u32) -> io::Result<Option<u64>> {
     Ok(parse_start_brk(&read(pid, "stat")?))
 }
 
+/// The cgroup v2 path in /proc/PID/cgroup (`0::/system.slice/ssh.service`).
+pub fn parse_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+pub fn read_cgroup(pid: u32) -> io::Result<Option<String>> {
+    Ok(parse_cgroup(&read(pid, "cgroup")?))
+}
+
+/// The real uid in /proc/PID/status (`Uid:\treal\teffective\tsaved\tfs`).
+pub fn parse_uid(status: &str) -> Option<u32> {
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().next()?.parse().ok()
+}
+
+/// The pids of every process, from the directories of /proc.
+pub fn pids() -> io::Result<Vec<u32>> {
+    let mut pids: Vec<u32> = fs::read_dir("/proc")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    Ok(pids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +346,23 @@ VmFlags: ex
         assert!(
             maps.iter()
                 .all(|e| e.path.as_deref() != Some("[heap]") || e.start == start_brk)
+        );
+    }
+
+    #[test]
+    fn cgroup_and_uid_are_read_from_proc_texts() {
+        let cgroup = "12:cpu:/old\n0::/system.slice/nginx.service\n";
+        assert_eq!(
+            parse_cgroup(cgroup).as_deref(),
+            Some("/system.slice/nginx.service")
+        );
+        assert_eq!(parse_cgroup("3:memory:/v1only\n"), None);
+        assert_eq!(parse_uid("Name:\tx\nUid:\t1000\t0\t0\t0\n"), Some(1000));
+        assert_eq!(
+            read_cgroup(std::process::id())
+                .unwrap()
+                .map(|c| c.starts_with('/')),
+            Some(true)
         );
     }
 }

@@ -1,7 +1,8 @@
 //! Turns ring-buffer bytes into typed records, without allocating.
 use aya::Pod;
 use memprof_common::{
-    FaultRecord, NewProcessRecord, RecordHeader, RecordKind, RssRecord, StackRecord, SyscallRecord,
+    ExecRecord, FaultRecord, NewProcessRecord, RecordHeader, RecordKind, RssRecord, StackRecord,
+    SyscallRecord,
 };
 
 #[derive(Clone, Debug)]
@@ -10,7 +11,7 @@ pub enum Record {
     Fault(FaultRecord),
     Rss(RssRecord),
     NewProcess(NewProcessRecord),
-    Exec(RecordHeader),
+    Exec(ExecRecord),
     Exit(RecordHeader),
     /// Boxed: 1 KiB, and rare, unlike the records every fault and syscall sends.
     Stack(Box<StackRecord>),
@@ -23,7 +24,8 @@ impl Record {
             Self::Fault(r) => &r.header,
             Self::Rss(r) => &r.header,
             Self::NewProcess(r) => &r.header,
-            Self::Exec(h) | Self::Exit(h) => h,
+            Self::Exec(r) => &r.header,
+            Self::Exit(h) => h,
             Self::Stack(r) => &r.header,
         }
     }
@@ -43,7 +45,7 @@ pub fn parse(bytes: &[u8]) -> Option<Record> {
         RecordKind::Fault => Record::Fault(read(bytes)?),
         RecordKind::Rss => Record::Rss(read(bytes)?),
         RecordKind::NewProcess => Record::NewProcess(read(bytes)?),
-        RecordKind::Exec => Record::Exec(header),
+        RecordKind::Exec => Record::Exec(read(bytes)?),
         RecordKind::Exit => Record::Exit(header),
         RecordKind::Stack => Record::Stack(Box::new(read(bytes)?)),
     })

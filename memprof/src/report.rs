@@ -31,6 +31,8 @@ pub struct Report {
 pub struct ProcessReport {
     pub pid: u32,
     pub command: String,
+    /// Its cgroup v2 path ("" when /proc did not say).
+    pub cgroup: String,
     pub traced_secs: f64,
     /// The process exited while traced: "end" is its state just before its address space
     /// was torn down.
@@ -269,6 +271,7 @@ impl ProcessReport {
         Self {
             pid: p.pid,
             command: p.command.clone(),
+            cgroup: p.cgroup.clone(),
             traced_secs: secs(p.traced_ns()),
             exited: p.exited,
             reserved_bytes: p.reserved,
@@ -335,12 +338,42 @@ fn extent_line(out: &mut String, name: &str, e: &Extent) {
     );
 }
 
+impl ProcessReport {
+    /// How much it grew while traced: reserved, then resident (peaks, as the timeline picks).
+    pub fn growth(&self) -> (u64, u64) {
+        (
+            self.reserved_bytes.peak - self.reserved_bytes.start,
+            self.resident_bytes.peak - self.resident_bytes.start,
+        )
+    }
+}
+
 impl Report {
-    /// The terminal report; `max_regions` rows per process, the rest folded into one line.
-    pub fn render(&self, max_regions: usize) -> String {
+    /// The processes, the one that grew most first.
+    pub fn by_growth(&self) -> Vec<&ProcessReport> {
+        let mut order: Vec<&ProcessReport> = self.processes.iter().collect();
+        order.sort_by_key(|p| (std::cmp::Reverse(p.growth()), p.pid));
+        order
+    }
+
+    /// The terminal report: with several processes a table of all of them, then the
+    /// `max_processes` that grew most in detail, each with `max_regions` regions (the rest
+    /// folded into one line).
+    pub fn render(&self, max_regions: usize, max_processes: usize) -> String {
         let mut out = String::new();
-        for p in &self.processes {
+        let order = self.by_growth();
+        if order.len() > 1 {
+            render_process_table(&mut out, &order);
+        }
+        for p in order.iter().take(max_processes) {
             p.render(&mut out, max_regions, self.fault_sample);
+        }
+        if order.len() > max_processes {
+            let _ = writeln!(
+                out,
+                "({} more processes in the table above; --json has every one in detail)\n",
+                order.len() - max_processes
+            );
         }
         let _ = writeln!(
             out,
@@ -356,6 +389,40 @@ impl Report {
     }
 }
 
+/// One line per process, most growth first.
+fn render_process_table(out: &mut String, order: &[&ProcessReport]) {
+    let _ = writeln!(
+        out,
+        "{} processes (most reserved growth first)\n  {:>7}  {:>10} {:>10} {:>10}  {:>10} {:>10}  {:<7} {:<24} COMMAND",
+        order.len(),
+        "PID",
+        "RESERVED",
+        "GROWTH",
+        "PEAK",
+        "RESIDENT",
+        "GROWTH",
+        "STATE",
+        "CGROUP",
+    );
+    for p in order {
+        let (reserved, resident) = (&p.reserved_bytes, &p.resident_bytes);
+        let row = format!(
+            "  {:>7}  {:>10} {:>10} {:>10}  {:>10} {:>10}  {:<7} {:<24} {}",
+            p.pid,
+            bytes(reserved.end),
+            signed_bytes(i128::from(reserved.end) - i128::from(reserved.start)),
+            bytes(reserved.peak),
+            bytes(resident.end),
+            signed_bytes(i128::from(resident.end) - i128::from(resident.start)),
+            if p.exited { "exited" } else { "running" },
+            shorten(&p.cgroup, 24),
+            shorten(&p.command, 60),
+        );
+        let _ = writeln!(out, "{}", row.trim_end());
+    }
+    out.push('\n');
+}
+
 impl ProcessReport {
     fn render(&self, out: &mut String, max_regions: usize, fault_sample: u64) {
         let state = if self.exited {
@@ -363,9 +430,14 @@ impl ProcessReport {
         } else {
             "running"
         };
+        let cgroup = if self.cgroup.is_empty() {
+            String::new()
+        } else {
+            format!(", cgroup {}", self.cgroup)
+        };
         let _ = writeln!(
             out,
-            "pid {}  {}\n  traced {:.2} s, {state}",
+            "pid {}  {}\n  traced {:.2} s, {state}{cgroup}",
             self.pid, self.command, self.traced_secs
         );
         if let Some(why) = &self.incomplete {
@@ -600,6 +672,7 @@ mod tests {
             processes: vec![ProcessReport {
                 pid: 42,
                 command: "./workload --pause-ms 10".into(),
+                cgroup: "/system.slice/workload.service".into(),
                 traced_secs: 1.5,
                 exited: false,
                 reserved_bytes: Extent {
@@ -675,7 +748,55 @@ mod tests {
                 timeline: vec![],
             }],
         };
-        assert_snapshot("report.txt", &report.render(2));
+        assert_snapshot("report.txt", &report.render(2, usize::MAX));
+    }
+
+    /// With several processes: a table of all of them, most growth first, then details of
+    /// as many as asked.
+    #[test]
+    fn renders_a_table_of_processes() {
+        let process = |pid: u32, command: &str, reserved: Extent, exited: bool| ProcessReport {
+            pid,
+            command: command.into(),
+            cgroup: "/memprof-test/a".into(),
+            traced_secs: 0.05,
+            exited,
+            reserved_bytes: reserved,
+            committed_bytes: reserved.end,
+            resident_bytes: Extent {
+                start: 1 << 20,
+                end: 2 << 20,
+                peak: 3 << 20,
+            },
+            resident_split: SplitReport {
+                start: ResidentSplit::default(),
+                end: ResidentSplit::default(),
+            },
+            regions: vec![],
+            events: EventCounts::default(),
+            proc_check: None,
+            incomplete: exited.then(|| "it exited before memprof could read its maps".into()),
+            sites: vec![],
+            timeline: vec![],
+        };
+        let extent = |start: u64, end: u64, peak: u64| Extent { start, end, peak };
+        let report = Report {
+            lost_events: 3,
+            lost_stacks: 0,
+            fault_sample: 0,
+            duration_secs: 2.0,
+            processes: vec![
+                process(
+                    7,
+                    "/usr/bin/sleep 0.05",
+                    extent(8 << 20, 8 << 20, 8 << 20),
+                    true,
+                ),
+                process(9, "./server", extent(16 << 20, 1 << 30, 1 << 30), false),
+                process(11, "[short]", extent(0, 0, 0), true),
+            ],
+        };
+        assert_snapshot("report-processes.txt", &report.render(2, 1));
     }
 
     #[test]

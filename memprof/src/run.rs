@@ -3,16 +3,23 @@ use std::{fs, path::Path, time::Duration};
 
 use anyhow::Context as _;
 
+use clap::CommandFactory as _;
+use memprof_common::Filter;
+
 use crate::{
-    cli::RunArgs,
+    cli::{Cli, RunArgs},
     error::Error,
     export::{self, Metric, ProfileInfo, Series, SiteSample},
+    filter::ProcessFilter,
     launch::{self, Launched},
     loader::{self, LoadOptions, Probes},
     process::Snapshot,
     report::{ProcessReport, Report},
     session::{Origin, Session},
 };
+
+/// Processes shown in detail in the terminal report of `--all` (the JSON has every one).
+const DETAILED_PROCESSES: usize = 10;
 
 /// The process a pid belongs to: a thread id is taken as its whole process.
 fn process_of(pid: u32) -> Result<u32, Error> {
@@ -25,18 +32,59 @@ fn process_of(pid: u32) -> Result<u32, Error> {
         .ok_or(Error::NoSuchProcess(pid))
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    // Everything that can be refused without loading anything is checked first.
-    let attach_to = args.pid.map(process_of).transpose()?;
-    let program = match attach_to {
-        Some(_) => None,
-        None => Some(launch::resolve(&args.command[0])?),
-    };
+/// Refuses early, with the fix named, when this machine cannot run the probes.
+pub fn check_machine() -> anyhow::Result<()> {
     loader::check_privileges()?;
     if loader::ensure_tracefs()? {
         eprintln!("memprof: mounted tracefs at {}", loader::TRACEFS);
     }
     loader::check_tracepoints(Path::new(loader::TRACEFS))?;
+    Ok(())
+}
+
+/// `--all` and `top`: adds the running processes that pass `filter` (new ones the kernel
+/// adds itself); returns how many.
+pub fn trace_running(session: &mut Session, filter: &ProcessFilter) -> anyhow::Result<usize> {
+    let me = std::process::id();
+    let mut traced = 0;
+    for pid in crate::procfs::pids().context("listing /proc")? {
+        // Already added by the kernel: its record will say so.
+        if pid == me || !filter.matches(pid) || session.probes.is_traced(pid) {
+            continue;
+        }
+        session.probes.trace(pid)?;
+        match Snapshot::read(pid) {
+            Ok(snapshot) => {
+                session.seed(pid, snapshot);
+                traced += 1;
+            }
+            // Gone, or a kernel thread (no address space).
+            Err(_) => session.probes.untrace(pid),
+        }
+    }
+    Ok(traced)
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    if !args.all && !args.filter.is_empty() {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--comm, --cgroup and --uid choose processes for --all: add --all",
+            )
+            .exit();
+    }
+    // Everything that can be refused without loading anything is checked first.
+    let filter = args
+        .all
+        .then(|| ProcessFilter::new(&args.filter))
+        .transpose()?;
+    let attach_to = args.pid.map(process_of).transpose()?;
+    let program = match (attach_to, &filter) {
+        (None, None) => Some(launch::resolve(&args.command[0])?),
+        _ => None,
+    };
+    check_machine()?;
 
     // Fork before anything else starts a thread; the child waits until it is traced.
     let launched = program
@@ -53,9 +101,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         stack_map_entries: args.stack_map_entries,
         kernel_stacks: args.kernel_stacks,
         fault_stack_sample: fault_sample,
+        filter: filter
+            .as_ref()
+            .map_or_else(Filter::default, |f| f.kernel(std::process::id())),
+        user_stacks: true,
     })?;
     let interval = Duration::from_millis(args.interval);
     let mut session = match (attach_to, launched) {
+        _ if let Some(filter) = &filter => {
+            let mut session = Session::new(probes, 0, Origin::All, interval);
+            let running = trace_running(&mut session, filter)?;
+            eprintln!(
+                "memprof: tracing {} ({running} running now); Ctrl-C to stop and report",
+                filter.describe()
+            );
+            session
+        }
         (Some(pid), _) => {
             probes.trace(pid)?;
             let snapshot = Snapshot::read(pid).map_err(|_| Error::NoSuchProcess(pid))?;
@@ -69,18 +130,20 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let snapshot = child.start()?;
             Session::new(probes, pid, Origin::Launched(Some(snapshot)), interval)
         }
-        (None, None) => unreachable!("clap requires --pid or a command"),
+        (None, None) => unreachable!("clap requires --pid, --all or a command"),
     };
-    eprintln!(
-        "memprof: tracing pid {}; Ctrl-C to stop and report",
-        session.root
-    );
+    if filter.is_none() {
+        eprintln!(
+            "memprof: tracing pid {}; Ctrl-C to stop and report",
+            session.root
+        );
+    }
 
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(session.run(events, args.duration))?;
-    if attach_to.is_none() {
+        .block_on(session.run(events, args.duration, None))?;
+    if attach_to.is_none() && filter.is_none() {
         // Reap the command if it exited, so it does not linger as a zombie, and say how it
         // ended when that was not a success (its own output may have scrolled away).
         let mut status = 0;
@@ -108,7 +171,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let report = Report::new(&session, fault_sample);
-    print!("{}", report.render(args.regions));
+    let detailed = if args.all {
+        DETAILED_PROCESSES
+    } else {
+        usize::MAX
+    };
+    print!("{}", report.render(args.regions, detailed));
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &args.json {
         write(path, json.as_bytes())?;

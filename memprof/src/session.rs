@@ -1,6 +1,10 @@
 //! A tracing session: the probes, the processes being traced, and the loop that applies
 //! records to them until tracing ends.
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsRawFd, RawFd},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf, StackTraceMap};
@@ -32,6 +36,12 @@ fn site_of(
     sites.resolve(process.pid, user, kernel, &process.space, stacks)
 }
 
+/// A kernel command name (NUL-padded) as text.
+fn comm_name(comm: &[u8; 16]) -> String {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..len]).into_owned()
+}
+
 /// How often records sent without a wake-up are read.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -42,10 +52,52 @@ pub enum Origin {
     /// `-- CMD`: ends when the command and all its descendants have exited. Holds the
     /// snapshot taken while the command was stopped right after exec.
     Launched(Option<Snapshot>),
+    /// `--all` and `top`: the kernel adds processes as they start; ends on Ctrl-C or
+    /// `--duration`.
+    All,
+}
+
+/// Whether tracing goes on after a [`Watch`] call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Looks at the session while it runs (`memprof top`).
+pub trait Watch {
+    /// How often [`Watch::refresh`] is called.
+    fn refresh_every(&self) -> Duration;
+    /// Called with every record so far applied; may drop processes it is done with.
+    fn refresh(&mut self, session: &mut Session) -> anyhow::Result<Flow>;
+    /// Whether keys are read from the terminal on stdin and passed to [`Watch::key`].
+    fn reads_keys(&self) -> bool;
+    /// Bytes read from the terminal at once (one key, or an escape sequence).
+    fn keys(&mut self, keys: &[u8], session: &Session) -> anyhow::Result<Flow>;
+}
+
+/// Standard input, for polling the terminal for keys.
+struct Stdin;
+
+impl AsRawFd for Stdin {
+    fn as_raw_fd(&self) -> RawFd {
+        libc::STDIN_FILENO
+    }
+}
+
+/// Bytes waiting on stdin, once it polled readable.
+fn read_keys() -> std::io::Result<Vec<u8>> {
+    let mut buf = [0u8; 64];
+    // SAFETY: reading into a buffer we own, within its length.
+    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(buf[..n as usize].to_vec())
 }
 
 pub struct Session {
-    probes: Probes,
+    pub probes: Probes,
     pub root: u32,
     origin: Origin,
     pub processes: BTreeMap<u32, Process>,
@@ -97,16 +149,30 @@ impl Session {
         self.processes.insert(pid, process);
     }
 
-    /// Applies records until tracing ends: Ctrl-C, SIGTERM, `duration`, or the traced
-    /// processes are gone.
+    /// Applies records until tracing ends: Ctrl-C, SIGTERM, `duration`, the traced
+    /// processes are gone, or `watch` says so.
     pub async fn run(
         &mut self,
         events: RingBuf<MapData>,
         duration: Option<Duration>,
+        mut watch: Option<&mut dyn Watch>,
     ) -> anyhow::Result<()> {
         // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd holds it.
         let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
             .context("polling the ring buffer")?;
+        let keys = match &watch {
+            // SAFETY: stdin stays open for as long as memprof runs.
+            Some(w) if w.reads_keys() => Some(
+                unsafe { AsyncFd::register_with_interest(Stdin, Interest::READABLE) }
+                    .context("polling stdin")?,
+            ),
+            _ => None,
+        };
+        let every = watch
+            .as_ref()
+            .map_or(Duration::MAX / 4, |w| w.refresh_every());
+        // The first refresh after one period: rates need two readings.
+        let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
         let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
         let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
@@ -126,6 +192,28 @@ impl Session {
                 _ = &mut deadline, if duration.is_some() => break,
                 _ = drain.tick() => self.drain(events.get_mut()),
                 _ = tick.tick() => self.end_vanished(events.get_mut()),
+                _ = refresh.tick(), if watch.is_some() => {
+                    self.drain(events.get_mut());
+                    if let Some(w) = watch.as_deref_mut()
+                        && w.refresh(self)? == Flow::Stop
+                    {
+                        break;
+                    }
+                }
+                guard = async { keys.as_ref()?.readable().await.ok() }, if keys.is_some() => {
+                    let Some(mut guard) = guard else { break };
+                    let bytes = read_keys()?;
+                    guard.clear_ready();
+                    if bytes.is_empty() {
+                        // The terminal went away.
+                        break;
+                    }
+                    if let Some(w) = watch.as_deref_mut()
+                        && w.keys(&bytes, self)? == Flow::Stop
+                    {
+                        break;
+                    }
+                }
             }
             if self.finished() {
                 break;
@@ -143,6 +231,7 @@ impl Session {
             Origin::Launched(_) => {
                 !self.processes.is_empty() && self.processes.values().all(|p| p.exited)
             }
+            Origin::All => false,
         }
     }
 
@@ -189,10 +278,17 @@ impl Session {
     fn apply(&mut self, record: Record) {
         let header = *record.header();
         match record {
-            Record::Exec(_) => return self.exec(header.tgid, header.ts_ns),
+            Record::Exec(r) => return self.exec(header.tgid, header.ts_ns, &r.comm),
             Record::Stack(r) => return self.sites.add_inline(&r),
+            Record::NewProcess(r) if !self.processes.contains_key(&header.tgid) => {
+                // `--all`: a process that matched the filter when it was created.
+                return self.add_new(r.child_pid, header.ts_ns, &r.comm);
+            }
             _ => {}
         }
+        // `--all` read it from /proc already when it started.
+        let child_known =
+            matches!(&record, Record::NewProcess(r) if self.processes.contains_key(&r.child_pid));
         let Some(process) = self.processes.get_mut(&header.tgid) else {
             // Launch mode: the command before its exec is memprof's own fork.
             return;
@@ -229,6 +325,9 @@ impl Session {
             Record::Rss(r) => process.apply_rss(r.member, r.bytes),
             Record::NewProcess(r) => {
                 process.events.forks += 1;
+                if child_known {
+                    return;
+                }
                 // The child copies the parent's regions: name them while the parent lives.
                 process.name_files();
                 let child = Process::forked(process, r.child_pid, header.ts_ns);
@@ -239,7 +338,17 @@ impl Session {
         }
     }
 
-    fn exec(&mut self, pid: u32, ts_ns: u64) {
+    /// A process memprof has not seen before: read it from /proc now (later records replay
+    /// onto it), or, when it is already gone, keep what its records will say.
+    fn add_new(&mut self, pid: u32, ts_ns: u64, comm: &[u8; 16]) {
+        let process = match Snapshot::read(pid) {
+            Ok(snapshot) => Process::from_snapshot(pid, snapshot, ts_ns, self.interval_ns),
+            Err(_) => Process::unseen(pid, comm_name(comm), ts_ns, self.interval_ns),
+        };
+        self.processes.insert(pid, process);
+    }
+
+    fn exec(&mut self, pid: u32, ts_ns: u64, comm: &[u8; 16]) {
         let snapshot = match &mut self.origin {
             Origin::Launched(first) if pid == self.root && first.is_some() => first.take(),
             // Read now: the process runs on, but the records that follow replay onto it.
@@ -251,12 +360,18 @@ impl Session {
                 process.exec(snapshot);
             }
             None => {
-                if let Some(snapshot) = snapshot {
-                    let process = Process::from_snapshot(pid, snapshot, ts_ns, self.interval_ns);
-                    self.processes.insert(pid, process);
-                }
+                let process = match snapshot {
+                    Some(s) => Process::from_snapshot(pid, s, ts_ns, self.interval_ns),
+                    None => Process::unseen(pid, comm_name(comm), ts_ns, self.interval_ns),
+                };
+                self.processes.insert(pid, process);
             }
         }
+    }
+
+    /// Records lost so far (the kernel's count read now).
+    pub fn lost_events_so_far(&self) -> u64 {
+        self.probes.lost_records() + self.undecodable
     }
 
     fn finish(&mut self) {

@@ -3,9 +3,11 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::{
+    fs,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, Output, Stdio},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -155,6 +157,77 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// A cgroup v2 directory made for one test, removed (with its children) at the end.
+pub struct TestCgroup {
+    dir: PathBuf,
+    /// From the cgroup v2 root, as `--cgroup` takes it.
+    pub path: String,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> Self {
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&"cgroup2"))
+            .map(|f| f[1].to_string())
+            .expect("cgroup v2 is mounted");
+        let path = format!("/memprof-test-{name}-{}", std::process::id());
+        let dir = PathBuf::from(root).join(&path[1..]);
+        fs::create_dir_all(&dir).unwrap();
+        Self { dir, path }
+    }
+
+    pub fn child(&self, name: &str) -> Self {
+        let dir = self.dir.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        Self {
+            dir,
+            path: format!("{}/{name}", self.path),
+        }
+    }
+
+    /// Starts `command` inside this cgroup: a shell moves itself in, then execs it. Its
+    /// stdout is piped.
+    pub fn spawn(&self, command: &[&str]) -> Child {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec \"$@\"",
+            self.dir.display()
+        );
+        Command::new("sh")
+            .args(["-c", &script, "sh"])
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // A cgroup can be removed once its processes are reaped and its children are gone.
+        for _ in 0..50 {
+            let children: Vec<PathBuf> = fs::read_dir(&self.dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.is_dir())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for child in children {
+                let _ = fs::remove_dir(child);
+            }
+            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// Builds the test Go program in `dir` with Debian's go; returns its path.

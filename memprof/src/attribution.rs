@@ -33,6 +33,9 @@ pub struct Site {
 pub struct Sites {
     sites: Vec<Site>,
     index: HashMap<(u32, i32, i32), SiteId>,
+    /// By the stacks' addresses: a stack sent whole (a new id each time) or stored under two
+    /// ids is still one site.
+    by_addresses: HashMap<(u32, Vec<u64>, Vec<u64>), SiteId>,
     /// Stacks the kernel sent whole (their ids have INLINE_STACK set), until used.
     inline: HashMap<i32, Vec<u64>>,
 }
@@ -51,9 +54,15 @@ impl Default for Sites {
         Self {
             sites,
             index: HashMap::new(),
+            by_addresses: HashMap::new(),
             inline: HashMap::new(),
         }
     }
+}
+
+/// A stack sent whole in its own record; negative ids (no stack) are not.
+fn is_inline(id: i32) -> bool {
+    id >= 0 && id & INLINE_STACK != 0
 }
 
 impl Sites {
@@ -66,7 +75,7 @@ impl Sites {
     }
 
     fn read_stack(&mut self, stacks: &StackTraceMap<MapData>, id: i32) -> Vec<u64> {
-        if id >= 0 && id & INLINE_STACK != 0 {
+        if is_inline(id) {
             return self.inline.remove(&id).unwrap_or_default();
         }
         u32::try_from(id)
@@ -92,22 +101,32 @@ impl Sites {
         if let Some(&id) = self.index.get(&key) {
             return id;
         }
-        let user = self
-            .read_stack(stacks, user_stack)
-            .into_iter()
-            .enumerate()
-            .map(|(depth, address)| capture(space, address, depth))
-            .collect();
-        let id = self.sites.len() as SiteId;
-        let kernel = self.read_stack(stacks, kernel_stack);
-        self.sites.push(Site {
+        let addresses = (
             pid,
-            user,
-            kernel,
-            placeholder: None,
-        });
+            self.read_stack(stacks, user_stack),
+            self.read_stack(stacks, kernel_stack),
+        );
+        let id = match self.by_addresses.get(&addresses) {
+            Some(&id) => id,
+            None => {
+                let id = self.sites.len() as SiteId;
+                let (_, user, kernel) = &addresses;
+                self.sites.push(Site {
+                    pid,
+                    user: user
+                        .iter()
+                        .enumerate()
+                        .map(|(depth, &address)| capture(space, address, depth))
+                        .collect(),
+                    kernel: kernel.clone(),
+                    placeholder: None,
+                });
+                self.by_addresses.insert(addresses, id);
+                id
+            }
+        };
         // Inline ids are used once (and wrap around): only stack-map ids name a stack again.
-        if user_stack & INLINE_STACK == 0 && kernel_stack & INLINE_STACK == 0 {
+        if !is_inline(user_stack) && !is_inline(kernel_stack) {
             self.index.insert(key, id);
         }
         id

@@ -192,3 +192,22 @@ fn kernel_stacks_are_named_from_kallsyms() {
         .expect("the site");
     assert!(line.contains("do_syscall_64_[k]"), "{line}");
 }
+
+/// A stack seen again is the same site: 4,000 mmaps from one loop make one site, not 4,000.
+#[test]
+fn a_stack_seen_again_is_the_same_site() {
+    let dir = scratch("same-site");
+    let json = dir.join("report.json");
+    run_ok(
+        memprof()
+            .args(["run", "--json"])
+            .arg(&json)
+            .args(["--", WORKLOAD, "--storm", "syscalls", "--scale", "0.02"]),
+    );
+    let report = read_json(&json);
+    let sites = report["processes"][0]["sites"].as_array().unwrap();
+    let stacks: std::collections::BTreeSet<String> =
+        sites.iter().map(|s| s["stack"].to_string()).collect();
+    assert_eq!(stacks.len(), sites.len(), "a stack is listed twice");
+    assert!(sites.len() < 100, "{} sites for a loop", sites.len());
+}

@@ -209,6 +209,8 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
+        // What a failed test left running would keep the cgroup busy.
+        let _ = fs::write(self.dir.join("cgroup.kill"), "1");
         // A cgroup can be removed once its processes are reaped and its children are gone.
         for _ in 0..50 {
             let children: Vec<PathBuf> = fs::read_dir(&self.dir)

@@ -29,7 +29,7 @@ pub struct ProcessFilter {
 }
 
 /// Where cgroup v2 is mounted, from a mounts table (`/proc/self/mounts`).
-fn cgroup2_root(mounts: &str) -> Option<&str> {
+pub fn cgroup2_root(mounts: &str) -> Option<&str> {
     mounts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         let (_, root, kind) = (fields.next()?, fields.next()?, fields.next()?);

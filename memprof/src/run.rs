@@ -42,29 +42,6 @@ pub fn check_machine() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--all` and `top`: adds the running processes that pass `filter` (new ones the kernel
-/// adds itself); returns how many.
-pub fn trace_running(session: &mut Session, filter: &ProcessFilter) -> anyhow::Result<usize> {
-    let me = std::process::id();
-    let mut traced = 0;
-    for pid in crate::procfs::pids().context("listing /proc")? {
-        // Already added by the kernel: its record will say so.
-        if pid == me || !filter.matches(pid) || session.probes.is_traced(pid) {
-            continue;
-        }
-        session.probes.trace(pid)?;
-        match Snapshot::read(pid) {
-            Ok(snapshot) => {
-                session.seed(pid, snapshot);
-                traced += 1;
-            }
-            // Gone, or a kernel thread (no address space).
-            Err(_) => session.probes.untrace(pid),
-        }
-    }
-    Ok(traced)
-}
-
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.all && !args.filter.is_empty() {
         Cli::command()
@@ -110,7 +87,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut session = match (attach_to, launched) {
         _ if let Some(filter) = &filter => {
             let mut session = Session::new(probes, 0, Origin::All, interval);
-            let running = trace_running(&mut session, filter)?;
+            let running = session.trace_running(filter)?;
             eprintln!(
                 "memprof: tracing {} ({running} running now); Ctrl-C to stop and report",
                 filter.describe()
@@ -196,15 +173,16 @@ fn write(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 /// Flame graphs, folded stacks, a pprof profile and the JSON report, in `dir`.
 fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // With several processes, each stack starts at its process.
+    // "name (pid)": with several processes, each stack starts at its process.
+    let label = |p: &ProcessReport| {
+        let name = p.command.split_whitespace().next().unwrap_or("?");
+        let name = name.rsplit('/').next().unwrap_or(name);
+        format!("{name} ({})", p.pid)
+    };
     let roots: Vec<Option<String>> = report
         .processes
         .iter()
-        .map(|p| {
-            let name = p.command.split_whitespace().next().unwrap_or("?");
-            let name = name.rsplit('/').next().unwrap_or(name);
-            (report.processes.len() > 1).then(|| format!("{name} ({})", p.pid))
-        })
+        .map(|p| (report.processes.len() > 1).then(|| label(p)))
         .collect();
     let samples: Vec<SiteSample> = report
         .processes
@@ -247,13 +225,14 @@ fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Result<(
     };
     write(&dir.join("profile.pb.gz"), &export::pprof(&samples, &info))?;
     // The processes whose address space grew most.
-    let mut growing: Vec<(&ProcessReport, String)> = report
-        .processes
-        .iter()
-        .zip(&roots)
-        .map(|(p, root)| (p, root.clone().unwrap_or_else(|| format!("pid {}", p.pid))))
+    let growing: Vec<(&ProcessReport, String)> = report
+        .by_growth()
+        .into_iter()
+        .map(|p| match report.processes.len() {
+            1 => (p, format!("pid {}", p.pid)),
+            _ => (p, label(p)),
+        })
         .collect();
-    growing.sort_by_key(|(p, _)| std::cmp::Reverse(p.reserved_bytes.peak - p.reserved_bytes.start));
     let series: Vec<Series> = growing
         .iter()
         .map(|(p, name)| Series {

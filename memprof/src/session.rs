@@ -15,9 +15,11 @@ use tokio::{
 
 use crate::{
     attribution::Sites,
+    filter::ProcessFilter,
     loader::Probes,
     model::{SITE_NO_STACK, SiteId},
     process::{Process, Snapshot},
+    procfs,
     reader::{self, Record},
 };
 
@@ -97,7 +99,7 @@ fn read_keys() -> std::io::Result<Vec<u8>> {
 }
 
 pub struct Session {
-    pub probes: Probes,
+    probes: Probes,
     pub root: u32,
     origin: Origin,
     pub processes: BTreeMap<u32, Process>,
@@ -147,6 +149,29 @@ impl Session {
     pub fn seed(&mut self, pid: u32, snapshot: Snapshot) {
         let process = Process::from_snapshot(pid, snapshot, monotonic_ns(), self.interval_ns);
         self.processes.insert(pid, process);
+    }
+
+    /// `--all` and `top`: adds the running processes that pass `filter` (new ones the kernel
+    /// adds itself); returns how many.
+    pub fn trace_running(&mut self, filter: &ProcessFilter) -> anyhow::Result<usize> {
+        let me = std::process::id();
+        let mut traced = 0;
+        for pid in procfs::pids().context("listing /proc")? {
+            // Already added by the kernel: its record will say so.
+            if pid == me || !filter.matches(pid) || self.probes.is_traced(pid) {
+                continue;
+            }
+            self.probes.trace(pid)?;
+            match Snapshot::read(pid) {
+                Ok(snapshot) => {
+                    self.seed(pid, snapshot);
+                    traced += 1;
+                }
+                // Gone, or a kernel thread (no address space).
+                Err(_) => self.probes.untrace(pid),
+            }
+        }
+        Ok(traced)
     }
 
     /// Applies records until tracing ends: Ctrl-C, SIGTERM, `duration`, the traced

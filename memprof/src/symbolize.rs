@@ -365,6 +365,13 @@ mod tests {
         (address, path, file_offset)
     }
 
+    /// A fresh symbolizer's frames for `address`, at `file_offset` in the file at `path`.
+    fn symbolize_in(path: &str, file_offset: u64, address: u64) -> Vec<Frame> {
+        Symbolizer::new()
+            .symbolize(address, Location::Module { path, file_offset })
+            .to_vec()
+    }
+
     #[test]
     fn symbolize_own_test_binary() {
         assert_eq!(memprof_symbolize_probe_fn(), 0x5eed * 3);
@@ -475,16 +482,7 @@ static void print_self(unsigned long a) {
         let (address, path, file_offset) = locate_in_program(&exe);
         assert_eq!(Path::new(&path), exe.as_path());
 
-        let mut symbolizer = Symbolizer::new();
-        let frames = symbolizer
-            .symbolize(
-                address,
-                Location::Module {
-                    path: &path,
-                    file_offset,
-                },
-            )
-            .to_vec();
+        let frames = symbolize_in(&path, file_offset, address);
         assert_eq!(frames.len(), 1, "{frames:#?}");
         assert_eq!(frames[0].function, "memprof_c_known");
         assert!(

@@ -127,7 +127,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         user_stacks: false,
     })?;
     let mut session = Session::new(probes, 0, Origin::All, NO_TIMELINE);
-    let running = run::trace_running(&mut session, &filter)?;
+    let running = session.trace_running(&filter)?;
     eprintln!(
         "memprof: tracing {} ({running} running now); {}",
         filter.describe(),

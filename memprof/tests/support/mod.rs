@@ -169,12 +169,7 @@ pub struct TestCgroup {
 impl TestCgroup {
     pub fn new(name: &str) -> Self {
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-        let root = mounts
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.get(2) == Some(&"cgroup2"))
-            .map(|f| f[1].to_string())
-            .expect("cgroup v2 is mounted");
+        let root = memprof::filter::cgroup2_root(&mounts).expect("cgroup v2 is mounted");
         let path = format!("/memprof-test-{name}-{}", std::process::id());
         let dir = PathBuf::from(root).join(&path[1..]);
         fs::create_dir_all(&dir).unwrap();

@@ -21,7 +21,7 @@ pub enum RecordKind {
     Exec = 5,
     /// The last thread of a traced process is exiting, address space still intact: header only.
     Exit = 6,
-    /// A stack the stack map had no room for, sent whole: [`StackRecord`].
+    /// A call stack, sent once before the first record that refers to it: [`StackRecord`].
     Stack = 7,
 }
 
@@ -53,28 +53,25 @@ pub struct RecordHeader {
     pub ts_ns: u64,
 }
 
-/// The syscall arguments, as the sys_enter tracepoint gave them.
+/// The syscall arguments, as the caller passed them in registers.
 pub const SYSCALL_ARGS: usize = 6;
 
-/// A stack id that is not there: not asked for, or the kernel could not store it.
-pub const NO_STACK: i32 = -1;
-/// Stack ids with this bit set name a [`StackRecord`] sent before the record using it, not
-/// an entry of the stack map (whose ids stay below its size).
-pub const INLINE_STACK: i32 = 0x4000_0000;
-/// The kernel's most frames per stack (PERF_MAX_STACK_DEPTH).
+/// A stack id that is not there: not asked for, or its [`StackRecord`] could not be sent.
+pub const NO_STACK: u64 = 0;
+/// The most frames per stack (the kernel's PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyscallRecord {
     pub header: RecordHeader,
-    /// The architecture's syscall number (`__syscall_nr`).
+    /// The architecture's syscall number.
     pub nr: u32,
-    /// The caller's user stack in the stack map, or a negative errno / [`NO_STACK`].
-    pub user_stack_id: i32,
-    /// The kernel stack (with `--kernel-stacks`), or a negative errno / [`NO_STACK`].
-    pub kernel_stack_id: i32,
     pub _reserved: u32,
+    /// The caller's user stack (a [`StackRecord`] id), or [`NO_STACK`].
+    pub user_stack: u64,
+    /// The kernel stack (with `--kernel-stacks`), or [`NO_STACK`].
+    pub kernel_stack: u64,
     /// mmap: addr, len, prot, flags, fd, offset; munmap: addr, len; mremap: addr, old_len,
     /// new_len, flags, new_addr; brk: brk; mprotect: addr, len, prot; madvise: addr, len, advice.
     pub args: [u64; SYSCALL_ARGS],
@@ -89,9 +86,9 @@ pub struct FaultRecord {
     pub address: u64,
     /// x86 page-fault error code: bit 1 set for a write.
     pub error_code: u64,
-    /// The faulting code's user stack when this fault was sampled (`--fault-stacks`).
-    pub stack_id: i32,
-    pub _reserved: u32,
+    /// The faulting code's user stack when this fault was sampled (`--fault-stacks`), or
+    /// [`NO_STACK`].
+    pub stack: u64,
 }
 
 #[repr(C)]
@@ -105,17 +102,23 @@ pub struct RssRecord {
     pub bytes: i64,
 }
 
-/// A stack that collided with another in the stack map's hash bucket, sent whole instead.
+/// A call stack. The kernel sends each one once per process, before the first record that
+/// refers to it (again only after it forgot having sent it), and only its `frames` first
+/// `ips`: the record is [`STACK_RECORD_HEAD`] + 8 × `frames` bytes long.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StackRecord {
     pub header: RecordHeader,
-    /// The id records use for it, with [`INLINE_STACK`] set.
-    pub id: u32,
+    /// The id records use for it: a hash of the process id and the addresses, never 0.
+    pub id: u64,
     /// How many of `ips` are filled, leaf first.
     pub frames: u32,
+    pub _reserved: u32,
     pub ips: [u64; MAX_STACK_DEPTH],
 }
+
+/// The bytes of a [`StackRecord`] before its addresses.
+pub const STACK_RECORD_HEAD: usize = core::mem::offset_of!(StackRecord, ips);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -158,17 +161,31 @@ pub struct Filter {
     pub comm: [u8; 16],
 }
 
+/// Where the rss_stat program finds what the tracepoint's formatted record would hold (it is
+/// a raw tracepoint: its arguments are the mm and which counter changed). Read from the
+/// kernel's BTF at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelLayout {
+    /// `task_struct.mm`.
+    pub task_mm: u32,
+    /// `mm_struct.rss_stat`, an array of `struct percpu_counter` indexed by the counter.
+    pub mm_rss_stat: u32,
+    /// `sizeof(struct percpu_counter)`.
+    pub counter_size: u32,
+    /// `percpu_counter.count`, the counter's value in pages.
+    pub counter_count: u32,
+}
+
 /// [`Filter::uid`] matching every user.
 pub const ANY_UID: u32 = u32::MAX;
 
 /// Index of the per-CPU counter of records the ring buffer had no room for.
 pub const COUNTER_LOST: u32 = 0;
-/// Index of the per-CPU counter of stacks the stack map had no room for.
+/// Index of the per-CPU counter of stacks that could not be sent (ring buffer full).
 pub const COUNTER_STACKS_LOST: u32 = 1;
-/// Index of the per-CPU sequence numbering inline stacks.
-pub const COUNTER_INLINE_STACKS: u32 = 2;
 /// Number of per-CPU counters.
-pub const COUNTERS: u32 = 3;
+pub const COUNTERS: u32 = 2;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -181,6 +198,7 @@ mod pod {
     unsafe impl aya::Pod for NewProcessRecord {}
     unsafe impl aya::Pod for ExecRecord {}
     unsafe impl aya::Pod for Filter {}
+    unsafe impl aya::Pod for KernelLayout {}
     unsafe impl aya::Pod for StackRecord {}
 }
 
@@ -190,31 +208,12 @@ mod pod {
 pub mod fields {
     pub type Field = (&'static str, &'static str, usize);
 
-    pub const SYSCALL_NR: Field = ("syscalls/sys_enter_mmap", "__syscall_nr", 8);
-    /// First syscall argument; the others follow 8 bytes apart.
-    pub const SYSCALL_ARG0: Field = ("syscalls/sys_enter_mmap", "addr", 16);
-    pub const SYSCALL_RET: Field = ("syscalls/sys_exit_mmap", "ret", 16);
-    pub const FAULT_ADDRESS: Field = ("exceptions/page_fault_user", "address", 8);
-    pub const FAULT_ERROR_CODE: Field = ("exceptions/page_fault_user", "error_code", 24);
-    pub const RSS_MM_ID: Field = ("kmem/rss_stat", "mm_id", 8);
-    pub const RSS_CURR: Field = ("kmem/rss_stat", "curr", 12);
-    pub const RSS_MEMBER: Field = ("kmem/rss_stat", "member", 16);
-    pub const RSS_SIZE: Field = ("kmem/rss_stat", "size", 24);
     pub const NEWTASK_PID: Field = ("task/task_newtask", "pid", 8);
     pub const NEWTASK_CLONE_FLAGS: Field = ("task/task_newtask", "clone_flags", 32);
     pub const EXIT_GROUP_DEAD: Field = ("sched/sched_process_exit", "group_dead", 32);
     pub const EXEC_OLD_PID: Field = ("sched/sched_process_exec", "old_pid", 16);
 
-    pub const ALL: [Field; 13] = [
-        SYSCALL_NR,
-        SYSCALL_ARG0,
-        SYSCALL_RET,
-        FAULT_ADDRESS,
-        FAULT_ERROR_CODE,
-        RSS_MM_ID,
-        RSS_CURR,
-        RSS_MEMBER,
-        RSS_SIZE,
+    pub const ALL: [Field; 4] = [
         NEWTASK_PID,
         NEWTASK_CLONE_FLAGS,
         EXIT_GROUP_DEAD,

@@ -4,23 +4,26 @@
 #![no_main]
 
 use aya_ebpf::{
-    EbpfContext as _,
+    EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, bpf_get_prandom_u32, bpf_get_smp_processor_id, bpf_get_stack,
-        bpf_ktime_get_ns,
+        bpf_get_current_task, bpf_get_current_uid_gid, bpf_get_prandom_u32, bpf_get_stack,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
     },
-    macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{TracePointContext, tracing::StackIdContext as _},
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use memprof_common::{
-    ANY_UID, COUNTER_INLINE_STACKS, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, ExecRecord,
-    FaultRecord, Filter, INLINE_STACK, MAX_STACK_DEPTH, NO_STACK, NewProcessRecord, RecordHeader,
-    RecordKind, RssRecord, SYSCALL_ARGS, StackRecord, SyscallRecord, fields,
+    ANY_UID, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, ExecRecord, FaultRecord, Filter,
+    KernelLayout, MAX_STACK_DEPTH, NO_STACK, NewProcessRecord, RecordHeader, RecordKind, RssRecord,
+    STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord, fields,
 };
 
+/// Set by userspace at load time: record the call stack of mmap and brk (`top` does without).
+#[unsafe(no_mangle)]
+static USER_STACKS: u32 = 1;
 /// Set by userspace at load time (`--kernel-stacks`): also record kernel stacks of syscalls.
 #[unsafe(no_mangle)]
 static KERNEL_STACKS: u32 = 0;
@@ -28,6 +31,14 @@ static KERNEL_STACKS: u32 = 0;
 /// fault in this many; 0 records none.
 #[unsafe(no_mangle)]
 static FAULT_STACK_SAMPLE: u32 = 0;
+/// Set by userspace at load time, from the kernel's BTF.
+#[unsafe(no_mangle)]
+static LAYOUT: KernelLayout = KernelLayout {
+    task_mm: 0,
+    mm_rss_stat: 0,
+    counter_size: 0,
+    counter_count: 0,
+};
 /// Set by userspace at load time (`--all` and its filters).
 #[unsafe(no_mangle)]
 static FILTER: Filter = Filter {
@@ -40,27 +51,51 @@ static FILTER: Filter = Filter {
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
-/// Addresses at or above this are the kernel's (x86_64 and arm64 with 48-bit user space).
+/// Addresses at or above this are the kernel's (x86_64 with 48-bit user space).
 const USER_SPACE_END: u64 = 0x0000_8000_0000_0000;
+
+/// x86_64's syscall numbers of the calls followed.
+mod nr {
+    pub const MMAP: u64 = 9;
+    pub const MPROTECT: u64 = 10;
+    pub const MUNMAP: u64 = 11;
+    pub const BRK: u64 = 12;
+    pub const MREMAP: u64 = 25;
+    pub const MADVISE: u64 = 28;
+    pub const EXECVE: u64 = 59;
+    pub const EXECVEAT: u64 = 322;
+}
+
+/// x86_64's `struct pt_regs` (a uapi layout), as indexes of its 8-byte words.
+mod regs {
+    pub const WORDS: usize = 21;
+    pub const BP: usize = 4;
+    pub const R10: usize = 7;
+    pub const R9: usize = 8;
+    pub const R8: usize = 9;
+    pub const DX: usize = 12;
+    pub const SI: usize = 13;
+    pub const DI: usize = 14;
+    pub const ORIG_AX: usize = 15;
+    pub const IP: usize = 16;
+    /// Where the syscall ABI passes arguments one to six.
+    pub const ARGS: [usize; super::SYSCALL_ARGS] = [DI, SI, DX, R10, R8, R9];
+}
 
 /// The in-kernel filter: pids (thread group ids) being traced. Userspace seeds it; new
 /// processes of traced ones are added at fork, before they first run.
 #[map]
 static MP_TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
-/// Syscall arguments saved at sys_enter, by thread id, until sys_exit gives the result.
-#[map]
-static MP_PENDING: HashMap<u32, SyscallRecord> = HashMap::with_max_entries(16384, 0);
-
-/// mm_id → pid, learnt from rss_stat events of the mm's own tasks, so that counter changes made
+/// mm → pid, learnt from rss_stat events of the mm's own tasks, so that counter changes made
 /// by other tasks (reclaim) can be charged to the right process.
 #[map]
-static MP_MM_OWNER: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
+static MP_MM_OWNER: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
-/// pid → its mm_id, to forget MP_MM_OWNER's entry when the mm goes away (exec, exit): a
-/// freed mm is reused by other processes, whose counter changes must not be charged here.
+/// pid → its mm, to forget MP_MM_OWNER's entry when the mm goes away (exec, exit): a freed
+/// mm is reused by other processes, whose counter changes must not be charged here.
 #[map]
-static MP_MM_OF: HashMap<u32, u32> = HashMap::with_max_entries(65536, 0);
+static MP_MM_OF: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
 
 /// Threads inside execve. Their faults are skipped: the kernel builds the new image (and
 /// faults on it) before sched_process_exec tells userspace the address space was replaced.
@@ -74,9 +109,18 @@ static MP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 25, 0);
 #[map]
 static MP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 
-/// Call stacks, de-duplicated by the kernel; records carry their ids. Userspace sets the size.
+/// Ids of the stacks already sent to userspace, so each is sent once (again only once it was
+/// forgotten). Userspace sets the size (`--stack-map-entries`).
 #[map]
-static MP_STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+static MP_STACKS_SENT: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Where a stack is gathered, per CPU, before it is named and perhaps sent.
+#[map]
+static MP_STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// 1 while this CPU walks a stack (see [`walking`]).
+#[map]
+static MP_WALKING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 fn config<T: Copy>(value: &'static T) -> T {
     // SAFETY: a valid static; volatile so the compiler keeps the value userspace patched in.
@@ -113,55 +157,116 @@ fn count(counter: u32) {
     }
 }
 
-/// The current user (or kernel) stack's id, or a negative value when there is none.
-fn stack_id(ctx: &TracePointContext, flags: u64) -> i32 {
-    const EEXIST: i32 = 17;
-    match ctx.get_stackid(&MP_STACKS, flags) {
-        Ok(id) => id as i32,
-        // Another stack holds this one's hash bucket: send it whole rather than lose it.
-        Err(err) if err == -EEXIST => inline_stack(ctx, flags).unwrap_or_else(|| {
-            count(COUNTER_STACKS_LOST);
-            NO_STACK
-        }),
-        Err(err) => {
-            count(COUNTER_STACKS_LOST);
-            err
-        }
+/// How a stack is found.
+enum Walk {
+    /// From user registers, by frame pointers.
+    Frames { ip: u64, bp: u64 },
+    /// By the kernel's own unwinder, with these `bpf_get_stack` flags.
+    Kernel(u64),
+}
+
+/// The id of the stack `walk` finds, sent to userspace the first time; [`NO_STACK`] when
+/// it could not be.
+fn stack<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, walk: Walk) -> u64 {
+    let Some(stack) = MP_STACK_SCRATCH.get_ptr_mut(0) else {
+        return NO_STACK;
+    };
+    // SAFETY: this CPU's scratch record; the only program that could run nested on this CPU
+    // (a page fault of the walk itself) returns before touching it.
+    let stack = unsafe { &mut *stack };
+    set_walking(1);
+    let walked = match walk {
+        Walk::Frames { ip, bp } => walk_frames(stack, ip, bp),
+        Walk::Kernel(flags) => walk_kernel(ctx, stack, flags),
+    };
+    set_walking(0);
+    if !walked {
+        count(COUNTER_STACKS_LOST);
+        return NO_STACK;
+    }
+    send_stack(stack, tgid, tid)
+}
+
+fn set_walking(value: u32) {
+    if let Some(slot) = MP_WALKING.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        unsafe { *slot = value };
     }
 }
 
-/// Sends the current stack in a [`StackRecord`]; returns the id records refer to it by.
-fn inline_stack(ctx: &TracePointContext, flags: u64) -> Option<i32> {
-    let seq = MP_COUNTERS.get_ptr_mut(COUNTER_INLINE_STACKS)?;
-    // SAFETY: per-CPU slot, and tracepoint programs do not nest on a CPU.
-    let seq = unsafe {
-        *seq += 1;
-        *seq
-    };
-    // SAFETY: the helper has no preconditions.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    // Unique per CPU and sequence: ids are used once, by the record that follows.
-    let id = INLINE_STACK | ((cpu & 0x3fff) << 16) as i32 | (seq & 0xffff) as i32;
-    let (tgid, tid) = current_ids();
-    let mut entry = MP_EVENTS.reserve::<StackRecord>(0)?;
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to a reserved, writable StackRecord; every field is written
-    // before submit (`ips` by the helper, up to the length it returns).
-    let bytes = unsafe {
-        (&raw mut (*record).header).write(header(RecordKind::Stack, tgid, tid));
-        (&raw mut (*record).id).write(id as u32);
-        let ips = &raw mut (*record).ips;
-        let size = core::mem::size_of::<[u64; MAX_STACK_DEPTH]>() as u32;
-        bpf_get_stack(ctx.as_ptr(), ips.cast(), size, flags)
-    };
-    if bytes < 0 {
-        entry.discard(0);
-        return None;
+/// Whether this CPU is walking a stack: a page fault now is the walk's own read.
+fn walking() -> bool {
+    // SAFETY: this CPU's slot, a plain u32.
+    MP_WALKING
+        .get_ptr(0)
+        .is_some_and(|slot| unsafe { *slot } != 0)
+}
+
+/// Walks a user stack by frame pointers, as the kernel's unwinder does, but stops at a frame
+/// pointer no frame can have (unaligned, or in the first page) instead of reading it: a chain
+/// through code built without frame pointers ends that way (glibc's start-up code leaves 0x5
+/// there), and the kernel's failed read of it is a page-fault exception that cost most of
+/// each walk.
+fn walk_frames(stack: &mut StackRecord, ip: u64, bp: u64) -> bool {
+    const FIRST_PAGE_END: u64 = 4096;
+    stack.ips[0] = ip;
+    let mut frames = 1;
+    let mut fp = bp;
+    for slot in stack.ips.iter_mut().skip(1) {
+        if fp % 8 != 0 || fp < FIRST_PAGE_END || fp >= USER_SPACE_END - 16 {
+            break;
+        }
+        // SAFETY: the helper reads user memory and fails cleanly on a bad address.
+        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            break;
+        };
+        if ret == 0 {
+            break;
+        }
+        *slot = ret;
+        frames += 1;
+        fp = next;
     }
-    // SAFETY: as above.
-    unsafe { (&raw mut (*record).frames).write((bytes as u32) / 8) };
-    entry.submit(u64::from(BPF_RB_NO_WAKEUP));
-    Some(id)
+    stack.frames = frames;
+    true
+}
+
+fn walk_kernel<C: EbpfContext>(ctx: &C, stack: &mut StackRecord, flags: u64) -> bool {
+    let size = core::mem::size_of::<[u64; MAX_STACK_DEPTH]>() as u32;
+    // SAFETY: `ips` is writable for `size` bytes.
+    let bytes = unsafe { bpf_get_stack(ctx.as_ptr(), stack.ips.as_mut_ptr().cast(), size, flags) };
+    stack.frames = (bytes.max(0) / 8) as u32;
+    bytes >= 0
+}
+
+/// Names the stack in `stack` by a hash of its addresses and process, and sends it unless it
+/// was sent already: each stack crosses to userspace once, not with every record.
+fn send_stack(stack: &mut StackRecord, tgid: u32, tid: u32) -> u64 {
+    let frames = (stack.frames as usize).min(MAX_STACK_DEPTH);
+    // FNV-1a over whole addresses: each step is a bijection, so stacks that differ in one
+    // address never share an id.
+    let mut id = 0xcbf2_9ce4_8422_2325 ^ (u64::from(tgid) | (frames as u64) << 32);
+    for &ip in stack.ips.iter().take(frames) {
+        id = (id ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let id = id | 1; // never NO_STACK
+    if MP_STACKS_SENT.get_ptr(id).is_some() {
+        return id;
+    }
+    stack.header = header(RecordKind::Stack, tgid, tid);
+    stack.id = id;
+    let len = STACK_RECORD_HEAD + 8 * frames;
+    // SAFETY: `stack` is a StackRecord, at least `len` bytes, all written.
+    let bytes = unsafe { core::slice::from_raw_parts((&raw const *stack).cast::<u8>(), len) };
+    if MP_EVENTS
+        .output::<[u8]>(bytes, u64::from(BPF_RB_NO_WAKEUP))
+        .is_err()
+    {
+        count(COUNTER_STACKS_LOST);
+        return NO_STACK;
+    }
+    let _ = MP_STACKS_SENT.insert(id, 1, 0);
+    id
 }
 
 fn current_ids() -> (u32, u32) {
@@ -175,9 +280,9 @@ fn is_traced(tgid: u32) -> bool {
 
 /// Stops charging counter changes of `tgid`'s current mm to it.
 fn forget_mm(tgid: u32) {
-    // SAFETY: a plain u32 copied out at once.
-    if let Some(&mm_id) = unsafe { MP_MM_OF.get(tgid) } {
-        let _ = MP_MM_OWNER.remove(mm_id);
+    // SAFETY: a plain u64 copied out at once.
+    if let Some(&mm) = unsafe { MP_MM_OF.get(tgid) } {
+        let _ = MP_MM_OWNER.remove(mm);
         let _ = MP_MM_OF.remove(tgid);
     }
 }
@@ -225,133 +330,151 @@ fn ok(result: Result<u32, i64>) -> u32 {
     result.unwrap_or(0)
 }
 
-/// Attached to sys_enter of the calls that create memory (mmap, brk): their call stack is
-/// the site the memory is charged to.
-#[tracepoint]
-pub fn mp_sys_enter_site(ctx: TracePointContext) -> u32 {
-    ok(try_sys_enter(&ctx, true))
+/// Attached to raw_syscalls:sys_exit, the exit of every syscall, with the caller's registers
+/// (a raw tracepoint: its arguments, without the formatting of a regular one). One program
+/// per call: the arguments are still in the registers at exit, and the caller's stack is the
+/// same, so nothing is kept between entry and exit.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn mp_sys_exit(ctx: RawTracePointContext) -> u32 {
+    ok(try_sys_exit(&ctx))
 }
 
-/// Attached to sys_enter of munmap, mremap, mprotect and madvise, which change memory some
-/// site created: walking the stack would cost them for nothing.
-#[tracepoint]
-pub fn mp_sys_enter(ctx: TracePointContext) -> u32 {
-    ok(try_sys_enter(&ctx, false))
-}
-
-fn try_sys_enter(ctx: &TracePointContext, site: bool) -> Result<u32, i64> {
+fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, i64> {
+    let regs: *const [u64; regs::WORDS] = ctx.arg(0);
+    // SAFETY: the tracepoint's pt_regs, read through the helper.
+    let nr = unsafe { bpf_probe_read_kernel(regs.cast::<u64>().add(regs::ORIG_AX)) }?;
+    // Only the calls that create memory (mmap, brk) name a site: their stack is recorded.
+    let creates = match nr {
+        nr::MMAP | nr::BRK => true,
+        nr::MUNMAP | nr::MREMAP | nr::MPROTECT | nr::MADVISE => false,
+        nr::EXECVE | nr::EXECVEAT => {
+            // A failed exec leaves the old image (mp_exec saw the successful ones).
+            let _ = MP_EXECING.remove(current_ids().1);
+            return Ok(0);
+        }
+        _ => return Ok(0),
+    };
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return Ok(0);
     }
+    // SAFETY: as above.
+    let regs = unsafe { bpf_probe_read_kernel(regs) }?;
     let mut record = SyscallRecord {
         header: header(RecordKind::Syscall, tgid, tid),
-        nr: read::<i32>(ctx, fields::SYSCALL_NR)? as u32,
-        user_stack_id: NO_STACK,
-        kernel_stack_id: NO_STACK,
+        nr: nr as u32,
+        ret: ctx.arg(1),
         ..Default::default()
     };
-    if site {
-        record.user_stack_id = stack_id(ctx, u64::from(BPF_F_USER_STACK));
-        if config(&KERNEL_STACKS) != 0 {
-            record.kernel_stack_id = stack_id(ctx, 0);
-        }
+    for (arg, &register) in record.args.iter_mut().zip(regs::ARGS.iter()) {
+        *arg = regs[register];
     }
-    // Syscalls with fewer arguments have shorter records: what lies past them is ignored.
-    for (i, arg) in record.args.iter_mut().enumerate().take(SYSCALL_ARGS) {
-        let (tp, name, offset) = fields::SYSCALL_ARG0;
-        *arg = read::<u64>(ctx, (tp, name, offset + 8 * i)).unwrap_or(0);
+    if creates && config(&USER_STACKS) != 0 {
+        let (ip, bp) = (regs[regs::IP], regs[regs::BP]);
+        record.user_stack = stack(ctx, tgid, tid, Walk::Frames { ip, bp });
     }
-    MP_PENDING.insert(tid, record, 0)?;
-    Ok(0)
-}
-
-/// Attached to the matching sys_exit tracepoints.
-#[tracepoint]
-pub fn mp_sys_exit(ctx: TracePointContext) -> u32 {
-    ok(try_sys_exit(&ctx))
-}
-
-fn try_sys_exit(ctx: &TracePointContext) -> Result<u32, i64> {
-    let (_, tid) = current_ids();
-    let Some(pending) = MP_PENDING.get_ptr(tid) else {
-        return Ok(0);
-    };
-    // SAFETY: the entry belongs to this thread, which is the only one that writes or removes it.
-    let mut record = unsafe { *pending };
-    MP_PENDING.remove(tid)?;
-    record.ret = read::<i64>(ctx, fields::SYSCALL_RET)?;
-    // The time the change became visible, not when it was asked for.
-    record.header.ts_ns = header(RecordKind::Syscall, 0, 0).ts_ns;
+    if creates && config(&KERNEL_STACKS) != 0 {
+        record.kernel_stack = stack(ctx, tgid, tid, Walk::Kernel(0));
+    }
     emit(record);
     Ok(0)
 }
 
-/// Attached to exceptions:page_fault_user and page_fault_kernel (a syscall touching user
-/// memory can grow the stack too).
-#[tracepoint]
-pub fn mp_page_fault(ctx: TracePointContext) -> u32 {
-    ok(try_page_fault(&ctx))
+/// Attached to exceptions:page_fault_user (raw: address, user registers, error code).
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+pub fn mp_page_fault_user(ctx: RawTracePointContext) -> u32 {
+    ok(try_page_fault(&ctx, true))
 }
 
-fn try_page_fault(ctx: &TracePointContext) -> Result<u32, i64> {
+/// Attached to exceptions:page_fault_kernel: a syscall touching user memory faults it in (and
+/// can grow the stack) too. Its registers are the kernel's.
+#[raw_tracepoint(tracepoint = "page_fault_kernel")]
+pub fn mp_page_fault_kernel(ctx: RawTracePointContext) -> u32 {
+    ok(try_page_fault(&ctx, false))
+}
+
+fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
-    if !is_traced(tgid) || MP_EXECING.get_ptr(tid).is_some() {
+    if !is_traced(tgid) || walking() || MP_EXECING.get_ptr(tid).is_some() {
         return Ok(0);
     }
-    let address = read::<u64>(ctx, fields::FAULT_ADDRESS)?;
+    let address: u64 = ctx.arg(0);
     if address >= USER_SPACE_END {
         return Ok(0);
     }
     let sample = config(&FAULT_STACK_SAMPLE);
     // SAFETY: the helper has no preconditions.
     let sampled = sample == 1 || (sample > 1 && unsafe { bpf_get_prandom_u32() } % sample == 0);
+    let stack = if !sampled {
+        NO_STACK
+    } else if user_mode {
+        let regs: *const u64 = ctx.arg(1);
+        // SAFETY: the tracepoint's pt_regs, read through the helper.
+        let (ip, bp) = unsafe {
+            (
+                bpf_probe_read_kernel(regs.add(regs::IP))?,
+                bpf_probe_read_kernel(regs.add(regs::BP))?,
+            )
+        };
+        stack(ctx, tgid, tid, Walk::Frames { ip, bp })
+    } else {
+        // The kernel finds the user registers itself.
+        stack(ctx, tgid, tid, Walk::Kernel(u64::from(BPF_F_USER_STACK)))
+    };
     emit(FaultRecord {
         header: header(RecordKind::Fault, tgid, tid),
         address,
-        error_code: read::<u64>(ctx, fields::FAULT_ERROR_CODE)?,
-        stack_id: if sampled {
-            stack_id(ctx, u64::from(BPF_F_USER_STACK))
-        } else {
-            NO_STACK
-        },
-        _reserved: 0,
+        error_code: ctx.arg(2),
+        stack,
     });
     Ok(0)
 }
 
-/// Attached to kmem:rss_stat.
-#[tracepoint]
-pub fn mp_rss_stat(ctx: TracePointContext) -> u32 {
+/// Attached to kmem:rss_stat (raw: the mm and which of its counters changed), which fires on
+/// every change of a resident-page counter: once per fault.
+#[raw_tracepoint(tracepoint = "rss_stat")]
+pub fn mp_rss_stat(ctx: RawTracePointContext) -> u32 {
     ok(try_rss_stat(&ctx))
 }
 
-fn try_rss_stat(ctx: &TracePointContext) -> Result<u32, i64> {
+fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
+    const PAGE_SIZE: i64 = 4096;
+    let mm: u64 = ctx.arg(0);
+    let member: u32 = ctx.arg(1);
+    let layout = config(&LAYOUT);
     let (current_tgid, tid) = current_ids();
-    let mm_id = read::<u32>(ctx, fields::RSS_MM_ID)?;
-    let tgid = if read::<u32>(ctx, fields::RSS_CURR)? != 0 {
+    // SAFETY: the helper has no preconditions; the task's field is read through a helper.
+    let current_mm: u64 = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        bpf_probe_read_kernel(task.add(layout.task_mm as usize).cast())
+    }?;
+    let tgid = if current_mm == mm {
         if !is_traced(current_tgid) {
             return Ok(0);
         }
-        // SAFETY: a plain u32 copied out at once.
-        if unsafe { MP_MM_OF.get(current_tgid) } != Some(&mm_id) {
-            MP_MM_OF.insert(current_tgid, mm_id, 0)?;
-            MP_MM_OWNER.insert(mm_id, current_tgid, 0)?;
+        // SAFETY: a plain u64 copied out at once.
+        if unsafe { MP_MM_OF.get(current_tgid) } != Some(&mm) {
+            MP_MM_OF.insert(current_tgid, mm, 0)?;
+            MP_MM_OWNER.insert(mm, current_tgid, 0)?;
         }
         current_tgid
     } else {
-        // SAFETY: plain u32s copied out at once.
-        match unsafe { MP_MM_OWNER.get(mm_id) } {
-            // Still the owner's current mm: mm_ids of freed mms are reused.
-            Some(&owner) if unsafe { MP_MM_OF.get(owner) } == Some(&mm_id) => owner,
+        // SAFETY: plain integers copied out at once.
+        match unsafe { MP_MM_OWNER.get(mm) } {
+            // Still the owner's current mm: freed mms are reused.
+            Some(&owner) if unsafe { MP_MM_OF.get(owner) } == Some(&mm) => owner,
             _ => return Ok(0),
         }
     };
+    let counter = layout.mm_rss_stat + member.min(3) * layout.counter_size + layout.counter_count;
+    // SAFETY: the mm's counter, read through the helper.
+    let pages: i64 = unsafe { bpf_probe_read_kernel((mm + u64::from(counter)) as *const i64) }?;
     emit(RssRecord {
         header: header(RecordKind::Rss, tgid, tid),
-        member: read::<i32>(ctx, fields::RSS_MEMBER)? as u32,
+        member,
         _reserved: 0,
-        bytes: read::<i64>(ctx, fields::RSS_SIZE)?,
+        // As the tracepoint's `size`: the counter's approximate value, never negative.
+        bytes: pages.max(0) * PAGE_SIZE,
     });
     Ok(0)
 }
@@ -389,14 +512,6 @@ pub fn mp_exec_enter(_ctx: TracePointContext) -> u32 {
     if is_traced(tgid) {
         let _ = MP_EXECING.insert(tid, 1, 0);
     }
-    0
-}
-
-/// Attached to sys_exit_execve and sys_exit_execveat: a failed exec leaves the old image.
-#[tracepoint]
-pub fn mp_exec_exit(_ctx: TracePointContext) -> u32 {
-    let (_, tid) = current_ids();
-    let _ = MP_EXECING.remove(tid);
     0
 }
 

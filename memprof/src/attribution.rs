@@ -1,11 +1,9 @@
-//! Sites: the call stacks that reserve memory and fault it in. Each stack is read from the
-//! kernel's stack map once and pinned to modules and file offsets with the region model as it
-//! is at that moment, so it can be symbolized after the process is gone.
+//! Sites: the call stacks that reserve memory and fault it in. The kernel sends each stack
+//! once; the first record using it pins it to modules and file offsets with the region model
+//! as it is at that moment, so it can be symbolized after the process is gone.
 use std::{collections::HashMap, sync::Arc};
 
-use aya::maps::{MapData, StackTraceMap};
-
-use memprof_common::{INLINE_STACK, StackRecord};
+use memprof_common::{NO_STACK, StackRecord};
 
 use crate::model::{AddressSpace, RegionKind, SITE_BEFORE_TRACING, SITE_NO_STACK, SiteId};
 
@@ -32,12 +30,10 @@ pub struct Site {
 
 pub struct Sites {
     sites: Vec<Site>,
-    index: HashMap<(u32, i32, i32), SiteId>,
-    /// By the stacks' addresses: a stack sent whole (a new id each time) or stored under two
-    /// ids is still one site.
-    by_addresses: HashMap<(u32, Vec<u64>, Vec<u64>), SiteId>,
-    /// Stacks the kernel sent whole (their ids have INLINE_STACK set), until used.
-    inline: HashMap<i32, Vec<u64>>,
+    /// By process and stack ids (user, kernel): ids are hashes of a process's addresses.
+    index: HashMap<(u32, u64, u64), SiteId>,
+    /// Every stack the kernel sent, by id. Kept: the kernel does not send one twice.
+    stacks: HashMap<u64, Vec<u64>>,
 }
 
 impl Default for Sites {
@@ -54,88 +50,71 @@ impl Default for Sites {
         Self {
             sites,
             index: HashMap::new(),
-            by_addresses: HashMap::new(),
-            inline: HashMap::new(),
+            stacks: HashMap::new(),
         }
     }
-}
-
-/// A stack sent whole in its own record; negative ids (no stack) are not.
-fn is_inline(id: i32) -> bool {
-    id >= 0 && id & INLINE_STACK != 0
 }
 
 impl Sites {
-    /// Keeps a stack the kernel sent whole for the record that refers to it next.
-    pub fn add_inline(&mut self, record: &StackRecord) {
+    /// Keeps a stack the kernel sent, for the records that refer to it.
+    pub fn add_stack(&mut self, record: &StackRecord) {
         let frames = &record.ips[..(record.frames as usize).min(record.ips.len())];
-        // Like the stack map's, a stack ends at its first zero.
+        // A stack ends at its first zero, as the kernel's unwinder ends it.
         let frames = frames.iter().copied().take_while(|&ip| ip != 0).collect();
-        self.inline.insert(record.id as i32, frames);
+        self.stacks.insert(record.id, frames);
     }
 
-    fn read_stack(&mut self, stacks: &StackTraceMap<MapData>, id: i32) -> Vec<u64> {
-        if is_inline(id) {
-            return self.inline.remove(&id).unwrap_or_default();
-        }
-        u32::try_from(id)
-            .ok()
-            .and_then(|id| stacks.get(&id, 0).ok())
-            .map(|s| s.frames().iter().map(|f| f.ip).collect())
-            .unwrap_or_default()
+    fn frames(&self, id: u64) -> Vec<u64> {
+        self.stacks.get(&id).cloned().unwrap_or_default()
     }
 
     /// The site of a stack captured in process `pid`, whose address space is `space`.
     pub fn resolve(
         &mut self,
         pid: u32,
-        user_stack: i32,
-        kernel_stack: i32,
+        user_stack: u64,
+        kernel_stack: u64,
         space: &AddressSpace,
-        stacks: &StackTraceMap<MapData>,
     ) -> SiteId {
-        if user_stack < 0 && kernel_stack < 0 {
+        if self.has_no_stack(user_stack, kernel_stack) {
             return SITE_NO_STACK;
         }
         let key = (pid, user_stack, kernel_stack);
         if let Some(&id) = self.index.get(&key) {
             return id;
         }
-        let addresses = (
+        let id = self.sites.len() as SiteId;
+        self.sites.push(Site {
             pid,
-            self.read_stack(stacks, user_stack),
-            self.read_stack(stacks, kernel_stack),
-        );
-        let id = match self.by_addresses.get(&addresses) {
-            Some(&id) => id,
-            None => {
-                let id = self.sites.len() as SiteId;
-                let (_, user, kernel) = &addresses;
-                self.sites.push(Site {
-                    pid,
-                    user: user
-                        .iter()
-                        .enumerate()
-                        .map(|(depth, &address)| capture(space, address, depth))
-                        .collect(),
-                    kernel: kernel.clone(),
-                    placeholder: None,
-                });
-                self.by_addresses.insert(addresses, id);
-                id
-            }
-        };
-        // Inline ids are used once (and wrap around): only stack-map ids name a stack again.
-        if !is_inline(user_stack) && !is_inline(kernel_stack) {
-            self.index.insert(key, id);
-        }
+            user: self
+                .frames(user_stack)
+                .into_iter()
+                .enumerate()
+                .map(|(depth, address)| capture(space, address, depth))
+                .collect(),
+            kernel: self.frames(kernel_stack),
+            placeholder: None,
+        });
+        self.index.insert(key, id);
         id
     }
 
-    /// Whether [`Sites::resolve`] would answer without reading the stack map.
-    pub fn knows(&self, pid: u32, user_stack: i32, kernel_stack: i32) -> bool {
-        (user_stack < 0 && kernel_stack < 0)
+    /// Neither stack captured (or sent).
+    fn has_no_stack(&self, user_stack: u64, kernel_stack: u64) -> bool {
+        let known = |id| id != NO_STACK && self.stacks.contains_key(&id);
+        !known(user_stack) && !known(kernel_stack)
+    }
+
+    /// Whether [`Sites::resolve`] would answer without pinning a new stack.
+    pub fn knows(&self, pid: u32, user_stack: u64, kernel_stack: u64) -> bool {
+        self.has_no_stack(user_stack, kernel_stack)
             || self.index.contains_key(&(pid, user_stack, kernel_stack))
+    }
+
+    /// Forgets which sites `pid`'s stacks were: its addresses now mean another image (exec)
+    /// or, once its pid is reused, another process.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.index.retain(|&(p, _, _), _| p != pid);
     }
 
     pub fn get(&self, id: SiteId) -> &Site {

@@ -154,9 +154,9 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub fault_sample: u32,
 
-    /// Distinct stacks the kernel keeps de-duplicated (about 1 KiB of kernel memory each);
-    /// a stack whose slot is taken is sent whole with its record instead.
-    #[arg(long, value_name = "N", default_value_t = 16384,
+    /// Distinct stacks the kernel remembers having sent, so that each crosses to memprof
+    /// once (about 64 bytes of kernel memory each); a stack it forgot is sent again.
+    #[arg(long, value_name = "N", default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub stack_map_entries: u32,
 

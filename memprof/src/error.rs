@@ -30,6 +30,11 @@ pub enum Error {
         expected: usize,
         found: Option<usize>,
     },
+    #[error(
+        "{0}: memprof reads where the kernel keeps the resident-page counters from its BTF, \
+         which needs a kernel built with CONFIG_DEBUG_INFO_BTF"
+    )]
+    KernelTypes(#[from] crate::btf::BtfError),
     #[error("command not found: {0}")]
     CommandNotFound(String),
     #[error("no cgroup {path}: {why} (list them with `systemd-cgls` or `ls /sys/fs/cgroup`)")]
@@ -42,7 +47,7 @@ impl Error {
             Self::NoSuchProcess(_) => 3,
             Self::InsufficientPrivileges(_) => 4,
             Self::TracefsUnavailable(_) => 5,
-            Self::TracepointMissing(..) | Self::TracepointLayout { .. } => 6,
+            Self::TracepointMissing(..) | Self::TracepointLayout { .. } | Self::KernelTypes(_) => 6,
             Self::CommandNotFound(_) => 7,
             Self::NoSuchCgroup { .. } => 8,
         }

@@ -1,5 +1,6 @@
 //! memprof: where a process's reserved and resident memory came from, traced with eBPF.
 pub mod attribution;
+pub mod btf;
 pub mod cli;
 pub mod error;
 pub mod export;

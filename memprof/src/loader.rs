@@ -5,54 +5,29 @@ use std::{fs, io, path::Path};
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
-    programs::{TracePoint, trace_point::TracePointLink},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::Program,
 };
-use memprof_common::{COUNTER_LOST, COUNTER_STACKS_LOST, Filter, fields};
+use memprof_common::{COUNTER_LOST, COUNTER_STACKS_LOST, Filter, KernelLayout, fields};
 
-use crate::error::Error;
+use crate::{btf::Btf, error::Error};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// The memory syscalls followed, as tracepoint names, with whether they create memory (and
-/// so record the call stack that did).
-pub const SYSCALLS: [(&str, bool); 6] = [
-    ("mmap", true),
-    ("munmap", false),
-    ("mremap", false),
-    ("brk", true),
-    ("mprotect", false),
-    ("madvise", false),
+/// Every tracepoint memprof attaches to, with the program that handles it. Programs on the
+/// events every syscall and fault fires are raw tracepoint programs: they get the
+/// tracepoint's arguments without the kernel formatting a record first.
+const ATTACHMENTS: [(&str, &str, &str); 9] = [
+    ("raw_syscalls", "sys_exit", "mp_sys_exit"),
+    ("exceptions", "page_fault_user", "mp_page_fault_user"),
+    ("exceptions", "page_fault_kernel", "mp_page_fault_kernel"),
+    ("syscalls", "sys_enter_execve", "mp_exec_enter"),
+    ("syscalls", "sys_enter_execveat", "mp_exec_enter"),
+    ("kmem", "rss_stat", "mp_rss_stat"),
+    ("task", "task_newtask", "mp_newtask"),
+    ("sched", "sched_process_exec", "mp_exec"),
+    ("sched", "sched_process_exit", "mp_exit"),
 ];
-
-/// Every tracepoint memprof attaches to, with the program that handles it.
-fn attachments(user_stacks: bool) -> Vec<(&'static str, String, &'static str)> {
-    let mut all = Vec::new();
-    for (name, creates) in SYSCALLS {
-        let enter = if creates && user_stacks {
-            "mp_sys_enter_site"
-        } else {
-            "mp_sys_enter"
-        };
-        all.push(("syscalls", format!("sys_enter_{name}"), enter));
-        all.push(("syscalls", format!("sys_exit_{name}"), "mp_sys_exit"));
-    }
-    for (category, name, program) in [
-        ("syscalls", "sys_enter_execve", "mp_exec_enter"),
-        ("syscalls", "sys_enter_execveat", "mp_exec_enter"),
-        ("syscalls", "sys_exit_execve", "mp_exec_exit"),
-        ("syscalls", "sys_exit_execveat", "mp_exec_exit"),
-        ("exceptions", "page_fault_user", "mp_page_fault"),
-        ("exceptions", "page_fault_kernel", "mp_page_fault"),
-        ("kmem", "rss_stat", "mp_rss_stat"),
-        ("task", "task_newtask", "mp_newtask"),
-        ("sched", "sched_process_exec", "mp_exec"),
-        ("sched", "sched_process_exit", "mp_exit"),
-    ] {
-        all.push((category, name.to_string(), program));
-    }
-    all
-}
 
 /// Refuses early, with the fix named, when memprof cannot load eBPF programs.
 pub fn check_privileges() -> Result<(), Error> {
@@ -94,11 +69,22 @@ pub fn ensure_tracefs() -> Result<bool, Error> {
     Ok(true)
 }
 
+/// Where this kernel keeps what the rss_stat program reads, from its BTF.
+pub fn kernel_layout() -> Result<KernelLayout, Error> {
+    let btf = Btf::from_sys_fs()?;
+    Ok(KernelLayout {
+        task_mm: btf.member_offset("task_struct", "mm")?,
+        mm_rss_stat: btf.member_offset("mm_struct", "rss_stat")?,
+        counter_size: btf.struct_size("percpu_counter")?,
+        counter_count: btf.member_offset("percpu_counter", "count")?,
+    })
+}
+
 /// Checks that each tracepoint exists and that every field the programs read is where they
 /// read it.
 pub fn check_tracepoints(tracefs: &Path) -> Result<(), Error> {
-    for (category, name, _) in attachments(true) {
-        let dir = tracefs.join("events").join(category).join(&name);
+    for (category, name, _) in ATTACHMENTS {
+        let dir = tracefs.join("events").join(category).join(name);
         if !dir.join("id").exists() {
             return Err(Error::TracepointMissing(format!("{category}:{name}"), dir));
         }
@@ -142,6 +128,7 @@ fn field_offset(format: &str, field: &str) -> Option<usize> {
 /// What the kernel side records.
 pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
+    /// How many stacks the kernel remembers having sent.
     pub stack_map_entries: u32,
     pub kernel_stacks: bool,
     /// Record the stack of one fault in this many; 0 for none.
@@ -150,6 +137,8 @@ pub struct LoadOptions {
     pub filter: Filter,
     /// Record the call stack of mmap and brk (the sites); `top` does without.
     pub user_stacks: bool,
+    /// From [`kernel_layout`].
+    pub layout: KernelLayout,
 }
 
 /// The loaded and attached programs and the maps userspace uses.
@@ -158,14 +147,13 @@ pub struct Probes {
     _ebpf: Ebpf,
     traced: HashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
-    pub stacks: StackTraceMap<MapData>,
     /// Owned here so that they are detached together (see Drop).
-    links: Vec<TracePointLink>,
+    links: Vec<Box<dyn Send>>,
 }
 
 impl Drop for Probes {
-    /// Detaching a tracepoint program waits for RCU grace periods (~70 ms here); one after
-    /// the other the 22 took 1.6 s, overlapped they take 0.85 s (the kernel serialises part).
+    /// Detaching a tracepoint program waits for RCU grace periods (~70 ms here): overlapped,
+    /// the detaches take what one or two take (the kernel serialises part).
     fn drop(&mut self) {
         std::thread::scope(|scope| {
             for link in self.links.drain(..) {
@@ -187,43 +175,50 @@ impl Probes {
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
         let kernel_stacks = u32::from(options.kernel_stacks);
+        let user_stacks = u32::from(options.user_stacks);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("MP_EVENTS", options.ring_buffer_bytes)
-            .map_max_entries("MP_STACKS", options.stack_map_entries)
+            .map_max_entries("MP_STACKS_SENT", options.stack_map_entries)
+            .override_global("USER_STACKS", &user_stacks, true)
             .override_global("KERNEL_STACKS", &kernel_stacks, true)
             .override_global("FAULT_STACK_SAMPLE", &options.fault_stack_sample, true)
             .override_global("FILTER", &options.filter, true)
+            .override_global("LAYOUT", &options.layout, true)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/memprof"
             )))
             .context("loading memprof's eBPF programs")?;
         for (_, program) in ebpf.programs_mut() {
-            let program: &mut TracePoint = program.try_into()?;
-            program
-                .load()
-                .context("the kernel's verifier refused a program")?;
+            match program {
+                Program::TracePoint(p) => p.load(),
+                Program::RawTracePoint(p) => p.load(),
+                other => unreachable!("memprof has no {:?} programs", other.prog_type()),
+            }
+            .context("the kernel's verifier refused a program")?;
         }
-        let mut links = Vec::new();
-        for (category, name, program) in attachments(options.user_stacks) {
-            let program: &mut TracePoint = ebpf
-                .program_mut(program)
-                .with_context(|| format!("program {program} missing from the eBPF object"))?
-                .try_into()?;
-            let link = program
-                .attach(category, &name)
-                .with_context(|| format!("attaching to {category}:{name}"))?;
-            links.push(program.take_link(link)?);
+        let mut links: Vec<Box<dyn Send>> = Vec::new();
+        for (category, name, program) in ATTACHMENTS {
+            let attaching = || format!("attaching to {category}:{name}");
+            match ebpf.program_mut(program) {
+                Some(Program::TracePoint(p)) => {
+                    let link = p.attach(category, name).with_context(attaching)?;
+                    links.push(Box::new(p.take_link(link)?));
+                }
+                Some(Program::RawTracePoint(p)) => {
+                    let link = p.attach(name).with_context(attaching)?;
+                    links.push(Box::new(p.take_link(link)?));
+                }
+                _ => anyhow::bail!("program {program} missing from the eBPF object"),
+            }
         }
         let events = RingBuf::try_from(ebpf.take_map("MP_EVENTS").context("MP_EVENTS")?)?;
         let traced = HashMap::try_from(ebpf.take_map("MP_TRACED").context("MP_TRACED")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("MP_COUNTERS").context("MP_COUNTERS")?)?;
-        let stacks = StackTraceMap::try_from(ebpf.take_map("MP_STACKS").context("MP_STACKS")?)?;
         let probes = Self {
             _ebpf: ebpf,
             traced,
             counters,
-            stacks,
             links,
         };
         Ok((probes, events))
@@ -251,7 +246,7 @@ impl Probes {
         self.counter(COUNTER_LOST)
     }
 
-    /// Stacks the kernel could not store (stack map full or a hash collision).
+    /// Stacks the kernel could not walk or send (ring buffer full).
     pub fn lost_stacks(&self) -> u64 {
         self.counter(COUNTER_STACKS_LOST)
     }

@@ -1,8 +1,8 @@
 //! Turns ring-buffer bytes into typed records, without allocating.
 use aya::Pod;
 use memprof_common::{
-    ExecRecord, FaultRecord, NewProcessRecord, RecordHeader, RecordKind, RssRecord, StackRecord,
-    SyscallRecord,
+    ExecRecord, FaultRecord, NewProcessRecord, RecordHeader, RecordKind, RssRecord,
+    STACK_RECORD_HEAD, StackRecord, SyscallRecord,
 };
 
 #[derive(Clone, Debug)]
@@ -13,7 +13,8 @@ pub enum Record {
     NewProcess(NewProcessRecord),
     Exec(ExecRecord),
     Exit(RecordHeader),
-    /// Boxed: 1 KiB, and rare, unlike the records every fault and syscall sends.
+    /// Boxed: 1 KiB, and rare (once per stack), unlike the records every fault and syscall
+    /// sends.
     Stack(Box<StackRecord>),
 }
 
@@ -47,8 +48,22 @@ pub fn parse(bytes: &[u8]) -> Option<Record> {
         RecordKind::NewProcess => Record::NewProcess(read(bytes)?),
         RecordKind::Exec => Record::Exec(read(bytes)?),
         RecordKind::Exit => Record::Exit(header),
-        RecordKind::Stack => Record::Stack(Box::new(read(bytes)?)),
+        RecordKind::Stack => Record::Stack(read_stack(bytes)?),
     })
+}
+
+/// A stack record carries only its filled addresses: the rest reads as zeroes.
+fn read_stack(bytes: &[u8]) -> Option<Box<StackRecord>> {
+    if bytes.len() < STACK_RECORD_HEAD {
+        return None;
+    }
+    let mut whole = [0; size_of::<StackRecord>()];
+    let len = bytes.len().min(whole.len());
+    whole[..len].copy_from_slice(&bytes[..len]);
+    let mut record: StackRecord = read(&whole)?;
+    let sent = (len - STACK_RECORD_HEAD) / 8;
+    record.frames = record.frames.min(sent as u32);
+    Some(Box::new(record))
 }
 
 #[cfg(test)]
@@ -73,8 +88,7 @@ mod tests {
             },
             address: 0x1000,
             error_code: 2,
-            stack_id: 3,
-            _reserved: 0,
+            stack: 3,
         };
         let bytes = bytes_of(&fault);
         match parse(&bytes) {
@@ -87,5 +101,37 @@ mod tests {
         let mut unknown = fault;
         unknown.header.kind = 77;
         assert!(parse(&bytes_of(&unknown)).is_none());
+    }
+
+    #[test]
+    fn a_stack_record_is_as_long_as_its_frames() {
+        let mut stack = StackRecord {
+            header: RecordHeader {
+                kind: RecordKind::Stack as u32,
+                ..Default::default()
+            },
+            id: 42,
+            frames: 3,
+            _reserved: 0,
+            ips: [0; memprof_common::MAX_STACK_DEPTH],
+        };
+        stack.ips[..3].copy_from_slice(&[0x10, 0x20, 0x30]);
+        let bytes = bytes_of(&stack);
+        let sent = &bytes[..STACK_RECORD_HEAD + 3 * 8];
+        match parse(sent) {
+            Some(Record::Stack(s)) => {
+                assert_eq!(
+                    (s.id, s.frames, &s.ips[..4]),
+                    (42, 3, &[0x10, 0x20, 0x30, 0][..])
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // A record claiming more frames than it carries keeps those it carries.
+        match parse(&bytes[..STACK_RECORD_HEAD + 2 * 8]) {
+            Some(Record::Stack(s)) => assert_eq!(s.frames, 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&bytes[..STACK_RECORD_HEAD - 1]).is_none());
     }
 }

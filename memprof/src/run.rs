@@ -4,7 +4,7 @@ use std::{fs, path::Path, time::Duration};
 use anyhow::Context as _;
 
 use clap::CommandFactory as _;
-use memprof_common::Filter;
+use memprof_common::{Filter, KernelLayout};
 
 use crate::{
     cli::{Cli, RunArgs},
@@ -33,13 +33,15 @@ fn process_of(pid: u32) -> Result<u32, Error> {
 }
 
 /// Refuses early, with the fix named, when this machine cannot run the probes.
-pub fn check_machine() -> anyhow::Result<()> {
+/// Refuses early, with the fix named, what would stop tracing; returns where this kernel
+/// keeps what the programs read.
+pub fn check_machine() -> anyhow::Result<KernelLayout> {
     loader::check_privileges()?;
     if loader::ensure_tracefs()? {
         eprintln!("memprof: mounted tracefs at {}", loader::TRACEFS);
     }
     loader::check_tracepoints(Path::new(loader::TRACEFS))?;
-    Ok(())
+    Ok(loader::kernel_layout()?)
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -61,7 +63,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         (None, None) => Some(launch::resolve(&args.command[0])?),
         _ => None,
     };
-    check_machine()?;
+    let layout = check_machine()?;
 
     // Fork before anything else starts a thread; the child waits until it is traced.
     let launched = program
@@ -82,6 +84,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .as_ref()
             .map_or_else(Filter::default, |f| f.kernel(std::process::id())),
         user_stacks: true,
+        layout,
     })?;
     let interval = Duration::from_millis(args.interval);
     let mut session = match (attach_to, launched) {

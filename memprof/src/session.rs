@@ -7,7 +7,8 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf, StackTraceMap};
+use aya::maps::{MapData, RingBuf};
+use memprof_common::NO_STACK;
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::SignalKind,
@@ -25,17 +26,11 @@ use crate::{
 
 /// The site of a stack captured in `process`. A stack seen for the first time is pinned to
 /// modules, so the paths of files mapped since the last batch are read first.
-fn site_of(
-    sites: &mut Sites,
-    stacks: &StackTraceMap<MapData>,
-    process: &mut Process,
-    user: i32,
-    kernel: i32,
-) -> SiteId {
+fn site_of(sites: &mut Sites, process: &mut Process, user: u64, kernel: u64) -> SiteId {
     if !sites.knows(process.pid, user, kernel) {
         process.name_files();
     }
-    sites.resolve(process.pid, user, kernel, &process.space, stacks)
+    sites.resolve(process.pid, user, kernel, &process.space)
 }
 
 /// A kernel command name (NUL-padded) as text.
@@ -304,7 +299,7 @@ impl Session {
         let header = *record.header();
         match record {
             Record::Exec(r) => return self.exec(header.tgid, header.ts_ns, &r.comm),
-            Record::Stack(r) => return self.sites.add_inline(&r),
+            Record::Stack(r) => return self.sites.add_stack(&r),
             Record::NewProcess(r) if !self.processes.contains_key(&header.tgid) => {
                 // `--all`: a process that matched the filter when it was created.
                 return self.add_new(r.child_pid, header.ts_ns, &r.comm);
@@ -327,24 +322,15 @@ impl Session {
                 // Only calls that create memory name a site: the others charge the site that
                 // created what they change.
                 let site = if matches!(i64::from(r.nr), libc::SYS_mmap | libc::SYS_brk) {
-                    let stacks = &self.probes.stacks;
-                    let (user, kernel) = (r.user_stack_id, r.kernel_stack_id);
-                    site_of(&mut self.sites, stacks, process, user, kernel)
+                    site_of(&mut self.sites, process, r.user_stack, r.kernel_stack)
                 } else {
                     SITE_NO_STACK
                 };
                 process.apply_syscall(&r, site);
             }
             Record::Fault(r) => {
-                let stack = (r.stack_id >= 0).then(|| {
-                    site_of(
-                        &mut self.sites,
-                        &self.probes.stacks,
-                        process,
-                        r.stack_id,
-                        -1,
-                    )
-                });
+                let stack = (r.stack != NO_STACK)
+                    .then(|| site_of(&mut self.sites, process, r.stack, NO_STACK));
                 process.apply_fault(&r, stack);
             }
             Record::Rss(r) => process.apply_rss(r.member, r.bytes),
@@ -358,7 +344,10 @@ impl Session {
                 let child = Process::forked(process, r.child_pid, header.ts_ns);
                 self.processes.insert(r.child_pid, child);
             }
-            Record::Exit(_) => process.finish(header.ts_ns, true),
+            Record::Exit(_) => {
+                process.finish(header.ts_ns, true);
+                self.sites.forget_process(header.tgid);
+            }
             Record::Exec(_) | Record::Stack(_) => unreachable!("handled above"),
         }
     }
@@ -374,6 +363,7 @@ impl Session {
     }
 
     fn exec(&mut self, pid: u32, ts_ns: u64, comm: &[u8; 16]) {
+        self.sites.forget_process(pid);
         let snapshot = match &mut self.origin {
             Origin::Launched(first) if pid == self.root && first.is_some() => first.take(),
             // Read now: the process runs on, but the records that follow replay onto it.

@@ -114,7 +114,7 @@ impl Watch for Top {
 
 pub fn run(args: TopArgs) -> anyhow::Result<()> {
     let filter = ProcessFilter::new(&args.filter)?;
-    run::check_machine()?;
+    let layout = run::check_machine()?;
     let interactive =
         !args.batch && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     let (probes, events) = Probes::load(&LoadOptions {
@@ -125,6 +125,7 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         fault_stack_sample: 0,
         filter: filter.kernel(std::process::id()),
         user_stacks: false,
+        layout,
     })?;
     let mut session = Session::new(probes, 0, Origin::All, NO_TIMELINE);
     let running = session.trace_running(&filter)?;

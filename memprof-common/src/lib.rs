@@ -177,6 +177,21 @@ pub struct KernelLayout {
     pub counter_count: u32,
 }
 
+/// What the kernel keeps about a traced process: the value of the in-kernel filter, by pid,
+/// so that the programs on every fault and counter change look up one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracedProcess {
+    /// Its mm, once an rss_stat event of its own showed it (0 before and after exec): counter
+    /// changes other tasks make on it (reclaim) are charged to the process.
+    pub mm: u64,
+    /// 1 while one of its threads is inside execve: the kernel builds the new image (and
+    /// faults on it) before sched_process_exec says the address space was replaced, so
+    /// faults are not recorded meanwhile.
+    pub execing: u32,
+    pub _reserved: u32,
+}
+
 /// [`Filter::uid`] matching every user.
 pub const ANY_UID: u32 = u32::MAX;
 
@@ -199,6 +214,7 @@ mod pod {
     unsafe impl aya::Pod for ExecRecord {}
     unsafe impl aya::Pod for Filter {}
     unsafe impl aya::Pod for KernelLayout {}
+    unsafe impl aya::Pod for TracedProcess {}
     unsafe impl aya::Pod for StackRecord {}
 }
 
@@ -211,12 +227,6 @@ pub mod fields {
     pub const NEWTASK_PID: Field = ("task/task_newtask", "pid", 8);
     pub const NEWTASK_CLONE_FLAGS: Field = ("task/task_newtask", "clone_flags", 32);
     pub const EXIT_GROUP_DEAD: Field = ("sched/sched_process_exit", "group_dead", 32);
-    pub const EXEC_OLD_PID: Field = ("sched/sched_process_exec", "old_pid", 16);
 
-    pub const ALL: [Field; 4] = [
-        NEWTASK_PID,
-        NEWTASK_CLONE_FLAGS,
-        EXIT_GROUP_DEAD,
-        EXEC_OLD_PID,
-    ];
+    pub const ALL: [Field; 3] = [NEWTASK_PID, NEWTASK_CLONE_FLAGS, EXIT_GROUP_DEAD];
 }

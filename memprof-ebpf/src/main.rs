@@ -18,7 +18,7 @@ use aya_ebpf::{
 use memprof_common::{
     ANY_UID, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, ExecRecord, FaultRecord, Filter,
     KernelLayout, MAX_STACK_DEPTH, NO_STACK, NewProcessRecord, RecordHeader, RecordKind, RssRecord,
-    STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord, fields,
+    STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord, TracedProcess, fields,
 };
 
 /// Set by userspace at load time: record the call stack of mmap and brk (`top` does without).
@@ -85,22 +85,12 @@ mod regs {
 /// The in-kernel filter: pids (thread group ids) being traced. Userspace seeds it; new
 /// processes of traced ones are added at fork, before they first run.
 #[map]
-static MP_TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+static MP_TRACED: HashMap<u32, TracedProcess> = HashMap::with_max_entries(65536, 0);
 
 /// mm → pid, learnt from rss_stat events of the mm's own tasks, so that counter changes made
 /// by other tasks (reclaim) can be charged to the right process.
 #[map]
 static MP_MM_OWNER: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
-
-/// pid → its mm, to forget MP_MM_OWNER's entry when the mm goes away (exec, exit): a freed
-/// mm is reused by other processes, whose counter changes must not be charged here.
-#[map]
-static MP_MM_OF: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
-
-/// Threads inside execve. Their faults are skipped: the kernel builds the new image (and
-/// faults on it) before sched_process_exec tells userspace the address space was replaced.
-#[map]
-static MP_EXECING: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
 /// Default size; userspace sets the real one at load time (`--ring-buffer-size`).
 #[map]
@@ -278,12 +268,18 @@ fn is_traced(tgid: u32) -> bool {
     MP_TRACED.get_ptr(tgid).is_some()
 }
 
+/// The traced process's entry, changed in place.
+fn traced(tgid: u32) -> Option<&'static mut TracedProcess> {
+    // SAFETY: map values live until removed, which only its exit does; fields are plain
+    // integers written whole.
+    MP_TRACED.get_ptr_mut(tgid).map(|p| unsafe { &mut *p })
+}
+
 /// Stops charging counter changes of `tgid`'s current mm to it.
 fn forget_mm(tgid: u32) {
-    // SAFETY: a plain u64 copied out at once.
-    if let Some(&mm) = unsafe { MP_MM_OF.get(tgid) } {
-        let _ = MP_MM_OWNER.remove(mm);
-        let _ = MP_MM_OF.remove(tgid);
+    if let Some(process) = traced(tgid) {
+        let _ = MP_MM_OWNER.remove(process.mm);
+        process.mm = 0;
     }
 }
 
@@ -349,7 +345,9 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, i64> {
         nr::MUNMAP | nr::MREMAP | nr::MPROTECT | nr::MADVISE => false,
         nr::EXECVE | nr::EXECVEAT => {
             // A failed exec leaves the old image (mp_exec saw the successful ones).
-            let _ = MP_EXECING.remove(current_ids().1);
+            if let Some(process) = traced(current_ids().0) {
+                process.execing = 0;
+            }
             return Ok(0);
         }
         _ => return Ok(0),
@@ -395,7 +393,7 @@ pub fn mp_page_fault_kernel(ctx: RawTracePointContext) -> u32 {
 
 fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
-    if !is_traced(tgid) || walking() || MP_EXECING.get_ptr(tid).is_some() {
+    if traced(tgid).is_none_or(|p| p.execing != 0) || walking() {
         return Ok(0);
     }
     let address: u64 = ctx.arg(0);
@@ -449,20 +447,19 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
         bpf_probe_read_kernel(task.add(layout.task_mm as usize).cast())
     }?;
     let tgid = if current_mm == mm {
-        if !is_traced(current_tgid) {
+        let Some(process) = traced(current_tgid) else {
             return Ok(0);
-        }
-        // SAFETY: a plain u64 copied out at once.
-        if unsafe { MP_MM_OF.get(current_tgid) } != Some(&mm) {
-            MP_MM_OF.insert(current_tgid, mm, 0)?;
+        };
+        if process.mm != mm {
+            process.mm = mm;
             MP_MM_OWNER.insert(mm, current_tgid, 0)?;
         }
         current_tgid
     } else {
-        // SAFETY: plain integers copied out at once.
+        // SAFETY: a plain u32 copied out at once.
         match unsafe { MP_MM_OWNER.get(mm) } {
             // Still the owner's current mm: freed mms are reused.
-            Some(&owner) if unsafe { MP_MM_OF.get(owner) } == Some(&mm) => owner,
+            Some(&owner) if traced(owner).is_some_and(|p| p.mm == mm) => owner,
             _ => return Ok(0),
         }
     };
@@ -494,7 +491,7 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     let child_pid = read::<i32>(ctx, fields::NEWTASK_PID)? as u32;
-    MP_TRACED.insert(child_pid, 1, 0)?;
+    MP_TRACED.insert(child_pid, TracedProcess::default(), 0)?;
     emit_now(NewProcessRecord {
         header: header(RecordKind::NewProcess, tgid, tid),
         child_pid,
@@ -508,9 +505,8 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
 /// Attached to sys_enter_execve and sys_enter_execveat.
 #[tracepoint]
 pub fn mp_exec_enter(_ctx: TracePointContext) -> u32 {
-    let (tgid, tid) = current_ids();
-    if is_traced(tgid) {
-        let _ = MP_EXECING.insert(tid, 1, 0);
+    if let Some(process) = traced(current_ids().0) {
+        process.execing = 1;
     }
     0
 }
@@ -518,21 +514,21 @@ pub fn mp_exec_enter(_ctx: TracePointContext) -> u32 {
 /// Attached to sched:sched_process_exec, which fires once the new image is in place: with
 /// `--all`, a process that now matches the filter (its new name, say) is traced from here.
 #[tracepoint]
-pub fn mp_exec(ctx: TracePointContext) -> u32 {
-    ok(try_exec(&ctx))
+pub fn mp_exec(_ctx: TracePointContext) -> u32 {
+    ok(try_exec())
 }
 
-fn try_exec(ctx: &TracePointContext) -> Result<u32, i64> {
+fn try_exec() -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         if !wanted(tgid) {
             return Ok(0);
         }
-        MP_TRACED.insert(tgid, 1, 0)?;
+        MP_TRACED.insert(tgid, TracedProcess::default(), 0)?;
     }
-    // A non-leader thread that execs takes the leader's pid: forget it under its old one.
-    let _ = MP_EXECING.remove(read::<i32>(ctx, fields::EXEC_OLD_PID)? as u32);
-    let _ = MP_EXECING.remove(tid);
+    if let Some(process) = traced(tgid) {
+        process.execing = 0;
+    }
     forget_mm(tgid);
     emit_now(ExecRecord {
         header: header(RecordKind::Exec, tgid, tid),

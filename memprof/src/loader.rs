@@ -8,7 +8,9 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::Program,
 };
-use memprof_common::{COUNTER_LOST, COUNTER_STACKS_LOST, Filter, KernelLayout, fields};
+use memprof_common::{
+    COUNTER_LOST, COUNTER_STACKS_LOST, Filter, KernelLayout, TracedProcess, fields,
+};
 
 use crate::{btf::Btf, error::Error};
 
@@ -145,7 +147,7 @@ pub struct LoadOptions {
 pub struct Probes {
     /// Kept alive: dropping it detaches and unloads everything.
     _ebpf: Ebpf,
-    traced: HashMap<MapData, u32, u8>,
+    traced: HashMap<MapData, u32, TracedProcess>,
     counters: PerCpuArray<MapData, u64>,
     /// Owned here so that they are detached together (see Drop).
     links: Vec<Box<dyn Send>>,
@@ -227,7 +229,7 @@ impl Probes {
     /// Adds a process to the in-kernel filter; its future children follow on their own.
     pub fn trace(&mut self, pid: u32) -> anyhow::Result<()> {
         self.traced
-            .insert(pid, 1, 0)
+            .insert(pid, TracedProcess::default(), 0)
             .with_context(|| format!("adding pid {pid} to the filter"))
     }
 

@@ -180,7 +180,7 @@ pub struct KernelLayout {
 /// What the kernel keeps about a traced process: the value of the in-kernel filter, by pid,
 /// so that the programs on every fault and counter change look up one entry.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct TracedProcess {
     /// Its mm, once an rss_stat event of its own showed it (0 before and after exec): counter
     /// changes other tasks make on it (reclaim) are charged to the process.
@@ -190,6 +190,23 @@ pub struct TracedProcess {
     /// faults are not recorded meanwhile.
     pub execing: u32,
     pub _reserved: u32,
+    /// The value of each resident-page counter last sent, [`NOT_SENT`] before the first.
+    /// rss_stat fires on every change but reports the counter's shared part, which moves only
+    /// when a CPU's local batch (32 pages or more) is folded in: most events repeat the value
+    /// sent before and are not sent again.
+    pub resident: [i64; 4],
+}
+
+/// [`TracedProcess::resident`] before any value was sent.
+pub const NOT_SENT: i64 = -1;
+
+impl TracedProcess {
+    pub const NEW: Self = Self {
+        mm: 0,
+        execing: 0,
+        _reserved: 0,
+        resident: [NOT_SENT; 4],
+    };
 }
 
 /// [`Filter::uid`] matching every user.

@@ -17,8 +17,8 @@ use aya_ebpf::{
 };
 use memprof_common::{
     ANY_UID, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, ExecRecord, FaultRecord, Filter,
-    KernelLayout, MAX_STACK_DEPTH, NO_STACK, NewProcessRecord, RecordHeader, RecordKind, RssRecord,
-    STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord, TracedProcess, fields,
+    KernelLayout, MAX_STACK_DEPTH, NO_STACK, NOT_SENT, NewProcessRecord, RecordHeader, RecordKind,
+    RssRecord, STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord, TracedProcess, fields,
 };
 
 /// Set by userspace at load time: record the call stack of mmap and brk (`top` does without).
@@ -280,6 +280,7 @@ fn forget_mm(tgid: u32) {
     if let Some(process) = traced(tgid) {
         let _ = MP_MM_OWNER.remove(process.mm);
         process.mm = 0;
+        process.resident = [NOT_SENT; 4];
     }
 }
 
@@ -446,7 +447,7 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
         let task = bpf_get_current_task() as *const u8;
         bpf_probe_read_kernel(task.add(layout.task_mm as usize).cast())
     }?;
-    let tgid = if current_mm == mm {
+    let (tgid, process) = if current_mm == mm {
         let Some(process) = traced(current_tgid) else {
             return Ok(0);
         };
@@ -454,24 +455,36 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
             process.mm = mm;
             MP_MM_OWNER.insert(mm, current_tgid, 0)?;
         }
-        current_tgid
+        (current_tgid, process)
     } else {
         // SAFETY: a plain u32 copied out at once.
-        match unsafe { MP_MM_OWNER.get(mm) } {
+        let Some(&owner) = (unsafe { MP_MM_OWNER.get(mm) }) else {
+            return Ok(0);
+        };
+        match traced(owner) {
             // Still the owner's current mm: freed mms are reused.
-            Some(&owner) if traced(owner).is_some_and(|p| p.mm == mm) => owner,
+            Some(process) if process.mm == mm => (owner, process),
             _ => return Ok(0),
         }
     };
-    let counter = layout.mm_rss_stat + member.min(3) * layout.counter_size + layout.counter_count;
+    let member = member.min(3);
+    let counter = layout.mm_rss_stat + member * layout.counter_size + layout.counter_count;
     // SAFETY: the mm's counter, read through the helper.
     let pages: i64 = unsafe { bpf_probe_read_kernel((mm + u64::from(counter)) as *const i64) }?;
+    // As the tracepoint's `size`: the counter's shared (approximate) value, never negative.
+    let bytes = pages.max(0) * PAGE_SIZE;
+    let Some(sent) = process.resident.get_mut(member as usize) else {
+        return Ok(0);
+    };
+    if *sent == bytes {
+        return Ok(0);
+    }
+    *sent = bytes;
     emit(RssRecord {
         header: header(RecordKind::Rss, tgid, tid),
         member,
         _reserved: 0,
-        // As the tracepoint's `size`: the counter's approximate value, never negative.
-        bytes: pages.max(0) * PAGE_SIZE,
+        bytes,
     });
     Ok(0)
 }
@@ -491,7 +504,7 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     let child_pid = read::<i32>(ctx, fields::NEWTASK_PID)? as u32;
-    MP_TRACED.insert(child_pid, TracedProcess::default(), 0)?;
+    MP_TRACED.insert(child_pid, TracedProcess::NEW, 0)?;
     emit_now(NewProcessRecord {
         header: header(RecordKind::NewProcess, tgid, tid),
         child_pid,
@@ -524,7 +537,7 @@ fn try_exec() -> Result<u32, i64> {
         if !wanted(tgid) {
             return Ok(0);
         }
-        MP_TRACED.insert(tgid, TracedProcess::default(), 0)?;
+        MP_TRACED.insert(tgid, TracedProcess::NEW, 0)?;
     }
     if let Some(process) = traced(tgid) {
         process.execing = 0;

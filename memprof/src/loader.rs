@@ -229,7 +229,7 @@ impl Probes {
     /// Adds a process to the in-kernel filter; its future children follow on their own.
     pub fn trace(&mut self, pid: u32) -> anyhow::Result<()> {
         self.traced
-            .insert(pid, TracedProcess::default(), 0)
+            .insert(pid, TracedProcess::NEW, 0)
             .with_context(|| format!("adding pid {pid} to the filter"))
     }
 

@@ -82,6 +82,7 @@ pub struct EventCounts {
     pub page_faults: u64,
     /// Stack growth found from faults below a growsdown region.
     pub stack_growths: u64,
+    /// New values of the resident counters (the kernel sends a value only when it changed).
     pub rss_updates: u64,
     pub forks: u64,
     pub execs: u64,

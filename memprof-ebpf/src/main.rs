@@ -142,7 +142,8 @@ fn wanted(tgid: u32) -> bool {
 
 fn count(counter: u32) {
     if let Some(slot) = MP_COUNTERS.get_ptr_mut(counter) {
-        // SAFETY: per-CPU slot, and tracepoint programs do not nest on a CPU.
+        // SAFETY: per-CPU slot; the one program that nests on a CPU (a fault of a stack
+        // walk, see `walking`) returns before counting.
         unsafe { *slot += 1 };
     }
 }
@@ -270,8 +271,8 @@ fn is_traced(tgid: u32) -> bool {
 
 /// The traced process's entry, changed in place.
 fn traced(tgid: u32) -> Option<&'static mut TracedProcess> {
-    // SAFETY: map values live until removed, which only its exit does; fields are plain
-    // integers written whole.
+    // SAFETY: map values live until removed (its exit, or userspace for a process gone
+    // before it was read); fields are plain integers written whole.
     MP_TRACED.get_ptr_mut(tgid).map(|p| unsafe { &mut *p })
 }
 

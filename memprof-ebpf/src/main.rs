@@ -167,7 +167,10 @@ fn stack<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, walk: Walk) -> u64 {
     let stack = unsafe { &mut *stack };
     set_walking(1);
     let walked = match walk {
-        Walk::Frames { ip, bp } => walk_frames(stack, ip, bp),
+        Walk::Frames { ip, bp } => {
+            walk_frames(stack, ip, bp);
+            true
+        }
         Walk::Kernel(flags) => walk_kernel(ctx, stack, flags),
     };
     set_walking(0);
@@ -198,7 +201,7 @@ fn walking() -> bool {
 /// through code built without frame pointers ends that way (glibc's start-up code leaves 0x5
 /// there), and the kernel's failed read of it is a page-fault exception that cost most of
 /// each walk.
-fn walk_frames(stack: &mut StackRecord, ip: u64, bp: u64) -> bool {
+fn walk_frames(stack: &mut StackRecord, ip: u64, bp: u64) {
     const FIRST_PAGE_END: u64 = 4096;
     stack.ips[0] = ip;
     let mut frames = 1;
@@ -219,7 +222,6 @@ fn walk_frames(stack: &mut StackRecord, ip: u64, bp: u64) -> bool {
         fp = next;
     }
     stack.frames = frames;
-    true
 }
 
 fn walk_kernel<C: EbpfContext>(ctx: &C, stack: &mut StackRecord, flags: u64) -> bool {

@@ -30,8 +30,6 @@ pub struct Site {
 
 pub struct Sites {
     sites: Vec<Site>,
-    /// By process and stack ids (user, kernel): ids are hashes of a process's addresses.
-    index: HashMap<(u32, u64, u64), SiteId>,
     /// Every stack the kernel sent, by id. Kept: the kernel does not send one twice.
     stacks: HashMap<u64, Vec<u64>>,
 }
@@ -49,7 +47,6 @@ impl Default for Sites {
         debug_assert_eq!(SITE_BEFORE_TRACING, 0);
         Self {
             sites,
-            index: HashMap::new(),
             stacks: HashMap::new(),
         }
     }
@@ -68,21 +65,15 @@ impl Sites {
         self.stacks.get(&id).cloned().unwrap_or_default()
     }
 
-    /// The site of a stack captured in process `pid`, whose address space is `space`.
-    pub fn resolve(
+    /// A new site for stacks captured in process `pid`, pinned to modules with its address
+    /// space `space` as it is now.
+    pub fn add(
         &mut self,
         pid: u32,
         user_stack: u64,
         kernel_stack: u64,
         space: &AddressSpace,
     ) -> SiteId {
-        if self.has_no_stack(user_stack, kernel_stack) {
-            return SITE_NO_STACK;
-        }
-        let key = (pid, user_stack, kernel_stack);
-        if let Some(&id) = self.index.get(&key) {
-            return id;
-        }
         let id = self.sites.len() as SiteId;
         self.sites.push(Site {
             pid,
@@ -95,26 +86,13 @@ impl Sites {
             kernel: self.frames(kernel_stack),
             placeholder: None,
         });
-        self.index.insert(key, id);
         id
     }
 
-    /// Neither stack captured (or sent).
-    fn has_no_stack(&self, user_stack: u64, kernel_stack: u64) -> bool {
+    /// Whether either stack was captured (and sent).
+    pub fn captured(&self, user_stack: u64, kernel_stack: u64) -> bool {
         let known = |id| id != NO_STACK && self.stacks.contains_key(&id);
-        !known(user_stack) && !known(kernel_stack)
-    }
-
-    /// Whether [`Sites::resolve`] would answer without pinning a new stack.
-    pub fn knows(&self, pid: u32, user_stack: u64, kernel_stack: u64) -> bool {
-        self.has_no_stack(user_stack, kernel_stack)
-            || self.index.contains_key(&(pid, user_stack, kernel_stack))
-    }
-
-    /// Forgets which sites `pid`'s stacks were: its addresses now mean another image (exec)
-    /// or, once its pid is reused, another process.
-    pub fn forget_process(&mut self, pid: u32) {
-        self.index.retain(|&(p, _, _), _| p != pid);
+        known(user_stack) || known(kernel_stack)
     }
 
     pub fn get(&self, id: SiteId) -> &Site {

@@ -172,6 +172,9 @@ pub struct Process {
     pub faults_by_site: HashMap<SiteId, u64>,
     /// Sampled faults by the stack of the code that faulted ("made resident by").
     pub faults_by_stack: HashMap<SiteId, u64>,
+    /// The sites of this image's stacks by stack ids (user, kernel). Ids hash addresses,
+    /// which mean other code after exec: cleared then.
+    pub site_ids: HashMap<(u64, u64), SiteId>,
     interval_ns: u64,
     next_sample_ns: u64,
 }
@@ -251,6 +254,7 @@ impl Process {
             proc_check: None,
             faults_by_site: HashMap::new(),
             faults_by_stack: HashMap::new(),
+            site_ids: HashMap::new(),
             interval_ns: interval_ns.max(1),
             next_sample_ns: now_ns,
         };
@@ -261,6 +265,7 @@ impl Process {
     /// Replaces the address space after exec; the figures' history goes on.
     pub fn exec(&mut self, snapshot: Option<Snapshot>) {
         self.events.execs += 1;
+        self.site_ids.clear();
         match snapshot {
             Some(s) => {
                 self.command = s.command;

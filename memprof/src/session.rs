@@ -27,10 +27,16 @@ use crate::{
 /// The site of a stack captured in `process`. A stack seen for the first time is pinned to
 /// modules, so the paths of files mapped since the last batch are read first.
 fn site_of(sites: &mut Sites, process: &mut Process, user: u64, kernel: u64) -> SiteId {
-    if !sites.knows(process.pid, user, kernel) {
-        process.name_files();
+    if !sites.captured(user, kernel) {
+        return SITE_NO_STACK;
     }
-    sites.resolve(process.pid, user, kernel, &process.space)
+    if let Some(&id) = process.site_ids.get(&(user, kernel)) {
+        return id;
+    }
+    process.name_files();
+    let id = sites.add(process.pid, user, kernel, &process.space);
+    process.site_ids.insert((user, kernel), id);
+    id
 }
 
 /// A kernel command name (NUL-padded) as text.
@@ -344,10 +350,7 @@ impl Session {
                 let child = Process::forked(process, r.child_pid, header.ts_ns);
                 self.processes.insert(r.child_pid, child);
             }
-            Record::Exit(_) => {
-                process.finish(header.ts_ns, true);
-                self.sites.forget_process(header.tgid);
-            }
+            Record::Exit(_) => process.finish(header.ts_ns, true),
             Record::Exec(_) | Record::Stack(_) => unreachable!("handled above"),
         }
     }
@@ -363,7 +366,6 @@ impl Session {
     }
 
     fn exec(&mut self, pid: u32, ts_ns: u64, comm: &[u8; 16]) {
-        self.sites.forget_process(pid);
         let snapshot = match &mut self.origin {
             Origin::Launched(first) if pid == self.root && first.is_some() => first.take(),
             // Read now: the process runs on, but the records that follow replay onto it.

@@ -9,11 +9,11 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_get_prandom_u32, bpf_get_stack,
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_jiffies64, bpf_ktime_get_ns, bpf_probe_read_kernel, generated,
     },
-    macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, map, raw_tracepoint, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use memprof_common::{
     ANY_UID, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, ExecRecord, FaultRecord, Filter,
@@ -31,6 +31,9 @@ static KERNEL_STACKS: u32 = 0;
 /// fault in this many; 0 records none.
 #[unsafe(no_mangle)]
 static FAULT_STACK_SAMPLE: u32 = 0;
+/// Set by userspace at load time: the slots of `MP_STACKS_SENT` (`--stack-map-entries`).
+#[unsafe(no_mangle)]
+static STACK_SLOTS: u32 = 1;
 /// Set by userspace at load time, from the kernel's BTF.
 #[unsafe(no_mangle)]
 static LAYOUT: KernelLayout = KernelLayout {
@@ -68,7 +71,6 @@ mod nr {
 
 /// x86_64's `struct pt_regs` (a uapi layout), as indexes of its 8-byte words.
 mod regs {
-    pub const WORDS: usize = 21;
     pub const BP: usize = 4;
     pub const R10: usize = 7;
     pub const R9: usize = 8;
@@ -99,14 +101,26 @@ static MP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 25, 0);
 #[map]
 static MP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0);
 
-/// Ids of the stacks already sent to userspace, so each is sent once (again only once it was
-/// forgotten). Userspace sets the size (`--stack-map-entries`).
+/// Ids of the stacks already sent to userspace, so each is sent once: a direct-mapped cache
+/// (stack id modulo the slots), cheaper than any hash map; a stack whose slot another one took
+/// is sent again. Userspace sets the size (`--stack-map-entries`, [`STACK_SLOTS`]).
 #[map]
-static MP_STACKS_SENT: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
+static MP_STACKS_SENT: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Where a stack is gathered, per CPU, before it is named and perhaps sent.
 #[map]
 static MP_STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Words of user stack the frame walk reads at once (see [`walk_frames`]).
+const WINDOW_WORDS: usize = 128;
+
+/// Where the frame walk reads the user stack, per CPU.
+#[map]
+static MP_STACK_WINDOW: PerCpuArray<[u64; WINDOW_WORDS]> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's last clock reading and the tick (jiffies) it was taken in (see [`now_ns`]).
+#[map]
+static MP_CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// 1 while this CPU walks a stack (see [`walking`]).
 #[map]
@@ -167,10 +181,14 @@ fn stack<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, walk: Walk) -> u64 {
     let stack = unsafe { &mut *stack };
     set_walking(1);
     let walked = match walk {
-        Walk::Frames { ip, bp } => {
-            walk_frames(stack, ip, bp);
-            true
-        }
+        Walk::Frames { ip, bp } => match MP_STACK_WINDOW.get_ptr_mut(0) {
+            Some(window) => {
+                // SAFETY: this CPU's window, used by nothing else (as the scratch record).
+                walk_frames(stack, unsafe { &mut *window }, ip, bp);
+                true
+            }
+            None => false,
+        },
         Walk::Kernel(flags) => walk_kernel(ctx, stack, flags),
     };
     set_walking(0);
@@ -200,18 +218,35 @@ fn walking() -> bool {
 /// pointer no frame can have (unaligned, or in the first page) instead of reading it: a chain
 /// through code built without frame pointers ends that way (glibc's start-up code leaves 0x5
 /// there), and the kernel's failed read of it is a page-fault exception that cost most of
-/// each walk.
-fn walk_frames(stack: &mut StackRecord, ip: u64, bp: u64) {
+/// each walk. Frames lie close together, so it reads the stack a window at a time rather
+/// than a frame at a time: a read costs far more than the bytes it copies.
+fn walk_frames(stack: &mut StackRecord, window: &mut [u64; WINDOW_WORDS], ip: u64, bp: u64) {
     const FIRST_PAGE_END: u64 = 4096;
+    const FRAME: u64 = 16;
     stack.ips[0] = ip;
     let mut frames = 1;
     let mut fp = bp;
+    // The window holds `len` bytes of the stack from `base` on.
+    let (mut base, mut len) = (0u64, 0u64);
     for slot in stack.ips.iter_mut().skip(1) {
-        if fp % 8 != 0 || fp < FIRST_PAGE_END || fp >= USER_SPACE_END - 16 {
+        if fp % 8 != 0 || fp < FIRST_PAGE_END || fp >= USER_SPACE_END - FRAME {
             break;
         }
-        // SAFETY: the helper reads user memory and fails cleanly on a bad address.
-        let Ok([next, ret]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+        if fp < base || fp - base + FRAME > len {
+            // Near the top of a stack a whole window may not be mapped: then the frame alone.
+            base = fp;
+            len = if read_user(window, fp, WINDOW_WORDS) {
+                8 * WINDOW_WORDS as u64
+            } else if read_user(window, fp, 2) {
+                FRAME
+            } else {
+                break;
+            };
+        }
+        // Opaque to the compiler, which would otherwise turn the word index into a byte offset
+        // the verifier cannot see is 8-aligned.
+        let at = core::hint::black_box((fp - base) / 8) as usize;
+        let (Some(&next), Some(&ret)) = (window.get(at), window.get(at + 1)) else {
             break;
         };
         if ret == 0 {
@@ -222,6 +257,16 @@ fn walk_frames(stack: &mut StackRecord, ip: u64, bp: u64) {
         fp = next;
     }
     stack.frames = frames;
+}
+
+/// Reads `words` words of user memory at `address` into the start of `window`.
+fn read_user(window: &mut [u64; WINDOW_WORDS], address: u64, words: usize) -> bool {
+    let size = (8 * words.min(WINDOW_WORDS)) as u32;
+    // SAFETY: `window` is writable for `size` bytes; the helper reads user memory and fails
+    // cleanly on a bad address.
+    unsafe {
+        generated::bpf_probe_read_user(window.as_mut_ptr().cast(), size, address as *const _) == 0
+    }
 }
 
 fn walk_kernel<C: EbpfContext>(ctx: &C, stack: &mut StackRecord, flags: u64) -> bool {
@@ -243,7 +288,9 @@ fn send_stack(stack: &mut StackRecord, tgid: u32, tid: u32) -> u64 {
         id = (id ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
     }
     let id = id | 1; // never NO_STACK
-    if MP_STACKS_SENT.get_ptr(id).is_some() {
+    let slot = MP_STACKS_SENT.get_ptr_mut((id % u64::from(config(&STACK_SLOTS).max(1))) as u32);
+    // SAFETY: a u64 slot, written whole; a race between CPUs only sends a stack twice.
+    if slot.is_some_and(|slot| unsafe { *slot } == id) {
         return id;
     }
     stack.header = header(RecordKind::Stack, tgid, tid);
@@ -258,7 +305,10 @@ fn send_stack(stack: &mut StackRecord, tgid: u32, tid: u32) -> u64 {
         count(COUNTER_STACKS_LOST);
         return NO_STACK;
     }
-    let _ = MP_STACKS_SENT.insert(id, 1, 0);
+    if let Some(slot) = slot {
+        // SAFETY: as above.
+        unsafe { *slot = id };
+    }
     id
 }
 
@@ -293,9 +343,26 @@ fn header(kind: RecordKind, tgid: u32, tid: u32) -> RecordHeader {
         tgid,
         tid,
         _reserved: 0,
-        // SAFETY: the helper has no preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns: now_ns(),
     }
+}
+
+/// CLOCK_MONOTONIC, read once per CPU and tick: records of one tick (4 ms at HZ=250) share a
+/// time. Reading the clock costs ~50 ns on these VMs, a third of a record; the tick count is
+/// a plain load, and the timeline needs no finer time.
+fn now_ns() -> u64 {
+    // SAFETY: the helpers have no preconditions (the verifier inlines bpf_jiffies64).
+    let (tick, read_clock) = (unsafe { bpf_jiffies64() }, || unsafe { bpf_ktime_get_ns() });
+    let Some(clock) = MP_CLOCK.get_ptr_mut(0) else {
+        return read_clock();
+    };
+    // SAFETY: this CPU's slot; no program that stamps a record nests on a CPU.
+    let [last_tick, ns] = unsafe { &mut *clock };
+    if *last_tick != tick {
+        *last_tick = tick;
+        *ns = read_clock();
+    }
+    *ns
 }
 
 /// Sends one record, or counts it as lost when the ring buffer is full. Without waking
@@ -312,12 +379,9 @@ fn emit_now<T: 'static>(record: T) {
 }
 
 fn submit<T: 'static>(record: T, flags: u32) {
-    match MP_EVENTS.reserve::<T>(0) {
-        Some(mut entry) => {
-            entry.write(record);
-            entry.submit(u64::from(flags));
-        }
-        None => count(COUNTER_LOST),
+    // One helper call (a copy) rather than reserve and submit: calls cost more than copies.
+    if MP_EVENTS.output::<T>(&record, u64::from(flags)).is_err() {
+        count(COUNTER_LOST);
     }
 }
 
@@ -330,19 +394,23 @@ fn ok(result: Result<u32, i64>) -> u32 {
     result.unwrap_or(0)
 }
 
-/// Attached to raw_syscalls:sys_exit, the exit of every syscall, with the caller's registers
-/// (a raw tracepoint: its arguments, without the formatting of a regular one). One program
-/// per call: the arguments are still in the registers at exit, and the caller's stack is the
-/// same, so nothing is kept between entry and exit.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn mp_sys_exit(ctx: RawTracePointContext) -> u32 {
+/// Attached to raw_syscalls:sys_exit, the exit of every syscall on the host, with the caller's
+/// registers. A BTF tracepoint: the kernel hands over its arguments without formatting a
+/// record, and the program reads the registers directly, no helper call, which is most of
+/// what a syscall memprof does not follow costs. One program per call: the arguments are
+/// still in the registers at exit, and the caller's stack is the same, so nothing is kept
+/// between entry and exit.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn mp_sys_exit(ctx: BtfTracePointContext) -> u32 {
     ok(try_sys_exit(&ctx))
 }
 
-fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, i64> {
-    let regs: *const [u64; regs::WORDS] = ctx.arg(0);
-    // SAFETY: the tracepoint's pt_regs, read through the helper.
-    let nr = unsafe { bpf_probe_read_kernel(regs.cast::<u64>().add(regs::ORIG_AX)) }?;
+fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
+    let regs: *const u64 = ctx.arg(0);
+    // SAFETY: the tracepoint's `struct pt_regs *`; the verifier checks each load against its
+    // BTF and the kernel recovers from a bad address.
+    let reg = |index: usize| unsafe { *regs.add(index) };
+    let nr = reg(regs::ORIG_AX);
     // Only the calls that create memory (mmap, brk) name a site: their stack is recorded.
     let creates = match nr {
         nr::MMAP | nr::BRK => true,
@@ -360,8 +428,6 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, i64> {
     if !is_traced(tgid) {
         return Ok(0);
     }
-    // SAFETY: as above.
-    let regs = unsafe { bpf_probe_read_kernel(regs) }?;
     let mut record = SyscallRecord {
         header: header(RecordKind::Syscall, tgid, tid),
         nr: nr as u32,
@@ -369,10 +435,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<u32, i64> {
         ..Default::default()
     };
     for (arg, &register) in record.args.iter_mut().zip(regs::ARGS.iter()) {
-        *arg = regs[register];
+        *arg = reg(register);
     }
     if creates && config(&USER_STACKS) != 0 {
-        let (ip, bp) = (regs[regs::IP], regs[regs::BP]);
+        let (ip, bp) = (reg(regs::IP), reg(regs::BP));
         record.user_stack = stack(ctx, tgid, tid, Walk::Frames { ip, bp });
     }
     if creates && config(&KERNEL_STACKS) != 0 {
@@ -445,19 +511,16 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
     let member: u32 = ctx.arg(1);
     let layout = config(&LAYOUT);
     let (current_tgid, tid) = current_ids();
-    // SAFETY: the helper has no preconditions; the task's field is read through a helper.
-    let current_mm: u64 = unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        bpf_probe_read_kernel(task.add(layout.task_mm as usize).cast())
-    }?;
-    let (tgid, process) = if current_mm == mm {
+    let current = traced(current_tgid);
+    let (tgid, process) = if let Some(process) = current.filter(|p| p.mm == mm) {
+        // A change to the process's own mm, known already: the common case, one lookup.
+        (current_tgid, process)
+    } else if current_mm(&layout)? == mm {
         let Some(process) = traced(current_tgid) else {
             return Ok(0);
         };
-        if process.mm != mm {
-            process.mm = mm;
-            MP_MM_OWNER.insert(mm, current_tgid, 0)?;
-        }
+        process.mm = mm;
+        MP_MM_OWNER.insert(mm, current_tgid, 0)?;
         (current_tgid, process)
     } else {
         // SAFETY: a plain u32 copied out at once.
@@ -492,6 +555,14 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
     Ok(0)
 }
 
+fn current_mm(layout: &KernelLayout) -> Result<u64, i64> {
+    // SAFETY: the helper has no preconditions; the task's field is read through a helper.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        bpf_probe_read_kernel(task.add(layout.task_mm as usize).cast()).map_err(i64::from)
+    }
+}
+
 /// Attached to task:task_newtask, which runs in the parent before the child can run, so a
 /// traced process's children (and, with `--all`, new processes matching the filter) are
 /// traced from their first instruction.
@@ -518,9 +589,10 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
     Ok(0)
 }
 
-/// Attached to sys_enter_execve and sys_enter_execveat.
+/// Attached to sched:sched_prepare_exec, which fires in execve before the address space is
+/// replaced (a syscall entry tracepoint would make every syscall on the host pay a check).
 #[tracepoint]
-pub fn mp_exec_enter(_ctx: TracePointContext) -> u32 {
+pub fn mp_prepare_exec(_ctx: TracePointContext) -> u32 {
     if let Some(process) = traced(current_ids().0) {
         process.execing = 1;
     }

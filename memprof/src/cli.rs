@@ -154,8 +154,8 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub fault_sample: u32,
 
-    /// Distinct stacks the kernel remembers having sent, so that each crosses to memprof
-    /// once (about 64 bytes of kernel memory each); a stack it forgot is sent again.
+    /// Slots of the kernel's cache of stacks it sent, so that each crosses to memprof once
+    /// (8 bytes of kernel memory each); a stack whose slot another one took is sent again.
     #[arg(long, value_name = "N", default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub stack_map_entries: u32,

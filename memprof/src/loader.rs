@@ -17,14 +17,13 @@ use crate::{btf::Btf, error::Error};
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Every tracepoint memprof attaches to, with the program that handles it. Programs on the
-/// events every syscall and fault fires are raw tracepoint programs: they get the
+/// events every syscall and fault fires are raw (or BTF) tracepoint programs: they get the
 /// tracepoint's arguments without the kernel formatting a record first.
-const ATTACHMENTS: [(&str, &str, &str); 9] = [
+const ATTACHMENTS: [(&str, &str, &str); 8] = [
     ("raw_syscalls", "sys_exit", "mp_sys_exit"),
     ("exceptions", "page_fault_user", "mp_page_fault_user"),
     ("exceptions", "page_fault_kernel", "mp_page_fault_kernel"),
-    ("syscalls", "sys_enter_execve", "mp_exec_enter"),
-    ("syscalls", "sys_enter_execveat", "mp_exec_enter"),
+    ("sched", "sched_prepare_exec", "mp_prepare_exec"),
     ("kmem", "rss_stat", "mp_rss_stat"),
     ("task", "task_newtask", "mp_newtask"),
     ("sched", "sched_process_exec", "mp_exec"),
@@ -178,10 +177,14 @@ impl Probes {
 
         let kernel_stacks = u32::from(options.kernel_stacks);
         let user_stacks = u32::from(options.user_stacks);
+        // kernel_layout() found it already; aya reads it again for what it needs.
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
             .map_max_entries("MP_EVENTS", options.ring_buffer_bytes)
             .map_max_entries("MP_STACKS_SENT", options.stack_map_entries)
             .override_global("USER_STACKS", &user_stacks, true)
+            .override_global("STACK_SLOTS", &options.stack_map_entries, true)
             .override_global("KERNEL_STACKS", &kernel_stacks, true)
             .override_global("FAULT_STACK_SAMPLE", &options.fault_stack_sample, true)
             .override_global("FILTER", &options.filter, true)
@@ -191,10 +194,17 @@ impl Probes {
                 "/memprof"
             )))
             .context("loading memprof's eBPF programs")?;
-        for (_, program) in ebpf.programs_mut() {
+        for (program_name, program) in ebpf.programs_mut() {
             match program {
                 Program::TracePoint(p) => p.load(),
                 Program::RawTracePoint(p) => p.load(),
+                Program::BtfTracePoint(p) => {
+                    let tracepoint = ATTACHMENTS
+                        .iter()
+                        .find(|&&(_, _, program)| program == program_name)
+                        .map_or(program_name, |&(_, name, _)| name);
+                    p.load(tracepoint, &btf)
+                }
                 other => unreachable!("memprof has no {:?} programs", other.prog_type()),
             }
             .context("the kernel's verifier refused a program")?;
@@ -209,6 +219,10 @@ impl Probes {
                 }
                 Some(Program::RawTracePoint(p)) => {
                     let link = p.attach(name).with_context(attaching)?;
+                    links.push(Box::new(p.take_link(link)?));
+                }
+                Some(Program::BtfTracePoint(p)) => {
+                    let link = p.attach().with_context(attaching)?;
                     links.push(Box::new(p.take_link(link)?));
                 }
                 _ => anyhow::bail!("program {program} missing from the eBPF object"),

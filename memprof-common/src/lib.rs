@@ -177,19 +177,27 @@ pub struct KernelLayout {
     pub counter_count: u32,
 }
 
-/// What the kernel keeps about a traced process: the value of the in-kernel filter, by pid,
-/// so that the programs on every fault and counter change look up one entry.
+/// Pids the per-pid state map covers (one byte each): the kernel's PID_MAX_LIMIT on 64-bit
+/// machines, so that every pid fits whatever `kernel.pid_max` says.
+pub const PID_LIMIT: u32 = 1 << 22;
+
+/// A pid's byte in the per-pid state map, read by the programs on every syscall and fault.
+pub mod pid_state {
+    pub const UNTRACED: u8 = 0;
+    pub const TRACED: u8 = 1;
+    /// Traced, and one of its threads is inside execve: the kernel builds the new image (and
+    /// faults on it) before sched_process_exec says the address space was replaced, so faults
+    /// are not recorded meanwhile.
+    pub const EXECING: u8 = 2;
+}
+
+/// What the kernel keeps about a traced process for its counter changes, by pid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct TracedProcess {
     /// Its mm, once an rss_stat event of its own showed it (0 before and after exec): counter
     /// changes other tasks make on it (reclaim) are charged to the process.
     pub mm: u64,
-    /// 1 while one of its threads is inside execve: the kernel builds the new image (and
-    /// faults on it) before sched_process_exec says the address space was replaced, so
-    /// faults are not recorded meanwhile.
-    pub execing: u32,
-    pub _reserved: u32,
     /// The value of each resident-page counter last sent, [`NOT_SENT`] before the first.
     /// rss_stat fires on every change but reports the counter's shared part, which moves only
     /// when a CPU's local batch (32 pages or more) is folded in: most events repeat the value
@@ -203,8 +211,6 @@ pub const NOT_SENT: i64 = -1;
 impl TracedProcess {
     pub const NEW: Self = Self {
         mm: 0,
-        execing: 0,
-        _reserved: 0,
         resident: [NOT_SENT; 4],
     };
 }

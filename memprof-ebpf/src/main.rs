@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_get_prandom_u32, bpf_get_stack,
@@ -17,8 +17,10 @@ use aya_ebpf::{
 };
 use memprof_common::{
     ANY_UID, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, ExecRecord, FaultRecord, Filter,
-    KernelLayout, MAX_STACK_DEPTH, NO_STACK, NOT_SENT, NewProcessRecord, RecordHeader, RecordKind,
-    RssRecord, STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord, TracedProcess, fields,
+    KernelLayout, MAX_STACK_DEPTH, NO_STACK, NOT_SENT, NewProcessRecord, PID_LIMIT, RecordHeader,
+    RecordKind, RssRecord, STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord,
+    TracedProcess, fields,
+    pid_state::{EXECING, TRACED, UNTRACED},
 };
 
 /// Set by userspace at load time: record the call stack of mmap and brk (`top` does without).
@@ -84,8 +86,16 @@ mod regs {
     pub const ARGS: [usize; super::SYSCALL_ARGS] = [DI, SI, DX, R10, R8, R9];
 }
 
-/// The in-kernel filter: pids (thread group ids) being traced. Userspace seeds it; new
-/// processes of traced ones are added at fork, before they first run.
+/// The in-kernel filter: a byte per pid (thread group id), eight per entry (see `pid_state`).
+/// Userspace seeds it; new processes of traced ones are added at fork, before they first run.
+/// An array, not a hash map: the programs on every syscall and fault read it without a call
+/// (the verifier inlines array lookups), where a hash lookup cost ~45 ns. Userspace maps it
+/// (BPF_F_MMAPABLE) and stores single bytes, so it never writes back a neighbour's byte the
+/// kernel just changed.
+#[map]
+static MP_PID_STATE: Array<u64> = Array::with_max_entries(PID_LIMIT / 8, BPF_F_MMAPABLE);
+
+/// What the rss_stat program keeps per traced process, entered and removed with its state.
 #[map]
 static MP_TRACED: HashMap<u32, TracedProcess> = HashMap::with_max_entries(65536, 0);
 
@@ -317,8 +327,33 @@ fn current_ids() -> (u32, u32) {
     ((id >> 32) as u32, id as u32)
 }
 
+/// The process's byte in MP_PID_STATE.
+fn state_byte(tgid: u32) -> Option<*mut u8> {
+    let entry = MP_PID_STATE.get_ptr_mut(tgid / 8)?;
+    // SAFETY: one of the entry's 8 bytes.
+    Some(unsafe { entry.cast::<u8>().add((tgid % 8) as usize) })
+}
+
+fn state(tgid: u32) -> u8 {
+    // SAFETY: a byte of a map value, read whole.
+    state_byte(tgid).map_or(UNTRACED, |byte| unsafe { core::ptr::read_volatile(byte) })
+}
+
+fn set_state(tgid: u32, state: u8) {
+    if let Some(byte) = state_byte(tgid) {
+        // SAFETY: as above, written whole.
+        unsafe { core::ptr::write_volatile(byte, state) };
+    }
+}
+
 fn is_traced(tgid: u32) -> bool {
-    MP_TRACED.get_ptr(tgid).is_some()
+    state(tgid) != UNTRACED
+}
+
+fn start_tracing(tgid: u32) -> Result<(), i64> {
+    MP_TRACED.insert(tgid, TracedProcess::NEW, 0)?;
+    set_state(tgid, TRACED);
+    Ok(())
 }
 
 /// The traced process's entry, changed in place.
@@ -417,8 +452,9 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
         nr::MUNMAP | nr::MREMAP | nr::MPROTECT | nr::MADVISE => false,
         nr::EXECVE | nr::EXECVEAT => {
             // A failed exec leaves the old image (mp_exec saw the successful ones).
-            if let Some(process) = traced(current_ids().0) {
-                process.execing = 0;
+            let tgid = current_ids().0;
+            if state(tgid) == EXECING {
+                set_state(tgid, TRACED);
             }
             return Ok(0);
         }
@@ -463,7 +499,7 @@ pub fn mp_page_fault_kernel(ctx: RawTracePointContext) -> u32 {
 
 fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
-    if traced(tgid).is_none_or(|p| p.execing != 0) || walking() {
+    if state(tgid) != TRACED || walking() {
         return Ok(0);
     }
     let address: u64 = ctx.arg(0);
@@ -511,26 +547,31 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
     let member: u32 = ctx.arg(1);
     let layout = config(&LAYOUT);
     let (current_tgid, tid) = current_ids();
-    let current = traced(current_tgid);
-    let (tgid, process) = if let Some(process) = current.filter(|p| p.mm == mm) {
-        // A change to the process's own mm, known already: the common case, one lookup.
-        (current_tgid, process)
-    } else if current_mm(&layout)? == mm {
-        let Some(process) = traced(current_tgid) else {
-            return Ok(0);
-        };
-        process.mm = mm;
-        MP_MM_OWNER.insert(mm, current_tgid, 0)?;
-        (current_tgid, process)
+    let current = if is_traced(current_tgid) {
+        traced(current_tgid)
     } else {
-        // SAFETY: a plain u32 copied out at once.
-        let Some(&owner) = (unsafe { MP_MM_OWNER.get(mm) }) else {
-            return Ok(0);
-        };
-        match traced(owner) {
-            // Still the owner's current mm: freed mms are reused.
-            Some(process) if process.mm == mm => (owner, process),
-            _ => return Ok(0),
+        None
+    };
+    let (tgid, process) = match current {
+        // A change to the process's own mm, known already: the common case.
+        Some(process) if process.mm == mm => (current_tgid, process),
+        // Its own mm, not known yet (its first change, or its first after exec).
+        Some(process) if current_mm(&layout)? == mm => {
+            process.mm = mm;
+            MP_MM_OWNER.insert(mm, current_tgid, 0)?;
+            (current_tgid, process)
+        }
+        // Another process's mm (reclaim), or an untraced process's.
+        _ => {
+            // SAFETY: a plain u32 copied out at once.
+            let Some(&owner) = (unsafe { MP_MM_OWNER.get(mm) }) else {
+                return Ok(0);
+            };
+            match traced(owner) {
+                // Still the owner's current mm: freed mms are reused.
+                Some(process) if process.mm == mm => (owner, process),
+                _ => return Ok(0),
+            }
         }
     };
     let member = member.min(3);
@@ -578,7 +619,7 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     let child_pid = read::<i32>(ctx, fields::NEWTASK_PID)? as u32;
-    MP_TRACED.insert(child_pid, TracedProcess::NEW, 0)?;
+    start_tracing(child_pid)?;
     emit_now(NewProcessRecord {
         header: header(RecordKind::NewProcess, tgid, tid),
         child_pid,
@@ -593,8 +634,9 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
 /// replaced (a syscall entry tracepoint would make every syscall on the host pay a check).
 #[tracepoint]
 pub fn mp_prepare_exec(_ctx: TracePointContext) -> u32 {
-    if let Some(process) = traced(current_ids().0) {
-        process.execing = 1;
+    let tgid = current_ids().0;
+    if state(tgid) == TRACED {
+        set_state(tgid, EXECING);
     }
     0
 }
@@ -608,14 +650,12 @@ pub fn mp_exec(_ctx: TracePointContext) -> u32 {
 
 fn try_exec() -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
-    if !is_traced(tgid) {
-        if !wanted(tgid) {
-            return Ok(0);
-        }
-        MP_TRACED.insert(tgid, TracedProcess::NEW, 0)?;
-    }
-    if let Some(process) = traced(tgid) {
-        process.execing = 0;
+    if is_traced(tgid) {
+        set_state(tgid, TRACED);
+    } else if wanted(tgid) {
+        start_tracing(tgid)?;
+    } else {
+        return Ok(0);
     }
     forget_mm(tgid);
     emit_now(ExecRecord {
@@ -638,6 +678,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     emit_now(header(RecordKind::Exit, tgid, tid));
     forget_mm(tgid);
+    set_state(tgid, UNTRACED);
     MP_TRACED.remove(tgid)?;
     Ok(0)
 }

@@ -1,15 +1,22 @@
 //! Checks the machine, then loads the eBPF programs, attaches them and owns the in-kernel
 //! filter. Everything it loads is released when the [`Probes`] are dropped.
-use std::{fs, io, path::Path};
+use std::{
+    fs, io,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
+    ptr::NonNull,
+    sync::atomic::{AtomicU8, Ordering},
+};
 
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::Program,
 };
 use memprof_common::{
-    COUNTER_LOST, COUNTER_STACKS_LOST, Filter, KernelLayout, TracedProcess, fields,
+    COUNTER_LOST, COUNTER_STACKS_LOST, Filter, KernelLayout, PID_LIMIT, TracedProcess, fields,
+    pid_state::{TRACED, UNTRACED},
 };
 
 use crate::{btf::Btf, error::Error};
@@ -146,6 +153,7 @@ pub struct LoadOptions {
 pub struct Probes {
     /// Kept alive: dropping it detaches and unloads everything.
     _ebpf: Ebpf,
+    pid_states: PidStates,
     traced: HashMap<MapData, u32, TracedProcess>,
     counters: PerCpuArray<MapData, u64>,
     /// Owned here so that they are detached together (see Drop).
@@ -231,8 +239,13 @@ impl Probes {
         let events = RingBuf::try_from(ebpf.take_map("MP_EVENTS").context("MP_EVENTS")?)?;
         let traced = HashMap::try_from(ebpf.take_map("MP_TRACED").context("MP_TRACED")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("MP_COUNTERS").context("MP_COUNTERS")?)?;
+        let Some(Map::Array(pid_states)) = ebpf.map("MP_PID_STATE") else {
+            anyhow::bail!("map MP_PID_STATE missing from the eBPF object");
+        };
+        let pid_states = PidStates::map(pid_states)?;
         let probes = Self {
             _ebpf: ebpf,
+            pid_states,
             traced,
             counters,
             links,
@@ -244,16 +257,19 @@ impl Probes {
     pub fn trace(&mut self, pid: u32) -> anyhow::Result<()> {
         self.traced
             .insert(pid, TracedProcess::NEW, 0)
-            .with_context(|| format!("adding pid {pid} to the filter"))
+            .with_context(|| format!("adding pid {pid} to the filter"))?;
+        self.pid_states.set(pid, TRACED);
+        Ok(())
     }
 
     /// Whether the process is in the in-kernel filter (the kernel adds new ones itself).
     pub fn is_traced(&self, pid: u32) -> bool {
-        self.traced.get(&pid, 0).is_ok()
+        self.pid_states.get(pid) != UNTRACED
     }
 
     /// Takes a process out of the in-kernel filter (one that was gone before it was read).
     pub fn untrace(&mut self, pid: u32) {
+        self.pid_states.set(pid, UNTRACED);
         let _ = self.traced.remove(&pid);
     }
 
@@ -272,6 +288,66 @@ impl Probes {
             .get(&index, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+/// The kernel's per-pid state bytes (MP_PID_STATE), mapped into memprof. A byte store
+/// changes one pid alone; a map update would write back a whole entry, eight pids, over any
+/// change the kernel made to the others meanwhile.
+struct PidStates {
+    bytes: NonNull<u8>,
+}
+
+// SAFETY: the mapping is shared memory, accessed only through atomics.
+unsafe impl Send for PidStates {}
+
+impl PidStates {
+    const LEN: usize = PID_LIMIT as usize;
+
+    fn map(map: &MapData) -> anyhow::Result<Self> {
+        // The mapping keeps the map alive; this descriptor can go.
+        let fd = map.info()?.fd()?;
+        // SAFETY: maps the array's LEN bytes (it is BPF_F_MMAPABLE), shared with the kernel.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error()).context("mapping MP_PID_STATE");
+        }
+        let bytes = NonNull::new(address.cast()).context("mapping MP_PID_STATE")?;
+        Ok(Self { bytes })
+    }
+
+    fn byte(&self, pid: u32) -> Option<&AtomicU8> {
+        let pid = pid as usize;
+        // SAFETY: within the mapping, which lives as long as self; the kernel writes it too,
+        // hence atomics.
+        (pid < Self::LEN).then(|| unsafe { AtomicU8::from_ptr(self.bytes.as_ptr().add(pid)) })
+    }
+
+    fn get(&self, pid: u32) -> u8 {
+        self.byte(pid)
+            .map_or(UNTRACED, |b| b.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, pid: u32, state: u8) {
+        if let Some(b) = self.byte(pid) {
+            b.store(state, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for PidStates {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, used by nothing after this.
+        unsafe { libc::munmap(self.bytes.as_ptr().cast(), Self::LEN) };
     }
 }
 

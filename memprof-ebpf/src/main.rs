@@ -33,9 +33,11 @@ static KERNEL_STACKS: u32 = 0;
 /// fault in this many; 0 records none.
 #[unsafe(no_mangle)]
 static FAULT_STACK_SAMPLE: u32 = 0;
-/// Set by userspace at load time: the slots of `MP_STACKS_SENT` (`--stack-map-entries`).
+/// Set by userspace at load time: the slots of `MP_STACKS_SENT` (`--stack-map-entries`, a
+/// power of two) less one, so that a mask picks a slot (a division costs as much as the rest
+/// of the lookup).
 #[unsafe(no_mangle)]
-static STACK_SLOTS: u32 = 1;
+static STACK_SLOT_MASK: u32 = 0;
 /// Set by userspace at load time, from the kernel's BTF.
 #[unsafe(no_mangle)]
 static LAYOUT: KernelLayout = KernelLayout {
@@ -113,7 +115,7 @@ static MP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS, 0
 
 /// Ids of the stacks already sent to userspace, so each is sent once: a direct-mapped cache
 /// (stack id modulo the slots), cheaper than any hash map; a stack whose slot another one took
-/// is sent again. Userspace sets the size (`--stack-map-entries`, [`STACK_SLOTS`]).
+/// is sent again. Userspace sets the size (`--stack-map-entries`, [`STACK_SLOT_MASK`]).
 #[map]
 static MP_STACKS_SENT: Array<u64> = Array::with_max_entries(1, 0);
 
@@ -298,7 +300,7 @@ fn send_stack(stack: &mut StackRecord, tgid: u32, tid: u32) -> u64 {
         id = (id ^ ip).wrapping_mul(0x0000_0100_0000_01b3);
     }
     let id = id | 1; // never NO_STACK
-    let slot = MP_STACKS_SENT.get_ptr_mut((id % u64::from(config(&STACK_SLOTS).max(1))) as u32);
+    let slot = MP_STACKS_SENT.get_ptr_mut(id as u32 & config(&STACK_SLOT_MASK));
     // SAFETY: a u64 slot, written whole; a race between CPUs only sends a stack twice.
     if slot.is_some_and(|slot| unsafe { *slot } == id) {
         return id;

@@ -155,9 +155,9 @@ pub struct RunArgs {
     pub fault_sample: u32,
 
     /// Slots of the kernel's cache of stacks it sent, so that each crosses to memprof once
-    /// (8 bytes of kernel memory each); a stack whose slot another one took is sent again.
-    #[arg(long, value_name = "N", default_value_t = 65536,
-          value_parser = clap::value_parser!(u32).range(1..))]
+    /// (a power of two, 8 bytes of kernel memory each); a stack whose slot another one took is
+    /// sent again.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = parse_stack_slots)]
     pub stack_map_entries: u32,
 
     /// Size of the kernel-to-memprof ring buffer in bytes (a power of two, at least 4096).
@@ -174,6 +174,15 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a number of seconds"))?;
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+fn parse_stack_slots(s: &str) -> Result<u32, String> {
+    const MAX: u32 = 1 << 24;
+    let slots: u32 = s.parse().map_err(|_| format!("`{s}` is not a count"))?;
+    if !slots.is_power_of_two() || slots > MAX {
+        return Err(format!("{slots} is not a power of two of at most {MAX}"));
+    }
+    Ok(slots)
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

@@ -136,7 +136,7 @@ fn field_offset(format: &str, field: &str) -> Option<usize> {
 /// What the kernel side records.
 pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
-    /// How many stacks the kernel remembers having sent.
+    /// How many stacks the kernel remembers having sent: a power of two.
     pub stack_map_entries: u32,
     pub kernel_stacks: bool,
     /// Record the stack of one fault in this many; 0 for none.
@@ -192,7 +192,7 @@ impl Probes {
             .map_max_entries("MP_EVENTS", options.ring_buffer_bytes)
             .map_max_entries("MP_STACKS_SENT", options.stack_map_entries)
             .override_global("USER_STACKS", &user_stacks, true)
-            .override_global("STACK_SLOTS", &options.stack_map_entries, true)
+            .override_global("STACK_SLOT_MASK", &(options.stack_map_entries - 1), true)
             .override_global("KERNEL_STACKS", &kernel_stacks, true)
             .override_global("FAULT_STACK_SAMPLE", &options.fault_stack_sample, true)
             .override_global("FILTER", &options.filter, true)

@@ -171,10 +171,19 @@ fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
     if let Some(name) = site.placeholder {
         return vec![placeholder_frame(name)];
     }
+    // The kernel's walk starts in memprof's own probe: its programs and the tracepoint code
+    // that runs them.
+    let is_probe = |name: &String| {
+        ["bpf_prog_", "bpf_trace_run", "__bpf_trace_"]
+            .iter()
+            .any(|probe| name.starts_with(probe))
+    };
     let kernel = site
         .kernel
         .iter()
-        .map(|&address| placeholder_frame(&attribution::kernel_symbol(address)));
+        .map(|&address| attribution::kernel_symbol(address))
+        .skip_while(is_probe)
+        .map(|name| placeholder_frame(&name));
     let user: Vec<Frame> = site
         .user
         .iter()

@@ -174,7 +174,7 @@ fn sampled_fault_stacks_estimate_a_million_faults() {
     );
 }
 
-/// With --kernel-stacks, reservation stacks start in the kernel.
+/// With --kernel-stacks, reservation stacks start in the kernel, below memprof's own probe.
 #[test]
 fn kernel_stacks_are_named_from_kallsyms() {
     let dir = scratch("kstacks");
@@ -191,6 +191,12 @@ fn kernel_stacks_are_named_from_kallsyms() {
         .find(|l| l.contains("memprof_reserve_big"))
         .expect("the site");
     assert!(line.contains("do_syscall_64_[k]"), "{line}");
+    let stack = line.rsplit_once(' ').expect("folded stack, count").0;
+    let leaf = stack.rsplit(';').next().unwrap();
+    assert!(
+        !leaf.starts_with("bpf_") && !leaf.starts_with("__bpf_"),
+        "{line}"
+    );
 }
 
 /// A stack seen again is the same site: 4,000 mmaps from one loop make one site, not 4,000.

@@ -185,10 +185,7 @@ impl Probes {
 
         let kernel_stacks = u32::from(options.kernel_stacks);
         let user_stacks = u32::from(options.user_stacks);
-        // kernel_layout() found it already; aya reads it again for what it needs.
-        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
             .map_max_entries("MP_EVENTS", options.ring_buffer_bytes)
             .map_max_entries("MP_STACKS_SENT", options.stack_map_entries)
             .override_global("USER_STACKS", &user_stacks, true)
@@ -202,6 +199,9 @@ impl Probes {
                 "/memprof"
             )))
             .context("loading memprof's eBPF programs")?;
+        // The loader read the kernel's BTF and dropped it; the BTF tracepoint program needs it
+        // too. Read after, not before: two parsed copies at once would be memprof's peak RSS.
+        let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         for (program_name, program) in ebpf.programs_mut() {
             match program {
                 Program::TracePoint(p) => p.load(),
@@ -217,6 +217,8 @@ impl Probes {
             }
             .context("the kernel's verifier refused a program")?;
         }
+        drop(btf);
+        release_freed_memory();
         let mut links: Vec<Box<dyn Send>> = Vec::new();
         for (category, name, program) in ATTACHMENTS {
             let attaching = || format!("attaching to {category}:{name}");
@@ -289,6 +291,17 @@ impl Probes {
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
+}
+
+/// Hands the memory of the parsed BTF (freed, ~20 MB in small pieces) back to the system
+/// before the ring buffer is mapped beside it: the allocator would keep it, and memprof's
+/// peak RSS with it.
+fn release_freed_memory() {
+    // SAFETY: glibc's malloc_trim only releases free memory.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
 }
 
 /// The kernel's per-pid state bytes (MP_PID_STATE), mapped into memprof. A byte store

@@ -79,6 +79,9 @@ impl Launched {
             -1 => Err(io::Error::last_os_error()).context("fork"),
             0 => unsafe {
                 libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                // The child's copy of the write end would keep the pipe open: memprof failing
+                // before `start` would leave it waiting forever instead of reading EOF.
+                libc::close(go.as_raw_fd());
                 let mut byte = 0u8;
                 // EOF means memprof gave up: exit without running the command.
                 if libc::read(wait.as_raw_fd(), (&raw mut byte).cast(), 1) == 1 {

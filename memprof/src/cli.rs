@@ -121,7 +121,8 @@ pub struct RunArgs {
     #[arg(short, long, value_name = "SECS", value_parser = parse_seconds)]
     pub duration: Option<Duration>,
 
-    /// Timeline sampling interval of reserved, committed and resident, in milliseconds.
+    /// Timeline sampling interval of reserved, committed and resident, in milliseconds (events
+    /// are timed to the kernel's clock tick, 1 to 10 ms).
     #[arg(short, long, value_name = "MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub interval: u64,

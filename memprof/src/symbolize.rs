@@ -365,9 +365,14 @@ mod tests {
         (address, path, file_offset)
     }
 
-    /// A fresh symbolizer's frames for `address`, at `file_offset` in the file at `path`.
-    fn symbolize_in(path: &str, file_offset: u64, address: u64) -> Vec<Frame> {
-        Symbolizer::new()
+    /// The frames `symbolizer` gives for `address`, at `file_offset` in the file at `path`.
+    fn symbolize_in(
+        symbolizer: &mut Symbolizer,
+        path: &str,
+        file_offset: u64,
+        address: u64,
+    ) -> Vec<Frame> {
+        symbolizer
             .symbolize(address, Location::Module { path, file_offset })
             .to_vec()
     }
@@ -380,15 +385,7 @@ mod tests {
         let (path, file_offset) = module_of(&maps, address);
 
         let mut symbolizer = Symbolizer::new();
-        let frames = symbolizer
-            .symbolize(
-                address,
-                Location::Module {
-                    path: &path,
-                    file_offset,
-                },
-            )
-            .to_vec();
+        let frames = symbolize_in(&mut symbolizer, &path, file_offset, address);
         let last = frames.last().unwrap();
         assert!(
             last.function.contains("memprof_symbolize_probe_fn"),
@@ -405,15 +402,7 @@ mod tests {
         assert!(last.line.is_some(), "{frames:#?}");
 
         // Memoized: a second process with another load address gets its own address back.
-        let again = symbolizer
-            .symbolize(
-                address + 0x1000,
-                Location::Module {
-                    path: &path,
-                    file_offset,
-                },
-            )
-            .to_vec();
+        let again = symbolize_in(&mut symbolizer, &path, file_offset, address + 0x1000);
         assert_eq!(symbolizer.memoized(), 1);
         assert_eq!(again.last().unwrap().function, last.function);
         assert_eq!(again.last().unwrap().address, address + 0x1000);
@@ -482,7 +471,7 @@ static void print_self(unsigned long a) {
         let (address, path, file_offset) = locate_in_program(&exe);
         assert_eq!(Path::new(&path), exe.as_path());
 
-        let frames = symbolize_in(&path, file_offset, address);
+        let frames = symbolize_in(&mut Symbolizer::new(), &path, file_offset, address);
         assert_eq!(frames.len(), 1, "{frames:#?}");
         assert_eq!(frames[0].function, "memprof_c_known");
         assert!(
@@ -602,15 +591,7 @@ func main() {
         let (address, path, file_offset) = locate_in_program(&exe);
 
         let mut symbolizer = Symbolizer::new();
-        let frames = symbolizer
-            .symbolize(
-                address,
-                Location::Module {
-                    path: &path,
-                    file_offset,
-                },
-            )
-            .to_vec();
+        let frames = symbolize_in(&mut symbolizer, &path, file_offset, address);
         let known = frames.last().unwrap();
         assert_eq!(known.function, "main.knownGoFunc", "{frames:#?}");
         // Go's DWARF (zlib-compressed sections) gives the source position.
@@ -638,15 +619,12 @@ func main() {
             .expect("runtime.mallocgc in nm output")
             .unwrap();
         let mallocgc_offset = mallocgc + file_offset - address;
-        let frames = symbolizer
-            .symbolize(
-                mallocgc + 0x10,
-                Location::Module {
-                    path: &path,
-                    file_offset: mallocgc_offset + 0x10,
-                },
-            )
-            .to_vec();
+        let frames = symbolize_in(
+            &mut symbolizer,
+            &path,
+            mallocgc_offset + 0x10,
+            mallocgc + 0x10,
+        );
         let last = frames.last().unwrap();
         assert_eq!(last.function, "runtime.mallocgc", "{frames:#?}");
         assert!(
@@ -659,15 +637,7 @@ func main() {
     fn unreadable_and_unknown_fall_back() {
         let mut symbolizer = Symbolizer::new();
         let path = "/nonexistent/memprof/libgone.so.1";
-        let frames = symbolizer
-            .symbolize(
-                0x7f00_0000_1f3a,
-                Location::Module {
-                    path,
-                    file_offset: 0x1f3a,
-                },
-            )
-            .to_vec();
+        let frames = symbolize_in(&mut symbolizer, path, 0x1f3a, 0x7f00_0000_1f3a);
         assert_eq!(
             frames,
             vec![Frame {

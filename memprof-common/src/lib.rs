@@ -198,21 +198,10 @@ pub struct TracedProcess {
     /// Its mm, once an rss_stat event of its own showed it (0 before and after exec): counter
     /// changes other tasks make on it (reclaim) are charged to the process.
     pub mm: u64,
-    /// The value of each resident-page counter last sent, [`NOT_SENT`] before the first.
-    /// rss_stat fires on every change but reports the counter's shared part, which moves only
-    /// when a CPU's local batch (32 pages or more) is folded in: most events repeat the value
-    /// sent before and are not sent again.
-    pub resident: [i64; 4],
 }
 
-/// [`TracedProcess::resident`] before any value was sent.
-pub const NOT_SENT: i64 = -1;
-
 impl TracedProcess {
-    pub const NEW: Self = Self {
-        mm: 0,
-        resident: [NOT_SENT; 4],
-    };
+    pub const NEW: Self = Self { mm: 0 };
 }
 
 /// [`Filter::uid`] matching every user.

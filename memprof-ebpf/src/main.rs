@@ -17,9 +17,8 @@ use aya_ebpf::{
 };
 use memprof_common::{
     ANY_UID, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, ExecRecord, FaultRecord, Filter,
-    KernelLayout, MAX_STACK_DEPTH, NO_STACK, NOT_SENT, NewProcessRecord, PID_LIMIT, RecordHeader,
-    RecordKind, RssRecord, STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord,
-    TracedProcess, fields,
+    KernelLayout, MAX_STACK_DEPTH, NO_STACK, NewProcessRecord, PID_LIMIT, RecordHeader, RecordKind,
+    RssRecord, STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord, TracedProcess, fields,
     pid_state::{EXECING, TRACED, UNTRACED},
 };
 
@@ -100,6 +99,33 @@ static MP_PID_STATE: Array<u64> = Array::with_max_entries(PID_LIMIT / 8, BPF_F_M
 /// What the rss_stat program keeps per traced process, entered and removed with its state.
 #[map]
 static MP_TRACED: HashMap<u32, TracedProcess> = HashMap::with_max_entries(65536, 0);
+
+/// The resident-page counter values last sent for one mm (see [`MP_RSS_SENT`]).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct RssSent {
+    mm: u64,
+    /// The process the mm's changes are charged to.
+    tgid: u32,
+    _reserved: u32,
+    /// Per counter, [`NOT_SENT`] before the first.
+    bytes: [i64; 4],
+}
+
+/// [`RssSent::bytes`] before any value was sent.
+const NOT_SENT: i64 = -1;
+
+/// Slots of [`MP_RSS_SENT`]: a power of two, many more than the mms traced at once.
+const RSS_SLOTS: u32 = 4096;
+
+/// The counter values last sent, per mm. rss_stat fires on every change but reports the
+/// counter's shared part, which moves only when a CPU's local batch (32 pages or more) is
+/// folded in: most events repeat the value sent before and are not sent again. A
+/// direct-mapped cache (slot from the mm's address), so that the common event, a traced
+/// process changing its own counters (once per fault), is checked without a hash lookup
+/// (~45 ns); an mm whose slot another took only has a value sent again.
+#[map]
+static MP_RSS_SENT: Array<RssSent> = Array::with_max_entries(RSS_SLOTS, 0);
 
 /// mm → pid, learnt from rss_stat events of the mm's own tasks, so that counter changes made
 /// by other tasks (reclaim) can be charged to the right process.
@@ -369,9 +395,30 @@ fn traced(tgid: u32) -> Option<&'static mut TracedProcess> {
 fn forget_mm(tgid: u32) {
     if let Some(process) = traced(tgid) {
         let _ = MP_MM_OWNER.remove(process.mm);
-        process.mm = 0;
-        process.resident = [NOT_SENT; 4];
+        set_mm(process, 0);
     }
+}
+
+/// Makes `mm` the process's own, forgetting what was sent for the one before: a freed mm's
+/// address is reused, by the next exec's mm as soon as any.
+fn set_mm(process: &mut TracedProcess, mm: u64) {
+    if let Some(sent) = rss_sent(process.mm)
+        && sent.mm == process.mm
+    {
+        sent.mm = 0;
+    }
+    process.mm = mm;
+}
+
+/// The slot of [`MP_RSS_SENT`] for `mm`, whichever mm holds it.
+fn rss_sent(mm: u64) -> Option<&'static mut RssSent> {
+    // Multiplicative hashing: mm_structs are a slab's objects, a fixed stride apart.
+    let slot = ((mm >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as u32;
+    // SAFETY: a map value of plain integers, written whole; CPUs racing on one slot at worst
+    // send a value twice.
+    MP_RSS_SENT
+        .get_ptr_mut(slot & (RSS_SLOTS - 1))
+        .map(|sent| unsafe { &mut *sent })
 }
 
 fn header(kind: RecordKind, tgid: u32, tid: u32) -> RecordHeader {
@@ -549,32 +596,50 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
     let member: u32 = ctx.arg(1);
     let layout = config(&LAYOUT);
     let (current_tgid, tid) = current_ids();
-    let current = if is_traced(current_tgid) {
-        traced(current_tgid)
-    } else {
-        None
+    let traced_current = is_traced(current_tgid);
+    let Some(sent) = rss_sent(mm) else {
+        return Ok(0);
     };
-    let (tgid, process) = match current {
-        // A change to the process's own mm, known already: the common case.
-        Some(process) if process.mm == mm => (current_tgid, process),
-        // Its own mm, not known yet (its first change, or its first after exec).
-        Some(process) if current_mm(&layout)? == mm => {
-            process.mm = mm;
-            MP_MM_OWNER.insert(mm, current_tgid, 0)?;
-            (current_tgid, process)
-        }
-        // Another process's mm (reclaim), or an untraced process's.
-        _ => {
-            // SAFETY: a plain u32 copied out at once.
-            let Some(&owner) = (unsafe { MP_MM_OWNER.get(mm) }) else {
-                return Ok(0);
-            };
-            match traced(owner) {
-                // Still the owner's current mm: freed mms are reused.
-                Some(process) if process.mm == mm => (owner, process),
-                _ => return Ok(0),
+    // A change to the process's own mm, known already: the common case, decided here without
+    // a hash lookup.
+    let tgid = if traced_current && sent.mm == mm && sent.tgid == current_tgid {
+        current_tgid
+    } else {
+        let current = if traced_current {
+            traced(current_tgid)
+        } else {
+            None
+        };
+        let tgid = match current {
+            Some(process) if process.mm == mm => current_tgid,
+            // Its own mm, not known yet (its first change, or its first after exec).
+            Some(process) if current_mm(&layout)? == mm => {
+                set_mm(process, mm);
+                MP_MM_OWNER.insert(mm, current_tgid, 0)?;
+                current_tgid
             }
+            // Another process's mm (reclaim), or an untraced process's.
+            _ => {
+                // SAFETY: a plain u32 copied out at once.
+                let Some(&owner) = (unsafe { MP_MM_OWNER.get(mm) }) else {
+                    return Ok(0);
+                };
+                match traced(owner) {
+                    // Still the owner's current mm: freed mms are reused.
+                    Some(process) if process.mm == mm => owner,
+                    _ => return Ok(0),
+                }
+            }
+        };
+        if sent.mm != mm || sent.tgid != tgid {
+            *sent = RssSent {
+                mm,
+                tgid,
+                _reserved: 0,
+                bytes: [NOT_SENT; 4],
+            };
         }
+        tgid
     };
     let member = member.min(3);
     let counter = layout.mm_rss_stat + member * layout.counter_size + layout.counter_count;
@@ -582,7 +647,7 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
     let pages: i64 = unsafe { bpf_probe_read_kernel((mm + u64::from(counter)) as *const i64) }?;
     // As the tracepoint's `size`: the counter's shared (approximate) value, never negative.
     let bytes = pages.max(0) * PAGE_SIZE;
-    let Some(sent) = process.resident.get_mut(member as usize) else {
+    let Some(sent) = sent.bytes.get_mut(member as usize) else {
         return Ok(0);
     };
     if *sent == bytes {

@@ -79,17 +79,29 @@ pub struct SyscallRecord {
     pub ret: i64,
 }
 
+/// Page faults of one thread: one, or a run of faults on consecutive pages, each on the page
+/// after the one before, with one error code (the header's time is the first's). The kernel
+/// sends a run when the next fault does not extend it, before any other record of the
+/// thread, when the thread is switched out, and at [`FAULT_RUN_PAGES`]; userspace reads the
+/// runs not sent yet when tracing ends.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FaultRecord {
     pub header: RecordHeader,
+    /// The first fault's address.
     pub address: u64,
     /// x86 page-fault error code: bit 1 set for a write.
     pub error_code: u64,
     /// The faulting code's user stack when this fault was sampled (`--fault-stacks`), or
-    /// [`NO_STACK`].
+    /// [`NO_STACK`]. A sampled fault is sent alone.
     pub stack: u64,
+    /// How many faults: one on each page from `address`'s on.
+    pub pages: u64,
 }
+
+/// The most faults one [`FaultRecord`] carries (2 MiB of pages), so that what userspace knows
+/// lags the kernel by little.
+pub const FAULT_RUN_PAGES: u64 = 512;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]

@@ -16,9 +16,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use memprof_common::{
-    ANY_UID, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, ExecRecord, FaultRecord, Filter,
-    KernelLayout, MAX_STACK_DEPTH, NO_STACK, NewProcessRecord, PID_LIMIT, RecordHeader, RecordKind,
-    RssRecord, STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord, TracedProcess, fields,
+    ANY_UID, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, ExecRecord, FAULT_RUN_PAGES, FaultRecord,
+    Filter, KernelLayout, MAX_STACK_DEPTH, NO_STACK, NewProcessRecord, PID_LIMIT, RecordHeader,
+    RecordKind, RssRecord, STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord,
+    TracedProcess, fields,
     pid_state::{EXECING, TRACED, UNTRACED},
 };
 
@@ -57,6 +58,7 @@ static FILTER: Filter = Filter {
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
+const PAGE_SIZE: u64 = 4096;
 /// Addresses at or above this are the kernel's (x86_64 with 48-bit user space).
 const USER_SPACE_END: u64 = 0x0000_8000_0000_0000;
 
@@ -160,6 +162,14 @@ static MP_STACK_WINDOW: PerCpuArray<[u64; WINDOW_WORDS]> = PerCpuArray::with_max
 #[map]
 static MP_CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
+/// This CPU's run of faults not sent yet (`pages` 0: none), see [`FaultRecord`]. A run
+/// belongs to the thread running on its CPU: it is sent before anything else that thread
+/// sends and when the thread is switched out, so the records of a thread keep their order
+/// though it moves between CPUs. One record per 2 MiB instead of one per fault: sending a
+/// record costs the faulting thread a helper call, and memprof the time to read it.
+#[map]
+static MP_FAULT_RUN: PerCpuArray<FaultRecord> = PerCpuArray::with_max_entries(1, 0);
+
 /// 1 while this CPU walks a stack (see [`walking`]).
 #[map]
 static MP_WALKING: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
@@ -193,10 +203,14 @@ fn wanted(tgid: u32) -> bool {
 }
 
 fn count(counter: u32) {
+    count_by(counter, 1);
+}
+
+fn count_by(counter: u32, n: u64) {
     if let Some(slot) = MP_COUNTERS.get_ptr_mut(counter) {
         // SAFETY: per-CPU slot; the one program that nests on a CPU (a fault of a stack
         // walk, see `walking`) returns before counting.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 
@@ -469,6 +483,59 @@ fn submit<T: 'static>(record: T, flags: u32) {
     }
 }
 
+fn fault_run() -> Option<&'static mut FaultRecord> {
+    // SAFETY: this CPU's run. The programs that use it run with preemption off and do not
+    // nest (a fault of a stack walk returns before it, see `walking`).
+    MP_FAULT_RUN.get_ptr_mut(0).map(|run| unsafe { &mut *run })
+}
+
+/// Sends this CPU's run of faults, if it has one. Called before every other record of a
+/// traced thread and when a thread is switched out.
+fn end_fault_run() {
+    if let Some(run) = fault_run() {
+        send_fault_run(run);
+    }
+}
+
+fn send_fault_run(run: &mut FaultRecord) {
+    if run.pages == 0 {
+        return;
+    }
+    if MP_EVENTS
+        .output::<FaultRecord>(&*run, u64::from(BPF_RB_NO_WAKEUP))
+        .is_err()
+    {
+        // Counted as the faults it carried.
+        count_by(COUNTER_LOST, run.pages);
+    }
+    run.pages = 0;
+}
+
+/// Adds a fault to this CPU's run when it is on the page after the run's last, by the same
+/// thread with the same error code; otherwise sends the run and starts another.
+fn add_to_fault_run(tgid: u32, tid: u32, address: u64, error_code: u64) {
+    let Some(run) = fault_run() else {
+        return;
+    };
+    if run.pages != 0
+        && run.pages < FAULT_RUN_PAGES
+        && run.header.tid == tid
+        && run.error_code == error_code
+        && address / PAGE_SIZE == run.address / PAGE_SIZE + run.pages
+    {
+        run.pages += 1;
+        return;
+    }
+    send_fault_run(run);
+    *run = FaultRecord {
+        header: header(RecordKind::Fault, tgid, tid),
+        address,
+        error_code,
+        stack: NO_STACK,
+        pages: 1,
+    };
+}
+
 fn read<T>(ctx: &TracePointContext, field: fields::Field) -> Result<T, i64> {
     // SAFETY: the offset was checked against this kernel's tracepoint format by the loader.
     unsafe { ctx.read_at::<T>(field.2) }.map_err(i64::from)
@@ -529,6 +596,7 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     if creates && config(&KERNEL_STACKS) != 0 {
         record.kernel_stack = stack(ctx, tgid, tid, Walk::Kernel(0));
     }
+    end_fault_run();
     emit(record);
     Ok(0)
 }
@@ -555,12 +623,15 @@ fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i6
     if address >= USER_SPACE_END {
         return Ok(0);
     }
+    let error_code: u64 = ctx.arg(2);
     let sample = config(&FAULT_STACK_SAMPLE);
     // SAFETY: the helper has no preconditions.
     let sampled = sample == 1 || (sample > 1 && unsafe { bpf_get_prandom_u32() } % sample == 0);
-    let stack = if !sampled {
-        NO_STACK
-    } else if user_mode {
+    if !sampled {
+        add_to_fault_run(tgid, tid, address, error_code);
+        return Ok(0);
+    }
+    let stack = if user_mode {
         let regs: *const u64 = ctx.arg(1);
         // SAFETY: the tracepoint's pt_regs, read through the helper.
         let (ip, bp) = unsafe {
@@ -574,11 +645,13 @@ fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i6
         // The kernel finds the user registers itself.
         stack(ctx, tgid, tid, Walk::Kernel(u64::from(BPF_F_USER_STACK)))
     };
+    end_fault_run();
     emit(FaultRecord {
         header: header(RecordKind::Fault, tgid, tid),
         address,
-        error_code: ctx.arg(2),
+        error_code,
         stack,
+        pages: 1,
     });
     Ok(0)
 }
@@ -591,7 +664,6 @@ pub fn mp_rss_stat(ctx: RawTracePointContext) -> u32 {
 }
 
 fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
-    const PAGE_SIZE: i64 = 4096;
     let mm: u64 = ctx.arg(0);
     let member: u32 = ctx.arg(1);
     let layout = config(&LAYOUT);
@@ -646,7 +718,7 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
     // SAFETY: the mm's counter, read through the helper.
     let pages: i64 = unsafe { bpf_probe_read_kernel((mm + u64::from(counter)) as *const i64) }?;
     // As the tracepoint's `size`: the counter's shared (approximate) value, never negative.
-    let bytes = pages.max(0) * PAGE_SIZE;
+    let bytes = pages.max(0) * PAGE_SIZE as i64;
     let Some(sent) = sent.bytes.get_mut(member as usize) else {
         return Ok(0);
     };
@@ -687,6 +759,8 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     let child_pid = read::<i32>(ctx, fields::NEWTASK_PID)? as u32;
     start_tracing(child_pid)?;
+    // The child copies the pages faulted in so far.
+    end_fault_run();
     emit_now(NewProcessRecord {
         header: header(RecordKind::NewProcess, tgid, tid),
         child_pid,
@@ -703,8 +777,17 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
 pub fn mp_prepare_exec(_ctx: TracePointContext) -> u32 {
     let tgid = current_ids().0;
     if state(tgid) == TRACED {
+        end_fault_run();
         set_state(tgid, EXECING);
     }
+    0
+}
+
+/// Attached to sched:sched_switch (raw), which runs in the task being switched out: its run
+/// of faults goes out before it can run, and fault, on another CPU.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn mp_sched_switch(_ctx: RawTracePointContext) -> u32 {
+    end_fault_run();
     0
 }
 
@@ -740,7 +823,11 @@ pub fn mp_exit(ctx: TracePointContext) -> u32 {
 
 fn try_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
-    if !is_traced(tgid) || read::<u8>(ctx, fields::EXIT_GROUP_DEAD)? == 0 {
+    if !is_traced(tgid) {
+        return Ok(0);
+    }
+    end_fault_run();
+    if read::<u8>(ctx, fields::EXIT_GROUP_DEAD)? == 0 {
         return Ok(0);
     }
     emit_now(header(RecordKind::Exit, tgid, tid));

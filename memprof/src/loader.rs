@@ -15,7 +15,8 @@ use aya::{
     programs::Program,
 };
 use memprof_common::{
-    COUNTER_LOST, COUNTER_STACKS_LOST, Filter, KernelLayout, PID_LIMIT, TracedProcess, fields,
+    COUNTER_LOST, COUNTER_STACKS_LOST, FaultRecord, Filter, KernelLayout, PID_LIMIT, TracedProcess,
+    fields,
     pid_state::{TRACED, UNTRACED},
 };
 
@@ -26,7 +27,7 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// Every tracepoint memprof attaches to, with the program that handles it. Programs on the
 /// events every syscall and fault fires are raw (or BTF) tracepoint programs: they get the
 /// tracepoint's arguments without the kernel formatting a record first.
-const ATTACHMENTS: [(&str, &str, &str); 8] = [
+const ATTACHMENTS: [(&str, &str, &str); 9] = [
     ("raw_syscalls", "sys_exit", "mp_sys_exit"),
     ("exceptions", "page_fault_user", "mp_page_fault_user"),
     ("exceptions", "page_fault_kernel", "mp_page_fault_kernel"),
@@ -35,6 +36,7 @@ const ATTACHMENTS: [(&str, &str, &str); 8] = [
     ("task", "task_newtask", "mp_newtask"),
     ("sched", "sched_process_exec", "mp_exec"),
     ("sched", "sched_process_exit", "mp_exit"),
+    ("sched", "sched_switch", "mp_sched_switch"),
 ];
 
 /// Refuses early, with the fix named, when memprof cannot load eBPF programs.
@@ -156,19 +158,14 @@ pub struct Probes {
     pid_states: PidStates,
     traced: HashMap<MapData, u32, TracedProcess>,
     counters: PerCpuArray<MapData, u64>,
+    fault_runs: PerCpuArray<MapData, FaultRecord>,
     /// Owned here so that they are detached together (see Drop).
     links: Vec<Box<dyn Send>>,
 }
 
 impl Drop for Probes {
-    /// Detaching a tracepoint program waits for RCU grace periods (~70 ms here): overlapped,
-    /// the detaches take what one or two take (the kernel serialises part).
     fn drop(&mut self) {
-        std::thread::scope(|scope| {
-            for link in self.links.drain(..) {
-                scope.spawn(move || drop(link));
-            }
-        });
+        self.detach();
     }
 }
 
@@ -241,6 +238,8 @@ impl Probes {
         let events = RingBuf::try_from(ebpf.take_map("MP_EVENTS").context("MP_EVENTS")?)?;
         let traced = HashMap::try_from(ebpf.take_map("MP_TRACED").context("MP_TRACED")?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("MP_COUNTERS").context("MP_COUNTERS")?)?;
+        let fault_runs =
+            PerCpuArray::try_from(ebpf.take_map("MP_FAULT_RUN").context("MP_FAULT_RUN")?)?;
         let Some(Map::Array(pid_states)) = ebpf.map("MP_PID_STATE") else {
             anyhow::bail!("map MP_PID_STATE missing from the eBPF object");
         };
@@ -250,6 +249,7 @@ impl Probes {
             pid_states,
             traced,
             counters,
+            fault_runs,
             links,
         };
         Ok((probes, events))
@@ -283,6 +283,26 @@ impl Probes {
     /// Stacks the kernel could not walk or send (ring buffer full).
     pub fn lost_stacks(&self) -> u64 {
         self.counter(COUNTER_STACKS_LOST)
+    }
+
+    /// Stops every program. Detaching a tracepoint program waits for RCU grace periods
+    /// (~70 ms here): overlapped, the detaches take what one or two take (the kernel
+    /// serialises part).
+    pub fn detach(&mut self) {
+        std::thread::scope(|scope| {
+            for link in self.links.drain(..) {
+                scope.spawn(move || drop(link));
+            }
+        });
+    }
+
+    /// The runs of faults the kernel had not sent yet, one per CPU at most (see
+    /// `FaultRecord`); complete once the programs are detached.
+    pub fn unsent_fault_runs(&self) -> Vec<FaultRecord> {
+        self.fault_runs
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().copied().filter(|r| r.pages != 0).collect())
+            .unwrap_or_default()
     }
 
     fn counter(&self, index: u32) -> u64 {

@@ -589,31 +589,51 @@ impl AddressSpace {
         }
     }
 
-    /// A user page fault at `address`; `error_code` is the x86 one (bit 1: write).
-    /// Returns the site of the region the fault landed in, if any.
-    pub fn fault(&mut self, address: u64, error_code: u64) -> Option<SiteId> {
+    /// User page faults, one on each of `pages` pages from `address`'s on, all with one
+    /// `error_code` (the x86 one, bit 1: write): the kernel sends such a run as one record.
+    /// `charge` is called with the site of each region the faults landed in and how many did.
+    pub fn fault_run(
+        &mut self,
+        address: u64,
+        pages: u64,
+        error_code: u64,
+        mut charge: impl FnMut(SiteId, u64),
+    ) {
         let write = error_code & FAULT_WRITE != 0;
-        let region = match self.region_at(address) {
-            Some(r) => r,
-            None => self.grow_stack(address)?,
-        };
-        let (site, resident) = (region.site, region.resident_after(write));
-        // A read fault on a file maps the neighbours already in the page cache too
-        // ("fault-around"); they usually are, so count the whole window.
-        let around = (region.kind == RegionKind::File && !write).then(|| {
-            let window = FAULT_AROUND_PAGES * PAGE_SIZE;
-            let aligned = address / window * window;
-            (
-                aligned.max(region.start),
-                (aligned + window).min(region.end),
-            )
-        });
-        match (resident, around) {
-            (true, Some((start, end))) => self.touched.insert_range(start, end),
-            (true, None) => self.touched.insert(address),
-            (false, _) => {}
+        let end = (address / PAGE_SIZE).saturating_add(pages) * PAGE_SIZE;
+        let mut at = address;
+        while at < end {
+            let page = at / PAGE_SIZE * PAGE_SIZE;
+            let region = match self.region_at(at) {
+                Some(r) => r,
+                None => match self.grow_stack(at) {
+                    Some(r) => r,
+                    // Outside every region: a SIGSEGV.
+                    None => {
+                        at = page + PAGE_SIZE;
+                        continue;
+                    }
+                },
+            };
+            let stop = region.end.min(end);
+            let (site, resident) = (region.site, region.resident_after(write));
+            // A read fault on a file maps the neighbours already in the page cache too
+            // ("fault-around"); they usually are, so count each fault's whole window.
+            let (first, last) = if region.kind == RegionKind::File && !write {
+                let window = FAULT_AROUND_PAGES * PAGE_SIZE;
+                (
+                    (page / window * window).max(region.start),
+                    stop.div_ceil(window).saturating_mul(window).min(region.end),
+                )
+            } else {
+                (page, stop)
+            };
+            if resident {
+                self.touched.insert_range(first, last);
+            }
+            charge(site, (stop - page) / PAGE_SIZE);
+            at = stop;
         }
-        Some(site)
     }
 
     /// The kernel grows a stack (a growsdown region) down to a fault in the gap below it.
@@ -768,6 +788,13 @@ mod tests {
     const MAYMOVE: u64 = 1;
     const READ_FAULT: u64 = 4; // user
     const WRITE_FAULT: u64 = 6; // user | write
+
+    impl AddressSpace {
+        /// One page fault.
+        fn fault(&mut self, address: u64, error_code: u64) {
+            self.fault_run(address, 1, error_code, |_, _| {});
+        }
+    }
 
     /// (start, end, prot) of every region, after checking the running totals against a
     /// recount.
@@ -1372,10 +1399,74 @@ VmFlags: ex
                     len,
                     [MADV_DONTNEED, MADV_POPULATE_WRITE][rand(2) as usize],
                 ),
-                _ => _ = s.fault(addr + rand(P), rand(8)),
+                _ => s.fault(addr + rand(P), rand(8)),
             }
             check(&s);
         }
         assert!(s.regions().count() > 5, "the window should stay busy");
+    }
+
+    /// The kernel sends consecutive faults as one run: it must leave the model as the same
+    /// faults one by one do, in the pages touched, the stacks grown and the sites charged.
+    #[test]
+    fn a_fault_run_is_its_faults_one_by_one() {
+        const STACK: u64 = A + 300 * P;
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rand = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut s = AddressSpace::new();
+        s.mmap(STACK, 8 * P, RW, PRIVATE_ANON | MAP_GROWSDOWN, -1, 0, 2);
+        // Regions of every kind, some adjacent, some with gaps between them.
+        for site in 3..40 {
+            let flags = [PRIVATE_ANON, SHARED_ANON, 0x02][rand(3) as usize];
+            let fd = if flags & MAP_ANONYMOUS != 0 { -1 } else { 3 };
+            let (addr, len) = (A + rand(250) * P, (1 + rand(24)) * P);
+            s.mmap(addr, len, rand(4), flags, fd, 0, site);
+        }
+        let charged = |s: &mut AddressSpace, faults: &[(u64, u64)], error_code| {
+            let mut sites = BTreeMap::new();
+            for &(address, pages) in faults {
+                s.fault_run(address, pages, error_code, |site, n| {
+                    *sites.entry(site).or_insert(0) += n
+                });
+            }
+            sites
+        };
+        for _ in 0..2000 {
+            let (address, pages, error_code) = (A + rand(310 * P), 1 + rand(40), rand(8));
+            let one_by_one: Vec<(u64, u64)> = (0..pages)
+                .map(|i| {
+                    (
+                        if i == 0 {
+                            address
+                        } else {
+                            (address / P + i) * P
+                        },
+                        1,
+                    )
+                })
+                .collect();
+            let (mut run, mut single) = (s.clone(), s.clone());
+            assert_eq!(
+                charged(&mut run, &[(address, pages)], error_code),
+                charged(&mut single, &one_by_one, error_code),
+                "{address:#x} {pages}"
+            );
+            assert!(run.regions().eq(single.regions()));
+            let resident = |s: &AddressSpace| -> Vec<u64> {
+                s.regions().map(|r| s.region_resident(r)).collect()
+            };
+            assert_eq!(resident(&run), resident(&single), "{address:#x} {pages}");
+            check(&run);
+            // Keep some of the faults, so later runs land on pages touched already.
+            if rand(4) == 0 {
+                s = run;
+            }
+        }
+        assert!(s.touched_bytes() > 0 && s.reserved() > 8 * P);
     }
 }

@@ -331,15 +331,22 @@ impl Process {
         self.update_figures();
     }
 
-    /// Applies a page fault; `stack` is the faulting code's site when it was sampled.
+    /// Applies a run of page faults (one, when sampled); `stack` is the faulting code's site
+    /// when it was sampled.
     pub fn apply_fault(&mut self, record: &FaultRecord, stack: Option<SiteId>) {
-        self.events.page_faults += 1;
+        self.events.page_faults += record.pages;
         let before = self.space.reserved();
-        if let Some(site) = self.space.fault(record.address, record.error_code) {
-            *self.faults_by_site.entry(site).or_default() += 1;
-        }
+        let by_site = &mut self.faults_by_site;
+        self.space.fault_run(
+            record.address,
+            record.pages,
+            record.error_code,
+            |site, n| {
+                *by_site.entry(site).or_default() += n;
+            },
+        );
         if let Some(stack) = stack {
-            *self.faults_by_stack.entry(stack).or_default() += 1;
+            *self.faults_by_stack.entry(stack).or_default() += record.pages;
         }
         if self.space.reserved() != before {
             self.events.stack_growths += 1;

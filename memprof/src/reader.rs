@@ -89,11 +89,15 @@ mod tests {
             address: 0x1000,
             error_code: 2,
             stack: 3,
+            pages: 4,
         };
         let bytes = bytes_of(&fault);
         match parse(&bytes) {
             Some(Record::Fault(f)) => {
-                assert_eq!((f.header.tgid, f.address, f.error_code), (7, 0x1000, 2))
+                assert_eq!(
+                    (f.header.tgid, f.address, f.error_code, f.pages),
+                    (7, 0x1000, 2, 4)
+                )
             }
             other => panic!("{other:?}"),
         }

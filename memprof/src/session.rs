@@ -245,8 +245,13 @@ impl Session {
                 break;
             }
         }
-        // Whatever the kernel committed before the end still counts.
+        // Whatever the kernel committed before the end still counts, and so do the faults it
+        // had not sent yet: read once nothing can change them.
+        self.probes.detach();
         self.drain(events.get_mut());
+        for run in self.probes.unsent_fault_runs() {
+            self.apply(Record::Fault(run));
+        }
         self.finish();
         Ok(())
     }

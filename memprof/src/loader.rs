@@ -218,6 +218,11 @@ impl Probes {
         release_freed_memory();
         let mut links: Vec<Box<dyn Send>> = Vec::new();
         for (category, name, program) in ATTACHMENTS {
+            // It sends runs of faults, which a stack on every fault leaves none of: not worth
+            // its cost to every context switch on the host.
+            if program == "mp_sched_switch" && options.fault_stack_sample == 1 {
+                continue;
+            }
             let attaching = || format!("attaching to {category}:{name}");
             match ebpf.program_mut(program) {
                 Some(Program::TracePoint(p)) => {

@@ -303,11 +303,9 @@ impl Probes {
 
     /// The runs of faults the kernel had not sent yet, one per CPU at most (see
     /// `FaultRecord`); complete once the programs are detached.
-    pub fn unsent_fault_runs(&self) -> Vec<FaultRecord> {
-        self.fault_runs
-            .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().copied().filter(|r| r.pages != 0).collect())
-            .unwrap_or_default()
+    pub fn unsent_fault_runs(&self) -> Result<Vec<FaultRecord>, aya::maps::MapError> {
+        let per_cpu = self.fault_runs.get(&0, 0)?;
+        Ok(per_cpu.iter().copied().filter(|r| r.pages != 0).collect())
     }
 
     fn counter(&self, index: u32) -> u64 {

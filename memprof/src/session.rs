@@ -249,8 +249,14 @@ impl Session {
         // had not sent yet: read once nothing can change them.
         self.probes.detach();
         self.drain(events.get_mut());
-        for run in self.probes.unsent_fault_runs() {
-            self.apply(Record::Fault(run));
+        match self.probes.unsent_fault_runs() {
+            Ok(runs) => runs
+                .into_iter()
+                .for_each(|run| self.apply(Record::Fault(run))),
+            Err(e) => eprintln!(
+                "memprof: warning: the last faults (up to 2 MiB per CPU) are missing: \
+                 reading them from the kernel failed: {e}"
+            ),
         }
         self.finish();
         Ok(())

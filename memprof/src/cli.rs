@@ -145,7 +145,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub kernel_stacks: bool,
 
-    /// Also record the stack of the code that faulted each page in ("made resident by").
+    /// Also record the stack of the code that faulted each page in ("made resident by"). Costs
+    /// a stack walk and a record per fault; without it a thread's faults on consecutive pages
+    /// cross to memprof as one record.
     #[arg(long)]
     pub fault_stacks: bool,
 

@@ -1438,17 +1438,9 @@ VmFlags: ex
         };
         for _ in 0..2000 {
             let (address, pages, error_code) = (A + rand(310 * P), 1 + rand(40), rand(8));
-            let one_by_one: Vec<(u64, u64)> = (0..pages)
-                .map(|i| {
-                    (
-                        if i == 0 {
-                            address
-                        } else {
-                            (address / P + i) * P
-                        },
-                        1,
-                    )
-                })
+            let one_by_one: Vec<(u64, u64)> = std::iter::once(address)
+                .chain((1..pages).map(|i| (address / P + i) * P))
+                .map(|page| (page, 1))
                 .collect();
             let (mut run, mut single) = (s.clone(), s.clone());
             assert_eq!(

@@ -330,3 +330,47 @@ fn timeline_svg_shows_the_workloads_phases() {
         "the munmap step dips below the end: {heights:?}"
     );
 }
+
+/// The mixed storm at a quarter of the bench's scale: 65,536 faults in one pass over 256 MiB
+/// (sent in runs), then 12,500 rounds of mmap, touch, munmap (a record each, hundreds of
+/// thousands a second). With default buffer sizes every one arrives and none is lost.
+#[test]
+fn nothing_is_lost_at_a_high_event_rate() {
+    const FAULTS: u64 = 65_536;
+    const ROUNDS: u64 = 12_500;
+    let dir = scratch("storm");
+    let json = dir.join("report.json");
+    run_ok(
+        memprof()
+            .args(["run", "--json"])
+            .arg(&json)
+            .args(["--", WORKLOAD, "--storm", "mixed", "--scale", "0.25"]),
+    );
+    let report = read_json(&json);
+    assert_eq!(report["lost_events"], 0);
+    assert_eq!(report["lost_stacks"], 0);
+    let p = &report["processes"][0];
+    // Start-up adds a few hundred faults and a few dozen calls.
+    let events = &p["events"];
+    let count = |kind: &str| events[kind].as_u64().unwrap();
+    for (kind, expected, slack) in [
+        ("page_faults", FAULTS + ROUNDS, 1000),
+        ("mmap", ROUNDS + 1, 100),
+        ("munmap", ROUNDS + 1, 100),
+    ] {
+        assert!(
+            (expected..expected + slack).contains(&count(kind)),
+            "{kind}: {} for {expected}",
+            count(kind)
+        );
+    }
+    // The fault storm's faults are charged to the memory it reserved, exactly.
+    let storm_faults: u64 = p["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["stack"].to_string().contains("memprof_storm_faults"))
+        .map(|s| s["faults"].as_u64().unwrap())
+        .sum();
+    assert_eq!(storm_faults, FAULTS);
+}

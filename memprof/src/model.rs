@@ -796,6 +796,16 @@ mod tests {
         }
     }
 
+    /// A repeatable pseudo-random source: `rand(n)` is below n.
+    fn xorshift(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        }
+    }
+
     /// (start, end, prot) of every region, after checking the running totals against a
     /// recount.
     fn spans(s: &AddressSpace) -> Vec<(u64, u64, u32)> {
@@ -1313,13 +1323,7 @@ VmFlags: ex
 
     #[test]
     fn page_set_matches_a_plain_set() {
-        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut rand = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rand = xorshift(0x2545_f491_4f6c_dd1d);
         let (mut set, mut plain) = (PageSet::default(), std::collections::BTreeSet::new());
         for _ in 0..3000 {
             let start = A + rand(3000) * P;
@@ -1356,13 +1360,7 @@ VmFlags: ex
     /// Random operations in a small window, so that they overlap a lot.
     #[test]
     fn random_operations_keep_totals() {
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut rand = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rand = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut s = AddressSpace::new();
         for _ in 0..5000 {
             let addr = A + rand(256) * P;
@@ -1411,13 +1409,7 @@ VmFlags: ex
     #[test]
     fn a_fault_run_is_its_faults_one_by_one() {
         const STACK: u64 = A + 300 * P;
-        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut rand = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut rand = xorshift(0x2545_f491_4f6c_dd1d);
         let mut s = AddressSpace::new();
         s.mmap(STACK, 8 * P, RW, PRIVATE_ANON | MAP_GROWSDOWN, -1, 0, 2);
         // Regions of every kind, some adjacent, some with gaps between them.

@@ -254,8 +254,9 @@ impl Session {
                 .into_iter()
                 .for_each(|run| self.apply(Record::Fault(run))),
             Err(e) => eprintln!(
-                "memprof: warning: the last faults (up to 2 MiB per CPU) are missing: \
-                 reading them from the kernel failed: {e}"
+                "memprof: warning: the last faults (up to {} pages per CPU) are missing: \
+                 reading them from the kernel failed: {e}",
+                memprof_common::FAULT_RUN_PAGES
             ),
         }
         self.finish();

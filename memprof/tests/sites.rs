@@ -168,15 +168,11 @@ fn go_runtime_reservations_and_the_programs_own_touches() {
 /// a million faults.
 #[test]
 fn sampled_fault_stacks_estimate_a_million_faults() {
-    let dir = scratch("sampled");
-    let json = dir.join("report.json");
-    run_ok(
-        memprof()
-            .args(["run", "--fault-stacks", "--fault-sample", "100", "--json"])
-            .arg(&json)
-            .args(["--", WORKLOAD, "--fault-rounds", "16", "--pause-ms", "0"]),
+    let report = json_report(
+        "sampled",
+        &["--fault-stacks", "--fault-sample", "100"],
+        &[WORKLOAD, "--fault-rounds", "16", "--pause-ms", "0"],
     );
-    let report = read_json(&json);
     assert_eq!(report["lost_events"], 0);
     assert_eq!(report["fault_sample"], 100);
     let sites = report["processes"][0]["sites"].as_array().unwrap();
@@ -236,15 +232,11 @@ fn kernel_stacks_are_named_from_kallsyms() {
 /// A stack seen again is the same site: 4,000 mmaps from one loop make one site, not 4,000.
 #[test]
 fn a_stack_seen_again_is_the_same_site() {
-    let dir = scratch("same-site");
-    let json = dir.join("report.json");
-    run_ok(
-        memprof()
-            .args(["run", "--json"])
-            .arg(&json)
-            .args(["--", WORKLOAD, "--storm", "syscalls", "--scale", "0.02"]),
+    let report = json_report(
+        "same-site",
+        &[],
+        &[WORKLOAD, "--storm", "syscalls", "--scale", "0.02"],
     );
-    let report = read_json(&json);
     let sites = report["processes"][0]["sites"].as_array().unwrap();
     let stacks: std::collections::BTreeSet<String> =
         sites.iter().map(|s| s["stack"].to_string()).collect();

@@ -338,15 +338,11 @@ fn timeline_svg_shows_the_workloads_phases() {
 fn nothing_is_lost_at_a_high_event_rate() {
     const FAULTS: u64 = 65_536;
     const ROUNDS: u64 = 12_500;
-    let dir = scratch("storm");
-    let json = dir.join("report.json");
-    run_ok(
-        memprof()
-            .args(["run", "--json"])
-            .arg(&json)
-            .args(["--", WORKLOAD, "--storm", "mixed", "--scale", "0.25"]),
+    let report = json_report(
+        "storm",
+        &[],
+        &[WORKLOAD, "--storm", "mixed", "--scale", "0.25"],
     );
-    let report = read_json(&json);
     assert_eq!(report["lost_events"], 0);
     assert_eq!(report["lost_stacks"], 0);
     let p = &report["processes"][0];

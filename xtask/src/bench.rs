@@ -257,6 +257,21 @@ struct Run {
     perf_samples: Option<u64>,
 }
 
+impl Run {
+    /// A run with its times and nothing else.
+    fn timed(storm: Storm, config: Config, index: usize, elapsed_ns: u64, wall_ns: u64) -> Self {
+        Self {
+            storm,
+            config,
+            index,
+            elapsed_ns,
+            wall_ns,
+            memprof: None,
+            perf_samples: None,
+        }
+    }
+}
+
 struct MemprofRun {
     /// Events memprof received for the workload: page faults, RSS updates, memory syscalls,
     /// forks and execs.
@@ -478,13 +493,8 @@ impl Bench {
             .flatten();
         fs::remove_file(self.dir.join("perf.data")).ok();
         Ok(Run {
-            storm,
-            config,
-            index,
-            elapsed_ns,
-            wall_ns,
-            memprof: None,
             perf_samples,
+            ..Run::timed(storm, config, index, elapsed_ns, wall_ns)
         })
     }
 
@@ -563,11 +573,6 @@ impl Bench {
             .map(|p| events(&p["events"]))
             .sum();
         Ok(Run {
-            storm,
-            config,
-            index,
-            elapsed_ns,
-            wall_ns,
             memprof: Some(MemprofRun {
                 events,
                 lost_events,
@@ -575,7 +580,7 @@ impl Bench {
                 peak_rss_kib: own.map(|o| o.peak_rss_kib),
                 to_tracing_ns: to_tracing.as_nanos() as u64,
             }),
-            perf_samples: None,
+            ..Run::timed(storm, config, index, elapsed_ns, wall_ns)
         })
     }
 

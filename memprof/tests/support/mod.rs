@@ -65,6 +65,21 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+/// The JSON report of `memprof run OPTIONS --json … -- COMMAND`, run in a scratch directory.
+pub fn json_report(name: &str, options: &[&str], command: &[&str]) -> Value {
+    let json = scratch(name).join("report.json");
+    run_ok(
+        memprof()
+            .arg("run")
+            .args(options)
+            .arg("--json")
+            .arg(&json)
+            .arg("--")
+            .args(command),
+    );
+    read_json(&json)
+}
+
 pub fn process(report: &Value, pid: u64) -> &Value {
     report["processes"]
         .as_array()

@@ -1,31 +1,45 @@
-//! Records the eBPF programs send to userspace through the ring buffer.
+//! The events the eBPF programs send to userspace through the ring buffer, and the
+//! configuration userspace hands the programs at load time.
 //!
-//! Every record starts with a [`RecordHeader`]; `kind` says which struct follows.
-//! All fields are explicit integers so the layout has no hidden padding.
+//! Every event starts with an [`EventHeader`]; `kind` says which struct follows. All fields
+//! are explicit integers so the layout has no hidden padding; each type's size is asserted
+//! beside it, with its `aya::Pod` impl (feature `user`).
 #![no_std]
 
-/// What a record is; the value of [`RecordHeader::kind`].
+/// Asserts that `$t` is `$size` bytes, the sum of its fields (so the compiler added no
+/// padding), and marks it `aya::Pod` for userspace.
+macro_rules! plain_data {
+    ($t:ty, $size:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $size);
+        // SAFETY: a #[repr(C)] struct of integers without padding (asserted above): every
+        // byte is initialised and any bit pattern is a valid value.
+        #[cfg(feature = "user")]
+        unsafe impl aya::Pod for $t {}
+    };
+}
+
+/// What an event is; the value of [`EventHeader::kind`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordKind {
-    /// A memory syscall returned: [`SyscallRecord`].
+pub enum EventKind {
+    /// A memory syscall returned: [`SyscallEvent`].
     Syscall = 1,
-    /// A page fault on a user address: [`FaultRecord`].
+    /// A page fault on a user address: [`FaultEvent`].
     Fault = 2,
-    /// One of the mm's RSS counters changed: [`RssRecord`].
+    /// One of the mm's RSS counters changed: [`RssEvent`].
     Rss = 3,
-    /// A traced process created a new process: [`NewProcessRecord`].
+    /// A traced process created a new process: [`NewProcessEvent`].
     NewProcess = 4,
     /// A traced process called exec, or a process started matching `--all`'s filter by
-    /// calling exec: [`ExecRecord`].
+    /// calling exec: [`ExecEvent`].
     Exec = 5,
     /// The last thread of a traced process is exiting, address space still intact: header only.
     Exit = 6,
-    /// A call stack, sent once before the first record that refers to it: [`StackRecord`].
+    /// A call stack, sent once before the first event that refers to it: [`StackEvent`].
     Stack = 7,
 }
 
-impl RecordKind {
+impl EventKind {
     pub fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
             1 => Self::Syscall,
@@ -42,33 +56,34 @@ impl RecordKind {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RecordHeader {
+pub struct EventHeader {
     pub kind: u32,
-    /// Process id (thread group id) of the task the record is about.
+    /// Process id (thread group id) of the task the event is about.
     pub tgid: u32,
     /// Thread id of the task that caused it.
     pub tid: u32,
-    pub _reserved: u32,
+    pub _pad: u32,
     /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
     pub ts_ns: u64,
 }
+plain_data!(EventHeader, 24);
 
 /// The syscall arguments, as the caller passed them in registers.
 pub const SYSCALL_ARGS: usize = 6;
 
-/// A stack id that is not there: not asked for, or its [`StackRecord`] could not be sent.
+/// A stack id that is not there: not asked for, or its [`StackEvent`] could not be sent.
 pub const NO_STACK: u64 = 0;
 /// The most frames per stack (the kernel's PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct SyscallRecord {
-    pub header: RecordHeader,
+pub struct SyscallEvent {
+    pub header: EventHeader,
     /// The architecture's syscall number.
     pub nr: u32,
-    pub _reserved: u32,
-    /// The caller's user stack (a [`StackRecord`] id), or [`NO_STACK`].
+    pub _pad: u32,
+    /// The caller's user stack (a [`StackEvent`] id), or [`NO_STACK`].
     pub user_stack: u64,
     /// The kernel stack (with `--kernel-stacks`), or [`NO_STACK`].
     pub kernel_stack: u64,
@@ -78,16 +93,17 @@ pub struct SyscallRecord {
     /// The syscall's return value (negative errno on failure).
     pub ret: i64,
 }
+plain_data!(SyscallEvent, 104);
 
 /// Page faults of one thread: one, or a run of faults on consecutive pages, each on the page
 /// after the one before, with one error code (the header's time is the first's). The kernel
-/// sends a run when the next fault does not extend it, before any other record of the
+/// sends a run when the next fault does not extend it, before any other event of the
 /// thread, when the thread is switched out, and at [`FAULT_RUN_PAGES`]; userspace reads the
 /// runs not sent yet when tracing ends.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct FaultRecord {
-    pub header: RecordHeader,
+pub struct FaultEvent {
+    pub header: EventHeader,
     /// The first fault's address.
     pub address: u64,
     /// x86 page-fault error code: bit 1 set for a write.
@@ -98,59 +114,64 @@ pub struct FaultRecord {
     /// How many faults: one on each page from `address`'s on.
     pub pages: u64,
 }
+plain_data!(FaultEvent, 56);
 
-/// The most faults one [`FaultRecord`] carries (2 MiB of pages), so that what userspace knows
+/// The most faults one [`FaultEvent`] carries (2 MiB of pages), so that what userspace knows
 /// lags the kernel by little.
 pub const FAULT_RUN_PAGES: u64 = 512;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct RssRecord {
-    pub header: RecordHeader,
+pub struct RssEvent {
+    pub header: EventHeader,
     /// 0 file, 1 anon, 2 swap entries, 3 shmem (kmem:rss_stat `member`).
     pub member: u32,
-    pub _reserved: u32,
+    pub _pad: u32,
     /// The counter's new value in bytes.
     pub bytes: i64,
 }
+plain_data!(RssEvent, 40);
 
-/// A call stack. The kernel sends each one once per process, before the first record that
+/// A call stack. The kernel sends each one once per process, before the first event that
 /// refers to it (again only after it forgot having sent it), and only its `frames` first
-/// `ips`: the record is [`STACK_RECORD_HEAD`] + 8 × `frames` bytes long.
+/// `ips`: the event is [`STACK_EVENT_HEAD`] + 8 × `frames` bytes long.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct StackRecord {
-    pub header: RecordHeader,
-    /// The id records use for it: a hash of the process id and the addresses, never 0.
+pub struct StackEvent {
+    pub header: EventHeader,
+    /// The id events use for it: a hash of the process id and the addresses, never 0.
     pub id: u64,
     /// How many of `ips` are filled, leaf first.
     pub frames: u32,
-    pub _reserved: u32,
+    pub _pad: u32,
     pub ips: [u64; MAX_STACK_DEPTH],
 }
+plain_data!(StackEvent, 1056);
 
-/// The bytes of a [`StackRecord`] before its addresses.
-pub const STACK_RECORD_HEAD: usize = core::mem::offset_of!(StackRecord, ips);
+/// The bytes of a [`StackEvent`] before its addresses.
+pub const STACK_EVENT_HEAD: usize = core::mem::offset_of!(StackEvent, ips);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct NewProcessRecord {
-    pub header: RecordHeader,
+pub struct NewProcessEvent {
+    pub header: EventHeader,
     /// The new process's pid; it is already in the in-kernel filter.
     pub child_pid: u32,
-    pub _reserved: u32,
+    pub _pad: u32,
     pub clone_flags: u64,
     /// The parent's command name (the child's until it execs).
     pub comm: [u8; 16],
 }
+plain_data!(NewProcessEvent, 56);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct ExecRecord {
-    pub header: RecordHeader,
+pub struct ExecEvent {
+    pub header: EventHeader,
     /// The new command name: names a process that exits before /proc can be read.
     pub comm: [u8; 16],
 }
+plain_data!(ExecEvent, 40);
 
 /// `--all`: which processes are traced besides those userspace adds to the filter. Checked
 /// in the kernel when a process is created and when it calls exec; a process traced stays
@@ -172,8 +193,9 @@ pub struct Filter {
     /// all zeroes for any.
     pub comm: [u8; 16],
 }
+plain_data!(Filter, 40);
 
-/// Where the rss_stat program finds what the tracepoint's formatted record would hold (it is
+/// Where the rss_stat program finds what the tracepoint's formatted event would hold (it is
 /// a raw tracepoint: its arguments are the mm and which counter changed). Read from the
 /// kernel's BTF at load time.
 #[repr(C)]
@@ -188,6 +210,7 @@ pub struct KernelLayout {
     /// `percpu_counter.count`, the counter's value in pages.
     pub counter_count: u32,
 }
+plain_data!(KernelLayout, 16);
 
 /// Pids the per-pid state map covers (one byte each): the kernel's PID_MAX_LIMIT on 64-bit
 /// machines, so that every pid fits whatever `kernel.pid_max` says.
@@ -211,6 +234,7 @@ pub struct TracedProcess {
     /// changes other tasks make on it (reclaim) are charged to the process.
     pub mm: u64,
 }
+plain_data!(TracedProcess, 8);
 
 impl TracedProcess {
     pub const NEW: Self = Self { mm: 0 };
@@ -219,28 +243,12 @@ impl TracedProcess {
 /// [`Filter::uid`] matching every user.
 pub const ANY_UID: u32 = u32::MAX;
 
-/// Index of the per-CPU counter of records the ring buffer had no room for.
+/// Index of the per-CPU counter of events the ring buffer had no room for.
 pub const COUNTER_LOST: u32 = 0;
 /// Index of the per-CPU counter of stacks that could not be sent (ring buffer full).
 pub const COUNTER_STACKS_LOST: u32 = 1;
 /// Number of per-CPU counters.
 pub const COUNTERS: u32 = 2;
-
-#[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    // SAFETY: plain #[repr(C)] integer structs without padding.
-    unsafe impl aya::Pod for RecordHeader {}
-    unsafe impl aya::Pod for SyscallRecord {}
-    unsafe impl aya::Pod for FaultRecord {}
-    unsafe impl aya::Pod for RssRecord {}
-    unsafe impl aya::Pod for NewProcessRecord {}
-    unsafe impl aya::Pod for ExecRecord {}
-    unsafe impl aya::Pod for Filter {}
-    unsafe impl aya::Pod for KernelLayout {}
-    unsafe impl aya::Pod for TracedProcess {}
-    unsafe impl aya::Pod for StackRecord {}
-}
 
 /// Where the eBPF programs read each tracepoint field: (tracepoint, field, offset).
 /// The loader checks every entry against the kernel's `format` file before attaching, so a

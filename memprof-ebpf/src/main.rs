@@ -16,10 +16,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use memprof_common::{
-    ANY_UID, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, ExecRecord, FAULT_RUN_PAGES, FaultRecord,
-    Filter, KernelLayout, MAX_STACK_DEPTH, NO_STACK, NewProcessRecord, PID_LIMIT, RecordHeader,
-    RecordKind, RssRecord, STACK_RECORD_HEAD, SYSCALL_ARGS, StackRecord, SyscallRecord,
-    TracedProcess, fields,
+    ANY_UID, COUNTER_LOST, COUNTER_STACKS_LOST, COUNTERS, EventHeader, EventKind, ExecEvent,
+    FAULT_RUN_PAGES, FaultEvent, Filter, KernelLayout, MAX_STACK_DEPTH, NO_STACK, NewProcessEvent,
+    PID_LIMIT, RssEvent, STACK_EVENT_HEAD, SYSCALL_ARGS, StackEvent, SyscallEvent, TracedProcess,
+    fields,
     pid_state::{EXECING, TRACED, UNTRACED},
 };
 
@@ -109,7 +109,7 @@ struct RssSent {
     mm: u64,
     /// The process the mm's changes are charged to.
     tgid: u32,
-    _reserved: u32,
+    _pad: u32,
     /// Per counter, [`NOT_SENT`] before the first.
     bytes: [i64; 4],
 }
@@ -149,7 +149,7 @@ static MP_STACKS_SENT: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Where a stack is gathered, per CPU, before it is named and perhaps sent.
 #[map]
-static MP_STACK_SCRATCH: PerCpuArray<StackRecord> = PerCpuArray::with_max_entries(1, 0);
+static MP_STACK_SCRATCH: PerCpuArray<StackEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Words of user stack the frame walk reads at once (see [`walk_frames`]).
 const WINDOW_WORDS: usize = 128;
@@ -162,13 +162,13 @@ static MP_STACK_WINDOW: PerCpuArray<[u64; WINDOW_WORDS]> = PerCpuArray::with_max
 #[map]
 static MP_CLOCK: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
-/// This CPU's run of faults not sent yet (`pages` 0: none), see [`FaultRecord`]. A run
+/// This CPU's run of faults not sent yet (`pages` 0: none), see [`FaultEvent`]. A run
 /// belongs to the thread running on its CPU: it is sent before anything else that thread
 /// sends and when the thread is switched out, so the records of a thread keep their order
 /// though it moves between CPUs. One record per 2 MiB instead of one per fault: sending a
 /// record costs the faulting thread a helper call, and memprof the time to read it.
 #[map]
-static MP_FAULT_RUN: PerCpuArray<FaultRecord> = PerCpuArray::with_max_entries(1, 0);
+static MP_FAULT_RUN: PerCpuArray<FaultEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// 1 while this CPU walks a stack (see [`walking`]).
 #[map]
@@ -272,7 +272,7 @@ fn walking() -> bool {
 /// there), and the kernel's failed read of it is a page-fault exception that cost most of
 /// each walk. Frames lie close together, so it reads the stack a window at a time rather
 /// than a frame at a time: a read costs far more than the bytes it copies.
-fn walk_frames(stack: &mut StackRecord, window: &mut [u64; WINDOW_WORDS], ip: u64, bp: u64) {
+fn walk_frames(stack: &mut StackEvent, window: &mut [u64; WINDOW_WORDS], ip: u64, bp: u64) {
     const FIRST_PAGE_END: u64 = 4096;
     const FRAME: u64 = 16;
     stack.ips[0] = ip;
@@ -321,7 +321,7 @@ fn read_user(window: &mut [u64; WINDOW_WORDS], address: u64, words: usize) -> bo
     }
 }
 
-fn walk_kernel<C: EbpfContext>(ctx: &C, stack: &mut StackRecord, flags: u64) -> bool {
+fn walk_kernel<C: EbpfContext>(ctx: &C, stack: &mut StackEvent, flags: u64) -> bool {
     let size = core::mem::size_of::<[u64; MAX_STACK_DEPTH]>() as u32;
     // SAFETY: `ips` is writable for `size` bytes.
     let bytes = unsafe { bpf_get_stack(ctx.as_ptr(), stack.ips.as_mut_ptr().cast(), size, flags) };
@@ -331,7 +331,7 @@ fn walk_kernel<C: EbpfContext>(ctx: &C, stack: &mut StackRecord, flags: u64) -> 
 
 /// Names the stack in `stack` by a hash of its addresses and process, and sends it unless it
 /// was sent already: each stack crosses to userspace once, not with every record.
-fn send_stack(stack: &mut StackRecord, tgid: u32, tid: u32) -> u64 {
+fn send_stack(stack: &mut StackEvent, tgid: u32, tid: u32) -> u64 {
     let frames = (stack.frames as usize).min(MAX_STACK_DEPTH);
     // FNV-1a over whole addresses: each step is a bijection, so stacks that differ in one
     // address never share an id.
@@ -345,10 +345,10 @@ fn send_stack(stack: &mut StackRecord, tgid: u32, tid: u32) -> u64 {
     if slot.is_some_and(|slot| unsafe { *slot } == id) {
         return id;
     }
-    stack.header = header(RecordKind::Stack, tgid, tid);
+    stack.header = header(EventKind::Stack, tgid, tid);
     stack.id = id;
-    let len = STACK_RECORD_HEAD + 8 * frames;
-    // SAFETY: `stack` is a StackRecord, at least `len` bytes, all written.
+    let len = STACK_EVENT_HEAD + 8 * frames;
+    // SAFETY: `stack` is a StackEvent, at least `len` bytes, all written.
     let bytes = unsafe { core::slice::from_raw_parts((&raw const *stack).cast::<u8>(), len) };
     if MP_EVENTS
         .output::<[u8]>(bytes, u64::from(BPF_RB_NO_WAKEUP))
@@ -435,12 +435,12 @@ fn rss_sent(mm: u64) -> Option<&'static mut RssSent> {
         .map(|sent| unsafe { &mut *sent })
 }
 
-fn header(kind: RecordKind, tgid: u32, tid: u32) -> RecordHeader {
-    RecordHeader {
+fn header(kind: EventKind, tgid: u32, tid: u32) -> EventHeader {
+    EventHeader {
         kind: kind as u32,
         tgid,
         tid,
-        _reserved: 0,
+        _pad: 0,
         ts_ns: now_ns(),
     }
 }
@@ -483,7 +483,7 @@ fn submit<T: 'static>(record: T, flags: u32) {
     }
 }
 
-fn fault_run() -> Option<&'static mut FaultRecord> {
+fn fault_run() -> Option<&'static mut FaultEvent> {
     // SAFETY: this CPU's run. The programs that use it run with preemption off and do not
     // nest (a fault of a stack walk returns before it, see `walking`).
     MP_FAULT_RUN.get_ptr_mut(0).map(|run| unsafe { &mut *run })
@@ -497,12 +497,12 @@ fn end_fault_run() {
     }
 }
 
-fn send_fault_run(run: &mut FaultRecord) {
+fn send_fault_run(run: &mut FaultEvent) {
     if run.pages == 0 {
         return;
     }
     if MP_EVENTS
-        .output::<FaultRecord>(&*run, u64::from(BPF_RB_NO_WAKEUP))
+        .output::<FaultEvent>(&*run, u64::from(BPF_RB_NO_WAKEUP))
         .is_err()
     {
         // Counted as the faults it carried.
@@ -527,8 +527,8 @@ fn add_to_fault_run(tgid: u32, tid: u32, address: u64, error_code: u64) {
         return;
     }
     send_fault_run(run);
-    *run = FaultRecord {
-        header: header(RecordKind::Fault, tgid, tid),
+    *run = FaultEvent {
+        header: header(EventKind::Fault, tgid, tid),
         address,
         error_code,
         stack: NO_STACK,
@@ -580,8 +580,8 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     if !is_traced(tgid) {
         return Ok(0);
     }
-    let mut record = SyscallRecord {
-        header: header(RecordKind::Syscall, tgid, tid),
+    let mut record = SyscallEvent {
+        header: header(EventKind::Syscall, tgid, tid),
         nr: nr as u32,
         ret: ctx.arg(1),
         ..Default::default()
@@ -646,8 +646,8 @@ fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i6
         stack(ctx, tgid, tid, Walk::Kernel(u64::from(BPF_F_USER_STACK)))
     };
     end_fault_run();
-    emit(FaultRecord {
-        header: header(RecordKind::Fault, tgid, tid),
+    emit(FaultEvent {
+        header: header(EventKind::Fault, tgid, tid),
         address,
         error_code,
         stack,
@@ -707,7 +707,7 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
             *sent = RssSent {
                 mm,
                 tgid,
-                _reserved: 0,
+                _pad: 0,
                 bytes: [NOT_SENT; 4],
             };
         }
@@ -726,10 +726,10 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     *sent = bytes;
-    emit(RssRecord {
-        header: header(RecordKind::Rss, tgid, tid),
+    emit(RssEvent {
+        header: header(EventKind::Rss, tgid, tid),
         member,
-        _reserved: 0,
+        _pad: 0,
         bytes,
     });
     Ok(0)
@@ -761,10 +761,10 @@ fn try_newtask(ctx: &TracePointContext) -> Result<u32, i64> {
     start_tracing(child_pid)?;
     // The child copies the pages faulted in so far.
     end_fault_run();
-    emit_now(NewProcessRecord {
-        header: header(RecordKind::NewProcess, tgid, tid),
+    emit_now(NewProcessEvent {
+        header: header(EventKind::NewProcess, tgid, tid),
         child_pid,
-        _reserved: 0,
+        _pad: 0,
         clone_flags,
         comm: comm(),
     });
@@ -808,8 +808,8 @@ fn try_exec() -> Result<u32, i64> {
         return Ok(0);
     }
     forget_mm(tgid);
-    emit_now(ExecRecord {
-        header: header(RecordKind::Exec, tgid, tid),
+    emit_now(ExecEvent {
+        header: header(EventKind::Exec, tgid, tid),
         comm: comm(),
     });
     Ok(0)
@@ -830,7 +830,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     if read::<u8>(ctx, fields::EXIT_GROUP_DEAD)? == 0 {
         return Ok(0);
     }
-    emit_now(header(RecordKind::Exit, tgid, tid));
+    emit_now(header(EventKind::Exit, tgid, tid));
     forget_mm(tgid);
     set_state(tgid, UNTRACED);
     MP_TRACED.remove(tgid)?;

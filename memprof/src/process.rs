@@ -2,11 +2,11 @@
 //! updated record by record.
 use std::{collections::HashMap, fs, io};
 
-use memprof_common::{FaultRecord, SyscallRecord};
+use memprof_common::{FaultEvent, SyscallEvent};
 use serde::Serialize;
 
 use crate::{
-    model::{AddressSpace, SiteId},
+    address_space::{AddressSpace, SiteId},
     procfs::{self, MapsEntry, Status},
 };
 
@@ -300,7 +300,7 @@ impl Process {
     }
 
     /// Applies a memory syscall made from call stack `site`.
-    pub fn apply_syscall(&mut self, record: &SyscallRecord, site: SiteId) {
+    pub fn apply_syscall(&mut self, record: &SyscallEvent, site: SiteId) {
         let [a0, a1, a2, a3, a4, a5] = record.args;
         let ret = record.ret;
         let counter = match i64::from(record.nr) {
@@ -333,7 +333,7 @@ impl Process {
 
     /// Applies a run of page faults (one, when sampled); `stack` is the faulting code's site
     /// when it was sampled.
-    pub fn apply_fault(&mut self, record: &FaultRecord, stack: Option<SiteId>) {
+    pub fn apply_fault(&mut self, record: &FaultEvent, stack: Option<SiteId>) {
         self.events.page_faults += record.pages;
         let before = self.space.reserved();
         let by_site = &mut self.faults_by_site;

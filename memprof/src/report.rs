@@ -7,10 +7,10 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 use crate::{
-    attribution::{self, Site, SiteFigures},
-    model::{PAGE_SIZE, Region, SiteId},
+    address_space::{PAGE_SIZE, Region, SiteId},
     process::{EventCounts, Extent, ProcCheck, Process, ResidentSplit, Sample},
     session::Session,
+    sites::{self, Site, SiteFigures},
     symbolize::{Frame, Location, Symbolizer},
 };
 
@@ -141,7 +141,7 @@ impl Report {
 struct Stacks<'a> {
     symbolizer: Symbolizer,
     memo: HashMap<SiteId, Vec<Frame>>,
-    sites: &'a attribution::Sites,
+    sites: &'a sites::Sites,
 }
 
 impl Stacks<'_> {
@@ -181,7 +181,7 @@ fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
     let kernel = site
         .kernel
         .iter()
-        .map(|&address| attribution::kernel_symbol(address))
+        .map(|&address| sites::kernel_symbol(address))
         .skip_while(is_probe)
         .map(|name| placeholder_frame(&name));
     let user: Vec<Frame> = site
@@ -253,7 +253,7 @@ fn site_name(frames: &[Frame]) -> String {
 
 impl ProcessReport {
     fn new(p: &Process, stacks: &mut Stacks, fault_sample: u64) -> Self {
-        let figures = attribution::charge(p, fault_sample);
+        let figures = sites::charge(p, fault_sample);
         let mut sites: Vec<(SiteId, SiteFigures)> = figures.into_iter().collect();
         sites.sort_by_key(|&(id, f)| (std::cmp::Reverse((f.reserved, f.resident)), id));
         let mut regions: Vec<RegionReport> = p

@@ -12,7 +12,7 @@ use crate::{
     export::{self, Metric, ProfileInfo, Series, SiteSample},
     filter::ProcessFilter,
     launch::{self, Launched},
-    loader::{self, LoadOptions, Probes},
+    probes::{self, LoadOptions, Probes},
     process::Snapshot,
     report::{ProcessReport, Report},
     session::{Origin, Session},
@@ -36,12 +36,12 @@ fn process_of(pid: u32) -> Result<u32, Error> {
 /// Refuses early, with the fix named, what would stop tracing; returns where this kernel
 /// keeps what the programs read.
 pub fn check_machine() -> anyhow::Result<KernelLayout> {
-    loader::check_privileges()?;
-    if loader::ensure_tracefs()? {
-        eprintln!("memprof: mounted tracefs at {}", loader::TRACEFS);
+    probes::check_privileges()?;
+    if probes::ensure_tracefs()? {
+        eprintln!("memprof: mounted tracefs at {}", probes::TRACEFS);
     }
-    loader::check_tracepoints(Path::new(loader::TRACEFS))?;
-    Ok(loader::kernel_layout()?)
+    probes::check_tracepoints(Path::new(probes::TRACEFS))?;
+    Ok(probes::kernel_layout()?)
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {

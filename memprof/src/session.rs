@@ -15,13 +15,13 @@ use tokio::{
 };
 
 use crate::{
-    attribution::Sites,
+    address_space::{SITE_NO_STACK, SiteId},
+    events::{self, Event},
     filter::ProcessFilter,
-    loader::Probes,
-    model::{SITE_NO_STACK, SiteId},
+    probes::Probes,
     process::{Process, Snapshot},
     procfs,
-    reader::{self, Record},
+    sites::Sites,
 };
 
 /// The site of a stack captured in `process`. A stack seen for the first time is pinned to
@@ -252,7 +252,7 @@ impl Session {
         match self.probes.unsent_fault_runs() {
             Ok(runs) => runs
                 .into_iter()
-                .for_each(|run| self.apply(Record::Fault(run))),
+                .for_each(|run| self.apply(Event::Fault(run))),
             Err(e) => eprintln!(
                 "memprof: warning: the last faults (up to {} pages per CPU) are missing: \
                  reading them from the kernel failed: {e}",
@@ -303,7 +303,7 @@ impl Session {
     /// made while the processes are still there to ask.
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
-            match reader::parse(&item) {
+            match events::parse(&item) {
                 Some(record) => self.apply(record),
                 None => self.undecodable += 1,
             }
@@ -313,12 +313,12 @@ impl Session {
         }
     }
 
-    fn apply(&mut self, record: Record) {
+    fn apply(&mut self, record: Event) {
         let header = *record.header();
         match record {
-            Record::Exec(r) => return self.exec(header.tgid, header.ts_ns, &r.comm),
-            Record::Stack(r) => return self.sites.add_stack(&r),
-            Record::NewProcess(r) if !self.processes.contains_key(&header.tgid) => {
+            Event::Exec(r) => return self.exec(header.tgid, header.ts_ns, &r.comm),
+            Event::Stack(r) => return self.sites.add_stack(&r),
+            Event::NewProcess(r) if !self.processes.contains_key(&header.tgid) => {
                 // `--all`: a process that matched the filter when it was created.
                 return self.add_new(r.child_pid, header.ts_ns, &r.comm);
             }
@@ -326,7 +326,7 @@ impl Session {
         }
         // `--all` read it from /proc already when it started.
         let child_known =
-            matches!(&record, Record::NewProcess(r) if self.processes.contains_key(&r.child_pid));
+            matches!(&record, Event::NewProcess(r) if self.processes.contains_key(&r.child_pid));
         let Some(process) = self.processes.get_mut(&header.tgid) else {
             // Launch mode: the command before its exec is memprof's own fork.
             return;
@@ -336,7 +336,7 @@ impl Session {
         }
         process.advance_to(header.ts_ns);
         match record {
-            Record::Syscall(r) => {
+            Event::Syscall(r) => {
                 // Only calls that create memory name a site: the others charge the site that
                 // created what they change.
                 let site = if matches!(i64::from(r.nr), libc::SYS_mmap | libc::SYS_brk) {
@@ -346,13 +346,13 @@ impl Session {
                 };
                 process.apply_syscall(&r, site);
             }
-            Record::Fault(r) => {
+            Event::Fault(r) => {
                 let stack = (r.stack != NO_STACK)
                     .then(|| site_of(&mut self.sites, process, r.stack, NO_STACK));
                 process.apply_fault(&r, stack);
             }
-            Record::Rss(r) => process.apply_rss(r.member, r.bytes),
-            Record::NewProcess(r) => {
+            Event::Rss(r) => process.apply_rss(r.member, r.bytes),
+            Event::NewProcess(r) => {
                 process.events.forks += 1;
                 if child_known {
                     return;
@@ -362,8 +362,8 @@ impl Session {
                 let child = Process::forked(process, r.child_pid, header.ts_ns);
                 self.processes.insert(r.child_pid, child);
             }
-            Record::Exit(_) => process.finish(header.ts_ns, true),
-            Record::Exec(_) | Record::Stack(_) => unreachable!("handled above"),
+            Event::Exit(_) => process.finish(header.ts_ns, true),
+            Event::Exec(_) | Event::Stack(_) => unreachable!("handled above"),
         }
     }
 

@@ -10,7 +10,7 @@ use std::{
 use crate::{
     cli::TopArgs,
     filter::ProcessFilter,
-    loader::{LoadOptions, Probes},
+    probes::{LoadOptions, Probes},
     run,
     session::{self, Flow, Origin, Session, Watch},
 };

@@ -1,25 +1,25 @@
 //! Turns ring-buffer bytes into typed records, without allocating.
 use aya::Pod;
 use memprof_common::{
-    ExecRecord, FaultRecord, NewProcessRecord, RecordHeader, RecordKind, RssRecord,
-    STACK_RECORD_HEAD, StackRecord, SyscallRecord,
+    EventHeader, EventKind, ExecEvent, FaultEvent, NewProcessEvent, RssEvent, STACK_EVENT_HEAD,
+    StackEvent, SyscallEvent,
 };
 
 #[derive(Clone, Debug)]
-pub enum Record {
-    Syscall(SyscallRecord),
-    Fault(FaultRecord),
-    Rss(RssRecord),
-    NewProcess(NewProcessRecord),
-    Exec(ExecRecord),
-    Exit(RecordHeader),
+pub enum Event {
+    Syscall(SyscallEvent),
+    Fault(FaultEvent),
+    Rss(RssEvent),
+    NewProcess(NewProcessEvent),
+    Exec(ExecEvent),
+    Exit(EventHeader),
     /// Boxed: 1 KiB, and rare (once per stack), unlike the records every fault and syscall
     /// sends.
-    Stack(Box<StackRecord>),
+    Stack(Box<StackEvent>),
 }
 
-impl Record {
-    pub fn header(&self) -> &RecordHeader {
+impl Event {
+    pub fn header(&self) -> &EventHeader {
         match self {
             Self::Syscall(r) => &r.header,
             Self::Fault(r) => &r.header,
@@ -39,29 +39,29 @@ fn read<T: Pod>(bytes: &[u8]) -> Option<T> {
 }
 
 /// Decodes one record; `None` for a record this build does not know (counted as lost).
-pub fn parse(bytes: &[u8]) -> Option<Record> {
-    let header: RecordHeader = read(bytes)?;
-    Some(match RecordKind::from_u32(header.kind)? {
-        RecordKind::Syscall => Record::Syscall(read(bytes)?),
-        RecordKind::Fault => Record::Fault(read(bytes)?),
-        RecordKind::Rss => Record::Rss(read(bytes)?),
-        RecordKind::NewProcess => Record::NewProcess(read(bytes)?),
-        RecordKind::Exec => Record::Exec(read(bytes)?),
-        RecordKind::Exit => Record::Exit(header),
-        RecordKind::Stack => Record::Stack(read_stack(bytes)?),
+pub fn parse(bytes: &[u8]) -> Option<Event> {
+    let header: EventHeader = read(bytes)?;
+    Some(match EventKind::from_u32(header.kind)? {
+        EventKind::Syscall => Event::Syscall(read(bytes)?),
+        EventKind::Fault => Event::Fault(read(bytes)?),
+        EventKind::Rss => Event::Rss(read(bytes)?),
+        EventKind::NewProcess => Event::NewProcess(read(bytes)?),
+        EventKind::Exec => Event::Exec(read(bytes)?),
+        EventKind::Exit => Event::Exit(header),
+        EventKind::Stack => Event::Stack(read_stack(bytes)?),
     })
 }
 
 /// A stack record carries only its filled addresses: the rest reads as zeroes.
-fn read_stack(bytes: &[u8]) -> Option<Box<StackRecord>> {
-    if bytes.len() < STACK_RECORD_HEAD {
+fn read_stack(bytes: &[u8]) -> Option<Box<StackEvent>> {
+    if bytes.len() < STACK_EVENT_HEAD {
         return None;
     }
-    let mut whole = [0; size_of::<StackRecord>()];
+    let mut whole = [0; size_of::<StackEvent>()];
     let len = bytes.len().min(whole.len());
     whole[..len].copy_from_slice(&bytes[..len]);
-    let mut record: StackRecord = read(&whole)?;
-    let sent = (len - STACK_RECORD_HEAD) / 8;
+    let mut record: StackEvent = read(&whole)?;
+    let sent = (len - STACK_EVENT_HEAD) / 8;
     record.frames = record.frames.min(sent as u32);
     Some(Box::new(record))
 }
@@ -78,12 +78,12 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_short_or_unknown_ones_are_refused() {
-        let fault = FaultRecord {
-            header: RecordHeader {
-                kind: RecordKind::Fault as u32,
+        let fault = FaultEvent {
+            header: EventHeader {
+                kind: EventKind::Fault as u32,
                 tgid: 7,
                 tid: 8,
-                _reserved: 0,
+                _pad: 0,
                 ts_ns: 99,
             },
             address: 0x1000,
@@ -93,7 +93,7 @@ mod tests {
         };
         let bytes = bytes_of(&fault);
         match parse(&bytes) {
-            Some(Record::Fault(f)) => {
+            Some(Event::Fault(f)) => {
                 assert_eq!(
                     (f.header.tgid, f.address, f.error_code, f.pages),
                     (7, 0x1000, 2, 4)
@@ -109,21 +109,21 @@ mod tests {
 
     #[test]
     fn a_stack_record_is_as_long_as_its_frames() {
-        let mut stack = StackRecord {
-            header: RecordHeader {
-                kind: RecordKind::Stack as u32,
+        let mut stack = StackEvent {
+            header: EventHeader {
+                kind: EventKind::Stack as u32,
                 ..Default::default()
             },
             id: 42,
             frames: 3,
-            _reserved: 0,
+            _pad: 0,
             ips: [0; memprof_common::MAX_STACK_DEPTH],
         };
         stack.ips[..3].copy_from_slice(&[0x10, 0x20, 0x30]);
         let bytes = bytes_of(&stack);
-        let sent = &bytes[..STACK_RECORD_HEAD + 3 * 8];
+        let sent = &bytes[..STACK_EVENT_HEAD + 3 * 8];
         match parse(sent) {
-            Some(Record::Stack(s)) => {
+            Some(Event::Stack(s)) => {
                 assert_eq!(
                     (s.id, s.frames, &s.ips[..4]),
                     (42, 3, &[0x10, 0x20, 0x30, 0][..])
@@ -132,10 +132,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A record claiming more frames than it carries keeps those it carries.
-        match parse(&bytes[..STACK_RECORD_HEAD + 2 * 8]) {
-            Some(Record::Stack(s)) => assert_eq!(s.frames, 2),
+        match parse(&bytes[..STACK_EVENT_HEAD + 2 * 8]) {
+            Some(Event::Stack(s)) => assert_eq!(s.frames, 2),
             other => panic!("{other:?}"),
         }
-        assert!(parse(&bytes[..STACK_RECORD_HEAD - 1]).is_none());
+        assert!(parse(&bytes[..STACK_EVENT_HEAD - 1]).is_none());
     }
 }

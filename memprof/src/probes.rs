@@ -15,7 +15,7 @@ use aya::{
     programs::Program,
 };
 use memprof_common::{
-    COUNTER_LOST, COUNTER_STACKS_LOST, FaultRecord, Filter, KernelLayout, PID_LIMIT, TracedProcess,
+    COUNTER_LOST, COUNTER_STACKS_LOST, FaultEvent, Filter, KernelLayout, PID_LIMIT, TracedProcess,
     fields,
     pid_state::{TRACED, UNTRACED},
 };
@@ -158,7 +158,7 @@ pub struct Probes {
     pid_states: PidStates,
     traced: HashMap<MapData, u32, TracedProcess>,
     counters: PerCpuArray<MapData, u64>,
-    fault_runs: PerCpuArray<MapData, FaultRecord>,
+    fault_runs: PerCpuArray<MapData, FaultEvent>,
     /// Owned here so that they are detached together (see Drop).
     links: Vec<Box<dyn Send>>,
 }
@@ -302,8 +302,8 @@ impl Probes {
     }
 
     /// The runs of faults the kernel had not sent yet, one per CPU at most (see
-    /// `FaultRecord`); complete once the programs are detached.
-    pub fn unsent_fault_runs(&self) -> Result<Vec<FaultRecord>, aya::maps::MapError> {
+    /// `FaultEvent`); complete once the programs are detached.
+    pub fn unsent_fault_runs(&self) -> Result<Vec<FaultEvent>, aya::maps::MapError> {
         let per_cpu = self.fault_runs.get(&0, 0)?;
         Ok(per_cpu.iter().copied().filter(|r| r.pages != 0).collect())
     }

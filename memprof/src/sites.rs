@@ -3,9 +3,9 @@
 //! as it is at that moment, so it can be symbolized after the process is gone.
 use std::{collections::HashMap, sync::Arc};
 
-use memprof_common::{NO_STACK, StackRecord};
+use memprof_common::{NO_STACK, StackEvent};
 
-use crate::model::{AddressSpace, RegionKind, SITE_BEFORE_TRACING, SITE_NO_STACK, SiteId};
+use crate::address_space::{AddressSpace, RegionKind, SITE_BEFORE_TRACING, SITE_NO_STACK, SiteId};
 
 /// Where a return address or instruction pointer was when the stack was captured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl Default for Sites {
 
 impl Sites {
     /// Keeps a stack the kernel sent, for the records that refer to it.
-    pub fn add_stack(&mut self, record: &StackRecord) {
+    pub fn add_stack(&mut self, record: &StackEvent) {
         let frames = &record.ips[..(record.frames as usize).min(record.ips.len())];
         // A stack ends at its first zero, as the kernel's unwinder ends it.
         let frames = frames.iter().copied().take_while(|&ip| ip != 0).collect();

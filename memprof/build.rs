@@ -1,6 +1,9 @@
 //! Builds the eBPF programs (memprof-ebpf) with aya-build; main.rs embeds the object.
 use anyhow::{Context as _, anyhow};
 use aya_build::Toolchain;
+// A build dependency so that cargo runs this script again when the kernel side changes;
+// aya-build compiles it for BPF itself.
+use memprof_ebpf as _;
 
 fn main() -> anyhow::Result<()> {
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()

@@ -1,4 +1,5 @@
-//! Turns ring-buffer bytes into typed records, without allocating.
+//! The kernel's events as userspace sees them: ring-buffer bytes turned into typed events
+//! without allocating, and the clock they are stamped with.
 use aya::Pod;
 use memprof_common::{
     EventHeader, EventKind, ExecEvent, FaultEvent, NewProcessEvent, RssEvent, STACK_EVENT_HEAD,
@@ -13,7 +14,7 @@ pub enum Event {
     NewProcess(NewProcessEvent),
     Exec(ExecEvent),
     Exit(EventHeader),
-    /// Boxed: 1 KiB, and rare (once per stack), unlike the records every fault and syscall
+    /// Boxed: 1 KiB, and rare (once per stack), unlike the events every fault and syscall
     /// sends.
     Stack(Box<StackEvent>),
 }
@@ -32,13 +33,25 @@ impl Event {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock events are stamped with (bpf_ktime_get_ns), so
+/// that events and what userspace samples line up.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 fn read<T: Pod>(bytes: &[u8]) -> Option<T> {
     (bytes.len() >= size_of::<T>())
         // SAFETY: T is Pod (any bit pattern is valid) and the length was checked.
         .then(|| unsafe { bytes.as_ptr().cast::<T>().read_unaligned() })
 }
 
-/// Decodes one record; `None` for a record this build does not know (counted as lost).
+/// Decodes one event; `None` for one this build does not know (counted as lost).
 pub fn parse(bytes: &[u8]) -> Option<Event> {
     let header: EventHeader = read(bytes)?;
     Some(match EventKind::from_u32(header.kind)? {
@@ -52,7 +65,7 @@ pub fn parse(bytes: &[u8]) -> Option<Event> {
     })
 }
 
-/// A stack record carries only its filled addresses: the rest reads as zeroes.
+/// A stack event carries only its filled addresses: the rest reads as zeroes.
 fn read_stack(bytes: &[u8]) -> Option<Box<StackEvent>> {
     if bytes.len() < STACK_EVENT_HEAD {
         return None;
@@ -60,10 +73,10 @@ fn read_stack(bytes: &[u8]) -> Option<Box<StackEvent>> {
     let mut whole = [0; size_of::<StackEvent>()];
     let len = bytes.len().min(whole.len());
     whole[..len].copy_from_slice(&bytes[..len]);
-    let mut record: StackEvent = read(&whole)?;
+    let mut event: StackEvent = read(&whole)?;
     let sent = (len - STACK_EVENT_HEAD) / 8;
-    record.frames = record.frames.min(sent as u32);
-    Some(Box::new(record))
+    event.frames = event.frames.min(sent as u32);
+    Some(Box::new(event))
 }
 
 #[cfg(test)]
@@ -77,7 +90,7 @@ mod tests {
     }
 
     #[test]
-    fn records_round_trip_and_short_or_unknown_ones_are_refused() {
+    fn events_round_trip_and_short_or_unknown_ones_are_refused() {
         let fault = FaultEvent {
             header: EventHeader {
                 kind: EventKind::Fault as u32,
@@ -108,7 +121,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stack_record_is_as_long_as_its_frames() {
+    fn a_stack_event_is_as_long_as_its_frames() {
         let mut stack = StackEvent {
             header: EventHeader {
                 kind: EventKind::Stack as u32,
@@ -131,7 +144,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        // A record claiming more frames than it carries keeps those it carries.
+        // An event claiming more frames than it carries keeps those it carries.
         match parse(&bytes[..STACK_EVENT_HEAD + 2 * 8]) {
             Some(Event::Stack(s)) => assert_eq!(s.frames, 2),
             other => panic!("{other:?}"),

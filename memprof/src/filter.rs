@@ -5,7 +5,24 @@ use std::{fs, os::unix::fs::MetadataExt as _, path::Path};
 
 use memprof_common::{ANY_UID, Filter};
 
-use crate::{cli::FilterArgs, error::Error, procfs};
+use crate::{error::Error, procfs};
+
+/// Which processes to trace, as the user named them; every field narrows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilterSpec {
+    /// A command name (as `ps -o comm` shows it).
+    pub comm: Option<String>,
+    /// A cgroup v2 path, with or without the cgroup2 mount point in front.
+    pub cgroup: Option<String>,
+    /// A real user id.
+    pub uid: Option<u32>,
+}
+
+impl FilterSpec {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
 
 /// The kernel keeps a command name in 16 bytes, NUL included.
 const COMM_LEN: usize = 15;
@@ -28,15 +45,6 @@ pub struct ProcessFilter {
     uid: Option<u32>,
 }
 
-/// Where cgroup v2 is mounted, from a mounts table (`/proc/self/mounts`).
-pub fn cgroup2_root(mounts: &str) -> Option<&str> {
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, root, kind) = (fields.next()?, fields.next()?, fields.next()?);
-        (kind == "cgroup2").then_some(root)
-    })
-}
-
 /// `path` relative to the cgroup v2 root, with one leading slash and none trailing; the root
 /// itself may be given in front of it.
 fn cgroup_path(path: &str, root: &str) -> String {
@@ -46,7 +54,7 @@ fn cgroup_path(path: &str, root: &str) -> String {
 }
 
 impl ProcessFilter {
-    pub fn new(args: &FilterArgs) -> Result<Self, Error> {
+    pub fn new(args: &FilterSpec) -> Result<Self, Error> {
         let cgroup = args.cgroup.as_deref().map(find_cgroup).transpose()?;
         Ok(Self {
             // What the kernel keeps of a longer name, as `ps` shows it.
@@ -80,19 +88,18 @@ impl ProcessFilter {
     /// Whether a running process passes the filter, read from /proc as the kernel would
     /// see it; false when it is gone.
     pub fn matches(&self, pid: u32) -> bool {
-        let read = |file: &str| fs::read_to_string(format!("/proc/{pid}/{file}")).ok();
         if let Some(comm) = &self.comm
-            && read("comm").as_deref().map(str::trim_end) != Some(comm.as_str())
+            && procfs::read_comm(pid).ok().as_ref() != Some(comm)
         {
             return false;
         }
         if let Some(uid) = self.uid
-            && read("status").as_deref().and_then(procfs::parse_uid) != Some(uid)
+            && procfs::read_uid(pid).ok().flatten() != Some(uid)
         {
             return false;
         }
         if let Some(cgroup) = &self.cgroup {
-            let Some(path) = read("cgroup").as_deref().and_then(procfs::parse_cgroup) else {
+            let Some(path) = procfs::read_cgroup(pid).ok().flatten() else {
                 return false;
             };
             if !in_cgroup(&path, &cgroup.path) {
@@ -127,8 +134,8 @@ fn in_cgroup(path: &str, ancestor: &str) -> bool {
 }
 
 fn find_cgroup(path: &str) -> Result<Cgroup, Error> {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let root = cgroup2_root(&mounts).ok_or_else(|| Error::NoSuchCgroup {
+    let mounts = procfs::read_own_mounts().unwrap_or_default();
+    let root = procfs::cgroup2_root(&mounts).ok_or_else(|| Error::NoSuchCgroup {
         path: path.to_string(),
         why: "cgroup v2 is not mounted (memprof filters on the unified hierarchy only)".into(),
     })?;
@@ -158,14 +165,11 @@ mod tests {
 
     #[test]
     fn cgroup_paths_are_taken_from_the_root_with_or_without_it() {
-        let mounts = "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
-        let root = cgroup2_root(mounts).unwrap();
-        assert_eq!(root, "/sys/fs/cgroup");
+        let root = "/sys/fs/cgroup";
         for given in ["/sys/fs/cgroup/a/b/", "a/b", "/a//b"] {
             assert_eq!(cgroup_path(given, root), "/a/b");
         }
         assert_eq!(cgroup_path("/", root), "/");
-        assert!(cgroup2_root("proc /proc proc rw 0 0\n").is_none());
     }
 
     #[test]
@@ -183,24 +187,23 @@ mod tests {
     #[test]
     fn this_process_matches_a_filter_made_of_its_own_attributes() {
         let pid = std::process::id();
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-        let cgroup = procfs::read_cgroup(pid).unwrap().unwrap();
-        let args = FilterArgs {
-            comm: Some(comm.trim_end().to_string()),
-            cgroup: Some(cgroup),
-            uid: Some(0),
+        let args = FilterSpec {
+            comm: Some(procfs::read_comm(pid).unwrap()),
+            cgroup: Some(procfs::read_cgroup(pid).unwrap().unwrap()),
+            uid: procfs::read_uid(pid).unwrap(),
         };
         let filter = ProcessFilter::new(&args).unwrap();
         assert!(filter.matches(pid), "{filter:?}");
         let kernel = filter.kernel(1);
-        assert_eq!((kernel.all, kernel.self_tgid, kernel.uid), (1, 1, 0));
-        let other = ProcessFilter::new(&FilterArgs {
+        assert_eq!((kernel.all, kernel.self_tgid), (1, 1));
+        assert_eq!(Some(kernel.uid), args.uid);
+        let other = ProcessFilter::new(&FilterSpec {
             comm: Some("no-such-command".into()),
             ..args
         })
         .unwrap();
         assert!(!other.matches(pid));
-        let missing = ProcessFilter::new(&FilterArgs {
+        let missing = ProcessFilter::new(&FilterSpec {
             cgroup: Some("/memprof-no-such-cgroup".into()),
             comm: None,
             uid: None,

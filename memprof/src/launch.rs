@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{error::Error, process::Snapshot};
+use crate::{error::Error, procfs::Snapshot};
 
 /// Finds `program` the way a shell would: as a path when it has a slash, else on $PATH.
 pub fn resolve(program: &str) -> Result<PathBuf, Error> {

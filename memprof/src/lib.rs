@@ -1,20 +1,61 @@
 //! memprof: where a process's reserved and resident memory came from, traced with eBPF.
-pub mod address_space;
+//!
+//! The pipeline, in the order of the modules below, each using only those above it: the
+//! probes (memprof-ebpf, loaded by [`probes`]) send events through a ring buffer; the
+//! [`session`] reads them and hands them to the [`tracker`], which keeps every traced
+//! [`process`] (its [`address_space`] and [`sites`]); once tracing ends the [`report`] and
+//! the [`export`]s are built from the tracker. [`run`] and [`top`] are what the commands run;
+//! the command line itself is the binary's (main.rs and cli/), and the library never sees it.
+
+// The machine.
+/// The kernel's BTF: where fields lie in the structures the programs read.
 pub mod btf;
-pub mod cli;
+/// Failures a user can act on, each with its exit code.
 pub mod error;
-pub mod events;
-pub mod export;
-pub mod filter;
-pub mod launch;
-pub mod probes;
-pub mod process;
+/// Every read of /proc, and the interface the tracker reaches it through.
 pub mod procfs;
-pub mod report;
-pub mod run;
+/// Sizes and durations, parsed from options and printed in reports.
+pub mod units;
+
+// The kernel side, seen from userspace.
+/// Ring-buffer bytes turned into typed events, and the clock they carry.
+pub mod events;
+/// `--all`'s choice of processes, for the kernel and for /proc.
+pub mod filter;
+/// Checks the machine, loads and attaches the eBPF programs, owns the in-kernel filter.
+pub mod probes;
+
+// The model.
+/// One process's regions, kept in step with its syscalls and faults.
+pub mod address_space;
+/// One traced process: its address space and figures.
+pub mod process;
+/// The loop that drains the ring buffer into the tracker until tracing ends.
 pub mod session;
+/// The call stacks that reserve memory and fault it in.
 pub mod sites;
+/// Events in, processes out: the testable core, without kernel or runtime.
+pub mod tracker;
+
+// What comes out.
+/// Folded stacks, flame graphs, pprof and the timeline, and the `--output` directory.
+pub mod export;
+/// The report: its JSON contract, built from the tracker, rendered for the terminal.
+pub mod report;
+/// Addresses to function names, files and lines.
 pub mod symbolize;
+
+// What the commands run.
+/// Launch mode: a command traced from its first instruction.
+pub mod launch;
+/// `memprof run`.
+pub mod run;
+/// `memprof top`.
+pub mod top;
+
 #[cfg(test)]
 mod testing;
-pub mod top;
+
+// The binary's own dependencies (main.rs and cli/): a package's dependencies are shared by
+// its targets, and the library itself never uses these.
+use {clap as _, env_logger as _};

@@ -1,17 +1,18 @@
+//! The `memprof` command: its command line (cli/) turned into the library's plain options.
+#![expect(
+    unused_crate_dependencies,
+    reason = "the package's dependencies are the library's; the binary uses a few"
+)]
+
+mod cli;
+
 use clap::Parser as _;
-use memprof::{
-    cli::{Cli, Command},
-    error::Error,
-};
+use memprof::error::Error;
 
 fn main() {
-    env_logger::init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run(args) => memprof::run::run(args),
-        Command::Top(args) => memprof::top::run(args),
-    };
-    if let Err(err) = result {
+    let cli = cli::Cli::parse();
+    cli.init_logging();
+    if let Err(err) = cli.run() {
         eprintln!("memprof: error: {err:#}");
         let code = err.downcast_ref::<Error>().map_or(1, Error::exit_code);
         std::process::exit(code);

@@ -20,7 +20,7 @@ use memprof_common::{
     pid_state::{TRACED, UNTRACED},
 };
 
-use crate::{btf::Btf, error::Error};
+use crate::{btf::Btf, error::Error, procfs};
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -39,17 +39,23 @@ const ATTACHMENTS: [(&str, &str, &str); 9] = [
     ("sched", "sched_switch", "mp_sched_switch"),
 ];
 
+/// Refuses early, with the fix named, what would stop tracing; returns where this kernel
+/// keeps what the programs read.
+pub fn check_machine() -> anyhow::Result<KernelLayout> {
+    check_privileges()?;
+    if ensure_tracefs()? {
+        eprintln!("memprof: mounted tracefs at {TRACEFS}");
+    }
+    check_tracepoints(Path::new(TRACEFS))?;
+    Ok(kernel_layout()?)
+}
+
 /// Refuses early, with the fix named, when memprof cannot load eBPF programs.
 pub fn check_privileges() -> Result<(), Error> {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let effective = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+    let effective = procfs::own_effective_capabilities();
     let has = |cap: u32| effective & (1 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         return Ok(());
@@ -139,7 +145,7 @@ fn field_offset(format: &str, field: &str) -> Option<usize> {
 pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// How many stacks the kernel remembers having sent: a power of two.
-    pub stack_map_entries: u32,
+    pub stack_cache_slots: u32,
     pub kernel_stacks: bool,
     /// Record the stack of one fault in this many; 0 for none.
     pub fault_stack_sample: u32,
@@ -184,9 +190,9 @@ impl Probes {
         let user_stacks = u32::from(options.user_stacks);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("MP_EVENTS", options.ring_buffer_bytes)
-            .map_max_entries("MP_STACKS_SENT", options.stack_map_entries)
+            .map_max_entries("MP_STACKS_SENT", options.stack_cache_slots)
             .override_global("USER_STACKS", &user_stacks, true)
-            .override_global("STACK_SLOT_MASK", &(options.stack_map_entries - 1), true)
+            .override_global("STACK_SLOT_MASK", &(options.stack_cache_slots - 1), true)
             .override_global("KERNEL_STACKS", &kernel_stacks, true)
             .override_global("FAULT_STACK_SAMPLE", &options.fault_stack_sample, true)
             .override_global("FILTER", &options.filter, true)
@@ -280,8 +286,8 @@ impl Probes {
         let _ = self.traced.remove(&pid);
     }
 
-    /// Records the kernel side could not deliver (ring buffer full), summed over CPUs.
-    pub fn lost_records(&self) -> u64 {
+    /// Events the kernel side could not deliver (ring buffer full), summed over CPUs.
+    pub fn lost_events(&self) -> u64 {
         self.counter(COUNTER_LOST)
     }
 
@@ -402,26 +408,5 @@ mod tests {
         assert_eq!(field_offset(format, "comm"), Some(12));
         assert_eq!(field_offset(format, "uargs"), Some(32));
         assert_eq!(field_offset(format, "curr"), None);
-    }
-
-    /// Runs against this machine's real tracefs: every tracepoint memprof needs is there with
-    /// the layout the programs read, and one this kernel lacks is refused by name.
-    #[test]
-    fn this_kernel_has_every_tracepoint_and_a_missing_one_is_named() {
-        ensure_tracefs().expect("tracefs (tests run as root)");
-        check_tracepoints(Path::new(TRACEFS)).expect("this kernel's tracepoints");
-        let missing = ("syscalls/sys_enter_memprof_nonexistent", "addr", 16);
-        let err = check_fields(Path::new(TRACEFS), &[missing]).unwrap_err();
-        assert_eq!(err.exit_code(), 6);
-        assert!(
-            err.to_string()
-                .contains("syscalls:sys_enter_memprof_nonexistent")
-        );
-        let moved = ("exceptions/page_fault_user", "address", 16);
-        let err = check_fields(Path::new(TRACEFS), &[moved]).unwrap_err();
-        assert!(
-            err.to_string().contains("`address` is at offset Some(8)"),
-            "{err}"
-        );
     }
 }

@@ -1,13 +1,14 @@
-//! One traced process: its address-space model and the figures memprof reports for it,
-//! updated record by record.
-use std::{collections::HashMap, fs, io};
+//! One traced process: its address space and the figures memprof reports for it, updated
+//! event by event. Pure: what it needs from /proc is handed to it.
+use std::collections::HashMap;
 
 use memprof_common::{FaultEvent, SyscallEvent};
 use serde::Serialize;
 
 use crate::{
     address_space::{AddressSpace, SiteId},
-    procfs::{self, MapsEntry, Status},
+    procfs::{MapsEntry, Snapshot, Status},
+    sites::SiteFigures,
 };
 
 /// A figure's value when tracing began, when it ended, and the highest in between.
@@ -47,7 +48,7 @@ impl ResidentSplit {
         self.anon + self.file + self.shmem
     }
 
-    fn from_status(status: &Status) -> Self {
+    pub fn from_status(status: &Status) -> Self {
         Self {
             anon: status.rss_anon,
             file: status.rss_file,
@@ -68,7 +69,7 @@ impl ResidentSplit {
     }
 }
 
-/// Records seen for the process, by kind.
+/// Events seen for the process, by kind.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct EventCounts {
     pub mmap: u64,
@@ -104,51 +105,6 @@ pub struct ProcCheck {
     pub vm_rss_bytes: u64,
 }
 
-/// The address space of a process as read from /proc at one instant.
-pub struct Snapshot {
-    pub command: String,
-    /// Its cgroup v2 path.
-    pub cgroup: String,
-    pub maps: Vec<MapsEntry>,
-    pub start_brk: Option<u64>,
-    pub status: Option<Status>,
-}
-
-impl Snapshot {
-    pub fn read(pid: u32) -> io::Result<Self> {
-        let maps = procfs::read_smaps(pid)?;
-        if maps.is_empty() {
-            // A zombie or a kernel thread: nothing to seed from.
-            return Err(io::Error::new(io::ErrorKind::NotFound, "no address space"));
-        }
-        Ok(Self {
-            command: read_command(pid).unwrap_or_default(),
-            cgroup: read_cgroup(pid),
-            maps,
-            start_brk: procfs::read_start_brk(pid).ok().flatten(),
-            status: procfs::read_status(pid).ok().flatten(),
-        })
-    }
-}
-
-pub fn read_command(pid: u32) -> io::Result<String> {
-    let raw = fs::read(format!("/proc/{pid}/cmdline"))?;
-    let words: Vec<String> = raw
-        .split(|&b| b == 0)
-        .filter(|w| !w.is_empty())
-        .map(|w| String::from_utf8_lossy(w).into_owned())
-        .collect();
-    if words.is_empty() {
-        return fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| format!("[{}]", c.trim()));
-    }
-    Ok(words.join(" "))
-}
-
-/// A process's cgroup v2 path, or "" when /proc does not say.
-fn read_cgroup(pid: u32) -> String {
-    procfs::read_cgroup(pid).ok().flatten().unwrap_or_default()
-}
-
 pub struct Process {
     pub pid: u32,
     pub command: String,
@@ -168,10 +124,10 @@ pub struct Process {
     /// Why the model may not match the kernel, when memprof knows it does not.
     pub incomplete: Option<String>,
     pub proc_check: Option<ProcCheck>,
-    /// Page faults that landed in each site's regions.
-    pub faults_by_site: HashMap<SiteId, u64>,
-    /// Sampled faults by the stack of the code that faulted ("made resident by").
-    pub faults_by_stack: HashMap<SiteId, u64>,
+    /// Page faults that landed in the regions each site reserved.
+    pub faults_in_regions: HashMap<SiteId, u64>,
+    /// Sampled faults by the stack of the code that made them ("made resident by").
+    pub faults_by_code: HashMap<SiteId, u64>,
     /// The sites of this image's stacks by stack ids (user, kernel). Ids hash addresses,
     /// which mean other code after exec: cleared then.
     pub site_ids: HashMap<(u64, u64), SiteId>,
@@ -193,7 +149,7 @@ impl Process {
         process
     }
 
-    /// A process that was gone before memprof could read it from /proc: only its records
+    /// A process that was gone before memprof could read it from /proc: only its events
     /// are known (`comm` is the kernel's name for it).
     pub fn unseen(pid: u32, comm: String, now_ns: u64, interval_ns: u64) -> Self {
         let mut process = Self::new(
@@ -208,14 +164,10 @@ impl Process {
         process
     }
 
-    /// A child made by fork: a copy of its parent's address space.
-    pub fn forked(parent: &Process, pid: u32, now_ns: u64) -> Self {
-        // The child's RSS counters are its own from the start; read them while we can.
-        let split = procfs::read_status(pid)
-            .ok()
-            .flatten()
-            .map(|s| ResidentSplit::from_status(&s))
-            .unwrap_or(parent.resident_split);
+    /// A child made by fork: a copy of its parent's address space. `status` is the child's
+    /// own, when it could be read: its RSS counters are its own from the start.
+    pub fn forked(parent: &Process, pid: u32, now_ns: u64, status: Option<&Status>) -> Self {
+        let split = status.map_or(parent.resident_split, ResidentSplit::from_status);
         let mut child = Self::new(
             pid,
             parent.command.clone(),
@@ -252,8 +204,8 @@ impl Process {
             exited: false,
             incomplete: None,
             proc_check: None,
-            faults_by_site: HashMap::new(),
-            faults_by_stack: HashMap::new(),
+            faults_in_regions: HashMap::new(),
+            faults_by_code: HashMap::new(),
             site_ids: HashMap::new(),
             interval_ns: interval_ns.max(1),
             next_sample_ns: now_ns,
@@ -286,7 +238,7 @@ impl Process {
     }
 
     /// Takes timeline samples for every interval boundary up to `ts_ns`, with the state as
-    /// it was before the record stamped `ts_ns` is applied.
+    /// it was before the event stamped `ts_ns` is applied.
     pub fn advance_to(&mut self, ts_ns: u64) {
         while self.next_sample_ns <= ts_ns {
             self.timeline.push(Sample {
@@ -300,10 +252,10 @@ impl Process {
     }
 
     /// Applies a memory syscall made from call stack `site`.
-    pub fn apply_syscall(&mut self, record: &SyscallEvent, site: SiteId) {
-        let [a0, a1, a2, a3, a4, a5] = record.args;
-        let ret = record.ret;
-        let counter = match i64::from(record.nr) {
+    pub fn apply_syscall(&mut self, event: &SyscallEvent, site: SiteId) {
+        let [a0, a1, a2, a3, a4, a5] = event.args;
+        let ret = event.ret;
+        let counter = match i64::from(event.nr) {
             libc::SYS_mmap => &mut self.events.mmap,
             libc::SYS_munmap => &mut self.events.munmap,
             libc::SYS_mremap => &mut self.events.mremap,
@@ -319,7 +271,7 @@ impl Process {
             return;
         }
         let space = &mut self.space;
-        match i64::from(record.nr) {
+        match i64::from(event.nr) {
             libc::SYS_mmap => space.mmap(ret as u64, a1, a2, a3, a4 as i64, a5, site),
             libc::SYS_munmap => space.munmap(a0, a1),
             libc::SYS_mremap => space.mremap(a0, a1, a2, a3, ret as u64),
@@ -333,20 +285,16 @@ impl Process {
 
     /// Applies a run of page faults (one, when sampled); `stack` is the faulting code's site
     /// when it was sampled.
-    pub fn apply_fault(&mut self, record: &FaultEvent, stack: Option<SiteId>) {
-        self.events.page_faults += record.pages;
+    pub fn apply_fault(&mut self, event: &FaultEvent, stack: Option<SiteId>) {
+        self.events.page_faults += event.pages;
         let before = self.space.reserved();
-        let by_site = &mut self.faults_by_site;
-        self.space.fault_run(
-            record.address,
-            record.pages,
-            record.error_code,
-            |site, n| {
-                *by_site.entry(site).or_default() += n;
-            },
-        );
+        let in_regions = &mut self.faults_in_regions;
+        self.space
+            .fault_run(event.address, event.pages, event.error_code, |site, n| {
+                *in_regions.entry(site).or_default() += n;
+            });
         if let Some(stack) = stack {
-            *self.faults_by_stack.entry(stack).or_default() += record.pages;
+            *self.faults_by_code.entry(stack).or_default() += event.pages;
         }
         if self.space.reserved() != before {
             self.events.stack_growths += 1;
@@ -365,34 +313,53 @@ impl Process {
         self.resident.set(self.resident_split.total());
     }
 
-    /// Fills in the paths of file mappings made since the last call, while the process lives.
-    pub fn name_files(&mut self) {
-        if self.exited || !self.space.has_unnamed_files() {
-            return;
-        }
-        if let Ok(maps) = procfs::read_maps(self.pid) {
-            self.space.name_files(&maps);
-        }
+    /// Whether file mappings made since the last [`Process::name_files`] wait for their
+    /// paths, which only /proc/PID/maps can give while the process lives.
+    pub fn has_unnamed_files(&self) -> bool {
+        !self.exited && self.space.has_unnamed_files()
     }
 
-    /// Ends tracing of this process at `ts_ns` (its exit, or the end of the run).
-    pub fn finish(&mut self, ts_ns: u64, exited: bool) {
+    /// Fills in the paths of file mappings from a fresh /proc/PID/maps.
+    pub fn name_files(&mut self, maps: &[MapsEntry]) {
+        self.space.name_files(maps);
+    }
+
+    /// Ends tracing of this process at `ts_ns`: its exit, or the end of the run, when
+    /// `status` is what /proc said then, to reconcile against.
+    pub fn finish(&mut self, ts_ns: u64, exited: bool, status: Option<&Status>) {
         if self.ended_ns.is_some() {
             return;
         }
         self.advance_to(ts_ns);
-        self.name_files();
         self.ended_ns = Some(ts_ns);
         self.exited = exited;
-        if !exited {
-            self.proc_check = procfs::read_status(self.pid)
-                .ok()
-                .flatten()
-                .map(|s| ProcCheck {
-                    vm_size_bytes: s.vm_size,
-                    vm_rss_bytes: s.vm_rss,
-                });
+        self.proc_check = status.map(|s| ProcCheck {
+            vm_size_bytes: s.vm_size,
+            vm_rss_bytes: s.vm_rss,
+        });
+    }
+
+    /// Every region, fault and release charged to the site that reserved the memory, and
+    /// the sampled faults to the stack of the code that made them (scaled by
+    /// `fault_sample`).
+    pub fn site_figures(&self, fault_sample: u64) -> HashMap<SiteId, SiteFigures> {
+        let mut figures: HashMap<SiteId, SiteFigures> = HashMap::new();
+        for r in self.space.regions() {
+            let f = figures.entry(r.site).or_default();
+            f.reserved += r.size();
+            f.committed += if r.prot == 0 { 0 } else { r.size() };
+            f.resident += self.space.region_resident(r);
         }
+        for (&site, &n) in &self.faults_in_regions {
+            figures.entry(site).or_default().faults_in_regions += n;
+        }
+        for (site, bytes) in self.space.released_by_site() {
+            figures.entry(site).or_default().released += bytes;
+        }
+        for (&site, &n) in &self.faults_by_code {
+            figures.entry(site).or_default().faults_by_code += n * fault_sample;
+        }
+        figures
     }
 
     pub fn traced_ns(&self) -> u64 {

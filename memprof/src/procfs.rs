@@ -1,10 +1,76 @@
-//! Parsers of the /proc text memprof reconciles against, and thin readers around them.
+//! Every read of /proc: parsers of its text, thin readers around them, and [`ProcSource`],
+//! the small interface through which the tracker reaches /proc (tests hand it made-up
+//! processes instead).
 //!
 //! Parsers take the file's text and skip what they do not understand rather than fail:
 //! /proc formats grow new fields, and a line torn by a concurrent mapping change must
 //! not take the profiler down.
 
 use std::{fs, io};
+
+/// What the tracker asks /proc, as a trait so that it can be driven without a kernel.
+pub trait ProcSource {
+    /// The address space of a live process, with its command and cgroup.
+    fn snapshot(&self, pid: u32) -> io::Result<Snapshot>;
+    /// Its /proc/PID/maps, to name the files it mapped.
+    fn maps(&self, pid: u32) -> io::Result<Vec<MapsEntry>>;
+    /// Its memory figures; None for a process without an address space.
+    fn status(&self, pid: u32) -> Option<Status>;
+    /// Whether the process is gone: no such pid, or a zombie.
+    fn is_gone(&self, pid: u32) -> bool;
+}
+
+/// The real /proc.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Proc;
+
+impl ProcSource for Proc {
+    fn snapshot(&self, pid: u32) -> io::Result<Snapshot> {
+        Snapshot::read(pid)
+    }
+
+    fn maps(&self, pid: u32) -> io::Result<Vec<MapsEntry>> {
+        read_maps(pid)
+    }
+
+    fn status(&self, pid: u32) -> Option<Status> {
+        read_status(pid).ok().flatten()
+    }
+
+    fn is_gone(&self, pid: u32) -> bool {
+        let stat = read(pid, "stat").ok();
+        let state = stat.as_deref().and_then(parse_state);
+        matches!(state, None | Some('Z' | 'X'))
+    }
+}
+
+/// The address space of a process as read from /proc at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub command: String,
+    /// Its cgroup v2 path, "" when /proc does not say.
+    pub cgroup: String,
+    pub maps: Vec<MapsEntry>,
+    pub start_brk: Option<u64>,
+    pub status: Option<Status>,
+}
+
+impl Snapshot {
+    pub fn read(pid: u32) -> io::Result<Self> {
+        let maps = read_smaps(pid)?;
+        if maps.is_empty() {
+            // A zombie or a kernel thread: nothing to seed from.
+            return Err(io::Error::new(io::ErrorKind::NotFound, "no address space"));
+        }
+        Ok(Self {
+            command: read_command(pid).unwrap_or_default(),
+            cgroup: read_cgroup(pid).ok().flatten().unwrap_or_default(),
+            maps,
+            start_brk: read_start_brk(pid).ok().flatten(),
+            status: read_status(pid).ok().flatten(),
+        })
+    }
+}
 
 /// Access bits of a mapping, as the `rwxp` column of /proc/PID/maps shows them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -191,6 +257,86 @@ pub fn parse_uid(status: &str) -> Option<u32> {
     uids.split_whitespace().next()?.parse().ok()
 }
 
+/// A process's command line, words joined by spaces; `[comm]` for one without (a kernel
+/// thread).
+pub fn read_command(pid: u32) -> io::Result<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline"))?;
+    let words: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    if words.is_empty() {
+        return read_comm(pid).map(|c| format!("[{c}]"));
+    }
+    Ok(words.join(" "))
+}
+
+/// The kernel's name for a process (/proc/PID/comm, at most 15 characters).
+pub fn read_comm(pid: u32) -> io::Result<String> {
+    Ok(read(pid, "comm")?.trim_end_matches('\n').to_string())
+}
+
+/// The real uid of a process.
+pub fn read_uid(pid: u32) -> io::Result<Option<u32>> {
+    Ok(parse_uid(&read(pid, "status")?))
+}
+
+/// The process (thread group) a pid belongs to: a thread id gives its process's.
+pub fn read_tgid(pid: u32) -> io::Result<Option<u32>> {
+    let status = read(pid, "status")?;
+    Ok(status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok()))
+}
+
+/// The state letter of /proc/PID/stat (R, S, D, Z, X, ...).
+pub fn parse_state(stat: &str) -> Option<char> {
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// The effective capabilities of memprof itself, as a bit set.
+pub fn own_effective_capabilities() -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// memprof's own mount table.
+pub fn read_own_mounts() -> io::Result<String> {
+    fs::read_to_string("/proc/self/mounts")
+}
+
+/// Where cgroup v2 is mounted, from a mounts table (`/proc/self/mounts`).
+pub fn cgroup2_root(mounts: &str) -> Option<&str> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, root, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "cgroup2").then_some(root)
+    })
+}
+
+/// The kernel's symbols (/proc/kallsyms) with an address, sorted by address; empty when
+/// they are hidden.
+pub fn read_kernel_symbols() -> Vec<(u64, String)> {
+    let text = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    let mut symbols: Vec<(u64, String)> = text
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let address = u64::from_str_radix(words.next()?, 16).ok()?;
+            let name = words.nth(1)?;
+            (address != 0).then(|| (address, name.to_string()))
+        })
+        .collect();
+    symbols.sort_unstable();
+    symbols
+}
+
 /// The pids of every process, from the directories of /proc.
 pub fn pids() -> io::Result<Vec<u32>> {
     let mut pids: Vec<u32> = fs::read_dir("/proc")?
@@ -347,6 +493,24 @@ VmFlags: ex
             maps.iter()
                 .all(|e| e.path.as_deref() != Some("[heap]") || e.start == start_brk)
         );
+        assert_eq!(read_tgid(pid).unwrap(), Some(pid));
+        assert!(!read_comm(pid).unwrap().is_empty());
+        assert!(read_uid(pid).unwrap().is_some());
+        assert!(!Proc.is_gone(pid));
+        assert!(Proc.is_gone(u32::MAX), "no such pid");
+        let snapshot = Proc.snapshot(pid).unwrap();
+        assert!(snapshot.command.contains("memprof"), "{}", snapshot.command);
+        assert!(snapshot.cgroup.starts_with('/'));
+    }
+
+    #[test]
+    fn state_and_cgroup2_root() {
+        assert_eq!(parse_state("42 (a) b) Z 1 2"), Some('Z'));
+        assert_eq!(parse_state("42 (sleep) S 1"), Some('S'));
+        assert_eq!(parse_state("42 (cut"), None);
+        let mounts = "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        assert_eq!(cgroup2_root(mounts), Some("/sys/fs/cgroup"));
+        assert!(cgroup2_root("proc /proc proc rw 0 0\n").is_none());
     }
 
     #[test]

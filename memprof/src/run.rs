@@ -1,84 +1,89 @@
-//! `memprof run`: check, load, attach or launch, trace, report.
-use std::{fs, path::Path, time::Duration};
+//! `memprof run`: check, load, attach or launch, trace, report. The command line hands it a
+//! [`RunOptions`] in plain types.
+use std::{path::PathBuf, time::Duration};
 
-use anyhow::Context as _;
-
-use clap::CommandFactory as _;
-use memprof_common::{Filter, KernelLayout};
+use memprof_common::Filter;
 
 use crate::{
-    cli::{Cli, RunArgs},
     error::Error,
-    export::{self, Metric, ProfileInfo, Series, SiteSample},
-    filter::ProcessFilter,
+    events::monotonic_ns,
+    export,
+    filter::{FilterSpec, ProcessFilter},
     launch::{self, Launched},
     probes::{self, LoadOptions, Probes},
-    process::Snapshot,
-    report::{ProcessReport, Report},
-    session::{Origin, Session},
+    procfs::{self, Proc},
+    report::Report,
+    session::Session,
+    tracker::{Origin, Tracker},
 };
 
 /// Processes shown in detail in the terminal report of `--all` (the JSON has every one).
 const DETAILED_PROCESSES: usize = 10;
 
+/// What to trace.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// A running process (any of its thread ids names it), its threads, and the processes it
+    /// forks from now on.
+    Pid(u32),
+    /// A command to launch, program first, traced from its first instruction.
+    Command(Vec<String>),
+    /// Every process on the host but memprof that passes the filter, including those that
+    /// start during the run.
+    All(FilterSpec),
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub target: Target,
+    /// Stop tracing after this long.
+    pub duration: Option<Duration>,
+    /// How often the timeline samples reserved, committed and resident.
+    pub interval: Duration,
+    /// Also write the report as JSON here.
+    pub json: Option<PathBuf>,
+    /// Regions listed per process in the terminal report.
+    pub regions: usize,
+    /// Write flame graphs, folded stacks, pprof, the timeline and the JSON here.
+    pub output: Option<PathBuf>,
+    /// Also record the kernel stack of each reservation.
+    pub kernel_stacks: bool,
+    /// Record the stack of one fault in this many; None: no fault stacks.
+    pub fault_stacks: Option<u32>,
+    /// Slots of the kernel's cache of stacks it sent (a power of two).
+    pub stack_cache_slots: u32,
+    /// Size of the kernel-to-memprof ring buffer (a power of two, at least a page).
+    pub ring_buffer_bytes: u32,
+}
+
 /// The process a pid belongs to: a thread id is taken as its whole process.
 fn process_of(pid: u32) -> Result<u32, Error> {
-    let status =
-        fs::read_to_string(format!("/proc/{pid}/status")).map_err(|_| Error::NoSuchProcess(pid))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
+    procfs::read_tgid(pid)
+        .ok()
+        .flatten()
         .ok_or(Error::NoSuchProcess(pid))
 }
 
-/// Refuses early, with the fix named, when this machine cannot run the probes.
-/// Refuses early, with the fix named, what would stop tracing; returns where this kernel
-/// keeps what the programs read.
-pub fn check_machine() -> anyhow::Result<KernelLayout> {
-    probes::check_privileges()?;
-    if probes::ensure_tracefs()? {
-        eprintln!("memprof: mounted tracefs at {}", probes::TRACEFS);
-    }
-    probes::check_tracepoints(Path::new(probes::TRACEFS))?;
-    Ok(probes::kernel_layout()?)
-}
-
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    if !args.all && !args.filter.is_empty() {
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::MissingRequiredArgument,
-                "--comm, --cgroup and --uid choose processes for --all: add --all",
-            )
-            .exit();
-    }
+pub fn run(options: RunOptions) -> anyhow::Result<()> {
     // Everything that can be refused without loading anything is checked first.
-    let filter = args
-        .all
-        .then(|| ProcessFilter::new(&args.filter))
-        .transpose()?;
-    let attach_to = args.pid.map(process_of).transpose()?;
-    let program = match (attach_to, &filter) {
-        (None, None) => Some(launch::resolve(&args.command[0])?),
-        _ => None,
+    let (attach_to, filter, program) = match &options.target {
+        Target::Pid(pid) => (Some(process_of(*pid)?), None, None),
+        Target::All(spec) => (None, Some(ProcessFilter::new(spec)?), None),
+        Target::Command(command) => (None, None, Some(launch::resolve(&command[0])?)),
     };
-    let layout = check_machine()?;
+    let layout = probes::check_machine()?;
 
     // Fork before anything else starts a thread; the child waits until it is traced.
-    let launched = program
-        .map(|path| Launched::fork(&path, &args.command))
-        .transpose()?;
-    // One fault stack in this many is recorded; 0: none.
-    let fault_sample = if args.fault_stacks {
-        args.fault_sample
-    } else {
-        0
+    let launched = match (&options.target, program) {
+        (Target::Command(command), Some(path)) => Some(Launched::fork(&path, command)?),
+        _ => None,
     };
+    // One fault stack in this many is recorded; 0: none.
+    let fault_sample = options.fault_stacks.unwrap_or(0);
     let (mut probes, events) = Probes::load(&LoadOptions {
-        ring_buffer_bytes: args.ring_buffer_size,
-        stack_map_entries: args.stack_map_entries,
-        kernel_stacks: args.kernel_stacks,
+        ring_buffer_bytes: options.ring_buffer_bytes,
+        stack_cache_slots: options.stack_cache_slots,
+        kernel_stacks: options.kernel_stacks,
         fault_stack_sample: fault_sample,
         filter: filter
             .as_ref()
@@ -86,10 +91,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         user_stacks: true,
         layout,
     })?;
-    let interval = Duration::from_millis(args.interval);
+    let interval = options.interval;
+    let tracker = |root, origin| Tracker::new(Proc, root, origin, interval, monotonic_ns());
     let mut session = match (attach_to, launched) {
         _ if let Some(filter) = &filter => {
-            let mut session = Session::new(probes, 0, Origin::All, interval);
+            let mut session = Session::new(probes, tracker(0, Origin::All));
             let running = session.trace_running(filter)?;
             eprintln!(
                 "memprof: tracing {} ({running} running now); Ctrl-C to stop and report",
@@ -99,151 +105,79 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         (Some(pid), _) => {
             probes.trace(pid)?;
-            let snapshot = Snapshot::read(pid).map_err(|_| Error::NoSuchProcess(pid))?;
-            let mut session = Session::new(probes, pid, Origin::Attached, interval);
-            session.seed(pid, snapshot);
-            session
+            let mut tracker = tracker(pid, Origin::Attached);
+            if !tracker.seed_from_proc(pid, monotonic_ns()) {
+                return Err(Error::NoSuchProcess(pid).into());
+            }
+            Session::new(probes, tracker)
         }
         (None, Some(child)) => {
             let pid = child.pid;
             probes.trace(pid)?;
             let snapshot = child.start()?;
-            Session::new(probes, pid, Origin::Launched(Some(snapshot)), interval)
+            Session::new(probes, tracker(pid, Origin::Launched(Some(snapshot))))
         }
-        (None, None) => unreachable!("clap requires --pid, --all or a command"),
+        (None, None) => unreachable!("a target is a pid, a command or --all"),
     };
     if filter.is_none() {
         eprintln!(
             "memprof: tracing pid {}; Ctrl-C to stop and report",
-            session.root
+            session.tracker.root
         );
     }
 
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(session.run(events, args.duration, None))?;
-    if attach_to.is_none() && filter.is_none() {
-        // Reap the command if it exited, so it does not linger as a zombie, and say how it
-        // ended when that was not a success (its own output may have scrolled away).
-        let mut status = 0;
-        // Its exit record comes just before it becomes a zombie: wait for that when it exited.
-        let exited = session
-            .processes
-            .get(&session.root)
-            .is_some_and(|p| p.exited);
-        let flags = if exited { 0 } else { libc::WNOHANG };
-        // SAFETY: reaping our own child.
-        let reaped = unsafe { libc::waitpid(session.root as libc::pid_t, &mut status, flags) };
-        if reaped == session.root as libc::pid_t {
-            if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
-                eprintln!(
-                    "memprof: the command exited with status {}",
-                    libc::WEXITSTATUS(status)
-                );
-            } else if libc::WIFSIGNALED(status) {
-                eprintln!(
-                    "memprof: the command was killed by signal {}",
-                    libc::WTERMSIG(status)
-                );
-            }
-        }
+        .block_on(session.run(events, options.duration, None))?;
+    if launched_command(&options.target) {
+        reap(&session.tracker);
     }
 
-    let report = Report::new(&session, fault_sample);
-    let detailed = if args.all {
+    let report = Report::new(&session.tracker, fault_sample);
+    let detailed = if filter.is_some() {
         DETAILED_PROCESSES
     } else {
         usize::MAX
     };
-    print!("{}", report.render(args.regions, detailed));
+    print!("{}", report.render(options.regions, detailed));
     let json = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &args.json {
-        write(path, json.as_bytes())?;
+    if let Some(path) = &options.json {
+        export::write_file(path, json.as_bytes())?;
     }
-    if let Some(dir) = &args.output {
-        write_output_dir(dir, &report, &json)?;
+    if let Some(dir) = &options.output {
+        export::write_output_dir(dir, &report, &json)?;
     }
     Ok(())
 }
 
-fn write(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("memprof: wrote {}", path.display());
-    Ok(())
+fn launched_command(target: &Target) -> bool {
+    matches!(target, Target::Command(_))
 }
 
-/// Flame graphs, folded stacks, a pprof profile and the JSON report, in `dir`.
-fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // "name (pid)": with several processes, each stack starts at its process.
-    let label = |p: &ProcessReport| {
-        let name = p.command.split_whitespace().next().unwrap_or("?");
-        let name = name.rsplit('/').next().unwrap_or(name);
-        format!("{name} ({})", p.pid)
-    };
-    let roots: Vec<Option<String>> = report
+/// Reaps the launched command if it exited, so it does not linger as a zombie, and says how
+/// it ended when that was not a success (its own output may have scrolled away).
+fn reap(tracker: &Tracker) {
+    let mut status = 0;
+    // Its exit event comes just before it becomes a zombie: wait for that when it exited.
+    let exited = tracker
         .processes
-        .iter()
-        .map(|p| (report.processes.len() > 1).then(|| label(p)))
-        .collect();
-    let samples: Vec<SiteSample> = report
-        .processes
-        .iter()
-        .zip(&roots)
-        .flat_map(|(p, root)| {
-            p.sites.iter().map(move |s| SiteSample {
-                frames: &s.stack,
-                root: root.as_deref(),
-                reserved: s.reserved_bytes,
-                resident: s.resident_bytes,
-                faults: s.made_resident_faults,
-            })
-        })
-        .collect();
-    let who = match report.processes.as_slice() {
-        [p] => format!("{} (pid {})", p.command, p.pid),
-        all => format!("{} processes", all.len()),
-    };
-    let mut metrics = vec![
-        (Metric::Reserved, "reserved"),
-        (Metric::Resident, "resident"),
-    ];
-    if report.fault_sample > 0 {
-        metrics.push((Metric::Faults, "faults"));
-    }
-    for (metric, name) in metrics {
-        let folded = export::folded(&samples, metric);
-        write(&dir.join(format!("{name}.folded")), folded.as_bytes())?;
-        if metric != Metric::Faults {
-            let title = format!("{name} bytes: {who}");
-            let svg = export::flamegraph_svg(&folded, &title, "bytes")?;
-            write(&dir.join(format!("{name}.svg")), svg.as_bytes())?;
+        .get(&tracker.root)
+        .is_some_and(|p| p.exited);
+    let flags = if exited { 0 } else { libc::WNOHANG };
+    // SAFETY: reaping our own child.
+    let reaped = unsafe { libc::waitpid(tracker.root as libc::pid_t, &mut status, flags) };
+    if reaped == tracker.root as libc::pid_t {
+        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+            eprintln!(
+                "memprof: the command exited with status {}",
+                libc::WEXITSTATUS(status)
+            );
+        } else if libc::WIFSIGNALED(status) {
+            eprintln!(
+                "memprof: the command was killed by signal {}",
+                libc::WTERMSIG(status)
+            );
         }
     }
-    let info = ProfileInfo {
-        duration_nanos: (report.duration_secs * 1e9) as i64,
-        comments: vec![format!("memprof: {who}")],
-        ..Default::default()
-    };
-    write(&dir.join("profile.pb.gz"), &export::pprof(&samples, &info))?;
-    // The processes whose address space grew most.
-    let growing: Vec<(&ProcessReport, String)> = report
-        .by_growth()
-        .into_iter()
-        .map(|p| match report.processes.len() {
-            1 => (p, format!("pid {}", p.pid)),
-            _ => (p, label(p)),
-        })
-        .collect();
-    let series: Vec<Series> = growing
-        .iter()
-        .map(|(p, name)| Series {
-            name,
-            samples: &p.timeline,
-        })
-        .collect();
-    let svg = export::timeline_svg(&format!("memory over time: {who}"), &series);
-    write(&dir.join("timeline.svg"), svg.as_bytes())?;
-    write(&dir.join("report.json"), json.as_bytes())
 }

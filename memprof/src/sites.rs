@@ -1,5 +1,5 @@
 //! Sites: the call stacks that reserve memory and fault it in. The kernel sends each stack
-//! once; the first record using it pins it to modules and file offsets with the region model
+//! once; the first event using it pins it to modules and file offsets with the region model
 //! as it is at that moment, so it can be symbolized after the process is gone.
 use std::{collections::HashMap, sync::Arc};
 
@@ -53,12 +53,12 @@ impl Default for Sites {
 }
 
 impl Sites {
-    /// Keeps a stack the kernel sent, for the records that refer to it.
-    pub fn add_stack(&mut self, record: &StackEvent) {
-        let frames = &record.ips[..(record.frames as usize).min(record.ips.len())];
+    /// Keeps a stack the kernel sent, for the events that refer to it.
+    pub fn add_stack(&mut self, event: &StackEvent) {
+        let frames = &event.ips[..(event.frames as usize).min(event.ips.len())];
         // A stack ends at its first zero, as the kernel's unwinder ends it.
         let frames = frames.iter().copied().take_while(|&ip| ip != 0).collect();
-        self.stacks.insert(record.id, frames);
+        self.stacks.insert(event.id, frames);
     }
 
     fn frames(&self, id: u64) -> Vec<u64> {
@@ -123,58 +123,10 @@ pub struct SiteFigures {
     /// Resident bytes in those regions.
     pub resident: u64,
     /// Page faults in those regions.
-    pub faults: u64,
+    pub faults_in_regions: u64,
     /// Bytes the site reserved that were unmapped since.
     pub released: u64,
-    /// Faults whose faulting code had this stack (`--fault-stacks`), scaled up by the
+    /// Page faults made by code with this stack (`--fault-stacks`), scaled up by the
     /// sampling rate.
-    pub made_resident_faults: u64,
-}
-
-/// Charges every region, fault and release of `process` to its site.
-pub fn charge(
-    process: &crate::process::Process,
-    fault_sample: u64,
-) -> HashMap<SiteId, SiteFigures> {
-    let mut figures: HashMap<SiteId, SiteFigures> = HashMap::new();
-    let space = &process.space;
-    for r in space.regions() {
-        let f = figures.entry(r.site).or_default();
-        f.reserved += r.size();
-        f.committed += if r.prot == 0 { 0 } else { r.size() };
-        f.resident += space.region_resident(r);
-    }
-    for (&site, &n) in &process.faults_by_site {
-        figures.entry(site).or_default().faults += n;
-    }
-    for (site, bytes) in space.released_by_site() {
-        figures.entry(site).or_default().released += bytes;
-    }
-    for (&site, &n) in &process.faults_by_stack {
-        figures.entry(site).or_default().made_resident_faults += n * fault_sample;
-    }
-    figures
-}
-
-/// The kernel function containing `address`, from /proc/kallsyms (read once).
-pub fn kernel_symbol(address: u64) -> String {
-    static KALLSYMS: std::sync::OnceLock<Vec<(u64, String)>> = std::sync::OnceLock::new();
-    let symbols = KALLSYMS.get_or_init(|| {
-        let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-        let mut symbols: Vec<(u64, String)> = text
-            .lines()
-            .filter_map(|l| {
-                let mut words = l.split_whitespace();
-                let address = u64::from_str_radix(words.next()?, 16).ok()?;
-                let name = words.nth(1)?;
-                (address != 0).then(|| (address, name.to_string()))
-            })
-            .collect();
-        symbols.sort_unstable();
-        symbols
-    });
-    match symbols.partition_point(|&(a, _)| a <= address) {
-        0 => format!("[kernel]+{address:#x}"),
-        i => format!("{}_[k]", symbols[i - 1].1),
-    }
+    pub faults_by_code: u64,
 }

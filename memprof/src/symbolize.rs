@@ -182,6 +182,17 @@ impl Symbolizer {
     }
 }
 
+/// The kernel function containing `address` (from /proc/kallsyms, read once), marked
+/// `_[k]` as perf and flamegraph.pl mark kernel frames.
+pub fn kernel_symbol(address: u64) -> String {
+    static SYMBOLS: std::sync::OnceLock<Vec<(u64, String)>> = std::sync::OnceLock::new();
+    let symbols = SYMBOLS.get_or_init(crate::procfs::read_kernel_symbols);
+    match symbols.partition_point(|&(a, _)| a <= address) {
+        0 => format!("[kernel]+{address:#x}"),
+        i => format!("{}_[k]", symbols[i - 1].1),
+    }
+}
+
 fn module_cache<'m>(
     modules: &'m mut HashMap<String, ModuleCache>,
     path: &str,

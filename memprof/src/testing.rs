@@ -2,7 +2,7 @@
 
 /// Compares `text` with `src/snapshots/NAME`; MEMPROF_UPDATE_SNAPSHOTS=1 rewrites the file
 /// (review the diff before committing).
-pub fn assert_snapshot(name: &str, text: &str) {
+pub(crate) fn assert_snapshot(name: &str, text: &str) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("src/snapshots")
         .join(name);

@@ -1,5 +1,9 @@
 //! `memprof run --all`: processes that start during the run, in their own cgroups, each
 //! checked against /proc; the filters keep only what they name.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test crate sees every dependency of the package"
+)]
 mod support;
 
 use std::{
@@ -16,7 +20,7 @@ const PAUSE_MS: u64 = 300;
 /// memprof tracing `--all` with `filter`, started and tracing; its report goes to `json`.
 fn start_all(json: &std::path::Path, filter: &[&str]) -> Child {
     let mut child = memprof()
-        .args(["run", "--all", "--interval", "20", "--json"])
+        .args(["run", "--all", "--interval", "20ms", "--json"])
         .arg(json)
         .args(filter)
         .stdout(Stdio::piped())

@@ -1,4 +1,8 @@
 //! Bad input and a hostile machine: a clear message and a distinct exit code for each.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test crate sees every dependency of the package"
+)]
 mod support;
 
 use std::process::{Command, Output, Stdio};

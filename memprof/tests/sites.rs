@@ -1,5 +1,9 @@
 //! Attribution: every reserved and resident byte charged to the call stack that made it,
 //! checked on known functions, and the exports read back.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test crate sees every dependency of the package"
+)]
 mod support;
 
 use std::{fs, path::Path};
@@ -33,7 +37,7 @@ fn bytes_and_faults_are_charged_to_the_functions_that_made_them() {
 /// figures must not change and no stack may be lost.
 #[test]
 fn stacks_that_collide_in_the_stack_map_are_sent_whole() {
-    charged_to_known_functions("collide", &["--fault-stacks", "--stack-map-entries", "1"]);
+    charged_to_known_functions("collide", &["--fault-stacks", "--stack-cache-slots", "1"]);
 }
 
 /// Without fault stacks the kernel sends a thread's faults on consecutive pages as one
@@ -94,7 +98,7 @@ fn charged_to_known_functions(name: &str, options: &[&str]) {
                     .iter()
                     .any(|f| f["function"].as_str().unwrap().contains(function))
             })
-            .map(|s| s["faults"].as_u64().unwrap())
+            .map(|s| s["faults_in_regions"].as_u64().unwrap())
             .sum()
     };
     assert_near(
@@ -188,13 +192,13 @@ fn sampled_fault_stacks_estimate_a_million_faults() {
     let exact: u64 = sites
         .iter()
         .filter(storm)
-        .map(|s| s["faults"].as_u64().unwrap())
+        .map(|s| s["faults_in_regions"].as_u64().unwrap())
         .sum();
     assert!(exact >= 16 * 65536, "{exact} faults");
     let estimate: u64 = sites
         .iter()
         .filter(storm)
-        .map(|s| s["made_resident_faults"].as_u64().unwrap())
+        .map(|s| s["faults_by_code"].as_u64().unwrap())
         .sum();
     let error = (estimate as f64 - exact as f64).abs() / exact as f64;
     assert!(

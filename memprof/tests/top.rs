@@ -1,4 +1,8 @@
 //! `memprof top`, in batch mode and driven interactively through tmux.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test crate sees every dependency of the package"
+)]
 mod support;
 
 use std::{

@@ -1,4 +1,8 @@
 //! memprof against real processes on this kernel, checked against /proc.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test crate sees every dependency of the package"
+)]
 mod support;
 
 use std::{
@@ -17,7 +21,7 @@ const PAUSE_MS: u64 = 300;
 fn launch_traced(json: &std::path::Path, command: &[&str]) -> std::process::Output {
     run_ok(
         memprof()
-            .args(["run", "--interval", "20", "--json"])
+            .args(["run", "--interval", "20ms", "--json"])
             .arg(json)
             .arg("--")
             .args(command),
@@ -102,7 +106,7 @@ fn attach_mode_is_exact_and_two_runs_coexist_and_clean_up() {
                 .args([
                     "run",
                     "--interval",
-                    "20",
+                    "20ms",
                     "--pid",
                     &pid.to_string(),
                     "--json",
@@ -282,7 +286,7 @@ fn timeline_svg_shows_the_workloads_phases() {
     let out = dir.join("out");
     run_ok(
         memprof()
-            .args(["run", "--interval", "20", "--output"])
+            .args(["run", "--interval", "20ms", "--output"])
             .arg(&out)
             .args(["--", WORKLOAD, "--pause-ms", "100"]),
     );
@@ -366,7 +370,7 @@ fn nothing_is_lost_at_a_high_event_rate() {
         .unwrap()
         .iter()
         .filter(|s| s["stack"].to_string().contains("memprof_storm_faults"))
-        .map(|s| s["faults"].as_u64().unwrap())
+        .map(|s| s["faults_in_regions"].as_u64().unwrap())
         .sum();
     assert_eq!(storm_faults, FAULTS);
 }

@@ -7,6 +7,10 @@
 //! With `--storm faults|syscalls|mixed` it instead runs one of the benchmark's storms (see
 //! `cargo xtask bench`) and prints only `{"storm":"NAME","elapsed_ns":N}`, the storm's own
 //! CLOCK_MONOTONIC duration, so that start-up and a tracer's attach time are not counted.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a standalone program that shares the package's dependencies"
+)]
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use libc::c_int;

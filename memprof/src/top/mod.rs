@@ -8,14 +8,34 @@ use std::{
 };
 
 use crate::{
-    cli::TopArgs,
-    filter::ProcessFilter,
-    probes::{LoadOptions, Probes},
-    run,
-    session::{self, Flow, Origin, Session, Watch},
+    events::monotonic_ns,
+    filter::{FilterSpec, ProcessFilter},
+    probes::{self, LoadOptions, Probes},
+    procfs::Proc,
+    session::{Flow, Session, Watch},
+    tracker::{Origin, Tracker},
 };
 use terminal::Terminal;
 use view::{Action, Figures, Header, Rates, Row, View};
+
+pub use view::SortKey;
+
+#[derive(Clone, Debug)]
+pub struct TopOptions {
+    pub filter: FilterSpec,
+    /// What the view is sorted by.
+    pub sort: SortKey,
+    /// Time between refreshes.
+    pub refresh: Duration,
+    /// Plain text every refresh instead of the interactive view.
+    pub batch: bool,
+    /// Processes printed per refresh in batch mode.
+    pub limit: usize,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Size of the kernel-to-memprof ring buffer (a power of two, at least a page).
+    pub ring_buffer_bytes: u32,
+}
 
 /// `top` keeps no timeline: one sample per process per year.
 const NO_TIMELINE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -60,9 +80,9 @@ impl Watch for Top {
         self.refresh
     }
 
-    fn refresh(&mut self, session: &mut Session) -> anyhow::Result<Flow> {
-        let now = session::monotonic_ns();
-        let figures = session
+    fn refresh(&mut self, tracker: &mut Tracker, lost_events: u64) -> anyhow::Result<Flow> {
+        let now = monotonic_ns();
+        let figures = tracker
             .processes
             .values()
             .map(|p| Figures {
@@ -77,11 +97,11 @@ impl Watch for Top {
             .collect();
         self.rows = self.rates.update(now, figures);
         // Shown once as exited, then forgotten: top may run for days.
-        session.processes.retain(|_, p| !p.exited);
+        tracker.processes.retain(|_, p| !p.exited);
         self.header = Header {
             elapsed_secs: (now - self.started_ns) as f64 / 1e9,
-            processes: session.processes.len(),
-            lost_events: session.lost_events_so_far(),
+            processes: tracker.processes.len(),
+            lost_events,
             refresh_secs: self.refresh.as_secs_f64(),
         };
         self.draw()?;
@@ -92,7 +112,7 @@ impl Watch for Top {
         self.terminal.is_some()
     }
 
-    fn keys(&mut self, keys: &[u8], _session: &Session) -> anyhow::Result<Flow> {
+    fn keys(&mut self, keys: &[u8]) -> anyhow::Result<Flow> {
         // An escape sequence (an arrow key, say) is not a key of ours; a lone Esc is.
         if keys.len() > 1 && keys[0] == 0x1b {
             return Ok(Flow::Continue);
@@ -112,22 +132,23 @@ impl Watch for Top {
     }
 }
 
-pub fn run(args: TopArgs) -> anyhow::Result<()> {
+pub fn run(args: TopOptions) -> anyhow::Result<()> {
     let filter = ProcessFilter::new(&args.filter)?;
-    let layout = run::check_machine()?;
+    let layout = probes::check_machine()?;
     let interactive =
         !args.batch && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
     let (probes, events) = Probes::load(&LoadOptions {
-        ring_buffer_bytes: args.ring_buffer_size,
+        ring_buffer_bytes: args.ring_buffer_bytes,
         // No stacks: top shows processes, not call sites.
-        stack_map_entries: 1,
+        stack_cache_slots: 1,
         kernel_stacks: false,
         fault_stack_sample: 0,
         filter: filter.kernel(std::process::id()),
         user_stacks: false,
         layout,
     })?;
-    let mut session = Session::new(probes, 0, Origin::All, NO_TIMELINE);
+    let tracker = Tracker::new(Proc, 0, Origin::All, NO_TIMELINE, monotonic_ns());
+    let mut session = Session::new(probes, tracker);
     let running = session.trace_running(&filter)?;
     eprintln!(
         "memprof: tracing {} ({running} running now); {}",
@@ -150,11 +171,11 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
         rows: Vec::new(),
         header: Header {
             elapsed_secs: 0.0,
-            processes: session.processes.len(),
+            processes: session.tracker.processes.len(),
             lost_events: 0,
             refresh_secs: args.refresh.as_secs_f64(),
         },
-        started_ns: session.started_ns,
+        started_ns: session.tracker.started_ns,
         refresh: args.refresh,
         terminal,
         limit: args.limit,
@@ -166,6 +187,6 @@ pub fn run(args: TopArgs) -> anyhow::Result<()> {
     // Leave the alternate screen before anything more is printed.
     drop(top);
     result?;
-    eprintln!("memprof: lost events: {}", session.lost_events);
+    eprintln!("memprof: lost events: {}", session.tracker.lost_events);
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::report::bytes;
+use crate::units::bytes;
 
 /// One process's figures at one refresh, as the session knows them.
 #[derive(Clone, Debug)]
@@ -38,7 +38,7 @@ pub struct Row {
 }
 
 /// What the rows are sorted by, fastest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortKey {
     /// By reserved (address space) growth
     Reserved,

@@ -12,19 +12,19 @@ use std::{
 
 use serde_json::Value;
 
-pub const MEMPROF: &str = env!("CARGO_BIN_EXE_memprof");
-pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_memprof-workload");
-pub const MIB: u64 = 1 << 20;
+pub(crate) const MEMPROF: &str = env!("CARGO_BIN_EXE_memprof");
+pub(crate) const WORKLOAD: &str = env!("CARGO_BIN_EXE_memprof-workload");
+pub(crate) const MIB: u64 = 1 << 20;
 
 /// A fresh directory for one test's files.
-pub fn scratch(name: &str) -> PathBuf {
+pub(crate) fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("memprof-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-pub fn memprof() -> Command {
+pub(crate) fn memprof() -> Command {
     let mut cmd = Command::new(MEMPROF);
     cmd.env("RUST_LOG", "warn");
     cmd
@@ -32,17 +32,17 @@ pub fn memprof() -> Command {
 
 /// What a workload printed at one checkpoint: the kernel's figures at that instant.
 #[derive(Debug)]
-pub struct Checkpoint {
-    pub name: String,
-    pub monotonic_ns: u64,
+pub(crate) struct Checkpoint {
+    pub(crate) name: String,
+    pub(crate) monotonic_ns: u64,
     /// When the program itself saw VmSize unchanged until then (programs whose runtime keeps
     /// mapping memory while they sleep); otherwise the pause after the checkpoint counts.
-    pub until_ns: Option<u64>,
-    pub vm_size: u64,
-    pub vm_rss: u64,
+    pub(crate) until_ns: Option<u64>,
+    pub(crate) vm_size: u64,
+    pub(crate) vm_rss: u64,
 }
 
-pub fn checkpoints(stdout: &str) -> Vec<Checkpoint> {
+pub(crate) fn checkpoints(stdout: &str) -> Vec<Checkpoint> {
     stdout
         .lines()
         .filter(|l| l.starts_with("{\"checkpoint\""))
@@ -59,14 +59,14 @@ pub fn checkpoints(stdout: &str) -> Vec<Checkpoint> {
         .collect()
 }
 
-pub fn read_json(path: &Path) -> Value {
+pub(crate) fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("memprof wrote no {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
 /// The JSON report of `memprof run OPTIONS --json … -- COMMAND`, run in a scratch directory.
-pub fn json_report(name: &str, options: &[&str], command: &[&str]) -> Value {
+pub(crate) fn json_report(name: &str, options: &[&str], command: &[&str]) -> Value {
     let json = scratch(name).join("report.json");
     run_ok(
         memprof()
@@ -80,7 +80,7 @@ pub fn json_report(name: &str, options: &[&str], command: &[&str]) -> Value {
     read_json(&json)
 }
 
-pub fn process(report: &Value, pid: u64) -> &Value {
+pub(crate) fn process(report: &Value, pid: u64) -> &Value {
     report["processes"]
         .as_array()
         .unwrap()
@@ -89,14 +89,14 @@ pub fn process(report: &Value, pid: u64) -> &Value {
         .unwrap_or_else(|| panic!("pid {pid} not in report: {report:#}"))
 }
 
-pub fn resident_close(ours: u64, kernel: u64) -> bool {
+pub(crate) fn resident_close(ours: u64, kernel: u64) -> bool {
     let tolerance = (kernel / 100).max(MIB);
     ours.abs_diff(kernel) <= tolerance
 }
 
 /// Every checkpoint must have timeline samples taken while the workload paused after it, and
 /// each must show reserved == VmSize exactly and resident within max(1%, 1 MiB) of VmRSS.
-pub fn assert_checkpoints_match(process: &Value, checkpoints: &[Checkpoint], pause_ms: u64) {
+pub(crate) fn assert_checkpoints_match(process: &Value, checkpoints: &[Checkpoint], pause_ms: u64) {
     assert!(
         !checkpoints.is_empty(),
         "the workload printed no checkpoints"
@@ -142,7 +142,7 @@ pub fn assert_checkpoints_match(process: &Value, checkpoints: &[Checkpoint], pau
 
 /// Waits until memprof says it is tracing; returns the traced pid and memprof's stderr for
 /// later reading.
-pub fn wait_until_tracing(child: &mut Child) -> (u32, BufReader<ChildStderr>) {
+pub(crate) fn wait_until_tracing(child: &mut Child) -> (u32, BufReader<ChildStderr>) {
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     loop {
@@ -158,12 +158,12 @@ pub fn wait_until_tracing(child: &mut Child) -> (u32, BufReader<ChildStderr>) {
     }
 }
 
-pub fn signal(child: &Child, signal: i32) {
+pub(crate) fn signal(child: &Child, signal: i32) {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, signal) };
 }
 
-pub fn run_ok(cmd: &mut Command) -> Output {
+pub(crate) fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.stdin(Stdio::null()).output().unwrap();
     assert!(
         out.status.success(),
@@ -175,23 +175,23 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 }
 
 /// A cgroup v2 directory made for one test, removed (with its children) at the end.
-pub struct TestCgroup {
+pub(crate) struct TestCgroup {
     dir: PathBuf,
     /// From the cgroup v2 root, as `--cgroup` takes it.
-    pub path: String,
+    pub(crate) path: String,
 }
 
 impl TestCgroup {
-    pub fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-        let root = memprof::filter::cgroup2_root(&mounts).expect("cgroup v2 is mounted");
+        let root = memprof::procfs::cgroup2_root(&mounts).expect("cgroup v2 is mounted");
         let path = format!("/memprof-test-{name}-{}", std::process::id());
         let dir = PathBuf::from(root).join(&path[1..]);
         fs::create_dir_all(&dir).unwrap();
         Self { dir, path }
     }
 
-    pub fn child(&self, name: &str) -> Self {
+    pub(crate) fn child(&self, name: &str) -> Self {
         let dir = self.dir.join(name);
         fs::create_dir_all(&dir).unwrap();
         Self {
@@ -202,7 +202,7 @@ impl TestCgroup {
 
     /// Starts `command` inside this cgroup: a shell moves itself in, then execs it. Its
     /// stdout is piped.
-    pub fn spawn(&self, command: &[&str]) -> Child {
+    pub(crate) fn spawn(&self, command: &[&str]) -> Child {
         let script = format!(
             "echo $$ > {}/cgroup.procs && exec \"$@\"",
             self.dir.display()
@@ -243,7 +243,7 @@ impl Drop for TestCgroup {
 }
 
 /// Builds the test Go program in `dir` with Debian's go; returns its path.
-pub fn build_go_program(dir: &Path) -> PathBuf {
+pub(crate) fn build_go_program(dir: &Path) -> PathBuf {
     let go = which("go").expect(
         "`go` is not installed: `cargo xtask setup` installs Debian's golang-go for this test",
     );
@@ -260,7 +260,7 @@ pub fn build_go_program(dir: &Path) -> PathBuf {
     dir.join("prog")
 }
 
-pub fn which(program: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .chain(["/usr/lib/go/bin".into(), "/usr/local/go/bin".into()])
         .map(|d| d.join(program))
@@ -269,7 +269,7 @@ pub fn which(program: &str) -> Option<std::path::PathBuf> {
 
 /// Allocates and touches 4 MiB, then prints a checkpoint like the Rust workload's, with the
 /// window (`until_ns`) over which it saw its VmSize hold still.
-pub const GO_PROGRAM: &str = r#"package main
+pub(crate) const GO_PROGRAM: &str = r#"package main
 
 import (
 	"fmt"

@@ -1,180 +1,10 @@
-//! Outputs other tools read: folded stacks (flamegraph.pl, inferno, speedscope), SVG flame
-//! graphs rendered in-process with inferno, and gzipped pprof profiles (`go tool pprof`,
-//! Pyroscope, Parca, Grafana).
-//!
-//! Everything here is pure: symbolized stacks and their figures in, bytes or text out.
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt::Write as _,
-    io::Write as _,
-};
+//! pprof profiles (gzipped `profile.proto`): what `go tool pprof`, Pyroscope, Parca and
+//! Grafana read.
+use std::{collections::HashMap, io::Write as _};
 
-use anyhow::Context as _;
-
-use crate::process::Sample;
-use inferno::flamegraph::{
-    self,
-    color::{BasicPalette, Palette},
-};
 use prost::Message as _;
 
-/// One symbolized frame (the symbolizer's own type): `function` is the demangled name, or
-/// "module+0x1f3a" when unknown; `module` the binary or library path; `address` the runtime
-/// address; `module_offset` the file offset in `module`.
-pub use crate::symbolize::Frame;
-
-/// A call stack (a site) with its figures.
-#[derive(Debug, Clone, Copy)]
-pub struct SiteSample<'a> {
-    /// LEAF FIRST, as the kernel gives them.
-    pub frames: &'a [Frame],
-    /// An extra root frame, e.g. the process, "memprof-workload (1234)"; None: none.
-    pub root: Option<&'a str>,
-    pub reserved: u64,
-    pub resident: u64,
-    pub faults: u64,
-}
-
-/// Which figure of a [`SiteSample`] a folded line counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Metric {
-    /// Bytes.
-    Reserved,
-    /// Bytes.
-    Resident,
-    /// Number of page faults.
-    Faults,
-}
-
-impl Metric {
-    fn of(self, s: &SiteSample) -> u64 {
-        match self {
-            Metric::Reserved => s.reserved,
-            Metric::Resident => s.resident,
-            Metric::Faults => s.faults,
-        }
-    }
-}
-
-/// A frame name safe in a folded line: no ';' (the frame separator) and no line breaks or
-/// other control characters.
-fn folded_name(name: &str) -> String {
-    let name: String = name
-        .chars()
-        .map(|c| match c {
-            ';' => ':',
-            c if c.is_control() => ' ',
-            c => c,
-        })
-        .collect();
-    let name = name.trim();
-    if name.is_empty() {
-        "[unknown]".to_string()
-    } else {
-        name.to_string()
-    }
-}
-
-/// Folded stacks: one `root;frame;...;leaf COUNT\n` line per distinct stack, root first,
-/// sorted by stack, identical stacks merged, zero counts left out. COUNT is bytes for
-/// reserved/resident and faults for [`Metric::Faults`].
-pub fn folded(samples: &[SiteSample], metric: Metric) -> String {
-    let mut stacks: BTreeMap<String, u64> = BTreeMap::new();
-    let mut stack = String::new();
-    for sample in samples {
-        let count = metric.of(sample);
-        if count == 0 {
-            continue;
-        }
-        stack.clear();
-        let names = sample
-            .root
-            .into_iter()
-            .chain(sample.frames.iter().rev().map(|f| f.function.as_str()));
-        for (i, name) in names.enumerate() {
-            if i != 0 {
-                stack.push(';');
-            }
-            stack.push_str(&folded_name(name));
-        }
-        if stack.is_empty() {
-            stack.push_str("[unknown]");
-        }
-        let total = stacks.entry(stack.clone()).or_default();
-        *total = total.saturating_add(count);
-    }
-    let mut out = String::new();
-    for (stack, count) in stacks {
-        let _ = writeln!(out, "{stack} {count}");
-    }
-    out
-}
-
-/// Whether folded text has at least one stack with a count above zero.
-fn has_counts(folded: &str) -> bool {
-    folded.lines().map(str::trim).any(|line| {
-        !line.is_empty()
-            && !line.starts_with("# ")
-            && line
-                .rsplit_once(' ')
-                .and_then(|(_, n)| n.parse::<f64>().ok())
-                .is_some_and(|n| n > 0.0)
-    })
-}
-
-fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The SVG for a profile with nothing in it (inferno refuses to draw one).
-fn empty_svg(title: &str) -> String {
-    format!(
-        concat!(
-            "<?xml version=\"1.0\" standalone=\"no\"?>\n",
-            "<svg version=\"1.1\" width=\"1200\" height=\"80\" viewBox=\"0 0 1200 80\" ",
-            "xmlns=\"http://www.w3.org/2000/svg\">\n",
-            "<rect x=\"0\" y=\"0\" width=\"100%\" height=\"100%\" fill=\"#eef2ee\"/>\n",
-            "<text x=\"50%\" y=\"24\" text-anchor=\"middle\" font-family=\"monospace\" ",
-            "font-size=\"17\">{}</text>\n",
-            "<text x=\"50%\" y=\"56\" text-anchor=\"middle\" font-family=\"monospace\" ",
-            "font-size=\"12\">no samples</text>\n",
-            "</svg>\n"
-        ),
-        xml_escape(title)
-    )
-}
-
-/// Renders folded stacks (see [`folded`]) as an SVG flame graph with inferno's memory
-/// palette. `count_name` names the unit of the counts ("bytes", "faults"). Colours are
-/// deterministic (a function keeps its colour across runs). Frames narrower than 0.1% of
-/// the total are left out. Input without any count gives a small SVG saying "no samples".
-pub fn flamegraph_svg(folded: &str, title: &str, count_name: &str) -> anyhow::Result<String> {
-    if !has_counts(folded) {
-        return Ok(empty_svg(title));
-    }
-    let mut options = flamegraph::Options::default();
-    options.colors = Palette::Basic(BasicPalette::Mem);
-    options.title = title.to_string();
-    options.count_name = count_name.to_string();
-    options.deterministic = true;
-    options.min_width = 0.1;
-    let mut svg = Vec::new();
-    flamegraph::from_lines(&mut options, folded.lines(), &mut svg)
-        .context("rendering the flame graph")?;
-    String::from_utf8(svg).context("the flame graph is not UTF-8")
-}
+use super::SiteSample;
 
 /// perftools.profiles, as in
 /// <https://github.com/google/pprof/blob/main/proto/profile.proto>, declared by hand.
@@ -500,7 +330,7 @@ pub fn pprof_profile(samples: &[SiteSample], info: &ProfileInfo) -> proto::Profi
         }
         sample.push(proto::Sample {
             location_id: location_id_list,
-            value: vec![int(s.reserved), int(s.resident), int(s.faults)],
+            value: vec![int(s.reserved), int(s.resident), int(s.faults_by_code)],
             label,
         });
     }
@@ -534,259 +364,12 @@ pub fn pprof(samples: &[SiteSample], info: &ProfileInfo) -> Vec<u8> {
         .expect("gzip into memory cannot fail")
 }
 
-/// One process's timeline for [`timeline_svg`].
-pub struct Series<'a> {
-    /// How the legend names it, e.g. "memprof-workload (1234)".
-    pub name: &'a str,
-    pub samples: &'a [Sample],
-}
-
-/// The three figures drawn, with their colours.
-const TIMELINE_METRICS: [(&str, &str); 3] = [
-    ("reserved", "#1f77b4"),
-    ("committed", "#ff7f0e"),
-    ("resident", "#2ca02c"),
-];
-/// Line styles telling processes apart (the colour tells the figure).
-const TIMELINE_DASHES: [&str; 3] = ["", "8 4", "2 3"];
-
-/// Reserved, committed and resident bytes over time, one line each per process (at most
-/// three: pass the ones that matter), with labelled axes in bytes and seconds and a legend.
-/// Each line is a `polyline` with id `FIGURE-INDEX` (e.g. `reserved-0`).
-pub fn timeline_svg(title: &str, series: &[Series]) -> String {
-    let (w, h, left, right, top, bottom) = (960.0, 480.0, 90.0, 20.0, 70.0, 50.0_f64);
-    let series = &series[..series.len().min(TIMELINE_DASHES.len())];
-    let samples = || series.iter().flat_map(|s| s.samples.iter());
-    let t0 = samples().map(|s| s.monotonic_ns).min().unwrap_or(0);
-    // Four ticks per axis at round values: a power of two of bytes, 1/2/5 x 10^k seconds.
-    let seconds = samples().map(|s| s.monotonic_ns - t0).max().unwrap_or(0) as f64 / 1e9;
-    let t_step = [1.0, 2.0, 5.0]
-        .iter()
-        .flat_map(|m| (-3..4).map(move |e| m * 10f64.powi(e)))
-        .filter(|step| step * 4.0 >= seconds)
-        .fold(f64::MAX, f64::min);
-    let t_max = t_step * 4.0;
-    let peak = samples()
-        .map(|s| s.reserved.max(s.resident))
-        .max()
-        .unwrap_or(0);
-    let y_step = peak.div_ceil(4).max(1).next_power_of_two();
-    let y_ticks = peak.div_ceil(y_step).max(1);
-    let y_max = (y_step * y_ticks) as f64;
-    let x = |ns: u64| left + (ns - t0) as f64 / 1e9 / t_max * (w - left - right);
-    let y = |bytes: u64| h - bottom - bytes as f64 / y_max * (h - top - bottom);
-
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="20" text-anchor="middle" font-size="16">{}</text>"#,
-        w / 2.0,
-        xml_escape(title)
-    );
-    // Axes, ticks and grid.
-    let (x0, x1, y0, y1) = (left, w - right, h - bottom, top);
-    let _ = writeln!(
-        svg,
-        r##"<path d="M{x0} {y1} V{y0} h{x1}" stroke="black" fill="none"/>
-<text x="{}" y="{}" text-anchor="middle">seconds since tracing began</text>
-<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">bytes</text>"##,
-        (x0 + x1) / 2.0,
-        h - 12.0,
-        (y0 + y1) / 2.0,
-        (y0 + y1) / 2.0,
-    );
-    for i in 0..=y_ticks {
-        let ty = y(i * y_step);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{x0}" y1="{ty:.1}" x2="{x1}" y2="{ty:.1}" stroke="#ddd"/>
-<text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
-            x0 - 6.0,
-            ty + 4.0,
-            crate::report::bytes(i * y_step),
-        );
-    }
-    // As many decimals as the step has: 0.1 s steps print "0.3", not 0.30000000000000004.
-    let decimals = (-t_step.log10().floor()).max(0.0) as usize;
-    for i in 0..=4 {
-        let second = t_step * f64::from(i);
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{second:.decimals$}</text>"#,
-            x0 + second / t_max * (x1 - x0),
-            y0 + 18.0,
-        );
-    }
-    // Lines, then the legend.
-    for (index, s) in series.iter().enumerate() {
-        let step = s.samples.len().div_ceil(2000).max(1);
-        for (metric, colour) in TIMELINE_METRICS {
-            let mut points = String::new();
-            for sample in s.samples.iter().step_by(step).chain(s.samples.last()) {
-                let value = match metric {
-                    "reserved" => sample.reserved,
-                    "committed" => sample.committed,
-                    _ => sample.resident,
-                };
-                let _ = write!(points, "{:.1},{:.1} ", x(sample.monotonic_ns), y(value));
-            }
-            let _ = writeln!(
-                svg,
-                r#"<polyline id="{metric}-{index}" points="{}" fill="none" stroke="{colour}" stroke-width="2" stroke-dasharray="{}"/>"#,
-                points.trim_end(),
-                TIMELINE_DASHES[index]
-            );
-        }
-    }
-    let mut lx = left;
-    for (metric, colour) in TIMELINE_METRICS {
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{lx}" y1="40" x2="{}" y2="40" stroke="{colour}" stroke-width="3"/><text x="{}" y="44">{metric}</text>"#,
-            lx + 24.0,
-            lx + 30.0
-        );
-        lx += 110.0;
-    }
-    for (s, dash) in series.iter().zip(TIMELINE_DASHES) {
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{lx}" y1="40" x2="{}" y2="40" stroke="black" stroke-width="2" stroke-dasharray="{dash}"/><text x="{}" y="44">{}</text>"#,
-            lx + 24.0,
-            lx + 30.0,
-            xml_escape(s.name)
-        );
-        lx += 40.0 + 7.0 * s.name.chars().count() as f64;
-    }
-    svg.push_str("</svg>\n");
-    svg
-}
-
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashSet, io::Read as _, process::Command};
+    use std::{collections::HashSet, io::Read as _};
 
     use super::*;
-    use crate::testing::assert_snapshot;
-
-    fn frame(function: &str, module: &str, address: u64) -> Frame {
-        Frame {
-            function: function.into(),
-            module: Some(module.into()),
-            file: None,
-            line: None,
-            address,
-            module_offset: address - 0x7f00_0000_0000,
-        }
-    }
-
-    fn site<'a>(frames: &'a [Frame], root: Option<&'a str>, reserved: u64) -> SiteSample<'a> {
-        SiteSample {
-            frames,
-            root,
-            reserved,
-            resident: reserved / 2,
-            faults: reserved / 4096,
-        }
-    }
-
-    #[test]
-    fn folded_merges_sorts_and_escapes() {
-        let libc = "/usr/lib/libc.so.6";
-        let a = [
-            frame("mmap", libc, 0x7f00_0000_1000),
-            frame("main", "/bin/w", 0x7f00_0000_2000),
-        ];
-        let b = [
-            frame("malloc", libc, 0x7f00_0000_3000),
-            frame("<[u8; 8] as Foo>::bar\nbaz", "/bin/w", 0x7f00_0000_4000),
-            frame("main", "/bin/w", 0x7f00_0000_2000),
-        ];
-        let samples = [
-            site(&b, Some("w (7)"), 4096),
-            site(&a, Some("w (7)"), 1 << 20),
-            site(&a, Some("w (7)"), 1 << 20),
-            site(&a, None, 8192),
-            site(&b, Some("w (7)"), 0),
-            site(&[], Some("w (7)"), 3),
-        ];
-        assert_eq!(
-            folded(&samples, Metric::Reserved),
-            "main;mmap 8192\n\
-             w (7) 3\n\
-             w (7);main;<[u8: 8] as Foo>::bar baz;malloc 4096\n\
-             w (7);main;mmap 2097152\n"
-        );
-        assert_eq!(
-            folded(&samples, Metric::Resident),
-            "main;mmap 4096\n\
-             w (7) 1\n\
-             w (7);main;<[u8: 8] as Foo>::bar baz;malloc 2048\n\
-             w (7);main;mmap 1048576\n"
-        );
-        assert_eq!(
-            folded(&samples, Metric::Faults),
-            "main;mmap 2\nw (7);main;<[u8: 8] as Foo>::bar baz;malloc 1\nw (7);main;mmap 512\n"
-        );
-        assert_eq!(folded(&[], Metric::Reserved), "");
-    }
-
-    fn assert_svg(svg: &str, title: &str) {
-        assert!(svg.starts_with("<?xml"), "{svg}");
-        let open = svg.find("<svg").expect("no <svg");
-        let close = svg.rfind("</svg>").expect("no </svg>");
-        assert!(open < close);
-        assert!(svg[close + "</svg>".len()..].trim().is_empty());
-        assert!(svg.contains(title), "title {title:?} missing");
-    }
-
-    const FOLDED: &str = "\
-memprof-workload (1234);_start;main;alloc::vec::Vec<T>::reserve;malloc;mmap 1073741824
-memprof-workload (1234);_start;main;runtime.sysReserve;mmap 268435456
-memprof-workload (1234);_start;main;std::thread::spawn;pthread_create;mmap 8392704
-memprof-workload (1234);_start;_dl_start;mmap 4096
-memprof-workload (1234);_start;main;tiny 100
-";
-
-    #[test]
-    fn flamegraph_snapshot() {
-        let title = "memprof: reserved & mapped";
-        let svg = flamegraph_svg(FOLDED, title, "bytes").unwrap();
-        assert_svg(&svg, "memprof: reserved &amp; mapped");
-        for name in [
-            "runtime.sysReserve",
-            "pthread_create",
-            "memprof-workload (1234)",
-        ] {
-            assert!(svg.contains(name), "{name} missing");
-        }
-        assert!(svg.contains("bytes"));
-        // Under min_width (0.1%): not drawn.
-        assert!(!svg.contains(">tiny"));
-        assert_snapshot("export_flamegraph.svg", &svg);
-        // Same input, same bytes: colours are deterministic.
-        assert_eq!(svg, flamegraph_svg(FOLDED, title, "bytes").unwrap());
-    }
-
-    #[test]
-    fn flamegraph_of_nothing_is_a_valid_svg() {
-        let svg = flamegraph_svg("", "memprof: <none>", "bytes").unwrap();
-        assert_svg(&svg, "memprof: &lt;none&gt;");
-        assert!(svg.contains("no samples"));
-        assert_snapshot("export_flamegraph_empty.svg", &svg);
-        assert_eq!(
-            flamegraph_svg("a;b 0\n\n", "memprof: <none>", "bytes").unwrap(),
-            svg
-        );
-        let folded = folded(&[site(&[], Some("p"), 0)], Metric::Faults);
-        assert_eq!(
-            flamegraph_svg(&folded, "t", "faults").unwrap(),
-            empty_svg("t")
-        );
-    }
+    use crate::export::Frame;
 
     fn gunzip(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -860,21 +443,21 @@ memprof-workload (1234);_start;main;tiny 100
                 root: Some("memprof-workload (1234)"),
                 reserved: 1 << 30,
                 resident: 4 << 20,
-                faults: 1024,
+                faults_by_code: 1024,
             },
             SiteSample {
                 frames: &f.b,
                 root: Some("memprof-workload (1234)"),
                 reserved: 64 << 20,
                 resident: 8 << 10,
-                faults: 2,
+                faults_by_code: 2,
             },
             SiteSample {
                 frames: &f.c,
                 root: None,
                 reserved: 0,
                 resident: 4096,
-                faults: 1,
+                faults_by_code: 1,
             },
         ]
     }
@@ -975,7 +558,7 @@ memprof-workload (1234);_start;main;tiny 100
                 [
                     want.reserved as i64,
                     want.resident as i64,
-                    want.faults as i64
+                    want.faults_by_code as i64
                 ]
             );
             let stack: Vec<(String, i64, u64)> = got
@@ -1022,108 +605,5 @@ memprof-workload (1234);_start;main;tiny 100
         assert_eq!(p.string_table[0], "");
         assert_eq!(p.sample_type.len(), 3);
         assert!(p.sample.is_empty() && p.location.is_empty());
-    }
-
-    fn go_tool_pprof(args: &[&str], file: &std::path::Path) -> String {
-        let out = Command::new("go")
-            .args(["tool", "pprof"])
-            .args(args)
-            .arg(file)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "running `go tool pprof`: {e}. This test needs Go's pprof: \
-                     `cargo xtask setup` installs Debian's golang-go"
-                )
-            });
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "go tool pprof {args:?} failed: {}\n{stdout}\n{stderr}",
-            out.status
-        );
-        stdout
-    }
-
-    /// `go tool pprof`, the reference reader, accepts the profile and shows our functions.
-    #[test]
-    fn go_tool_pprof_reads_the_profile() {
-        let f = fixture();
-        let bytes = pprof(&fixture_samples(&f), &ProfileInfo::default());
-        let path =
-            std::env::temp_dir().join(format!("memprof-export-test-{}.pb.gz", std::process::id()));
-        std::fs::write(&path, &bytes).unwrap();
-        let top = go_tool_pprof(&["-top", "-sample_index=reserved"], &path);
-        let traces = go_tool_pprof(&["-traces"], &path);
-        let resident = go_tool_pprof(
-            &["-top", "-sample_index=resident", "-nodefraction=0"],
-            &path,
-        );
-        let _ = std::fs::remove_file(&path);
-        println!("go tool pprof -top -sample_index=reserved:\n{top}");
-        println!("go tool pprof -traces:\n{traces}");
-        for name in [
-            "mmap64",
-            "reserve_arena",
-            "malloc",
-            "main",
-            "memprof-workload (1234)",
-        ] {
-            assert!(top.contains(name), "{name} missing from -top:\n{top}");
-            assert!(
-                traces.contains(name),
-                "{name} missing from -traces:\n{traces}"
-            );
-        }
-        assert!(top.contains("Type: reserved"), "{top}");
-        assert!(top.contains("1024MB"), "{top}");
-        assert!(
-            traces.contains("process:  memprof-workload (1234)"),
-            "{traces}"
-        );
-        assert!(resident.contains("Type: resident"), "{resident}");
-        assert!(resident.contains("[vdso]+0x10"), "{resident}");
-    }
-
-    #[test]
-    fn timeline_snapshot() {
-        let sample = |ms: u64, reserved: u64, committed: u64, resident: u64| Sample {
-            monotonic_ns: 5_000_000_000 + ms * 1_000_000,
-            reserved: reserved << 20,
-            committed: committed << 20,
-            resident: resident << 20,
-        };
-        let first = [
-            sample(0, 1, 1, 0),
-            sample(100, 1024, 1, 0),
-            sample(200, 1024, 256, 64),
-            sample(300, 880, 256, 48),
-        ];
-        let second = [sample(50, 10, 10, 5), sample(250, 40, 40, 30)];
-        let svg = timeline_svg(
-            "memory over time: a <b> & c",
-            &[
-                Series {
-                    name: "workload (1)",
-                    samples: &first,
-                },
-                Series {
-                    name: "child (2)",
-                    samples: &second,
-                },
-            ],
-        );
-        assert!(svg.starts_with("<?xml") && svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains("a &lt;b&gt; &amp; c"));
-        for label in [
-            "seconds since tracing began",
-            "bytes",
-            "1.0 GiB",
-            "reserved-1",
-        ] {
-            assert!(svg.contains(label), "{label} missing");
-        }
-        assert_snapshot("export_timeline.svg", &svg);
     }
 }

@@ -1,104 +1,12 @@
-//! The report: built from a finished session, rendered for the terminal (a pure function, so
-//! it is snapshot-tested) and serialised as JSON.
+//! The terminal report: a pure function of the report, snapshot-tested.
 use std::fmt::Write as _;
 
-use serde::Serialize;
-
-use std::collections::HashMap;
-
+use super::{ProcessReport, Report, SiteReport, stacks::short_stack};
+use crate::process::Extent;
 use crate::{
-    address_space::{PAGE_SIZE, Region, SiteId},
-    process::{EventCounts, Extent, ProcCheck, Process, ResidentSplit, Sample},
-    session::Session,
-    sites::{self, Site, SiteFigures},
-    symbolize::{Frame, Location, Symbolizer},
+    address_space::PAGE_SIZE,
+    units::{bytes, signed_bytes},
 };
-
-#[derive(Debug, Serialize)]
-pub struct Report {
-    /// Records the kernel could not deliver to memprof; any figure may be off when not 0.
-    pub lost_events: u64,
-    /// Stacks the kernel could not store; their bytes are charged to "[stack not captured]".
-    pub lost_stacks: u64,
-    /// With --fault-stacks, one fault in this many had its stack recorded; the
-    /// `made_resident_faults` figures are scaled by it (estimates when above 1). 0: off.
-    pub fault_sample: u64,
-    pub duration_secs: f64,
-    pub processes: Vec<ProcessReport>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ProcessReport {
-    pub pid: u32,
-    pub command: String,
-    /// Its cgroup v2 path ("" when /proc did not say).
-    pub cgroup: String,
-    pub traced_secs: f64,
-    /// The process exited while traced: "end" is its state just before its address space
-    /// was torn down.
-    pub exited: bool,
-    pub reserved_bytes: Extent,
-    /// Reserved bytes not PROT_NONE, at the end.
-    pub committed_bytes: u64,
-    pub resident_bytes: Extent,
-    pub resident_split: SplitReport,
-    pub regions: Vec<RegionReport>,
-    pub events: EventCounts,
-    /// /proc/PID/status read at the end, when the process was still alive.
-    pub proc_check: Option<ProcCheck>,
-    /// Set when memprof knows its model of this process is not complete, and why.
-    pub incomplete: Option<String>,
-    /// Call stacks and what each reserved, made resident and released, most reserved first.
-    pub sites: Vec<SiteReport>,
-    pub timeline: Vec<Sample>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SiteReport {
-    /// Leaf first, inlined frames included.
-    pub stack: Vec<Frame>,
-    /// The outermost frame is not a thread's entry point: the unwinder (frame pointers)
-    /// stopped early.
-    pub truncated: bool,
-    pub reserved_bytes: u64,
-    pub committed_bytes: u64,
-    pub resident_bytes: u64,
-    /// Page faults in the regions this site reserved.
-    pub faults: u64,
-    pub released_bytes: u64,
-    /// Faults made by code with this stack (`--fault-stacks`; scaled, see `fault_sample`).
-    pub made_resident_faults: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SplitReport {
-    pub start: ResidentSplit,
-    pub end: ResidentSplit,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RegionReport {
-    pub start: u64,
-    pub end: u64,
-    pub kind: &'static str,
-    pub perms: String,
-    pub path: Option<String>,
-    pub reserved_bytes: u64,
-    /// Pages memprof saw made resident (faults, populate) plus what smaps said at attach.
-    pub resident_bytes: u64,
-    /// Where it was reserved: the first frame of its site outside the C library.
-    pub site: String,
-}
-
-fn perms(region: &Region) -> String {
-    let flag = |bit: u32, c: char| if region.prot & bit != 0 { c } else { '-' };
-    let mut s = String::with_capacity(4);
-    s.push(flag(libc::PROT_READ as u32, 'r'));
-    s.push(flag(libc::PROT_WRITE as u32, 'w'));
-    s.push(flag(libc::PROT_EXEC as u32, 'x'));
-    s.push(if region.shared { 's' } else { 'p' });
-    s
-}
 
 /// At most `width` characters, an ellipsis marking a cut.
 fn shorten(s: &str, width: usize) -> String {
@@ -108,232 +16,6 @@ fn shorten(s: &str, width: usize) -> String {
     let mut cut: String = s.chars().take(width - 1).collect();
     cut.push('…');
     cut
-}
-
-fn secs(ns: u64) -> f64 {
-    ns as f64 / 1e9
-}
-
-impl Report {
-    /// Symbolizes the sites of every process, so this reads binaries from disk.
-    pub fn new(session: &Session, fault_sample: u32) -> Self {
-        let mut stacks = Stacks {
-            symbolizer: Symbolizer::new(),
-            memo: HashMap::new(),
-            sites: &session.sites,
-        };
-        let processes = session
-            .processes
-            .values()
-            .map(|p| ProcessReport::new(p, &mut stacks, u64::from(fault_sample.max(1))))
-            .collect();
-        Self {
-            lost_events: session.lost_events,
-            lost_stacks: session.lost_stacks,
-            fault_sample: u64::from(fault_sample),
-            duration_secs: secs(session.ended_ns.saturating_sub(session.started_ns)),
-            processes,
-        }
-    }
-}
-
-/// Symbolized sites, each done once.
-struct Stacks<'a> {
-    symbolizer: Symbolizer,
-    memo: HashMap<SiteId, Vec<Frame>>,
-    sites: &'a sites::Sites,
-}
-
-impl Stacks<'_> {
-    fn frames(&mut self, id: SiteId) -> &[Frame] {
-        let Self {
-            symbolizer,
-            memo,
-            sites,
-        } = self;
-        memo.entry(id)
-            .or_insert_with(|| symbolize_site(symbolizer, sites.get(id)))
-    }
-}
-
-fn placeholder_frame(name: &str) -> Frame {
-    Frame {
-        function: name.to_string(),
-        module: None,
-        file: None,
-        line: None,
-        address: 0,
-        module_offset: 0,
-    }
-}
-
-fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
-    if let Some(name) = site.placeholder {
-        return vec![placeholder_frame(name)];
-    }
-    // The kernel's walk starts in memprof's own probe: its programs and the tracepoint code
-    // that runs them.
-    let is_probe = |name: &String| {
-        ["bpf_prog_", "bpf_trace_run", "__bpf_trace_"]
-            .iter()
-            .any(|probe| name.starts_with(probe))
-    };
-    let kernel = site
-        .kernel
-        .iter()
-        .map(|&address| sites::kernel_symbol(address))
-        .skip_while(is_probe)
-        .map(|name| placeholder_frame(&name));
-    let user: Vec<Frame> = site
-        .user
-        .iter()
-        .flat_map(|f| {
-            let location = match &f.module {
-                Some(path) => Location::Module {
-                    path,
-                    file_offset: f.file_offset,
-                },
-                None => Location::Unknown,
-            };
-            symbolizer.symbolize(f.address, location).to_vec()
-        })
-        .collect();
-    kernel.chain(user).collect()
-}
-
-/// Functions a thread's stack starts in: a stack that ends anywhere else was cut short.
-const STACK_ROOTS: [&str; 8] = [
-    "_start",
-    "__libc_start_main",
-    "__libc_start_call_main",
-    "start_thread",
-    "clone3",
-    "runtime.goexit",
-    "runtime.rt0_go",
-    "runtime.mstart",
-];
-
-fn looks_truncated(frames: &[Frame]) -> bool {
-    frames.last().is_some_and(|f| {
-        f.module.is_some() && !STACK_ROOTS.iter().any(|root| f.function.starts_with(root))
-    })
-}
-
-/// A site's frames from the first one outside the C library and dynamic loader (whose
-/// syscall wrappers every stack starts with); all of them if none is.
-fn own_frames(frames: &[Frame]) -> &[Frame] {
-    let in_libc = |f: &Frame| {
-        f.module.as_deref().is_some_and(|m| {
-            let base = m.rsplit('/').next().unwrap_or(m);
-            base.starts_with("libc.so") || base.starts_with("ld-linux")
-        })
-    };
-    match frames.iter().position(|f| !in_libc(f)) {
-        Some(first) => &frames[first..],
-        None => frames,
-    }
-}
-
-/// A stack on one line: its first own frames, callee < caller.
-fn short_stack(frames: &[Frame]) -> String {
-    let names: Vec<&str> = own_frames(frames)
-        .iter()
-        .take(4)
-        .map(|f| f.function.as_str())
-        .collect();
-    names.join(" < ")
-}
-
-/// The frame that names a site in the region table.
-fn site_name(frames: &[Frame]) -> String {
-    own_frames(frames)
-        .first()
-        .map_or_else(String::new, |f| f.function.clone())
-}
-
-impl ProcessReport {
-    fn new(p: &Process, stacks: &mut Stacks, fault_sample: u64) -> Self {
-        let figures = sites::charge(p, fault_sample);
-        let mut sites: Vec<(SiteId, SiteFigures)> = figures.into_iter().collect();
-        sites.sort_by_key(|&(id, f)| (std::cmp::Reverse((f.reserved, f.resident)), id));
-        let mut regions: Vec<RegionReport> = p
-            .space
-            .regions()
-            .map(|r| RegionReport {
-                start: r.start,
-                end: r.end,
-                kind: p.space.region_label(r),
-                perms: perms(r),
-                path: r.path.as_deref().map(str::to_string),
-                reserved_bytes: r.size(),
-                resident_bytes: p.space.region_resident(r),
-                site: site_name(stacks.frames(r.site)),
-            })
-            .collect();
-        regions.sort_by(|a, b| {
-            (b.reserved_bytes, b.resident_bytes, a.start).cmp(&(
-                a.reserved_bytes,
-                a.resident_bytes,
-                b.start,
-            ))
-        });
-        Self {
-            pid: p.pid,
-            command: p.command.clone(),
-            cgroup: p.cgroup.clone(),
-            traced_secs: secs(p.traced_ns()),
-            exited: p.exited,
-            reserved_bytes: p.reserved,
-            committed_bytes: p.space.committed(),
-            resident_bytes: p.resident,
-            resident_split: SplitReport {
-                start: p.resident_split_start,
-                end: p.resident_split,
-            },
-            regions,
-            events: p.events,
-            proc_check: p.proc_check,
-            incomplete: p.incomplete.clone(),
-            sites: sites
-                .into_iter()
-                .map(|(id, f)| {
-                    let stack = stacks.frames(id).to_vec();
-                    SiteReport {
-                        truncated: looks_truncated(&stack),
-                        stack,
-                        reserved_bytes: f.reserved,
-                        committed_bytes: f.committed,
-                        resident_bytes: f.resident,
-                        faults: f.faults,
-                        released_bytes: f.released,
-                        made_resident_faults: f.made_resident_faults,
-                    }
-                })
-                .collect(),
-            timeline: p.timeline.clone(),
-        }
-    }
-}
-
-/// Bytes in binary units, like `free -h`: "0 B", "4.0 KiB", "1.5 GiB".
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
-fn signed_bytes(delta: i128) -> String {
-    let sign = if delta < 0 { "-" } else { "+" };
-    format!("{sign}{}", bytes(delta.unsigned_abs() as u64))
 }
 
 fn extent_line(out: &mut String, name: &str, e: &Extent) {
@@ -347,24 +29,7 @@ fn extent_line(out: &mut String, name: &str, e: &Extent) {
     );
 }
 
-impl ProcessReport {
-    /// How much it grew while traced: reserved, then resident (peaks, as the timeline picks).
-    pub fn growth(&self) -> (u64, u64) {
-        (
-            self.reserved_bytes.peak - self.reserved_bytes.start,
-            self.resident_bytes.peak - self.resident_bytes.start,
-        )
-    }
-}
-
 impl Report {
-    /// The processes, the one that grew most first.
-    pub fn by_growth(&self) -> Vec<&ProcessReport> {
-        let mut order: Vec<&ProcessReport> = self.processes.iter().collect();
-        order.sort_by_key(|p| (std::cmp::Reverse(p.growth()), p.pid));
-        order
-    }
-
     /// The terminal report: with several processes a table of all of them, then the
     /// `max_processes` that grew most in detail, each with `max_regions` regions (the rest
     /// folded into one line).
@@ -591,12 +256,9 @@ impl ProcessReport {
 
     /// The code that faulted most pages in ("made resident by"), with `--fault-stacks`.
     fn render_fault_stacks(&self, out: &mut String, fault_sample: u64) {
-        let mut sites: Vec<&SiteReport> = self
-            .sites
-            .iter()
-            .filter(|s| s.made_resident_faults > 0)
-            .collect();
-        sites.sort_by_key(|s| std::cmp::Reverse(s.made_resident_faults));
+        let mut sites: Vec<&SiteReport> =
+            self.sites.iter().filter(|s| s.faults_by_code > 0).collect();
+        sites.sort_by_key(|s| std::cmp::Reverse(s.faults_by_code));
         let estimate = if fault_sample > 1 {
             format!(" (estimates: 1 fault in {fault_sample} sampled)")
         } else {
@@ -607,7 +269,7 @@ impl ProcessReport {
             let _ = writeln!(
                 out,
                 "    {:>10} faults  {}",
-                s.made_resident_faults,
+                s.faults_by_code,
                 short_stack(&s.stack)
             );
         }
@@ -649,7 +311,12 @@ impl ProcessReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::assert_snapshot;
+    use crate::{
+        process::{EventCounts, Extent, ProcCheck, ResidentSplit},
+        report::{RegionReport, SplitReport},
+        symbolize::Frame,
+        testing::assert_snapshot,
+    };
 
     fn region(start: u64, end: u64, kind: &'static str, resident: u64) -> RegionReport {
         RegionReport {
@@ -667,7 +334,7 @@ mod tests {
     fn frame(function: &str, module: &str) -> Frame {
         Frame {
             module: Some(module.into()),
-            ..placeholder_frame(function)
+            ..crate::report::build::placeholder_frame(function)
         }
     }
 
@@ -739,9 +406,9 @@ mod tests {
                         reserved_bytes: 768 << 20,
                         committed_bytes: 256 << 20,
                         resident_bytes: 60 << 20,
-                        faults: 15360,
+                        faults_in_regions: 15360,
                         released_bytes: 0,
-                        made_resident_faults: 0,
+                        faults_by_code: 0,
                     },
                     SiteReport {
                         stack: vec![frame("runtime.sysMmap", "/bin/go-program")],
@@ -749,9 +416,9 @@ mod tests {
                         reserved_bytes: 1 << 20,
                         committed_bytes: 1 << 20,
                         resident_bytes: 512 << 10,
-                        faults: 128,
+                        faults_in_regions: 128,
                         released_bytes: 4096,
-                        made_resident_faults: 2048,
+                        faults_by_code: 2048,
                     },
                 ],
                 timeline: vec![],
@@ -806,14 +473,5 @@ mod tests {
             ],
         };
         assert_snapshot("report-processes.txt", &report.render(2, 1));
-    }
-
-    #[test]
-    fn byte_units() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(1 << 30), "1.0 GiB");
-        assert_eq!(signed_bytes(-4096), "-4.0 KiB");
     }
 }

@@ -1,0 +1,65 @@
+//! What `run` and `top` share: the process filter, and parsers of sizes and durations.
+use std::time::Duration;
+
+use clap::Args;
+use memprof::{filter::FilterSpec, units};
+
+/// Which processes `--all` and `top` trace. Checked in the kernel when a process is created
+/// or calls exec, so processes that start later are caught from their first instruction.
+#[derive(Debug, Args, Clone, Default)]
+pub(crate) struct FilterArgs {
+    /// Only processes with this command name (as `ps -o comm` shows it: the kernel keeps 15
+    /// characters), and the processes they start.
+    #[arg(long, value_name = "NAME")]
+    comm: Option<String>,
+
+    /// Only processes in this cgroup v2 or below it: a path under /sys/fs/cgroup, e.g.
+    /// /system.slice/nginx.service for a systemd service or a container's scope.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<String>,
+
+    /// Only processes whose real user id is this one.
+    #[arg(long, value_name = "UID")]
+    uid: Option<u32>,
+}
+
+impl FilterArgs {
+    pub(crate) fn spec(self) -> FilterSpec {
+        FilterSpec {
+            comm: self.comm,
+            cgroup: self.cgroup,
+            uid: self.uid,
+        }
+    }
+}
+
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
+    units::parse_duration(s)
+}
+
+/// A duration that is not zero (a period).
+pub(crate) fn period(s: &str) -> Result<Duration, String> {
+    match units::parse_duration(s)? {
+        Duration::ZERO => Err(format!("`{s}` is zero: give a positive duration")),
+        d => Ok(d),
+    }
+}
+
+/// Slots of the kernel's cache of sent stacks: a power of two, at most 2^24.
+pub(crate) fn stack_cache_slots(s: &str) -> Result<u32, String> {
+    const MAX: u32 = 1 << 24;
+    let slots: u32 = s.parse().map_err(|_| format!("`{s}` is not a count"))?;
+    if !slots.is_power_of_two() || slots > MAX {
+        return Err(format!("{slots} is not a power of two of at most {MAX}"));
+    }
+    Ok(slots)
+}
+
+/// The ring buffer's size: a power of two from a page (4K) to 1G.
+pub(crate) fn ring_buffer_size(s: &str) -> Result<u32, String> {
+    let bytes = units::parse_bytes(s)?;
+    if !(4096..=1 << 30).contains(&bytes) || !bytes.is_power_of_two() {
+        return Err(format!("{bytes} bytes is not a power of two from 4K to 1G"));
+    }
+    Ok(bytes as u32)
+}

@@ -1,0 +1,75 @@
+//! The command line: clap's types, one file per subcommand, each turned into the library's
+//! plain options (the library never sees clap).
+mod args;
+mod run;
+mod top;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "memprof",
+    version,
+    about = "Where a process's reserved (VSZ) and resident (RSS) memory came from, traced \
+             from the kernel with eBPF",
+    long_about = "memprof follows a process's mmap, munmap, mremap, brk, mprotect and madvise \
+        calls, its page faults and the kernel's RSS counters, keeps a live model of its \
+        regions, and reports how much address space it reserved, how much of that is \
+        committed (not PROT_NONE), and how much became resident, checked against \
+        /proc/PID/status at the end.\n\nNeeds root (or CAP_BPF and CAP_PERFMON): run it with sudo."
+)]
+pub(crate) struct Cli {
+    /// Say more on stderr: -v what memprof does (info), -vv the kernel side's diagnostics
+    /// (debug), -vvv everything. RUST_LOG, when set, takes precedence.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Trace a running process (--pid) or launch a command and trace it from its first
+    /// instruction; print a report when tracing ends.
+    #[command(
+        after_help = "Tracing ends on Ctrl-C, SIGTERM, --duration, or when the traced process \
+        (in launch mode: the command and all its descendants) has exited.\n\nDurations take \
+        a unit (10, 2.5s, 500ms, 5m; a bare number is seconds), sizes a binary suffix (32M, \
+        64KiB).\n\nExamples:\n  \
+        sudo memprof run --pid 1234 --duration 10\n  \
+        sudo memprof run --json out.json -- ./server --port 8080"
+    )]
+    Run(run::RunArgs),
+    /// A live view of the host's processes, sorted by what grows fastest: reserved, resident
+    /// or page faults per second.
+    #[command(
+        after_help = "Keys: r sort by reserved growth, m by resident growth, f by faults per \
+        second; / filter by command, cgroup or pid (Enter keeps it, Esc clears it); q or Ctrl-C \
+        quits.\n\nWith --batch, or when stdout is not a terminal, prints the table every refresh \
+        as plain text instead.\n\nExamples:\n  sudo memprof top\n  \
+        sudo memprof top --cgroup /system.slice/nginx.service --sort resident\n  \
+        sudo memprof top --batch --duration 10 > memory.log"
+    )]
+    Top(top::TopArgs),
+}
+
+impl Cli {
+    /// Warnings and errors by default; RUST_LOG overrides the level -v chose.
+    pub(crate) fn init_logging(&self) {
+        let level = match self.verbose {
+            0 => "warn",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        };
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    }
+
+    pub(crate) fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Run(args) => memprof::run::run(args.into_options()),
+            Command::Top(args) => memprof::top::run(args.into_options()),
+        }
+    }
+}

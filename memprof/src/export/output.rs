@@ -1,0 +1,89 @@
+//! The `--output` directory: every format of one trace, side by side.
+use std::{fs, path::Path};
+
+use anyhow::Context as _;
+
+use super::{Metric, ProfileInfo, Series, SiteSample, flamegraph_svg, folded, pprof, timeline_svg};
+use crate::report::{ProcessReport, Report};
+
+/// Writes `contents` to `path` and says so on stderr.
+pub fn write_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("memprof: wrote {}", path.display());
+    Ok(())
+}
+
+/// Flame graphs, folded stacks, a pprof profile and the JSON report, in `dir`.
+pub fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // "name (pid)": with several processes, each stack starts at its process.
+    let label = |p: &ProcessReport| {
+        let name = p.command.split_whitespace().next().unwrap_or("?");
+        let name = name.rsplit('/').next().unwrap_or(name);
+        format!("{name} ({})", p.pid)
+    };
+    let roots: Vec<Option<String>> = report
+        .processes
+        .iter()
+        .map(|p| (report.processes.len() > 1).then(|| label(p)))
+        .collect();
+    let samples: Vec<SiteSample> = report
+        .processes
+        .iter()
+        .zip(&roots)
+        .flat_map(|(p, root)| {
+            p.sites.iter().map(move |s| SiteSample {
+                frames: &s.stack,
+                root: root.as_deref(),
+                reserved: s.reserved_bytes,
+                resident: s.resident_bytes,
+                faults_by_code: s.faults_by_code,
+            })
+        })
+        .collect();
+    let who = match report.processes.as_slice() {
+        [p] => format!("{} (pid {})", p.command, p.pid),
+        all => format!("{} processes", all.len()),
+    };
+    let mut metrics = vec![
+        (Metric::Reserved, "reserved"),
+        (Metric::Resident, "resident"),
+    ];
+    if report.fault_sample > 0 {
+        metrics.push((Metric::Faults, "faults"));
+    }
+    for (metric, name) in metrics {
+        let folded = folded(&samples, metric);
+        write_file(&dir.join(format!("{name}.folded")), folded.as_bytes())?;
+        if metric != Metric::Faults {
+            let title = format!("{name} bytes: {who}");
+            let svg = flamegraph_svg(&folded, &title, "bytes")?;
+            write_file(&dir.join(format!("{name}.svg")), svg.as_bytes())?;
+        }
+    }
+    let info = ProfileInfo {
+        duration_nanos: (report.duration_secs * 1e9) as i64,
+        comments: vec![format!("memprof: {who}")],
+        ..Default::default()
+    };
+    write_file(&dir.join("profile.pb.gz"), &pprof(&samples, &info))?;
+    // The processes whose address space grew most.
+    let growing: Vec<(&ProcessReport, String)> = report
+        .by_growth()
+        .into_iter()
+        .map(|p| match report.processes.len() {
+            1 => (p, format!("pid {}", p.pid)),
+            _ => (p, label(p)),
+        })
+        .collect();
+    let series: Vec<Series> = growing
+        .iter()
+        .map(|(p, name)| Series {
+            name,
+            samples: &p.timeline,
+        })
+        .collect();
+    let svg = timeline_svg(&format!("memory over time: {who}"), &series);
+    write_file(&dir.join("timeline.svg"), svg.as_bytes())?;
+    write_file(&dir.join("report.json"), json.as_bytes())
+}

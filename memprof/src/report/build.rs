@@ -1,0 +1,178 @@
+//! Builds the report from the tracker once tracing has ended: figures per process, region
+//! and site, with every site's stack symbolized (which reads the binaries from disk).
+use std::collections::HashMap;
+
+use super::{ProcessReport, RegionReport, Report, SiteReport, SplitReport, stacks};
+use crate::{
+    address_space::{Region, SiteId},
+    process::Process,
+    procfs::ProcSource,
+    sites::{Site, SiteFigures, Sites},
+    symbolize::{self, Frame, Location, Symbolizer},
+    tracker::Tracker,
+};
+
+fn perms(region: &Region) -> String {
+    let flag = |bit: u32, c: char| if region.prot & bit != 0 { c } else { '-' };
+    let mut s = String::with_capacity(4);
+    s.push(flag(libc::PROT_READ as u32, 'r'));
+    s.push(flag(libc::PROT_WRITE as u32, 'w'));
+    s.push(flag(libc::PROT_EXEC as u32, 'x'));
+    s.push(if region.shared { 's' } else { 'p' });
+    s
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+impl Report {
+    /// Symbolizes the sites of every process, so this reads binaries from disk.
+    pub fn new(tracker: &Tracker<impl ProcSource>, fault_sample: u32) -> Self {
+        let mut stacks = Stacks {
+            symbolizer: Symbolizer::new(),
+            memo: HashMap::new(),
+            sites: &tracker.sites,
+        };
+        let processes = tracker
+            .processes
+            .values()
+            .map(|p| ProcessReport::new(p, &mut stacks, u64::from(fault_sample.max(1))))
+            .collect();
+        Self {
+            lost_events: tracker.lost_events,
+            lost_stacks: tracker.lost_stacks,
+            fault_sample: u64::from(fault_sample),
+            duration_secs: secs(tracker.ended_ns.saturating_sub(tracker.started_ns)),
+            processes,
+        }
+    }
+}
+
+/// Symbolized sites, each done once.
+struct Stacks<'a> {
+    symbolizer: Symbolizer,
+    memo: HashMap<SiteId, Vec<Frame>>,
+    sites: &'a Sites,
+}
+
+impl Stacks<'_> {
+    fn frames(&mut self, id: SiteId) -> &[Frame] {
+        let Self {
+            symbolizer,
+            memo,
+            sites,
+        } = self;
+        memo.entry(id)
+            .or_insert_with(|| symbolize_site(symbolizer, sites.get(id)))
+    }
+}
+
+pub(super) fn placeholder_frame(name: &str) -> Frame {
+    Frame {
+        function: name.to_string(),
+        module: None,
+        file: None,
+        line: None,
+        address: 0,
+        module_offset: 0,
+    }
+}
+
+fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
+    if let Some(name) = site.placeholder {
+        return vec![placeholder_frame(name)];
+    }
+    // The kernel's walk starts in memprof's own probe: its programs and the tracepoint code
+    // that runs them.
+    let is_probe = |name: &String| {
+        ["bpf_prog_", "bpf_trace_run", "__bpf_trace_"]
+            .iter()
+            .any(|probe| name.starts_with(probe))
+    };
+    let kernel = site
+        .kernel
+        .iter()
+        .map(|&address| symbolize::kernel_symbol(address))
+        .skip_while(is_probe)
+        .map(|name| placeholder_frame(&name));
+    let user: Vec<Frame> = site
+        .user
+        .iter()
+        .flat_map(|f| {
+            let location = match &f.module {
+                Some(path) => Location::Module {
+                    path,
+                    file_offset: f.file_offset,
+                },
+                None => Location::Unknown,
+            };
+            symbolizer.symbolize(f.address, location).to_vec()
+        })
+        .collect();
+    kernel.chain(user).collect()
+}
+
+impl ProcessReport {
+    fn new(p: &Process, stacks: &mut Stacks, fault_sample: u64) -> Self {
+        let figures = p.site_figures(fault_sample);
+        let mut sites: Vec<(SiteId, SiteFigures)> = figures.into_iter().collect();
+        sites.sort_by_key(|&(id, f)| (std::cmp::Reverse((f.reserved, f.resident)), id));
+        let mut regions: Vec<RegionReport> = p
+            .space
+            .regions()
+            .map(|r| RegionReport {
+                start: r.start,
+                end: r.end,
+                kind: p.space.region_label(r),
+                perms: perms(r),
+                path: r.path.as_deref().map(str::to_string),
+                reserved_bytes: r.size(),
+                resident_bytes: p.space.region_resident(r),
+                site: stacks::site_name(stacks.frames(r.site)),
+            })
+            .collect();
+        regions.sort_by(|a, b| {
+            (b.reserved_bytes, b.resident_bytes, a.start).cmp(&(
+                a.reserved_bytes,
+                a.resident_bytes,
+                b.start,
+            ))
+        });
+        Self {
+            pid: p.pid,
+            command: p.command.clone(),
+            cgroup: p.cgroup.clone(),
+            traced_secs: secs(p.traced_ns()),
+            exited: p.exited,
+            reserved_bytes: p.reserved,
+            committed_bytes: p.space.committed(),
+            resident_bytes: p.resident,
+            resident_split: SplitReport {
+                start: p.resident_split_start,
+                end: p.resident_split,
+            },
+            regions,
+            events: p.events,
+            proc_check: p.proc_check,
+            incomplete: p.incomplete.clone(),
+            sites: sites
+                .into_iter()
+                .map(|(id, f)| {
+                    let stack = stacks.frames(id).to_vec();
+                    SiteReport {
+                        truncated: stacks::looks_truncated(&stack),
+                        stack,
+                        reserved_bytes: f.reserved,
+                        committed_bytes: f.committed,
+                        resident_bytes: f.resident,
+                        faults_in_regions: f.faults_in_regions,
+                        released_bytes: f.released,
+                        faults_by_code: f.faults_by_code,
+                    }
+                })
+                .collect(),
+            timeline: p.timeline.clone(),
+        }
+    }
+}

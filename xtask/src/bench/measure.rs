@@ -302,3 +302,54 @@ fn read_own(pid: libc::pid_t) -> Option<Own> {
         peak_rss_kib: hwm,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn perf_samples_from_the_closing_message() {
+        let stderr = "[ perf record: Woken up 41 times to write data ]\n\
+                      [ perf record: Captured and wrote 75.312 MB /tmp/perf.data (1048653 samples) ]\n";
+        assert_eq!(perf_samples(stderr), Some(1_048_653));
+        assert_eq!(perf_samples("perf: no samples\n"), None);
+    }
+
+    #[test]
+    fn events_sum_the_memory_counts_only() {
+        let counts = json!({
+            "page_faults": 1000, "rss_updates": 200, "mmap": 30, "munmap": 29, "mremap": 1,
+            "brk": 2, "mprotect": 3, "madvise": 4, "forks": 1, "execs": 1,
+            "exits": 1, "lost": 99,
+        });
+        assert_eq!(events(&counts), 1271);
+        assert_eq!(events(&json!({})), 0);
+    }
+
+    #[test]
+    fn storm_line_gives_the_elapsed_time() {
+        let cmd = Command::new("memprof-workload");
+        let ok = ExitStatus::from_raw(0);
+        let stdout = "starting\n{\"storm\":\"faults\",\"elapsed_ns\":1430000000}\n";
+        let elapsed = check_output(&cmd, ok, stdout, "", Storm::Faults).unwrap();
+        assert_eq!(elapsed, 1_430_000_000);
+        let wrong = check_output(&cmd, ok, stdout, "", Storm::Mixed).unwrap_err();
+        assert!(format!("{wrong:#}").contains("wrong storm"), "{wrong:#}");
+        let none = check_output(&cmd, ok, "starting\n", "", Storm::Faults).unwrap_err();
+        assert!(
+            format!("{none:#}").contains("printed no storm line"),
+            "{none:#}"
+        );
+        // Exit code 1: the error carries the tail of stderr.
+        let failed = ExitStatus::from_raw(1 << 8);
+        let err = check_output(&cmd, failed, stdout, "boom\n", Storm::Faults).unwrap_err();
+        assert!(format!("{err:#}").ends_with("boom"), "{err:#}");
+    }
+
+    #[test]
+    fn own_figures_of_this_process() {
+        let own = read_own(std::process::id() as libc::pid_t).expect("reads /proc/self");
+        assert!(own.peak_rss_kib > 0);
+    }
+}

@@ -48,6 +48,7 @@ per storm and memprof's budgets with PASS or OVER.
   --json PATH    Also write every run's raw figures to PATH
 ";
 
+#[derive(Debug, PartialEq)]
 struct Options {
     scale: f64,
     runs: usize,
@@ -260,5 +261,79 @@ impl Bench {
         }
         eprintln!("xtask: bench took {:.0} s", started.elapsed().as_secs_f64());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(words: &[&str]) -> Result<Options> {
+        let args: Vec<OsString> = words.iter().map(OsString::from).collect();
+        parse(&args)
+    }
+
+    #[test]
+    fn defaults() {
+        let options = parse_words(&[]).unwrap();
+        assert_eq!(
+            options,
+            Options {
+                scale: 1.0,
+                runs: 5,
+                storms: Storm::ALL.to_vec(),
+                json: None,
+                prebuilt: None,
+            }
+        );
+    }
+
+    #[test]
+    fn options() {
+        let options = parse_words(&[
+            "--quick", "--runs", "1", "--storm", "mixed", "--storm", "faults", "--storm", "mixed",
+            "--json", "out.json",
+        ])
+        .unwrap();
+        assert_eq!(options.scale, 0.25);
+        assert_eq!(options.runs, 1);
+        // In the order given, each once.
+        assert_eq!(options.storms, [Storm::Mixed, Storm::Faults]);
+        assert_eq!(options.json, Some(PathBuf::from("out.json")));
+        // The last of --quick and --scale wins.
+        assert_eq!(
+            parse_words(&["--quick", "--scale", "4"]).unwrap().scale,
+            4.0
+        );
+        assert_eq!(
+            parse_words(&["--scale", "0.1", "--quick"]).unwrap().scale,
+            0.25
+        );
+        let prebuilt = parse_words(&["--prebuilt", "/t"]).unwrap().prebuilt;
+        assert_eq!(prebuilt, Some(PathBuf::from("/t")));
+    }
+
+    #[test]
+    fn bad_options() {
+        let error = |words: &[&str]| format!("{:#}", parse_words(words).unwrap_err());
+        assert!(error(&["--runs", "0"]).contains("at least 1"));
+        assert!(error(&["--runs", "x"]).contains("--runs x"));
+        assert!(error(&["--scale", "0"]).contains("not in (0, 4]"));
+        assert!(error(&["--scale", "4.5"]).contains("not in (0, 4]"));
+        assert!(error(&["--storm", "brk"]).contains("not faults, syscalls or mixed"));
+        assert!(error(&["--json"]).starts_with("--json needs a value"));
+        assert!(error(&["--fast"]).starts_with("unknown bench argument `--fast`"));
+    }
+
+    #[test]
+    fn run_order_rotates_and_reverses_every_other_run() {
+        use Config::{Memprof as M, Perf as P, Untraced as U};
+        let configs = [U, M, P];
+        assert_eq!(run_order(&configs, 0), [U, M, P]);
+        assert_eq!(run_order(&configs, 1), [U, P, M]);
+        assert_eq!(run_order(&configs, 2), [P, U, M]);
+        assert_eq!(run_order(&configs, 3), [P, M, U]);
+        assert_eq!(run_order(&configs, 4), [M, P, U]);
+        assert_eq!(run_order(&[], 1), []);
     }
 }

@@ -336,3 +336,186 @@ pub(super) fn machine_line() -> String {
         .map_or_else(|_| "unknown".into(), |k| k.trim().to_string());
     format!("{cpus} cores ({model}), Linux {kernel}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[2.0]), Some(2.0));
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn grouped_digits() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(200_000), "200,000");
+        assert_eq!(group(1_234_567), "1,234,567");
+        assert_eq!(group(u64::MAX), "18,446,744,073,709,551,615");
+    }
+
+    fn memprof(
+        storm: Storm,
+        index: usize,
+        elapsed_ms: u64,
+        events: u64,
+        lost_events: u64,
+        cpu_ms: Option<u64>,
+        to_tracing_ms: u64,
+    ) -> Run {
+        Run {
+            memprof: Some(MemprofRun {
+                events,
+                lost_events,
+                cpu_ns: cpu_ms.map(|ms| ms * 1_000_000),
+                peak_rss_kib: Some(75_000 + index as u64 * 100),
+                to_tracing_ns: to_tracing_ms * 1_000_000,
+            }),
+            ..Run::timed(
+                storm,
+                Config::Memprof,
+                index,
+                elapsed_ms * 1_000_000,
+                (elapsed_ms + 100) * 1_000_000,
+            )
+        }
+    }
+
+    fn untraced(storm: Storm, index: usize, elapsed_ms: u64) -> Run {
+        let (elapsed, wall) = (elapsed_ms * 1_000_000, (elapsed_ms + 50) * 1_000_000);
+        Run::timed(storm, Config::Untraced, index, elapsed, wall)
+    }
+
+    fn perf(storm: Storm, index: usize, elapsed_ms: u64, samples: u64) -> Run {
+        let (elapsed, wall) = (elapsed_ms * 1_000_000, (elapsed_ms + 300) * 1_000_000);
+        Run {
+            perf_samples: Some(samples),
+            ..Run::timed(storm, Config::Perf, index, elapsed, wall)
+        }
+    }
+
+    /// Two storms at --scale 0.25: on the syscall storm one memprof run lost events and one
+    /// could not be followed (no CPU time), and the last untraced run is missing.
+    fn runs() -> Vec<Run> {
+        use Storm::{Faults, Syscalls};
+        vec![
+            untraced(Faults, 0, 1000),
+            untraced(Faults, 1, 1200),
+            untraced(Faults, 2, 1100),
+            memprof(Faults, 2, 1100, 1_083_608, 0, Some(110), 78),
+            memprof(Faults, 0, 1060, 1_083_606, 0, Some(100), 76),
+            memprof(Faults, 1, 1260, 1_083_610, 0, Some(120), 80),
+            perf(Faults, 0, 1700, 1_048_653),
+            perf(Faults, 1, 2000, 1_048_655),
+            perf(Faults, 2, 1900, 1_048_654),
+            untraced(Syscalls, 0, 700),
+            untraced(Syscalls, 1, 720),
+            memprof(Syscalls, 0, 860, 600_112, 2, Some(170), 77),
+            memprof(Syscalls, 1, 880, 600_114, 0, None, 79),
+            memprof(Syscalls, 2, 870, 600_113, 0, Some(180), 81),
+        ]
+    }
+
+    const NOTES: [&str; 1] = ["skipped: bpftrace not installed"];
+
+    #[test]
+    fn printed_report() {
+        let notes = NOTES.map(String::from);
+        let runs = runs();
+        let report = Report {
+            scale: 0.25,
+            runs_per_configuration: 3,
+            storms: &[Storm::Faults, Storm::Syscalls],
+            configs: &[Config::Untraced, Config::Memprof, Config::Perf],
+            notes: &notes,
+            runs: &runs,
+        };
+        let expected = "\
+memprof overhead: 2 cores (CPU), Linux 6.18, 3 run(s) of each configuration, interleaved
+
+### faults storm: reserve 4 GiB, touch 256 MiB page by page, 4 rounds (MADV_DONTNEED between)
+
+| configuration | median time | slowdown | events | lost | memprof CPU (share) | memprof peak RSS | to tracing |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| untraced | 1.100 s | 1.00x | – | – | – | – | – |
+| memprof | 1.100 s | 1.05x | 1,083,608 | 0 | 0.11 s (0.09 cores) | 73.4 MiB | 0.078 s (max 0.080) |
+| perf record -e page-faults -c 1 -g | 1.900 s | 1.70x | 1,048,654 samples | – | – | – | – |
+
+### syscalls storm: 50,000 rounds of mmap 64 KiB, touch one page, munmap
+
+| configuration | median time | slowdown | events | lost | memprof CPU (share) | memprof peak RSS | to tracing |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| untraced | 0.710 s | 1.00x | – | – | – | – | – |
+| memprof | 0.870 s | 1.23x | 600,113 | 2 | ? | 73.4 MiB | 0.079 s (max 0.081) |
+
+time: the storm's own duration as the workload measures it, median over runs. slowdown: median over runs of traced_i / untraced_i, paired by run. events: events memprof received (page faults, RSS updates, memory syscalls), median per run (perf: samples). lost: worst run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until it prints `tracing pid`, median (max).
+
+Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all runs; CPU: memprof's CPU time / its wall time, summed over runs, worst configuration; RSS and time to tracing: worst run) at --scale 0.25:
+
+- PASS faults storm, memprof: 1.05x (budget ≤ 1.10x)
+- n/a  faults storm, memprof --fault-stacks: – (budget ≤ 1.35x)
+- PASS syscalls storm, memprof: 1.23x (budget ≤ 1.25x)
+- OVER lost events: 2 (budget 0)
+- n/a  memprof CPU: unknown (ptrace refused) (budget ≤ 0.5 core)
+- PASS memprof peak RSS: 77.0 MB (budget ≤ 100 MB)
+- PASS time to tracing: 0.081 s (budget ≤ 0.5 s)
+- skipped: bpftrace not installed
+";
+        assert_eq!(report.text("2 cores (CPU), Linux 6.18"), expected);
+    }
+
+    #[test]
+    fn raw_json() {
+        let notes = NOTES.map(String::from);
+        let runs = runs();
+        let report = Report {
+            scale: 0.25,
+            runs_per_configuration: 3,
+            storms: &[Storm::Faults, Storm::Syscalls],
+            configs: &[Config::Untraced, Config::Memprof, Config::Perf],
+            notes: &notes,
+            runs: &runs,
+        };
+        let json = report.json("m", 7);
+        assert_eq!(json["unix_time"], 7);
+        assert_eq!(json["machine"], "m");
+        assert_eq!(json["notes"], json!(NOTES));
+        assert_eq!(json["runs"].as_array().unwrap().len(), runs.len());
+        assert_eq!(
+            json["runs"][11],
+            json!({
+                "storm": "syscalls", "configuration": "memprof", "run": 0,
+                "elapsed_ns": 860_000_000, "wall_ns": 960_000_000,
+                "events": 600_112, "lost_events": 2, "memprof_cpu_ns": 170_000_000,
+                "memprof_peak_rss_kib": 75_000, "to_tracing_ns": 77_000_000, "perf_samples": null,
+            })
+        );
+        // A slowdown for every configuration with runs paired with untraced ones.
+        let slowdowns: Vec<(&str, &str)> = json["slowdowns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["storm"].as_str().unwrap(),
+                    s["configuration"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            slowdowns,
+            [
+                ("faults", "untraced"),
+                ("faults", "memprof"),
+                ("faults", "perf record -e page-faults -c 1 -g"),
+                ("syscalls", "untraced"),
+                ("syscalls", "memprof"),
+            ]
+        );
+    }
+}

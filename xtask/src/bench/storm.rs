@@ -19,7 +19,7 @@ const BPFTRACE_PROGRAM: &str =
 /// strace -k is hundreds of times slower: it runs on the syscall storm at this scale or less.
 const STRACE_STACKS_MAX_SCALE: f64 = 0.1;
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Storm {
     Faults,
     Syscalls,
@@ -56,7 +56,7 @@ impl Storm {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Config {
     Untraced,
     Memprof,
@@ -230,5 +230,74 @@ impl Commands {
             }
         }
         cmd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::show;
+
+    #[test]
+    fn storms_described_as_the_readme_shows_them() {
+        assert_eq!(
+            Storm::Faults.describe(1.0),
+            "reserve 4 GiB, touch 1024 MiB page by page, 4 rounds (MADV_DONTNEED between)"
+        );
+        assert_eq!(
+            Storm::Syscalls.describe(1.0),
+            "200,000 rounds of mmap 64 KiB, touch one page, munmap"
+        );
+        assert_eq!(
+            Storm::Mixed.describe(1.0),
+            "one round of the fault storm (1024 MiB), then 50,000 rounds of the syscall storm"
+        );
+        assert_eq!(
+            Storm::Mixed.describe(0.25),
+            "one round of the fault storm (256 MiB), then 12,500 rounds of the syscall storm"
+        );
+        // At least one round, however small the scale.
+        assert_eq!(
+            Storm::Syscalls.describe(0.000_001),
+            "1 rounds of mmap 64 KiB, touch one page, munmap"
+        );
+    }
+
+    #[test]
+    fn strace_stacks_runs_only_on_small_syscall_storms() {
+        assert!(Config::StraceStacks.runs_on(Storm::Syscalls, 0.1));
+        assert!(!Config::StraceStacks.runs_on(Storm::Syscalls, 0.25));
+        assert!(!Config::StraceStacks.runs_on(Storm::Faults, 0.1));
+        assert!(Config::Strace.runs_on(Storm::Faults, 4.0));
+        assert!(Config::Memprof.runs_on(Storm::Mixed, 1.0));
+    }
+
+    #[test]
+    fn commands() {
+        let commands = Commands {
+            memprof: "/t/memprof".into(),
+            workload: "/t/memprof-workload".into(),
+            dir: "/d".into(),
+            scale: 0.25,
+        };
+        let show = |config| show(&commands.command(Storm::Mixed, config));
+        let workload = "/t/memprof-workload --storm mixed --scale 0.25";
+        assert_eq!(show(Config::Untraced), format!("`{workload}`"));
+        assert_eq!(
+            show(Config::MemprofFaultStacks),
+            format!("`/t/memprof run --json /d/report.json --fault-stacks -- {workload}`")
+        );
+        assert_eq!(
+            show(Config::Bpftrace),
+            format!("`bpftrace -e {BPFTRACE_PROGRAM} -c {workload}`")
+        );
+        assert_eq!(
+            show(Config::Perf),
+            format!("`perf record -e page-faults -c 1 -g -o /d/perf.data -- {workload}`")
+        );
+        assert_eq!(
+            show(Config::StraceStacks),
+            format!("`strace -f -k -e trace=mmap,munmap,brk -o /dev/null {workload}`")
+        );
     }
 }

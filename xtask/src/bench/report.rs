@@ -423,18 +423,23 @@ mod tests {
 
     const NOTES: [&str; 1] = ["skipped: bpftrace not installed"];
 
-    #[test]
-    fn printed_report() {
-        let notes = NOTES.map(String::from);
-        let runs = runs();
-        let report = Report {
+    /// The report of `runs()` at --scale 0.25, of three configurations (bpftrace skipped).
+    fn report<'a>(notes: &'a [String], runs: &'a [Run]) -> Report<'a> {
+        Report {
             scale: 0.25,
             runs_per_configuration: 3,
             storms: &[Storm::Faults, Storm::Syscalls],
             configs: &[Config::Untraced, Config::Memprof, Config::Perf],
-            notes: &notes,
-            runs: &runs,
-        };
+            notes,
+            runs,
+        }
+    }
+
+    #[test]
+    fn printed_report() {
+        let notes = NOTES.map(String::from);
+        let runs = runs();
+        let report = report(&notes, &runs);
         let expected = "\
 memprof overhead: 2 cores (CPU), Linux 6.18, 3 run(s) of each configuration, interleaved
 
@@ -473,14 +478,7 @@ Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all
     fn raw_json() {
         let notes = NOTES.map(String::from);
         let runs = runs();
-        let report = Report {
-            scale: 0.25,
-            runs_per_configuration: 3,
-            storms: &[Storm::Faults, Storm::Syscalls],
-            configs: &[Config::Untraced, Config::Memprof, Config::Perf],
-            notes: &notes,
-            runs: &runs,
-        };
+        let report = report(&notes, &runs);
         let json = report.json("m", 7);
         assert_eq!(json["unix_time"], 7);
         assert_eq!(json["machine"], "m");

@@ -240,27 +240,42 @@ mod tests {
 
     #[test]
     fn storms_described_as_the_readme_shows_them() {
-        assert_eq!(
-            Storm::Faults.describe(1.0),
-            "reserve 4 GiB, touch 1024 MiB page by page, 4 rounds (MADV_DONTNEED between)"
-        );
-        assert_eq!(
-            Storm::Syscalls.describe(1.0),
-            "200,000 rounds of mmap 64 KiB, touch one page, munmap"
-        );
-        assert_eq!(
-            Storm::Mixed.describe(1.0),
-            "one round of the fault storm (1024 MiB), then 50,000 rounds of the syscall storm"
-        );
-        assert_eq!(
-            Storm::Mixed.describe(0.25),
-            "one round of the fault storm (256 MiB), then 12,500 rounds of the syscall storm"
-        );
-        // At least one round, however small the scale.
-        assert_eq!(
-            Storm::Syscalls.describe(0.000_001),
-            "1 rounds of mmap 64 KiB, touch one page, munmap"
-        );
+        let cases = [
+            (
+                Storm::Faults,
+                1.0,
+                "reserve 4 GiB, touch 1024 MiB page by page, 4 rounds (MADV_DONTNEED between)",
+            ),
+            (
+                Storm::Syscalls,
+                1.0,
+                "200,000 rounds of mmap 64 KiB, touch one page, munmap",
+            ),
+            (
+                Storm::Mixed,
+                1.0,
+                "one round of the fault storm (1024 MiB), then 50,000 rounds of the syscall storm",
+            ),
+            (
+                Storm::Mixed,
+                0.25,
+                "one round of the fault storm (256 MiB), then 12,500 rounds of the syscall storm",
+            ),
+            // At least one round, however small the scale.
+            (
+                Storm::Syscalls,
+                0.000_001,
+                "1 rounds of mmap 64 KiB, touch one page, munmap",
+            ),
+        ];
+        for (storm, scale, description) in cases {
+            assert_eq!(
+                storm.describe(scale),
+                description,
+                "{} at {scale}",
+                storm.name()
+            );
+        }
     }
 
     #[test]
@@ -282,22 +297,27 @@ mod tests {
         };
         let show = |config| show(&commands.command(Storm::Mixed, config));
         let workload = "/t/memprof-workload --storm mixed --scale 0.25";
-        assert_eq!(show(Config::Untraced), format!("`{workload}`"));
-        assert_eq!(
-            show(Config::MemprofFaultStacks),
-            format!("`/t/memprof run --json /d/report.json --fault-stacks -- {workload}`")
-        );
-        assert_eq!(
-            show(Config::Bpftrace),
-            format!("`bpftrace -e {BPFTRACE_PROGRAM} -c {workload}`")
-        );
-        assert_eq!(
-            show(Config::Perf),
-            format!("`perf record -e page-faults -c 1 -g -o /d/perf.data -- {workload}`")
-        );
-        assert_eq!(
-            show(Config::StraceStacks),
-            format!("`strace -f -k -e trace=mmap,munmap,brk -o /dev/null {workload}`")
-        );
+        let cases = [
+            (Config::Untraced, workload.to_string()),
+            (
+                Config::MemprofFaultStacks,
+                format!("/t/memprof run --json /d/report.json --fault-stacks -- {workload}"),
+            ),
+            (
+                Config::Bpftrace,
+                format!("bpftrace -e {BPFTRACE_PROGRAM} -c {workload}"),
+            ),
+            (
+                Config::Perf,
+                format!("perf record -e page-faults -c 1 -g -o /d/perf.data -- {workload}"),
+            ),
+            (
+                Config::StraceStacks,
+                format!("strace -f -k -e trace=mmap,munmap,brk -o /dev/null {workload}"),
+            ),
+        ];
+        for (config, words) in cases {
+            assert_eq!(show(config), format!("`{words}`"));
+        }
     }
 }

@@ -1,0 +1,339 @@
+//! `cargo xtask bench`: memprof's overhead on the project's own storms, against an untraced
+//! run and against the tools people use for the same question.
+//!
+//! Every storm runs under every configuration `runs` times, interleaved: run i runs each
+//! configuration once, in an order rotated by i (and reversed when i is odd), so that drifts
+//! of the machine (frequency, host noise, page cache) spread over all configurations alike.
+//! The time compared is the one the workload measures around the storm itself
+//! (CLOCK_MONOTONIC), so that start-up and a tracer's attach time are not in it. The slowdown
+//! is the median over runs of traced_i / untraced_i, each pair from the same run i.
+//!
+//! This file holds the entry point, the options and the run order; `storm` says what runs and
+//! how, `measure` runs one configuration and reads its figures, `report` prints them.
+
+mod measure;
+mod report;
+mod storm;
+
+use anyhow::{Context, Result, bail, ensure};
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use self::{
+    measure::{Run, run_once},
+    report::{Report, machine_line},
+    storm::{Commands, Config, Storm, configurations},
+};
+use crate::{run, setup, show, workspace_root};
+
+const USAGE: &str = "\
+Usage: cargo xtask bench [--quick] [--runs N] [--scale F] [--storm NAME]... [--json PATH]
+
+Runs setup, builds memprof (release), then each storm (faults, syscalls, mixed) untraced,
+under memprof, under memprof --fault-stacks, and under the peers that are installed
+(bpftrace, perf record, strace, strace -k), N times interleaved; prints a markdown table
+per storm and memprof's budgets with PASS or OVER.
+
+  --quick        Scale the storms by 0.25
+  --runs N       Runs of each configuration (default 5)
+  --scale F      Scale the storms' sizes and round counts by F (default 1, in (0, 4])
+  --storm NAME   Only this storm (repeatable): faults, syscalls or mixed
+  --json PATH    Also write every run's raw figures to PATH
+";
+
+#[derive(Debug, PartialEq)]
+struct Options {
+    scale: f64,
+    runs: usize,
+    storms: Vec<Storm>,
+    json: Option<PathBuf>,
+    /// Internal: already set up and built, binaries in this target directory (the re-run
+    /// through sudo).
+    prebuilt: Option<PathBuf>,
+}
+
+fn parse(args: &[OsString]) -> Result<Options> {
+    let mut options = Options {
+        scale: 1.0,
+        runs: 5,
+        storms: Vec::new(),
+        json: None,
+        prebuilt: None,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let arg = arg.to_str().context("arguments must be UTF-8")?;
+        let mut value = || {
+            args.next()
+                .and_then(|v| v.to_str())
+                .with_context(|| format!("{arg} needs a value\n\n{USAGE}"))
+        };
+        match arg {
+            "--quick" => options.scale = 0.25,
+            "--runs" => {
+                let v = value()?;
+                options.runs = v.parse().with_context(|| format!("--runs {v}"))?;
+                ensure!(options.runs > 0, "--runs must be at least 1");
+            }
+            "--scale" => {
+                let v = value()?;
+                options.scale = v.parse().with_context(|| format!("--scale {v}"))?;
+                ensure!(
+                    options.scale > 0.0 && options.scale <= 4.0,
+                    "--scale {v}: not in (0, 4]"
+                );
+            }
+            "--storm" => {
+                let v = value()?;
+                let storm = Storm::ALL
+                    .into_iter()
+                    .find(|s| s.name() == v)
+                    .with_context(|| format!("--storm {v}: not faults, syscalls or mixed"))?;
+                if !options.storms.contains(&storm) {
+                    options.storms.push(storm);
+                }
+            }
+            "--json" => options.json = Some(PathBuf::from(value()?)),
+            "--prebuilt" => options.prebuilt = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => bail!("unknown bench argument `{arg}`\n\n{USAGE}"),
+        }
+    }
+    if options.storms.is_empty() {
+        options.storms = Storm::ALL.to_vec();
+    }
+    Ok(options)
+}
+
+pub(crate) fn bench(args: &[OsString]) -> Result<()> {
+    let options = parse(args)?;
+    let target = match &options.prebuilt {
+        Some(target) => target.clone(),
+        None => {
+            let setup = setup()?;
+            let build = ["build", "--release", "--package", "memprof", "--bins"];
+            run(setup.cargo().args(build))?;
+            // The build ran in the workspace root, so a relative CARGO_TARGET_DIR is
+            // relative to it.
+            let target = env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
+            let target = workspace_root().join(target);
+            if !setup.root {
+                // memprof runs as root, and the bench follows it with ptrace (for its own CPU
+                // time and peak RSS): the whole bench runs as root.
+                eprintln!("xtask: bench runs as root: re-running through sudo");
+                let exe = env::current_exe().context("cannot locate xtask's executable")?;
+                let mut sudo = Command::new("sudo");
+                sudo.arg(exe)
+                    .arg("bench")
+                    .args(args)
+                    .arg("--prebuilt")
+                    .arg(&target);
+                sudo.env_remove("CARGO_TARGET_DIR");
+                return Err(sudo.exec()).with_context(|| format!("cannot run {}", show(&sudo)));
+            }
+            target
+        }
+    };
+    Bench::new(options, &target)?.run()
+}
+
+/// The order of run `index`: every configuration once, rotated by `index`, and reversed when
+/// `index` is odd so that a configuration does not always follow the same one.
+fn run_order(configs: &[Config], index: usize) -> Vec<Config> {
+    let n = configs.len();
+    let mut order: Vec<Config> = (0..n).map(|j| configs[(j + index) % n]).collect();
+    if index % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+struct Bench {
+    options: Options,
+    commands: Commands,
+    /// The configurations that run, in the order of the tables' rows.
+    configs: Vec<Config>,
+    /// Configurations skipped or dropped, and why.
+    notes: Vec<String>,
+    runs: Vec<Run>,
+}
+
+impl Bench {
+    fn new(options: Options, target: &Path) -> Result<Self> {
+        let commands = Commands::new(target, options.scale)?;
+        let (configs, notes) = configurations(&options.storms, options.scale);
+        Ok(Self {
+            options,
+            commands,
+            configs,
+            notes,
+            runs: Vec::new(),
+        })
+    }
+
+    fn run(mut self) -> Result<()> {
+        let result = self.run_all();
+        fs::remove_dir_all(self.commands.dir()).ok();
+        result?;
+        let report = Report {
+            scale: self.options.scale,
+            runs_per_configuration: self.options.runs,
+            storms: &self.options.storms,
+            configs: &self.configs,
+            notes: &self.notes,
+            runs: &self.runs,
+        };
+        let machine = machine_line();
+        print!("{}", report.text(&machine));
+        if let Some(path) = &self.options.json {
+            let unix_time = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let json = serde_json::to_string_pretty(&report.json(&machine, unix_time))?;
+            fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("xtask: wrote {}", path.display());
+        }
+        Ok(())
+    }
+
+    fn run_all(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let scale = self.options.scale;
+        for storm in self.options.storms.clone() {
+            let mut configs: Vec<Config> = self
+                .configs
+                .iter()
+                .copied()
+                .filter(|&c| c.runs_on(storm, scale))
+                .collect();
+            // One untraced run first, not counted: it warms the page cache and the allocator.
+            run_once(&self.commands, storm, Config::Untraced, 0)
+                .with_context(|| format!("{} storm, warm-up run", storm.name()))?;
+            for index in 0..self.options.runs {
+                for config in run_order(&configs, index) {
+                    match run_once(&self.commands, storm, config, index) {
+                        Ok(run) => {
+                            eprintln!(
+                                "xtask: bench {} {}/{}: {:<40} {:>9.3} s",
+                                storm.name(),
+                                index + 1,
+                                self.options.runs,
+                                config.name(),
+                                run.elapsed_ns as f64 / 1e9
+                            );
+                            self.runs.push(run);
+                        }
+                        // A peer that fails is left out; memprof or the workload failing is
+                        // what the bench is there to find.
+                        Err(e) if config.peer().is_some() => {
+                            let note = format!(
+                                "dropped: {} on the {} storm failed: {e:#}",
+                                config.name(),
+                                storm.name()
+                            );
+                            eprintln!("xtask: {note}");
+                            self.notes.push(note);
+                            configs.retain(|&c| c != config);
+                            self.runs
+                                .retain(|r| !(r.storm == storm && r.config == config));
+                        }
+                        Err(e) => {
+                            return Err(e.context(format!(
+                                "{} storm, run {}, {}",
+                                storm.name(),
+                                index + 1,
+                                config.name()
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("xtask: bench took {:.0} s", started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(words: &[&str]) -> Result<Options> {
+        let args: Vec<OsString> = words.iter().map(OsString::from).collect();
+        parse(&args)
+    }
+
+    #[test]
+    fn defaults() {
+        let options = parse_words(&[]).unwrap();
+        assert_eq!(
+            options,
+            Options {
+                scale: 1.0,
+                runs: 5,
+                storms: Storm::ALL.to_vec(),
+                json: None,
+                prebuilt: None,
+            }
+        );
+    }
+
+    #[test]
+    fn options() {
+        let options = parse_words(&[
+            "--quick", "--runs", "1", "--storm", "mixed", "--storm", "faults", "--storm", "mixed",
+            "--json", "out.json",
+        ])
+        .unwrap();
+        assert_eq!(options.scale, 0.25);
+        assert_eq!(options.runs, 1);
+        // In the order given, each once.
+        assert_eq!(options.storms, [Storm::Mixed, Storm::Faults]);
+        assert_eq!(options.json, Some(PathBuf::from("out.json")));
+        // The last of --quick and --scale wins.
+        assert_eq!(
+            parse_words(&["--quick", "--scale", "4"]).unwrap().scale,
+            4.0
+        );
+        assert_eq!(
+            parse_words(&["--scale", "0.1", "--quick"]).unwrap().scale,
+            0.25
+        );
+        let prebuilt = parse_words(&["--prebuilt", "/t"]).unwrap().prebuilt;
+        assert_eq!(prebuilt, Some(PathBuf::from("/t")));
+    }
+
+    #[test]
+    fn bad_options() {
+        let error = |words: &[&str]| format!("{:#}", parse_words(words).unwrap_err());
+        assert!(error(&["--runs", "0"]).contains("at least 1"));
+        assert!(error(&["--runs", "x"]).contains("--runs x"));
+        assert!(error(&["--scale", "0"]).contains("not in (0, 4]"));
+        assert!(error(&["--scale", "4.5"]).contains("not in (0, 4]"));
+        assert!(error(&["--storm", "brk"]).contains("not faults, syscalls or mixed"));
+        assert!(error(&["--json"]).starts_with("--json needs a value"));
+        assert!(error(&["--fast"]).starts_with("unknown bench argument `--fast`"));
+    }
+
+    #[test]
+    fn run_order_rotates_and_reverses_every_other_run() {
+        use Config::{Memprof as M, Perf as P, Untraced as U};
+        let configs = [U, M, P];
+        assert_eq!(run_order(&configs, 0), [U, M, P]);
+        assert_eq!(run_order(&configs, 1), [U, P, M]);
+        assert_eq!(run_order(&configs, 2), [P, U, M]);
+        assert_eq!(run_order(&configs, 3), [P, M, U]);
+        assert_eq!(run_order(&configs, 4), [M, P, U]);
+        assert_eq!(run_order(&[], 1), []);
+    }
+}

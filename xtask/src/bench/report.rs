@@ -1,0 +1,519 @@
+//! What the bench prints: the machine line, a markdown table per storm, the legend, memprof's
+//! budgets with PASS or OVER, and every run's raw figures as JSON. Pure: it reads only the
+//! runs it is given.
+
+use serde_json::{Value, json};
+use std::{fs, thread, time::Duration};
+
+use super::{
+    measure::{MemprofRun, Run},
+    storm::{Config, Storm},
+};
+
+/// How to read the tables.
+const LEGEND: &str = "
+time: the storm's own duration as the workload measures it, median over runs. slowdown: \
+median over runs of traced_i / untraced_i, paired by run. events: events memprof received \
+(page faults, RSS updates, memory syscalls), median per run (perf: samples). lost: worst \
+run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's \
+wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until \
+it prints `tracing pid`, median (max).
+";
+
+// memprof's budgets.
+const FAULTS_DEFAULT_MAX: f64 = 1.10;
+const FAULTS_FAULT_STACKS_MAX: f64 = 1.35;
+const SYSCALLS_DEFAULT_MAX: f64 = 1.25;
+const CPU_MAX_CORES: f64 = 0.5;
+const RSS_MAX_BYTES: u64 = 100_000_000;
+const TO_TRACING_MAX: Duration = Duration::from_millis(500);
+
+/// The runs of one bench and what it ran, to report.
+pub(super) struct Report<'a> {
+    pub(super) scale: f64,
+    pub(super) runs_per_configuration: usize,
+    pub(super) storms: &'a [Storm],
+    /// The configurations that ran, in the order of the tables' rows.
+    pub(super) configs: &'a [Config],
+    /// Configurations skipped or dropped, and why.
+    pub(super) notes: &'a [String],
+    pub(super) runs: &'a [Run],
+}
+
+impl Report<'_> {
+    /// Everything the bench prints on stdout: a heading naming `machine`, the tables, the
+    /// legend, the budgets and the notes.
+    pub(super) fn text(&self, machine: &str) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "memprof overhead: {machine}, {} run(s) of each configuration, interleaved\n",
+            self.runs_per_configuration
+        ));
+        for &storm in self.storms {
+            out.push('\n');
+            out.push_str(&self.table(storm));
+        }
+        out.push_str(LEGEND);
+        out.push('\n');
+        out.push_str(&self.budgets());
+        for note in self.notes {
+            out.push_str(&format!("- {note}\n"));
+        }
+        out
+    }
+
+    /// The runs of `storm` under `config`, in run order.
+    fn of(&self, storm: Storm, config: Config) -> Vec<&Run> {
+        let mut runs: Vec<&Run> = self
+            .runs
+            .iter()
+            .filter(|r| r.storm == storm && r.config == config)
+            .collect();
+        runs.sort_by_key(|r| r.index);
+        runs
+    }
+
+    /// Median over runs of traced_i / untraced_i.
+    fn slowdown(&self, storm: Storm, config: Config) -> Option<f64> {
+        let untraced = self.of(storm, Config::Untraced);
+        let ratios: Vec<f64> = self
+            .of(storm, config)
+            .iter()
+            .filter_map(|r| {
+                let base = untraced.iter().find(|u| u.index == r.index)?;
+                Some(r.elapsed_ns as f64 / base.elapsed_ns as f64)
+            })
+            .collect();
+        median(&ratios)
+    }
+
+    fn table(&self, storm: Storm) -> String {
+        let mut out = format!(
+            "### {} storm: {}\n\n\
+             | configuration | median time | slowdown | events | lost | memprof CPU (share) | memprof peak RSS | to tracing |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            storm.name(),
+            storm.describe(self.scale)
+        );
+        for &config in self.configs {
+            let runs = self.of(storm, config);
+            if runs.is_empty() {
+                continue;
+            }
+            let times: Vec<f64> = runs.iter().map(|r| r.elapsed_ns as f64 / 1e9).collect();
+            let time = median(&times).map_or("–".into(), |t| format!("{t:.3} s"));
+            let slowdown = self
+                .slowdown(storm, config)
+                .map_or("–".into(), |s| format!("{s:.2}x"));
+            let memprof: Vec<&MemprofRun> =
+                runs.iter().filter_map(|r| r.memprof.as_ref()).collect();
+            let dash = || "–".to_string();
+            let (events, lost, cpu, rss, tracing) = if memprof.is_empty() {
+                let samples: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| r.perf_samples.map(|s| s as f64))
+                    .collect();
+                let events = median(&samples).map_or_else(dash, |s| group(s as u64) + " samples");
+                (events, dash(), dash(), dash(), dash())
+            } else {
+                let counts: Vec<f64> = memprof.iter().map(|m| m.events as f64).collect();
+                let cpu_secs: Vec<f64> = memprof
+                    .iter()
+                    .filter_map(|m| Some(m.cpu_ns? as f64 / 1e9))
+                    .collect();
+                let to: Vec<f64> = memprof
+                    .iter()
+                    .map(|m| m.to_tracing_ns as f64 / 1e9)
+                    .collect();
+                (
+                    group(median(&counts).unwrap_or(0.0) as u64),
+                    group(memprof.iter().map(|m| m.lost_events).max().unwrap_or(0)),
+                    match (median(&cpu_secs), self.cpu_share(storm, config)) {
+                        (Some(secs), Some(share)) => format!("{secs:.2} s ({share:.2} cores)"),
+                        _ => "?".into(),
+                    },
+                    memprof
+                        .iter()
+                        .filter_map(|m| m.peak_rss_kib)
+                        .max()
+                        .map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+                    format!(
+                        "{:.3} s (max {:.3})",
+                        median(&to).unwrap_or(0.0),
+                        to.iter().copied().fold(0.0, f64::max)
+                    ),
+                )
+            };
+            out.push_str(&format!(
+                "| {} | {time} | {slowdown} | {events} | {lost} | {cpu} | {rss} | {tracing} |\n",
+                config.name()
+            ));
+        }
+        out
+    }
+
+    /// memprof's CPU time over its wall time, summed over runs: the cores it used on average.
+    fn cpu_share(&self, storm: Storm, config: Config) -> Option<f64> {
+        let (mut cpu, mut wall) = (0u64, 0u64);
+        for run in self.of(storm, config) {
+            cpu += run.memprof.as_ref()?.cpu_ns?;
+            wall += run.wall_ns;
+        }
+        (wall > 0).then(|| cpu as f64 / wall as f64)
+    }
+
+    fn budgets(&self) -> String {
+        let mut out = format!(
+            "Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all \
+             runs; CPU: memprof's CPU time / its wall time, summed over runs, worst \
+             configuration; RSS and time to tracing: worst run){}:\n\n",
+            if self.scale == 1.0 {
+                String::new()
+            } else {
+                format!(" at --scale {}", self.scale)
+            }
+        );
+        let verdict = |pass: bool| if pass { "PASS" } else { "OVER" };
+        let mut line = |what: String, value: String, budget: String, pass: Option<bool>| {
+            let verdict = pass.map_or("n/a ", verdict);
+            out.push_str(&format!("- {verdict} {what}: {value} (budget {budget})\n"));
+        };
+        let ratios = [
+            (Storm::Faults, Config::Memprof, FAULTS_DEFAULT_MAX),
+            (
+                Storm::Faults,
+                Config::MemprofFaultStacks,
+                FAULTS_FAULT_STACKS_MAX,
+            ),
+            (Storm::Syscalls, Config::Memprof, SYSCALLS_DEFAULT_MAX),
+        ];
+        for (storm, config, max) in ratios {
+            if !self.storms.contains(&storm) {
+                continue;
+            }
+            let slowdown = self.slowdown(storm, config);
+            line(
+                format!("{} storm, {}", storm.name(), config.name()),
+                slowdown.map_or("–".into(), |s| format!("{s:.2}x")),
+                format!("≤ {max:.2}x"),
+                slowdown.map(|s| s <= max),
+            );
+        }
+        let memprof: Vec<&MemprofRun> = self
+            .runs
+            .iter()
+            .filter_map(|r| r.memprof.as_ref())
+            .collect();
+        let lost: u64 = memprof.iter().map(|m| m.lost_events).sum();
+        line(
+            "lost events".into(),
+            group(lost),
+            "0".into(),
+            Some(lost == 0),
+        );
+        let cpu = self
+            .storms
+            .iter()
+            .flat_map(|&s| {
+                [Config::Memprof, Config::MemprofFaultStacks].map(|c| self.cpu_share(s, c))
+            })
+            .collect::<Option<Vec<f64>>>()
+            .map(|shares| shares.into_iter().fold(0.0, f64::max));
+        line(
+            "memprof CPU".into(),
+            cpu.map_or("unknown (ptrace refused)".into(), |c| {
+                format!("{c:.2} cores")
+            }),
+            format!("≤ {CPU_MAX_CORES} core"),
+            cpu.map(|c| c <= CPU_MAX_CORES),
+        );
+        let rss = memprof
+            .iter()
+            .map(|m| m.peak_rss_kib)
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|k| k.into_iter().max());
+        line(
+            "memprof peak RSS".into(),
+            rss.map_or("unknown (ptrace refused)".into(), |k| {
+                format!("{:.1} MB", (k * 1024) as f64 / 1e6)
+            }),
+            format!("≤ {} MB", RSS_MAX_BYTES / 1_000_000),
+            rss.map(|k| k * 1024 <= RSS_MAX_BYTES),
+        );
+        let tracing = memprof.iter().map(|m| m.to_tracing_ns).max();
+        line(
+            "time to tracing".into(),
+            tracing.map_or("–".into(), |ns| format!("{:.3} s", ns as f64 / 1e9)),
+            format!("≤ {:.1} s", TO_TRACING_MAX.as_secs_f64()),
+            tracing.map(|ns| ns <= TO_TRACING_MAX.as_nanos() as u64),
+        );
+        out
+    }
+
+    /// Every run's figures and the median slowdowns, for `--json`.
+    pub(super) fn json(&self, machine: &str, unix_time: u64) -> Value {
+        let runs: Vec<Value> = self
+            .runs
+            .iter()
+            .map(|r| {
+                let m = r.memprof.as_ref();
+                json!({
+                    "storm": r.storm.name(),
+                    "configuration": r.config.name(),
+                    "run": r.index,
+                    "elapsed_ns": r.elapsed_ns,
+                    "wall_ns": r.wall_ns,
+                    "events": m.map(|m| m.events),
+                    "lost_events": m.map(|m| m.lost_events),
+                    "memprof_cpu_ns": m.and_then(|m| m.cpu_ns),
+                    "memprof_peak_rss_kib": m.and_then(|m| m.peak_rss_kib),
+                    "to_tracing_ns": m.map(|m| m.to_tracing_ns),
+                    "perf_samples": r.perf_samples,
+                })
+            })
+            .collect();
+        let slowdowns: Vec<Value> = self
+            .storms
+            .iter()
+            .flat_map(|&storm| {
+                self.configs.iter().filter_map(move |&config| {
+                    let s = self.slowdown(storm, config)?;
+                    Some(json!({"storm": storm.name(), "configuration": config.name(), "median_slowdown": s}))
+                })
+            })
+            .collect();
+        json!({
+            "unix_time": unix_time,
+            "machine": machine,
+            "scale": self.scale,
+            "runs_per_configuration": self.runs_per_configuration,
+            "slowdowns": slowdowns,
+            "notes": self.notes,
+            "runs": runs,
+        })
+    }
+}
+
+pub(super) fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// 1234567 → "1,234,567".
+pub(super) fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// CPUs, CPU model and kernel, for the table's heading.
+pub(super) fn machine_line() -> String {
+    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".into(), |k| k.trim().to_string());
+    format!("{cpus} cores ({model}), Linux {kernel}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[2.0]), Some(2.0));
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn grouped_digits() {
+        assert_eq!(group(0), "0");
+        assert_eq!(group(999), "999");
+        assert_eq!(group(1000), "1,000");
+        assert_eq!(group(200_000), "200,000");
+        assert_eq!(group(1_234_567), "1,234,567");
+        assert_eq!(group(u64::MAX), "18,446,744,073,709,551,615");
+    }
+
+    fn memprof(
+        storm: Storm,
+        index: usize,
+        elapsed_ms: u64,
+        events: u64,
+        lost_events: u64,
+        cpu_ms: Option<u64>,
+        to_tracing_ms: u64,
+    ) -> Run {
+        Run {
+            memprof: Some(MemprofRun {
+                events,
+                lost_events,
+                cpu_ns: cpu_ms.map(|ms| ms * 1_000_000),
+                peak_rss_kib: Some(75_000 + index as u64 * 100),
+                to_tracing_ns: to_tracing_ms * 1_000_000,
+            }),
+            ..Run::timed(
+                storm,
+                Config::Memprof,
+                index,
+                elapsed_ms * 1_000_000,
+                (elapsed_ms + 100) * 1_000_000,
+            )
+        }
+    }
+
+    fn untraced(storm: Storm, index: usize, elapsed_ms: u64) -> Run {
+        let (elapsed, wall) = (elapsed_ms * 1_000_000, (elapsed_ms + 50) * 1_000_000);
+        Run::timed(storm, Config::Untraced, index, elapsed, wall)
+    }
+
+    fn perf(storm: Storm, index: usize, elapsed_ms: u64, samples: u64) -> Run {
+        let (elapsed, wall) = (elapsed_ms * 1_000_000, (elapsed_ms + 300) * 1_000_000);
+        Run {
+            perf_samples: Some(samples),
+            ..Run::timed(storm, Config::Perf, index, elapsed, wall)
+        }
+    }
+
+    /// Two storms at --scale 0.25: on the syscall storm one memprof run lost events and one
+    /// could not be followed (no CPU time), and the last untraced run is missing.
+    fn runs() -> Vec<Run> {
+        use Storm::{Faults, Syscalls};
+        vec![
+            untraced(Faults, 0, 1000),
+            untraced(Faults, 1, 1200),
+            untraced(Faults, 2, 1100),
+            memprof(Faults, 2, 1100, 1_083_608, 0, Some(110), 78),
+            memprof(Faults, 0, 1060, 1_083_606, 0, Some(100), 76),
+            memprof(Faults, 1, 1260, 1_083_610, 0, Some(120), 80),
+            perf(Faults, 0, 1700, 1_048_653),
+            perf(Faults, 1, 2000, 1_048_655),
+            perf(Faults, 2, 1900, 1_048_654),
+            untraced(Syscalls, 0, 700),
+            untraced(Syscalls, 1, 720),
+            memprof(Syscalls, 0, 860, 600_112, 2, Some(170), 77),
+            memprof(Syscalls, 1, 880, 600_114, 0, None, 79),
+            memprof(Syscalls, 2, 870, 600_113, 0, Some(180), 81),
+        ]
+    }
+
+    const NOTES: [&str; 1] = ["skipped: bpftrace not installed"];
+
+    /// The report of `runs()` at --scale 0.25, of three configurations (bpftrace skipped).
+    fn report<'a>(notes: &'a [String], runs: &'a [Run]) -> Report<'a> {
+        Report {
+            scale: 0.25,
+            runs_per_configuration: 3,
+            storms: &[Storm::Faults, Storm::Syscalls],
+            configs: &[Config::Untraced, Config::Memprof, Config::Perf],
+            notes,
+            runs,
+        }
+    }
+
+    #[test]
+    fn printed_report() {
+        let notes = NOTES.map(String::from);
+        let runs = runs();
+        let report = report(&notes, &runs);
+        let expected = "\
+memprof overhead: 2 cores (CPU), Linux 6.18, 3 run(s) of each configuration, interleaved
+
+### faults storm: reserve 4 GiB, touch 256 MiB page by page, 4 rounds (MADV_DONTNEED between)
+
+| configuration | median time | slowdown | events | lost | memprof CPU (share) | memprof peak RSS | to tracing |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| untraced | 1.100 s | 1.00x | – | – | – | – | – |
+| memprof | 1.100 s | 1.05x | 1,083,608 | 0 | 0.11 s (0.09 cores) | 73.4 MiB | 0.078 s (max 0.080) |
+| perf record -e page-faults -c 1 -g | 1.900 s | 1.70x | 1,048,654 samples | – | – | – | – |
+
+### syscalls storm: 50,000 rounds of mmap 64 KiB, touch one page, munmap
+
+| configuration | median time | slowdown | events | lost | memprof CPU (share) | memprof peak RSS | to tracing |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
+| untraced | 0.710 s | 1.00x | – | – | – | – | – |
+| memprof | 0.870 s | 1.23x | 600,113 | 2 | ? | 73.4 MiB | 0.079 s (max 0.081) |
+
+time: the storm's own duration as the workload measures it, median over runs. slowdown: median over runs of traced_i / untraced_i, paired by run. events: events memprof received (page faults, RSS updates, memory syscalls), median per run (perf: samples). lost: worst run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until it prints `tracing pid`, median (max).
+
+Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all runs; CPU: memprof's CPU time / its wall time, summed over runs, worst configuration; RSS and time to tracing: worst run) at --scale 0.25:
+
+- PASS faults storm, memprof: 1.05x (budget ≤ 1.10x)
+- n/a  faults storm, memprof --fault-stacks: – (budget ≤ 1.35x)
+- PASS syscalls storm, memprof: 1.23x (budget ≤ 1.25x)
+- OVER lost events: 2 (budget 0)
+- n/a  memprof CPU: unknown (ptrace refused) (budget ≤ 0.5 core)
+- PASS memprof peak RSS: 77.0 MB (budget ≤ 100 MB)
+- PASS time to tracing: 0.081 s (budget ≤ 0.5 s)
+- skipped: bpftrace not installed
+";
+        assert_eq!(report.text("2 cores (CPU), Linux 6.18"), expected);
+    }
+
+    #[test]
+    fn raw_json() {
+        let notes = NOTES.map(String::from);
+        let runs = runs();
+        let report = report(&notes, &runs);
+        let json = report.json("m", 7);
+        assert_eq!(json["unix_time"], 7);
+        assert_eq!(json["machine"], "m");
+        assert_eq!(json["notes"], json!(NOTES));
+        assert_eq!(json["runs"].as_array().unwrap().len(), runs.len());
+        assert_eq!(
+            json["runs"][11],
+            json!({
+                "storm": "syscalls", "configuration": "memprof", "run": 0,
+                "elapsed_ns": 860_000_000, "wall_ns": 960_000_000,
+                "events": 600_112, "lost_events": 2, "memprof_cpu_ns": 170_000_000,
+                "memprof_peak_rss_kib": 75_000, "to_tracing_ns": 77_000_000, "perf_samples": null,
+            })
+        );
+        // A slowdown for every configuration with runs paired with untraced ones.
+        let slowdowns: Vec<(&str, &str)> = json["slowdowns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["storm"].as_str().unwrap(),
+                    s["configuration"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            slowdowns,
+            [
+                ("faults", "untraced"),
+                ("faults", "memprof"),
+                ("faults", "perf record -e page-faults -c 1 -g"),
+                ("syscalls", "untraced"),
+                ("syscalls", "memprof"),
+            ]
+        );
+    }
+}

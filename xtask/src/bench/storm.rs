@@ -1,0 +1,323 @@
+//! What the bench runs: the storms of the project's workload, the configurations each storm
+//! runs under (untraced, memprof, the peers that are installed), and the command of each.
+
+use anyhow::{Context, Result, ensure};
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use super::report::group;
+use crate::find_in_path;
+
+/// bpftrace counting the workload's page faults by user stack.
+const BPFTRACE_PROGRAM: &str =
+    "tracepoint:exceptions:page_fault_user /pid == cpid/ { @[ustack] = count(); }";
+/// strace -k is hundreds of times slower: it runs on the syscall storm at this scale or less.
+const STRACE_STACKS_MAX_SCALE: f64 = 0.1;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Storm {
+    Faults,
+    Syscalls,
+    Mixed,
+}
+
+impl Storm {
+    pub(super) const ALL: [Storm; 3] = [Storm::Faults, Storm::Syscalls, Storm::Mixed];
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Storm::Faults => "faults",
+            Storm::Syscalls => "syscalls",
+            Storm::Mixed => "mixed",
+        }
+    }
+
+    pub(super) fn describe(self, scale: f64) -> String {
+        let touched = (1024.0 * scale).round();
+        let rounds = |full: f64| group(((full * scale) as u64).max(1));
+        match self {
+            Storm::Faults => format!(
+                "reserve 4 GiB, touch {touched} MiB page by page, 4 rounds (MADV_DONTNEED between)"
+            ),
+            Storm::Syscalls => format!(
+                "{} rounds of mmap 64 KiB, touch one page, munmap",
+                rounds(200_000.0)
+            ),
+            Storm::Mixed => format!(
+                "one round of the fault storm ({touched} MiB), then {} rounds of the syscall storm",
+                rounds(50_000.0)
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Config {
+    Untraced,
+    Memprof,
+    MemprofFaultStacks,
+    Bpftrace,
+    Perf,
+    Strace,
+    StraceStacks,
+}
+
+impl Config {
+    const ALL: [Config; 7] = [
+        Config::Untraced,
+        Config::Memprof,
+        Config::MemprofFaultStacks,
+        Config::Bpftrace,
+        Config::Perf,
+        Config::Strace,
+        Config::StraceStacks,
+    ];
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Config::Untraced => "untraced",
+            Config::Memprof => "memprof",
+            Config::MemprofFaultStacks => "memprof --fault-stacks",
+            Config::Bpftrace => "bpftrace (faults by ustack)",
+            Config::Perf => "perf record -e page-faults -c 1 -g",
+            Config::Strace => "strace -f -e trace=mmap,munmap,brk",
+            Config::StraceStacks => "strace -f -k -e trace=mmap,munmap,brk",
+        }
+    }
+
+    /// The peer's program, which must be on PATH.
+    pub(super) fn peer(self) -> Option<&'static str> {
+        match self {
+            Config::Untraced | Config::Memprof | Config::MemprofFaultStacks => None,
+            Config::Bpftrace => Some("bpftrace"),
+            Config::Perf => Some("perf"),
+            Config::Strace | Config::StraceStacks => Some("strace"),
+        }
+    }
+
+    /// Whether this configuration runs on `storm` at `scale`: all do, but strace -k, which
+    /// runs only on the syscall storm at a small scale.
+    pub(super) fn runs_on(self, storm: Storm, scale: f64) -> bool {
+        self != Config::StraceStacks
+            || (storm == Storm::Syscalls && scale <= STRACE_STACKS_MAX_SCALE)
+    }
+}
+
+/// The configurations that run (those whose peer is installed), and a note for each that
+/// does not, in the order of the tables.
+pub(super) fn configurations(storms: &[Storm], scale: f64) -> (Vec<Config>, Vec<String>) {
+    let mut configs = Vec::new();
+    let mut notes = Vec::new();
+    for config in Config::ALL {
+        match config.peer() {
+            Some(program) if find_in_path(program).is_none() => {
+                let note = format!("skipped: {program} not installed");
+                if !notes.contains(&note) {
+                    eprintln!("xtask: {note}");
+                    notes.push(note);
+                }
+            }
+            _ => configs.push(config),
+        }
+    }
+    if configs.contains(&Config::StraceStacks)
+        && !storms
+            .iter()
+            .any(|&storm| Config::StraceStacks.runs_on(storm, scale))
+    {
+        notes.push(format!(
+            "skipped: strace -k (hundreds of times slower) runs only on the syscall storm \
+             at --scale {STRACE_STACKS_MAX_SCALE} or less"
+        ));
+    }
+    (configs, notes)
+}
+
+/// The programs that runs spawn, and the directory where they leave their files.
+pub(super) struct Commands {
+    memprof: PathBuf,
+    workload: PathBuf,
+    /// Holds one run's perf.data or memprof's report.json at a time.
+    dir: PathBuf,
+    scale: f64,
+}
+
+impl Commands {
+    /// memprof and the workload from a release build in `target`, and a new scratch directory.
+    pub(super) fn new(target: &Path, scale: f64) -> Result<Self> {
+        let memprof = target.join("release/memprof");
+        let workload = target.join("release/memprof-workload");
+        for binary in [&memprof, &workload] {
+            ensure!(binary.is_file(), "{} is missing", binary.display());
+        }
+        let dir = env::temp_dir().join(format!("memprof-bench-{}", std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self {
+            memprof,
+            workload,
+            dir,
+            scale,
+        })
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where memprof writes its JSON report.
+    pub(super) fn report_json(&self) -> PathBuf {
+        self.dir.join("report.json")
+    }
+
+    /// Where perf record writes its samples.
+    pub(super) fn perf_data(&self) -> PathBuf {
+        self.dir.join("perf.data")
+    }
+
+    fn workload_args(&self, storm: Storm) -> Vec<OsString> {
+        vec![
+            self.workload.clone().into(),
+            "--storm".into(),
+            storm.name().into(),
+            "--scale".into(),
+            self.scale.to_string().into(),
+        ]
+    }
+
+    /// The command that runs `storm` under `config`; its standard streams are the caller's to set.
+    pub(super) fn command(&self, storm: Storm, config: Config) -> Command {
+        let workload = self.workload_args(storm);
+        let mut cmd;
+        match config {
+            Config::Untraced => {
+                cmd = Command::new(&workload[0]);
+                cmd.args(&workload[1..]);
+            }
+            Config::Memprof | Config::MemprofFaultStacks => {
+                cmd = Command::new(&self.memprof);
+                cmd.arg("run").arg("--json").arg(self.report_json());
+                if config == Config::MemprofFaultStacks {
+                    cmd.arg("--fault-stacks");
+                }
+                cmd.arg("--").args(&workload);
+            }
+            Config::Bpftrace => {
+                let words: Vec<_> = workload.iter().map(|w| w.to_string_lossy()).collect();
+                cmd = Command::new("bpftrace");
+                cmd.args(["-e", BPFTRACE_PROGRAM, "-c"])
+                    .arg(words.join(" "));
+            }
+            Config::Perf => {
+                cmd = Command::new("perf");
+                cmd.args(["record", "-e", "page-faults", "-c", "1", "-g", "-o"])
+                    .arg(self.perf_data())
+                    .arg("--")
+                    .args(&workload);
+            }
+            Config::Strace | Config::StraceStacks => {
+                cmd = Command::new("strace");
+                cmd.arg("-f");
+                if config == Config::StraceStacks {
+                    cmd.arg("-k");
+                }
+                cmd.args(["-e", "trace=mmap,munmap,brk", "-o", "/dev/null"])
+                    .args(&workload);
+            }
+        }
+        cmd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::show;
+
+    #[test]
+    fn storms_described_as_the_readme_shows_them() {
+        let cases = [
+            (
+                Storm::Faults,
+                1.0,
+                "reserve 4 GiB, touch 1024 MiB page by page, 4 rounds (MADV_DONTNEED between)",
+            ),
+            (
+                Storm::Syscalls,
+                1.0,
+                "200,000 rounds of mmap 64 KiB, touch one page, munmap",
+            ),
+            (
+                Storm::Mixed,
+                1.0,
+                "one round of the fault storm (1024 MiB), then 50,000 rounds of the syscall storm",
+            ),
+            (
+                Storm::Mixed,
+                0.25,
+                "one round of the fault storm (256 MiB), then 12,500 rounds of the syscall storm",
+            ),
+            // At least one round, however small the scale.
+            (
+                Storm::Syscalls,
+                0.000_001,
+                "1 rounds of mmap 64 KiB, touch one page, munmap",
+            ),
+        ];
+        for (storm, scale, description) in cases {
+            assert_eq!(
+                storm.describe(scale),
+                description,
+                "{} at {scale}",
+                storm.name()
+            );
+        }
+    }
+
+    #[test]
+    fn strace_stacks_runs_only_on_small_syscall_storms() {
+        assert!(Config::StraceStacks.runs_on(Storm::Syscalls, 0.1));
+        assert!(!Config::StraceStacks.runs_on(Storm::Syscalls, 0.25));
+        assert!(!Config::StraceStacks.runs_on(Storm::Faults, 0.1));
+        assert!(Config::Strace.runs_on(Storm::Faults, 4.0));
+        assert!(Config::Memprof.runs_on(Storm::Mixed, 1.0));
+    }
+
+    #[test]
+    fn commands() {
+        let commands = Commands {
+            memprof: "/t/memprof".into(),
+            workload: "/t/memprof-workload".into(),
+            dir: "/d".into(),
+            scale: 0.25,
+        };
+        let show = |config| show(&commands.command(Storm::Mixed, config));
+        let workload = "/t/memprof-workload --storm mixed --scale 0.25";
+        let cases = [
+            (Config::Untraced, workload.to_string()),
+            (
+                Config::MemprofFaultStacks,
+                format!("/t/memprof run --json /d/report.json --fault-stacks -- {workload}"),
+            ),
+            (
+                Config::Bpftrace,
+                format!("bpftrace -e {BPFTRACE_PROGRAM} -c {workload}"),
+            ),
+            (
+                Config::Perf,
+                format!("perf record -e page-faults -c 1 -g -o /d/perf.data -- {workload}"),
+            ),
+            (
+                Config::StraceStacks,
+                format!("strace -f -k -e trace=mmap,munmap,brk -o /dev/null {workload}"),
+            ),
+        ];
+        for (config, words) in cases {
+            assert_eq!(show(config), format!("`{words}`"));
+        }
+    }
+}

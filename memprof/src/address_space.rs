@@ -590,7 +590,7 @@ impl AddressSpace {
     }
 
     /// User page faults, one on each of `pages` pages from `address`'s on, all with one
-    /// `error_code` (the x86 one, bit 1: write): the kernel sends such a run as one record.
+    /// `error_code` (the x86 one, bit 1: write): the kernel sends such a run as one event.
     /// `charge` is called with the site of each region the faults landed in and how many did.
     pub fn fault_run(
         &mut self,

@@ -176,7 +176,7 @@ impl Drop for Probes {
 }
 
 impl Probes {
-    /// Loads and attaches everything; returns the probes and the ring buffer of records.
+    /// Loads and attaches everything; returns the probes and the ring buffer of events.
     pub fn load(options: &LoadOptions) -> anyhow::Result<(Self, RingBuf<MapData>)> {
         // Older kernels charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
         let unlimited = libc::rlimit {

@@ -123,7 +123,7 @@ impl Session {
         let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
-        // Most records arrive without a wake-up (see the eBPF side's `emit`).
+        // Most events arrive without a wake-up (see the eBPF side's `emit`).
         let mut drain = tokio::time::interval(DRAIN_INTERVAL);
         loop {
             tokio::select! {

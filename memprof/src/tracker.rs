@@ -284,9 +284,198 @@ impl<P: ProcSource> Tracker<P> {
         self.lost_events = lost_events + self.undecodable;
         self.lost_stacks = lost_stacks;
     }
+}
 
-    #[cfg(test)]
-    fn proc_mut(&mut self) -> &mut P {
-        &mut self.proc
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        address_space::{PAGE_SIZE, RegionKind, SITE_BEFORE_TRACING},
+        testing::*,
+    };
+
+    const MREMAP_MAYMOVE: u64 = 1;
+
+    fn attached(proc: FakeProc, pid: u32) -> Tracker<FakeProc> {
+        let mut tracker = Tracker::new(proc, pid, Origin::Attached, Duration::from_millis(5), 0);
+        assert!(tracker.seed_from_proc(pid, 0));
+        tracker
+    }
+
+    #[test]
+    fn a_forked_child_copies_its_parent_and_keeps_its_own_counters() {
+        let proc = FakeProc::default()
+            .with(10, "bash", BASH_MAPS, 3 * MIB)
+            .with(11, "bash", BASH_MAPS, MIB);
+        let mut tracker = attached(proc, 10);
+        tracker.apply(stack(10, 7, &[0x5555_0000_0010]));
+        tracker.apply(mmap(10, 0x7f00_1000_0000, 4 * MIB, 7));
+        tracker.apply(new_process(10, 11, "bash"));
+        let (parent, child) = (&tracker.processes[&10], &tracker.processes[&11]);
+        assert_eq!(parent.events.forks, 1);
+        assert_eq!(parent.reserved.end, BASH_RESERVED + 4 * MIB);
+        assert_eq!(child.reserved.end, parent.reserved.end);
+        let sites = |p: &Process| p.space.regions().map(|r| r.site).collect::<Vec<_>>();
+        assert_eq!(sites(child), sites(parent), "same regions, same sites");
+        assert_eq!((child.resident.end, parent.resident.end), (MIB, 3 * MIB));
+        // The child's own calls change the child alone.
+        tracker.apply(syscall(
+            11,
+            libc::SYS_munmap,
+            [0x7f00_1000_0000, 4 * MIB, 0, 0, 0, 0],
+            0,
+            0,
+        ));
+        assert_eq!(tracker.processes[&11].reserved.end, BASH_RESERVED);
+        assert_eq!(tracker.processes[&10].reserved.end, BASH_RESERVED + 4 * MIB);
+    }
+
+    #[test]
+    fn exec_replaces_the_address_space_and_forgets_the_old_stacks() {
+        let proc = FakeProc::default().with(10, "sh -c x", BASH_MAPS, MIB);
+        let mut tracker = attached(proc, 10);
+        tracker.apply(stack(10, 7, &[0x5555_0000_0010]));
+        tracker.apply(mmap(10, 0x7f00_1000_0000, MIB, 7));
+        assert_eq!(tracker.processes[&10].site_ids.len(), 1);
+        let new_maps = "5600000000-5600002000 r-xp 00000000 fe:00 2 /usr/bin/x\n";
+        tracker.proc = tracker.proc.with(10, "x", new_maps, 2 * MIB);
+        tracker.apply(exec(10, "x"));
+        let p = &tracker.processes[&10];
+        assert_eq!((p.command.as_str(), p.events.execs), ("x", 1));
+        assert_eq!(p.reserved.end, 0x2000);
+        assert_eq!(p.reserved.peak, BASH_RESERVED + MIB, "the peak is history");
+        assert!(p.site_ids.is_empty() && p.incomplete.is_none());
+        // One that is gone before its new image could be read is said to be incomplete.
+        tracker.proc.gone.insert(10);
+        tracker.apply(exec(10, "y"));
+        let p = &tracker.processes[&10];
+        assert_eq!(p.reserved.end, 0);
+        assert!(
+            p.incomplete
+                .as_deref()
+                .unwrap()
+                .contains("exec'd and exited")
+        );
+    }
+
+    #[test]
+    fn a_process_gone_before_proc_is_read_is_kept_from_its_events() {
+        let proc = FakeProc::default().with(10, "sh", BASH_MAPS, MIB);
+        let mut tracker = Tracker::new(proc, 0, Origin::All, Duration::from_millis(5), 0);
+        // `--all`: pid 20's parent is not traced, and 20 was gone before memprof looked.
+        tracker.apply(new_process(19, 20, "true"));
+        tracker.apply(mmap(20, 0x7f00_0000_0000, MIB, NO_STACK));
+        tracker.apply(exit(20));
+        let p = &tracker.processes[&20];
+        assert_eq!(p.command, "[true]");
+        assert!(p.exited && p.incomplete.as_deref().unwrap().contains("exited before"));
+        assert_eq!(p.reserved.end, MIB, "its events still count");
+        tracker.finish(100, 0, 0);
+        assert!(tracker.processes[&20].proc_check.is_none());
+        assert!(
+            !tracker.finished(),
+            "--all ends on Ctrl-C or --duration only"
+        );
+    }
+
+    #[test]
+    fn lost_events_are_counted_and_a_lost_exit_ends_the_process() {
+        let proc = FakeProc::default().with(10, "sh", BASH_MAPS, MIB);
+        let mut tracker = attached(proc, 10);
+        tracker.apply_bytes(&[0xff; 40]);
+        tracker.apply_bytes(&[1, 2, 3]);
+        assert_eq!(tracker.undecodable(), 2);
+        assert!(tracker.vanished().is_empty());
+        // Its exit event never came, but /proc says it is gone.
+        tracker.proc.gone.insert(10);
+        let gone = tracker.vanished();
+        assert_eq!(gone, [10]);
+        tracker.end_vanished(&gone, 70);
+        let p = &tracker.processes[&10];
+        assert!(p.exited && p.incomplete.as_deref().unwrap().contains("lost event"));
+        assert!(tracker.finished());
+        tracker.finish(100, 5, 1);
+        assert_eq!((tracker.lost_events, tracker.lost_stacks), (7, 1));
+        assert_eq!(tracker.processes[&10].ended_ns, Some(70));
+    }
+
+    #[test]
+    fn mremap_moves_a_region_with_its_site_and_resident_pages() {
+        let proc = FakeProc::default().with(10, "sh", BASH_MAPS, MIB);
+        let mut tracker = attached(proc, 10);
+        tracker.apply(stack(10, 7, &[0x5555_0000_0010]));
+        tracker.apply(mmap(10, 0x7f00_1000_0000, 2 * MIB, 7));
+        tracker.apply(faults(10, 0x7f00_1000_0000, 16));
+        let (old, new) = (0x7f00_1000_0000_u64, 0x7f00_4000_0000_u64);
+        let args = [old, 2 * MIB, 4 * MIB, MREMAP_MAYMOVE, 0, 0];
+        tracker.apply(syscall(10, libc::SYS_mremap, args, new as i64, 0));
+        let p = &tracker.processes[&10];
+        assert!(p.space.region_at(old).is_none());
+        let moved = p.space.region_at(new).unwrap();
+        assert_eq!((moved.start, moved.end), (new, new + 4 * MIB));
+        assert_eq!(p.space.region_resident(moved), 16 * PAGE_SIZE);
+        assert_ne!(moved.site, SITE_BEFORE_TRACING);
+        assert_eq!(p.reserved.end, BASH_RESERVED + 4 * MIB);
+        assert_eq!(p.events.mremap, 1);
+    }
+
+    #[test]
+    fn a_fault_run_across_regions_is_charged_to_each_regions_site() {
+        let proc = FakeProc::default().with(10, "sh", BASH_MAPS, MIB);
+        let mut tracker = attached(proc, 10);
+        let base = 0x7f00_2000_0000;
+        tracker.apply(stack(10, 7, &[0x5555_0000_0010]));
+        tracker.apply(stack(10, 9, &[0x5555_0000_0020]));
+        tracker.apply(mmap(10, base, 64 * PAGE_SIZE, 7));
+        tracker.apply(mmap(10, base + 64 * PAGE_SIZE, 64 * PAGE_SIZE, 9));
+        // 40 faults from page 40 on: 24 in the first region, 16 in the second.
+        tracker.apply(faults(10, base + 40 * PAGE_SIZE, 40));
+        let p = &tracker.processes[&10];
+        let site = |at: u64| p.space.region_at(at).unwrap().site;
+        let (first, second) = (site(base), site(base + 64 * PAGE_SIZE));
+        assert_ne!(first, second);
+        let figures = p.site_figures(1);
+        assert_eq!(figures[&first].faults_in_regions, 24);
+        assert_eq!(figures[&second].faults_in_regions, 16);
+        assert_eq!(figures[&first].resident, 24 * PAGE_SIZE);
+        assert_eq!(figures[&second].reserved, 64 * PAGE_SIZE);
+        assert_eq!(p.events.page_faults, 40);
+        let frames = |id| {
+            tracker
+                .sites
+                .get(id)
+                .user
+                .iter()
+                .map(|f| f.address)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(frames(first), [0x5555_0000_0010]);
+        assert_eq!(frames(second), [0x5555_0000_0020]);
+        assert_eq!(p.space.region_at(base).unwrap().kind, RegionKind::Anonymous);
+    }
+
+    #[test]
+    fn a_launched_command_ends_with_its_last_descendant_and_is_checked_against_proc() {
+        let proc = FakeProc::default().with(10, "make", BASH_MAPS, MIB);
+        let first = proc.snapshot(10).unwrap();
+        let origin = Origin::Launched(Some(first));
+        let mut tracker = Tracker::new(proc, 10, origin, Duration::from_millis(5), 0);
+        // Before its exec the command is memprof's own fork: nothing is kept.
+        tracker.apply(mmap(10, 0x7f00_0000_0000, MIB, NO_STACK));
+        assert!(tracker.processes.is_empty());
+        tracker.apply(exec(10, "make"));
+        assert_eq!(tracker.processes[&10].reserved.end, BASH_RESERVED);
+        tracker.proc = tracker.proc.with(11, "cc", BASH_MAPS, MIB);
+        tracker.apply(new_process(10, 11, "make"));
+        tracker.apply(exit(10));
+        assert!(!tracker.finished(), "its child still runs");
+        tracker.apply(exit(11));
+        assert!(tracker.finished());
+        // One still running at the end is compared with what /proc says of it.
+        let mut attached = attached(FakeProc::default().with(12, "x", BASH_MAPS, MIB), 12);
+        attached.finish(100, 0, 0);
+        let check = attached.processes[&12].proc_check.unwrap();
+        assert_eq!(check.vm_size_bytes, BASH_RESERVED);
+        assert!(attached.proc.maps_reads.get() <= 1);
     }
 }

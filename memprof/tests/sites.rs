@@ -6,7 +6,7 @@
 )]
 mod support;
 
-use std::{fs, path::Path};
+use std::{fs, path::Path, process::Command};
 
 use support::*;
 
@@ -41,7 +41,7 @@ fn stacks_that_collide_in_the_stack_map_are_sent_whole() {
 }
 
 /// Without fault stacks the kernel sends a thread's faults on consecutive pages as one
-/// record: the figures must be the same as when every fault is sent alone.
+/// event: the figures must be the same as when every fault is sent alone.
 #[test]
 fn faults_sent_in_runs_are_charged_as_faults_sent_alone() {
     charged_to_known_functions("runs", &[]);
@@ -137,7 +137,28 @@ fn charged_to_known_functions(name: &str, options: &[&str]) {
         );
         assert!(text.contains("memprof_reserve_big"), "{svg} lacks the site");
     }
-    assert!(fs::metadata(out.join("profile.pb.gz")).unwrap().len() > 100);
+    // `go tool pprof`, the reference reader, reads the profile and names the same functions.
+    let profile = out.join("profile.pb.gz");
+    let top = go_tool_pprof(&["-top", "-sample_index=reserved"], &profile);
+    assert!(top.contains("Type: reserved"), "{top}");
+    assert!(top.contains("memprof_reserve_big"), "{top}");
+    let resident = go_tool_pprof(&["-top", "-sample_index=resident"], &profile);
+    assert!(resident.contains("memprof_reserve_and_touch"), "{resident}");
+    if options.contains(&"--fault-stacks") {
+        let faults = go_tool_pprof(&["-top", "-sample_index=faults"], &profile);
+        assert!(faults.contains("memprof_touch_known"), "{faults}");
+    }
+}
+
+/// The stdout of `go tool pprof ARGS PROFILE`, which must succeed.
+fn go_tool_pprof(args: &[&str], profile: &Path) -> String {
+    let out = run_ok(
+        Command::new("go")
+            .args(["tool", "pprof"])
+            .args(args)
+            .arg(profile),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A Go program: its reserved flame graph shows the runtime reserving, and with fault stacks

@@ -336,7 +336,7 @@ fn timeline_svg_shows_the_workloads_phases() {
 }
 
 /// The mixed storm at a quarter of the bench's scale: 65,536 faults in one pass over 256 MiB
-/// (sent in runs), then 12,500 rounds of mmap, touch, munmap (a record each, hundreds of
+/// (sent in runs), then 12,500 rounds of mmap, touch, munmap (an event each, hundreds of
 /// thousands a second). With default buffer sizes every one arrives and none is lost.
 #[test]
 fn nothing_is_lost_at_a_high_event_rate() {

@@ -176,3 +176,40 @@ impl ProcessReport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{
+        report::Report,
+        testing::{FakeProc, MIB, assert_snapshot, faults, mmap, stack},
+        tracker::{Origin, Tracker},
+    };
+
+    /// A program of a module that does not exist on disk, so its frames are named by file
+    /// offset whatever the machine has installed.
+    const APP_MAPS: &str = "\
+5000000-5002000 r-xp 00001000 fe:00 7 /opt/memprof-test/app
+7ff000000000-7ff000021000 rw-p 00000000 00:00 0 [stack]
+";
+
+    /// The report a made-up trace gives, as JSON: figures per process, region and site, and
+    /// every site's stack pinned to its module and offset.
+    #[test]
+    fn builds_the_report_of_a_made_up_trace() {
+        let proc = FakeProc::default().with(7, "app --serve", APP_MAPS, 3 * MIB);
+        let interval = Duration::from_millis(10);
+        let mut tracker = Tracker::new(proc, 7, Origin::Attached, interval, 0);
+        assert!(tracker.seed_from_proc(7, 0));
+        tracker.apply(stack(7, 1, &[0x500_0100, 0x500_0200]));
+        tracker.apply(stack(7, 3, &[0x500_0300, 0x9999_0000]));
+        tracker.apply(mmap(7, 0x7f00_0000_0000, 8 * MIB, 1));
+        tracker.apply(mmap(7, 0x7f00_1000_0000, MIB, 3));
+        tracker.apply(faults(7, 0x7f00_0000_0000, 512));
+        tracker.finish(25_000_000, 0, 0);
+        let report = Report::new(&tracker, 0);
+        let json = serde_json::to_string_pretty(&report).unwrap();
+        assert_snapshot("report-build.json", &format!("{json}\n"));
+    }
+}

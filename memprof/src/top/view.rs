@@ -238,7 +238,7 @@ pub struct Header {
     pub elapsed_secs: f64,
     /// Processes traced now (exited ones excluded).
     pub processes: usize,
-    /// Records the kernel could not deliver: shown always, since any figure may be off.
+    /// Events the kernel could not deliver: shown always, since any figure may be off.
     pub lost_events: u64,
     pub refresh_secs: f64,
 }

@@ -77,6 +77,7 @@ impl Launched {
         // SAFETY: the child only calls async-signal-safe functions before exec or _exit.
         match unsafe { libc::fork() } {
             -1 => Err(io::Error::last_os_error()).context("fork"),
+            // SAFETY: in the child, before exec: the same async-signal-safe calls.
             0 => unsafe {
                 libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
                 // The child's copy of the write end would keep the pipe open: memprof failing

@@ -49,18 +49,6 @@ fn locate_in_program(program: &Path) -> (u64, String, u64) {
     (address, path, address - entry.start + entry.offset)
 }
 
-/// The frames `symbolizer` gives for `address`, at `file_offset` in the file at `path`.
-fn symbolize_in(
-    symbolizer: &mut Symbolizer,
-    path: &str,
-    file_offset: u64,
-    address: u64,
-) -> Vec<Frame> {
-    symbolizer
-        .symbolize(address, Location::Module { path, file_offset })
-        .to_vec()
-}
-
 fn build_c(dir: &Path, source: &str, flags: &[&str]) -> PathBuf {
     let src = dir.join("known.c");
     std::fs::write(&src, source).unwrap();
@@ -101,7 +89,11 @@ fn symbolize_c_program_with_dwarf() {
     let (address, path, file_offset) = locate_in_program(&exe);
     assert_eq!(Path::new(&path), exe.as_path());
 
-    let frames = symbolize_in(&mut Symbolizer::new(), &path, file_offset, address);
+    let location = Location::Module {
+        path: &path,
+        file_offset,
+    };
+    let frames = Symbolizer::new().symbolize(address, location).to_vec();
     assert_eq!(frames.len(), 1, "{frames:#?}");
     assert_eq!(frames[0].function, "memprof_c_known");
     assert!(
@@ -221,7 +213,11 @@ func main() {
     let (address, path, file_offset) = locate_in_program(&exe);
 
     let mut symbolizer = Symbolizer::new();
-    let frames = symbolize_in(&mut symbolizer, &path, file_offset, address);
+    let location = Location::Module {
+        path: &path,
+        file_offset,
+    };
+    let frames = symbolizer.symbolize(address, location).to_vec();
     let known = frames.last().unwrap();
     assert_eq!(known.function, "main.knownGoFunc", "{frames:#?}");
     // Go's DWARF (zlib-compressed sections) gives the source position.
@@ -249,12 +245,11 @@ func main() {
         .expect("runtime.mallocgc in nm output")
         .unwrap();
     let mallocgc_offset = mallocgc + file_offset - address;
-    let frames = symbolize_in(
-        &mut symbolizer,
-        &path,
-        mallocgc_offset + 0x10,
-        mallocgc + 0x10,
-    );
+    let location = Location::Module {
+        path: &path,
+        file_offset: mallocgc_offset + 0x10,
+    };
+    let frames = symbolizer.symbolize(mallocgc + 0x10, location).to_vec();
     let last = frames.last().unwrap();
     assert_eq!(last.function, "runtime.mallocgc", "{frames:#?}");
     assert!(

@@ -70,6 +70,10 @@ impl Storm {
     }
 }
 
+#[expect(
+    clippy::undocumented_unsafe_blocks,
+    reason = "one SAFETY note, before the first step, covers every step"
+)]
 fn main() -> Result<()> {
     let options = parse_args()?;
     if options.wait_stdin {

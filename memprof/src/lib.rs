@@ -8,42 +8,42 @@
 //! the command line itself is the binary's (main.rs and cli/), and the library never sees it.
 
 // The machine.
+/// Sizes and durations, parsed from options and printed in reports.
+pub mod units;
+/// Every read of /proc, and the interface the tracker reaches it through.
+pub mod procfs;
 /// The kernel's BTF: where fields lie in the structures the programs read.
 pub mod btf;
 /// Failures a user can act on, each with its exit code.
 pub mod error;
-/// Every read of /proc, and the interface the tracker reaches it through.
-pub mod procfs;
-/// Sizes and durations, parsed from options and printed in reports.
-pub mod units;
 
 // The kernel side, seen from userspace.
-/// Ring-buffer bytes turned into typed events, and the clock they carry.
-pub mod events;
 /// `--all`'s choice of processes, for the kernel and for /proc.
 pub mod filter;
 /// Checks the machine, loads and attaches the eBPF programs, owns the in-kernel filter.
 pub mod probes;
+/// Ring-buffer bytes turned into typed events, and the clock they carry.
+pub mod events;
 
 // The model.
 /// One process's regions, kept in step with its syscalls and faults.
 pub mod address_space;
-/// One traced process: its address space and figures.
-pub mod process;
-/// The loop that drains the ring buffer into the tracker until tracing ends.
-pub mod session;
 /// The call stacks that reserve memory and fault it in.
 pub mod sites;
+/// One traced process: its address space and figures.
+pub mod process;
 /// Events in, processes out: the testable core, without kernel or runtime.
 pub mod tracker;
+/// The loop that drains the ring buffer into the tracker until tracing ends.
+pub mod session;
 
 // What comes out.
-/// Folded stacks, flame graphs, pprof and the timeline, and the `--output` directory.
-pub mod export;
-/// The report: its JSON contract, built from the tracker, rendered for the terminal.
-pub mod report;
 /// Addresses to function names, files and lines.
 pub mod symbolize;
+/// The report: its JSON contract, built from the tracker, rendered for the terminal.
+pub mod report;
+/// Folded stacks, flame graphs, pprof and the timeline, and the `--output` directory.
+pub mod export;
 
 // What the commands run.
 /// Launch mode: a command traced from its first instruction.

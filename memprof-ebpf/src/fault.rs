@@ -52,7 +52,7 @@ fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i6
     }
     let error_code: u64 = ctx.arg(2);
     let sample = config::get(&FAULT_STACK_SAMPLE);
-    let sampled = sample == 1 || (sample > 1 && prandom() % sample == 0);
+    let sampled = sample == 1 || (sample > 1 && prandom().is_multiple_of(sample));
     if !sampled {
         add_to_fault_run(tgid, tid, address, error_code);
         return Ok(0);

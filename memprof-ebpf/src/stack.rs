@@ -96,7 +96,7 @@ fn walk_frames(stack: &mut StackEvent, window: &mut [u64; WINDOW_WORDS], ip: u64
     // The window holds `len` bytes of the stack from `base` on.
     let (mut base, mut len) = (0u64, 0u64);
     for slot in stack.ips.iter_mut().skip(1) {
-        if fp % 8 != 0 || fp < FIRST_PAGE_END || fp >= USER_SPACE_END - FRAME {
+        if !fp.is_multiple_of(8) || !(FIRST_PAGE_END..USER_SPACE_END - FRAME).contains(&fp) {
             break;
         }
         if fp < base || fp - base + FRAME > len {

@@ -56,8 +56,9 @@ pub(crate) fn stack<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, walk: Walk) ->
         let walked = match walk {
             Walk::Frames { ip, bp } => with_scratch(&MP_STACK_WINDOW, |window| {
                 walk_frames(stack, window, ip, bp);
+                true
             })
-            .is_some(),
+            .unwrap_or(false),
             Walk::Kernel(flags) => walk_kernel(ctx, stack, flags),
         };
         set_walking(0);

@@ -6,10 +6,11 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
+use aya_log_ebpf::warn;
 use memprof_common::{COUNTER_LOST, COUNTERS, EventHeader, EventKind};
 
 use crate::{
-    kernel::{jiffies, ktime_ns},
+    kernel::{cpu, jiffies, ktime_ns},
     slot::Slot,
 };
 
@@ -81,10 +82,20 @@ pub(crate) fn send<T: ?Sized>(event: &T) -> bool {
         .is_ok()
 }
 
-/// Counts `n` events the ring buffer had no room for.
+/// Counts `n` events the ring buffer had no room for. The first a CPU loses is also logged
+/// (warn): a full ring buffer is rare, and the rest are only counted.
 pub(crate) fn lost(n: u64) {
-    if let Some(slot) = Slot::per_cpu(&MP_COUNTERS, COUNTER_LOST) {
-        slot.set(slot.get() + n);
+    let Some(lost) = Slot::per_cpu(&MP_COUNTERS, COUNTER_LOST) else {
+        return;
+    };
+    let before = lost.get();
+    lost.set(before + n);
+    if before == 0 {
+        warn!(
+            &(),
+            "CPU {}: ring buffer full, events lost (see --ring-buffer-size)",
+            cpu()
+        );
     }
 }
 

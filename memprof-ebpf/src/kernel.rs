@@ -32,6 +32,8 @@ no_preconditions! {
     fn ancestor_cgroup_id(level: i32) -> u64 = bpf_get_current_ancestor_cgroup_id;
     /// The current task's `task_struct`.
     fn current_task() -> u64 = bpf_get_current_task;
+    /// The CPU the program runs on.
+    fn cpu() -> u32 = bpf_get_smp_processor_id;
 }
 
 /// Reads a `T` of kernel memory at `address`.

@@ -7,6 +7,11 @@
 //! by name, `MP_*`), rather than all in a `maps.rs`: that module's functions are the only
 //! way in, and what makes the map's use sound and cheap (a per-CPU buffer lent once at a
 //! time, a cache that tolerates races) is said once, beside the map.
+//!
+//! Diagnostics go through aya-log, on rare paths only: a process starting to be traced,
+//! exec and exit (debug, `lifecycle`), and a CPU's first lost event (warn, `event::lost`);
+//! never per syscall, fault or counter change. Userspace sets their level at load time from
+//! RUST_LOG's, and the verifier drops the statements above it.
 #![no_std]
 #![no_main]
 #![expect(

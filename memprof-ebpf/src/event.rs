@@ -82,21 +82,27 @@ pub(crate) fn send<T: ?Sized>(event: &T) -> bool {
         .is_ok()
 }
 
-/// Counts `n` events the ring buffer had no room for. The first a CPU loses is also logged
-/// (warn): a full ring buffer is rare, and the rest are only counted.
+/// Counts `n` events the ring buffer had no room for. The first a CPU loses is also logged:
+/// a full ring buffer is rare, and the rest are only counted.
 pub(crate) fn lost(n: u64) {
-    let Some(lost) = Slot::per_cpu(&MP_COUNTERS, COUNTER_LOST) else {
-        return;
-    };
-    let before = lost.get();
-    lost.set(before + n);
-    if before == 0 {
-        warn!(
-            &(),
-            "CPU {}: ring buffer full, events lost (see --ring-buffer-size)",
-            cpu()
-        );
+    if let Some(lost) = Slot::per_cpu(&MP_COUNTERS, COUNTER_LOST) {
+        let before = lost.get();
+        lost.set(before + n);
+        if before == 0 {
+            first_loss();
+        }
     }
+}
+
+/// Out of line, so that the log statement leaves the programs' code before it as it was.
+#[cold]
+#[inline(never)]
+fn first_loss() {
+    warn!(
+        &(),
+        "CPU {}: ring buffer full, events lost (see --ring-buffer-size)",
+        cpu()
+    );
 }
 
 pub(crate) fn count(counter: u32) {

@@ -1,2 +1,7 @@
+//! Empty: the programs are the `memprof` binary (main.rs). This library target exists so that
+//! memprof's build.rs can depend on the package (aya-build builds the binary).
 #![no_std]
-// This file exists to enable the library target, which memprof's build.rs depends on.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a placeholder; the dependencies are the binary's"
+)]

@@ -14,6 +14,7 @@ use aya::{
     maps::{HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::Program,
 };
+use aya_log::EbpfLogger;
 use memprof_common::{
     COUNTER_LOST, COUNTER_STACKS_LOST, FaultEvent, Filter, KernelLayout, PID_LIMIT, TracedProcess,
     fields,
@@ -165,6 +166,9 @@ pub struct Probes {
     traced: HashMap<MapData, u32, TracedProcess>,
     counters: PerCpuArray<MapData, u64>,
     fault_runs: PerCpuArray<MapData, FaultEvent>,
+    /// The kernel side's log lines (aya-log), forwarded by [`Probes::drain_logs`]; `None`
+    /// when the logger could not start (memprof goes on without them).
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
     /// Owned here so that they are detached together (see Drop).
     links: Vec<Box<dyn Send>>,
 }
@@ -197,6 +201,9 @@ impl Probes {
             .override_global("FAULT_STACK_SAMPLE", &options.fault_stack_sample, true)
             .override_global("FILTER", &options.filter, true)
             .override_global("LAYOUT", &options.layout, true)
+            // The programs' log statements above the `log` crate's level (RUST_LOG) are cut
+            // by the verifier: they cost nothing when not shown.
+            .override_global(aya_log::LEVEL, &(log::max_level() as u8), false)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/memprof"
@@ -255,12 +262,16 @@ impl Probes {
             anyhow::bail!("map MP_PID_STATE missing from the eBPF object");
         };
         let pid_states = PidStates::map(pid_states)?;
+        let logger = EbpfLogger::init(&mut ebpf)
+            .inspect_err(|e| log::warn!("the kernel side's log lines will not be shown: {e}"))
+            .ok();
         let probes = Self {
             _ebpf: ebpf,
             pid_states,
             traced,
             counters,
             fault_runs,
+            logger,
             links,
         };
         Ok((probes, events))
@@ -312,6 +323,14 @@ impl Probes {
     pub fn unsent_fault_runs(&self) -> Result<Vec<FaultEvent>, aya::maps::MapError> {
         let per_cpu = self.fault_runs.get(&0, 0)?;
         Ok(per_cpu.iter().copied().filter(|r| r.pages != 0).collect())
+    }
+
+    /// Forwards the kernel side's pending log lines to the `log` crate (which shows them
+    /// as RUST_LOG says); returns at once when there are none.
+    pub fn drain_logs(&mut self) {
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
     }
 
     fn counter(&self, index: u32) -> u64 {

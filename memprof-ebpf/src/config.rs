@@ -1,0 +1,53 @@
+//! What userspace sets when it loads the programs (`EbpfLoader::override_global`, by these
+//! names): what to record, `--all`'s filter, and where this kernel keeps what rss_stat reads.
+//! They live in `.rodata`, which the loader freezes: the verifier knows their values and
+//! drops the branches they turn off. Read them with [`get`].
+//!
+//! Plain statics rather than aya-ebpf's `Global`: bpf-linker 0.10.0 leaves the name of its
+//! `MaybeUninit<T>` union as it is in BTF, and the kernel refuses the whole object for it.
+
+use memprof_common::{ANY_UID, Filter, KernelLayout};
+
+/// Record the call stack of mmap and brk (`top` does without).
+#[unsafe(no_mangle)]
+pub(crate) static USER_STACKS: u32 = 1;
+
+/// `--kernel-stacks`: also record the kernel stack of those syscalls.
+#[unsafe(no_mangle)]
+pub(crate) static KERNEL_STACKS: u32 = 0;
+
+/// `--fault-stacks`, `--fault-sample`: record the stack of one fault in this many; 0 records
+/// none.
+#[unsafe(no_mangle)]
+pub(crate) static FAULT_STACK_SAMPLE: u32 = 0;
+
+/// The slots of the cache of sent stacks (`--stack-map-entries`, a power of two) less one,
+/// so that a mask picks a slot (a division costs as much as the rest of the lookup).
+#[unsafe(no_mangle)]
+pub(crate) static STACK_SLOT_MASK: u32 = 0;
+
+/// From the kernel's BTF.
+#[unsafe(no_mangle)]
+pub(crate) static LAYOUT: KernelLayout = KernelLayout {
+    task_mm: 0,
+    mm_rss_stat: 0,
+    counter_size: 0,
+    counter_count: 0,
+};
+
+/// `--all` and its filters.
+#[unsafe(no_mangle)]
+pub(crate) static FILTER: Filter = Filter {
+    all: 0,
+    self_tgid: 0,
+    uid: ANY_UID,
+    cgroup_level: 0,
+    cgroup_id: 0,
+    comm: [0; 16],
+};
+
+/// The value the loader set: the compiler would otherwise fold in the one written here.
+pub(crate) fn get<T: Copy>(value: &'static T) -> T {
+    // SAFETY: a valid static, read whole.
+    unsafe { core::ptr::read_volatile(value) }
+}

@@ -1,0 +1,127 @@
+//! Page faults of traced processes. A thread's faults on consecutive pages go out as one
+//! event, a run (up to 2 MiB); a sampled fault (`--fault-stacks`) goes out alone with its
+//! stack. sched_switch sends a thread's run when the thread leaves its CPU.
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    macros::{map, raw_tracepoint},
+    maps::PerCpuArray,
+    programs::RawTracePointContext,
+};
+use memprof_common::{EventKind, FAULT_RUN_PAGES, FaultEvent, NO_STACK, pid_state::TRACED};
+
+use crate::{
+    arch::{PAGE_SIZE, USER_SPACE_END, regs},
+    config::{self, FAULT_STACK_SAMPLE},
+    event::{emit, header, lost, send},
+    filter::state,
+    kernel::{current_ids, ok, prandom, read_kernel},
+    slot::with_scratch,
+    stack::{Walk, stack, walking},
+};
+
+/// This CPU's run of faults not sent yet (`pages` 0: none), see [`FaultEvent`]. A run
+/// belongs to the thread running on its CPU: it is sent before anything else that thread
+/// sends and when the thread is switched out, so the events of a thread keep their order
+/// though it moves between CPUs. One event per 2 MiB instead of one per fault: sending an
+/// event costs the faulting thread a helper call, and memprof the time to read it.
+#[map]
+static MP_FAULT_RUN: PerCpuArray<FaultEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Attached to exceptions:page_fault_user (raw: address, user registers, error code).
+#[raw_tracepoint(tracepoint = "page_fault_user")]
+fn mp_page_fault_user(ctx: RawTracePointContext) -> u32 {
+    ok(try_page_fault(&ctx, true))
+}
+
+/// Attached to exceptions:page_fault_kernel: a syscall touching user memory faults it in (and
+/// can grow the stack) too. Its registers are the kernel's.
+#[raw_tracepoint(tracepoint = "page_fault_kernel")]
+fn mp_page_fault_kernel(ctx: RawTracePointContext) -> u32 {
+    ok(try_page_fault(&ctx, false))
+}
+
+fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i64> {
+    let (tgid, tid) = current_ids();
+    if state(tgid) != TRACED || walking() {
+        return Ok(0);
+    }
+    let address: u64 = ctx.arg(0);
+    if address >= USER_SPACE_END {
+        return Ok(0);
+    }
+    let error_code: u64 = ctx.arg(2);
+    let sample = config::get(&FAULT_STACK_SAMPLE);
+    let sampled = sample == 1 || (sample > 1 && prandom().is_multiple_of(sample));
+    if !sampled {
+        add_to_fault_run(tgid, tid, address, error_code);
+        return Ok(0);
+    }
+    let stack = if user_mode {
+        let regs: *const u64 = ctx.arg(1);
+        let ip = read_kernel(regs.wrapping_add(regs::IP))?;
+        let bp = read_kernel(regs.wrapping_add(regs::BP))?;
+        stack(ctx, tgid, tid, Walk::Frames { ip, bp })
+    } else {
+        // The kernel finds the user registers itself.
+        stack(ctx, tgid, tid, Walk::Kernel(u64::from(BPF_F_USER_STACK)))
+    };
+    end_fault_run();
+    emit(FaultEvent {
+        header: header(EventKind::Fault, tgid, tid),
+        address,
+        error_code,
+        stack,
+        pages: 1,
+    });
+    Ok(0)
+}
+
+/// Attached to sched:sched_switch (raw), which runs in the task being switched out: its run
+/// of faults goes out before it can run, and fault, on another CPU.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+fn mp_sched_switch(_ctx: RawTracePointContext) -> u32 {
+    end_fault_run();
+    0
+}
+
+/// Sends this CPU's run of faults, if it has one. Called before every other event of a
+/// traced thread and when a thread is switched out.
+pub(crate) fn end_fault_run() {
+    with_scratch(&MP_FAULT_RUN, send_fault_run);
+}
+
+fn send_fault_run(run: &mut FaultEvent) {
+    if run.pages == 0 {
+        return;
+    }
+    if !send(&*run) {
+        // Counted as the faults it carried.
+        lost(run.pages);
+    }
+    run.pages = 0;
+}
+
+/// Adds a fault to this CPU's run when it is on the page after the run's last, by the same
+/// thread with the same error code; otherwise sends the run and starts another.
+fn add_to_fault_run(tgid: u32, tid: u32, address: u64, error_code: u64) {
+    with_scratch(&MP_FAULT_RUN, |run| {
+        if run.pages != 0
+            && run.pages < FAULT_RUN_PAGES
+            && run.header.tid == tid
+            && run.error_code == error_code
+            && address / PAGE_SIZE == run.address / PAGE_SIZE + run.pages
+        {
+            run.pages += 1;
+            return;
+        }
+        send_fault_run(run);
+        *run = FaultEvent {
+            header: header(EventKind::Fault, tgid, tid),
+            address,
+            error_code,
+            stack: NO_STACK,
+            pages: 1,
+        };
+    });
+}

@@ -1,0 +1,165 @@
+//! Resident-memory counters: each change of a traced process's counters that moves their
+//! shared value, charged to the process whose mm it is (also when another task, reclaim,
+//! made it).
+
+use aya_ebpf::{
+    macros::{map, raw_tracepoint},
+    maps::{Array, LruHashMap},
+    programs::RawTracePointContext,
+};
+use memprof_common::{EventKind, RssEvent};
+
+use crate::{
+    arch::PAGE_SIZE,
+    config::{self, LAYOUT},
+    event::{emit, header},
+    filter::{is_traced, traced_mm},
+    kernel::{current_ids, current_task, ok, read_kernel},
+    slot::{Slot, field},
+};
+
+/// The resident-page counter values last sent for one mm (see [`MP_RSS_SENT`]).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct RssSent {
+    mm: u64,
+    /// The process the mm's changes are charged to.
+    tgid: u32,
+    _pad: u32,
+    /// Per counter, [`NOT_SENT`] before the first.
+    bytes: [i64; 4],
+}
+
+/// [`RssSent::bytes`] before any value was sent.
+const NOT_SENT: i64 = -1;
+
+/// Slots of [`MP_RSS_SENT`]: a power of two, many more than the mms traced at once.
+const RSS_SLOTS: u32 = 4096;
+
+/// The counter values last sent, per mm. rss_stat fires on every change but reports the
+/// counter's shared part, which moves only when a CPU's local batch (32 pages or more) is
+/// folded in: most changes repeat the value sent before and are not sent again. A
+/// direct-mapped cache (slot from the mm's address), so that the common change, a traced
+/// process changing its own counters (once per fault), is checked without a hash lookup
+/// (~45 ns); an mm whose slot another took only has a value sent again. CPUs racing on a
+/// slot at worst send a value twice.
+#[map]
+static MP_RSS_SENT: Array<RssSent> = Array::with_max_entries(RSS_SLOTS, 0);
+
+/// mm → pid, learnt from rss_stat events of the mm's own tasks, so that counter changes made
+/// by other tasks (reclaim) can be charged to the right process.
+#[map]
+static MP_MM_OWNER: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+
+/// Attached to kmem:rss_stat (raw: the mm and which of its counters changed), which fires on
+/// every change of a resident-page counter: once per fault.
+#[raw_tracepoint(tracepoint = "rss_stat")]
+fn mp_rss_stat(ctx: RawTracePointContext) -> u32 {
+    ok(try_rss_stat(&ctx))
+}
+
+fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {
+    let mm: u64 = ctx.arg(0);
+    let member: u32 = ctx.arg(1);
+    let layout = config::get(&LAYOUT);
+    let (current_tgid, tid) = current_ids();
+    let traced_current = is_traced(current_tgid);
+    let Some(sent) = rss_sent(mm) else {
+        return Ok(0);
+    };
+    let (sent_mm, sent_tgid) = (field!(sent, mm), field!(sent, tgid));
+    // A change to the process's own mm, known already: the common case, decided here without
+    // a hash lookup.
+    let tgid = if traced_current && sent_mm.get() == mm && sent_tgid.get() == current_tgid {
+        current_tgid
+    } else {
+        let current = if traced_current {
+            traced_mm(current_tgid)
+        } else {
+            None
+        };
+        let tgid = match current {
+            Some(own) if own.get() == mm => current_tgid,
+            // Its own mm, not known yet (its first change, or its first after exec).
+            Some(own) if current_mm(layout.task_mm)? == mm => {
+                set_mm(own, mm);
+                MP_MM_OWNER.insert(mm, current_tgid, 0)?;
+                current_tgid
+            }
+            // Another process's mm (reclaim), or an untraced process's.
+            _ => {
+                let Some(owner) = Slot::lru(&MP_MM_OWNER, mm) else {
+                    return Ok(0);
+                };
+                let owner = owner.get();
+                match traced_mm(owner) {
+                    // Still the owner's current mm: freed mms are reused.
+                    Some(its) if its.get() == mm => owner,
+                    _ => return Ok(0),
+                }
+            }
+        };
+        if sent_mm.get() != mm || sent_tgid.get() != tgid {
+            sent.set(RssSent {
+                mm,
+                tgid,
+                _pad: 0,
+                bytes: [NOT_SENT; 4],
+            });
+        }
+        tgid
+    };
+    let member = member.min(3);
+    let counter = layout.mm_rss_stat + member * layout.counter_size + layout.counter_count;
+    let pages: i64 = read_kernel((mm + u64::from(counter)) as *const i64)?;
+    // As the tracepoint's `size`: the counter's shared (approximate) value, never negative.
+    let bytes = pages.max(0) * PAGE_SIZE as i64;
+    let Some(sent) = field!(sent, bytes).at(member as usize) else {
+        return Ok(0);
+    };
+    if sent.get() == bytes {
+        return Ok(0);
+    }
+    sent.set(bytes);
+    emit(RssEvent {
+        header: header(EventKind::Rss, tgid, tid),
+        member,
+        _pad: 0,
+        bytes,
+    });
+    Ok(0)
+}
+
+/// The current task's mm (`task_struct.mm`, at `task_mm`).
+fn current_mm(task_mm: u32) -> Result<u64, i64> {
+    let task = current_task() as *const u8;
+    read_kernel(task.wrapping_add(task_mm as usize).cast())
+}
+
+/// The slot of [`MP_RSS_SENT`] for `mm`, whichever mm holds it.
+fn rss_sent(mm: u64) -> Option<Slot<RssSent>> {
+    // Multiplicative hashing: mm_structs are a slab's objects, a fixed stride apart.
+    let slot = ((mm >> 6).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as u32;
+    Slot::array(&MP_RSS_SENT, slot & (RSS_SLOTS - 1))
+}
+
+/// Makes `mm` the process's own (`own`: its entry's mm), forgetting what was sent for the one
+/// before: a freed mm's address is reused, by the next exec's mm as soon as any.
+fn set_mm(own: Slot<u64>, mm: u64) {
+    let old = own.get();
+    if let Some(sent) = rss_sent(old) {
+        let sent_mm = field!(sent, mm);
+        if sent_mm.get() == old {
+            sent_mm.set(0);
+        }
+    }
+    own.set(mm);
+}
+
+/// Stops charging counter changes of `tgid`'s current mm to it (at exec and exit).
+pub(crate) fn forget_mm(tgid: u32) {
+    if let Some(own) = traced_mm(tgid) {
+        let _ = MP_MM_OWNER.remove(own.get());
+        set_mm(own, 0);
+    }
+}

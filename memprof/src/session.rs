@@ -135,7 +135,10 @@ impl Session {
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
                 _ = &mut deadline, if duration.is_some() => break,
-                _ = drain.tick() => self.drain(events.get_mut()),
+                _ = drain.tick() => {
+                    self.drain(events.get_mut());
+                    self.probes.drain_logs();
+                }
                 _ = tick.tick() => self.end_vanished(events.get_mut()),
                 _ = refresh.tick(), if watch.is_some() => {
                     self.drain(events.get_mut());
@@ -169,6 +172,7 @@ impl Session {
         // had not sent yet: read once nothing can change them.
         self.probes.detach();
         self.drain(events.get_mut());
+        self.probes.drain_logs();
         match self.probes.unsent_fault_runs() {
             Ok(runs) => runs
                 .into_iter()

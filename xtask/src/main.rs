@@ -19,7 +19,7 @@ Usage: cargo xtask <COMMAND> [ARGS...]
 Commands:
   setup        Install what building and testing need, when it is missing: the rust-src
                component of the eBPF toolchain (nightly; nightly-2026-05-20 when there is
-               no nightly), bpf-linker 0.10.0 (cargo install), and the test tools go and
+               no nightly), bpf-linker 0.10.4 (cargo install), and the test tools go and
                tmux (Debian's golang-go and tmux, with apt-get)
   test [ARGS]  setup, then `cargo test --workspace ARGS` (every crate but memprof-ebpf,
                which only builds for BPF), the test binaries run as root (through
@@ -40,8 +40,9 @@ Environment:
 
 /// The dated channel of the compiler that the machines' preinstalled `nightly` is.
 const PINNED_NIGHTLY: &str = "nightly-2026-05-20";
-/// bpf-linker 0.10 links with the LLVM of the rustc that drives it, which must be LLVM 22.
-const BPF_LINKER_VERSION: &str = "0.10.0";
+/// bpf-linker 0.10 links with the LLVM of the rustc that drives it, which must be LLVM 22;
+/// 0.10.2 fixed the BTF it writes for aya-log's kernel side (the kernel refused a union name).
+const BPF_LINKER_VERSION: &str = "0.10.4";
 const LLVM_MAJOR: &str = "22";
 
 fn main() {
@@ -183,7 +184,7 @@ fn rust_src(toolchain: &str) -> Result<()> {
     Ok(())
 }
 
-/// Makes sure bpf-linker 0.10.0 is there; returns its directory when PATH must gain it.
+/// Makes sure bpf-linker 0.10.4 is there; returns its directory when PATH must gain it.
 fn bpf_linker() -> Result<Option<PathBuf>> {
     let wanted = format!("bpf-linker {BPF_LINKER_VERSION}");
     let is_wanted =

@@ -19,8 +19,9 @@ use clap::{Parser, Subcommand};
         /proc/PID/status at the end.\n\nNeeds root (or CAP_BPF and CAP_PERFMON): run it with sudo."
 )]
 pub(crate) struct Cli {
-    /// Say more on stderr: -v what memprof does (info), -vv the kernel side's diagnostics
-    /// (debug), -vvv everything. RUST_LOG, when set, takes precedence.
+    /// Say more on stderr: -v what memprof does, -vv the kernel side's diagnostics too
+    /// (processes traced, exec, exit), -vvv the libraries' too. RUST_LOG, when set, takes
+    /// precedence.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 
@@ -57,11 +58,13 @@ enum Command {
 impl Cli {
     /// Warnings and errors by default; RUST_LOG overrides the level -v chose.
     pub(crate) fn init_logging(&self) {
+        // memprof's own targets, the kernel side's among them (memprof::lifecycle, ...); the
+        // libraries' debug output only at -vvv.
         let level = match self.verbose {
             0 => "warn",
-            1 => "info",
-            2 => "debug",
-            _ => "trace",
+            1 => "warn,memprof=info",
+            2 => "warn,memprof=debug",
+            _ => "debug,memprof=trace",
         };
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     }

@@ -37,6 +37,8 @@ pub enum EventKind {
     Exit = 6,
     /// A call stack, sent once before the first event that refers to it: [`StackEvent`].
     Stack = 7,
+    /// A user stack as memory, for userspace to unwind: [`RawStackEvent`].
+    RawStack = 8,
 }
 
 impl EventKind {
@@ -49,6 +51,7 @@ impl EventKind {
             5 => Self::Exec,
             6 => Self::Exit,
             7 => Self::Stack,
+            8 => Self::RawStack,
             _ => return None,
         })
     }
@@ -148,6 +151,55 @@ pub struct StackEvent {
 }
 plain_data!(StackEvent, 1056);
 
+/// A user stack id meaning "the [`RawStackEvent`] this thread sent just before": the stack
+/// is to be unwound from its copy.
+pub const RAW_STACK: u64 = u64::MAX;
+
+/// The most bytes of user stack a [`RawStackEvent`] carries (from the stack pointer up).
+pub const RAW_STACK_BYTES: usize = 16 << 10;
+
+/// A thread's user stack as memory: its registers when the event happened and a copy of its
+/// stack from the stack pointer up to the top of the stack (at most [`RAW_STACK_BYTES`]), for
+/// userspace to unwind with the binaries' own unwind tables (`.eh_frame`): code built without
+/// frame pointers defeats a frame-pointer walk. Sent just before the event it belongs to,
+/// which names it with [`RAW_STACK`], whenever the stack's frame-pointer walk is not one
+/// userspace has vouched for (see `MP_STACKS_KNOWN`); only its `len` first bytes of `stack`
+/// are sent: the event is [`RAW_STACK_EVENT_HEAD`] + `len` bytes long.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RawStackEvent {
+    pub header: EventHeader,
+    /// The id of the stack's frame-pointer walk (as a [`StackEvent`] would name it): the one
+    /// userspace vouches for when the unwound stack has the same frames.
+    pub id: u64,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// How many bytes of `stack` were copied, from `sp` + `skip` up; 0 when the copy failed.
+    pub len: u32,
+    /// Bytes above `sp` not copied: the page `sp` is in was not there yet (the event is the
+    /// fault that brings it in), so the copy starts at the next page.
+    pub skip: u32,
+    /// [`RAW_STACK_LEAF_RETURNS`], or 0.
+    pub flags: u32,
+    pub _pad: u32,
+    pub stack: [u8; RAW_STACK_BYTES],
+}
+plain_data!(RawStackEvent, 72 + RAW_STACK_BYTES);
+
+/// [`RawStackEvent::flags`]: the leaf is a syscall wrapper, which keeps no frame: the word at
+/// `sp` is its return address, and the frame-pointer walk takes it as the second frame (the
+/// wrapper's caller, which the frame pointers skip).
+pub const RAW_STACK_LEAF_RETURNS: u32 = 1;
+
+/// Marks a stack id userspace found the frame walk of wrong (code without frame pointers),
+/// in the kernel's cache of copied stacks: each event with that stack is copied. Stack ids
+/// never have this bit.
+pub const STACK_WALK_DENIED: u64 = 1 << 63;
+
+/// The bytes of a [`RawStackEvent`] before its copy of the stack.
+pub const RAW_STACK_EVENT_HEAD: usize = core::mem::offset_of!(RawStackEvent, stack);
+
 /// The bytes of a [`StackEvent`] before its addresses.
 pub const STACK_EVENT_HEAD: usize = core::mem::offset_of!(StackEvent, ips);
 
@@ -209,8 +261,12 @@ pub struct KernelLayout {
     pub counter_size: u32,
     /// `percpu_counter.count`, the counter's value in pages.
     pub counter_count: u32,
+    /// `mm_struct.start_stack`: above every frame of the main thread's stack.
+    pub mm_start_stack: u32,
+    /// `vm_area_struct.vm_end`, the end of a mapping (a thread's stack).
+    pub vma_end: u32,
 }
-plain_data!(KernelLayout, 16);
+plain_data!(KernelLayout, 24);
 
 /// Pids the per-pid state map covers (one byte each): the kernel's PID_MAX_LIMIT on 64-bit
 /// machines, so that every pid fits whatever `kernel.pid_max` says.
@@ -247,8 +303,20 @@ pub const ANY_UID: u32 = u32::MAX;
 pub const COUNTER_LOST: u32 = 0;
 /// Index of the per-CPU counter of stacks that could not be sent (ring buffer full).
 pub const COUNTER_STACKS_LOST: u32 = 1;
+/// Index of the per-CPU counter of user stacks not copied because copies were over budget
+/// ([`RAW_STACKS_PER_TICK`]): their events go without a stack.
+pub const COUNTER_STACKS_OVER_BUDGET: u32 = 2;
+/// The raw stacks a CPU may copy per kernel tick (4 ms at HZ=250), of each kind (memory
+/// syscalls, page faults), saved up to [`RAW_STACK_COPY_BURST`]: 128,000 a second, far more
+/// than programs make memory syscalls, but a bound on what a storm of page faults in code
+/// without frame pointers (`--fault-stacks`) costs the program and memprof.
+pub const RAW_STACKS_PER_TICK: u64 = 512;
+
+/// The most copies a CPU saves up: a program's start (thousands of page faults in the dynamic
+/// loader, each its own stack) copies them all.
+pub const RAW_STACK_COPY_BURST: u64 = 8192;
 /// Number of per-CPU counters.
-pub const COUNTERS: u32 = 2;
+pub const COUNTERS: u32 = 3;
 
 /// Where the eBPF programs read each tracepoint field: (tracepoint, field, offset).
 /// The loader checks every entry against the kernel's `format` file before attaching, so a

@@ -30,6 +30,7 @@ pub(crate) mod regs {
     pub(crate) const DI: usize = 14;
     pub(crate) const ORIG_AX: usize = 15;
     pub(crate) const IP: usize = 16;
+    pub(crate) const SP: usize = 19;
     /// Where the syscall ABI passes arguments one to six.
     pub(crate) const ARGS: [usize; SYSCALL_ARGS] = [DI, SI, DX, R10, R8, R9];
 }

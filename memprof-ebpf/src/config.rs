@@ -3,8 +3,8 @@
 //! They live in `.rodata`, which the loader freezes: the verifier knows their values and
 //! drops the branches they turn off. Read them with [`get`].
 //!
-//! Plain statics rather than aya-ebpf's `Global`: bpf-linker 0.10.0 leaves the name of its
-//! `MaybeUninit<T>` union as it is in BTF, and the kernel refuses the whole object for it.
+//! Plain statics rather than aya-ebpf's `Global`: bpf-linker before 0.10.2 left the name of
+//! its `MaybeUninit<T>` union as it is in BTF, and the kernel refused the whole object for it.
 
 use memprof_common::{ANY_UID, Filter, KernelLayout};
 
@@ -21,8 +21,9 @@ pub(crate) static KERNEL_STACKS: u32 = 0;
 #[unsafe(no_mangle)]
 pub(crate) static FAULT_STACK_SAMPLE: u32 = 0;
 
-/// The slots of the cache of sent stacks (`--stack-map-entries`, a power of two) less one,
-/// so that a mask picks a slot (a division costs as much as the rest of the lookup).
+/// The slots of the caches of stacks sent and vouched for (`--stack-cache-slots`, a power of
+/// two) less one, so that a mask picks a slot (a division costs as much as the rest of the
+/// lookup).
 #[unsafe(no_mangle)]
 pub(crate) static STACK_SLOT_MASK: u32 = 0;
 
@@ -33,6 +34,8 @@ pub(crate) static LAYOUT: KernelLayout = KernelLayout {
     mm_rss_stat: 0,
     counter_size: 0,
     counter_count: 0,
+    mm_start_stack: 0,
+    vma_end: 0,
 };
 
 /// `--all` and its filters.

@@ -77,9 +77,17 @@ fn submit<T: 'static>(event: T, flags: u32) {
 /// Sends an event that lives in map memory (a run of faults, a stack) from where it is,
 /// without waking userspace; false when the ring buffer had no room. The caller counts it.
 pub(crate) fn send<T: ?Sized>(event: &T) -> bool {
-    MP_EVENTS
-        .output::<T>(event, u64::from(BPF_RB_NO_WAKEUP))
-        .is_ok()
+    send_waking(event, false)
+}
+
+/// [`send`], waking userspace when `wake`: it has something to answer at once.
+pub(crate) fn send_waking<T: ?Sized>(event: &T, wake: bool) -> bool {
+    let flags = if wake {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    MP_EVENTS.output::<T>(event, u64::from(flags)).is_ok()
 }
 
 /// Counts `n` events the ring buffer had no room for. The first a CPU loses is also logged:

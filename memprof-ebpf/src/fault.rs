@@ -17,7 +17,7 @@ use crate::{
     filter::state,
     kernel::{current_ids, ok, prandom, read_kernel},
     slot::with_scratch,
-    stack::{Walk, stack, walking},
+    stack::{UserRegs, kernel_stack, user_stack, walking},
 };
 
 /// This CPU's run of faults not sent yet (`pages` 0: none), see [`FaultEvent`]. A run
@@ -59,12 +59,15 @@ fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i6
     }
     let stack = if user_mode {
         let regs: *const u64 = ctx.arg(1);
-        let ip = read_kernel(regs.wrapping_add(regs::IP))?;
-        let bp = read_kernel(regs.wrapping_add(regs::BP))?;
-        stack(ctx, tgid, tid, Walk::Frames { ip, bp })
+        let regs = UserRegs {
+            ip: read_kernel(regs.wrapping_add(regs::IP))?,
+            sp: read_kernel(regs.wrapping_add(regs::SP))?,
+            bp: read_kernel(regs.wrapping_add(regs::BP))?,
+        };
+        user_stack(tgid, tid, regs, false)
     } else {
         // The kernel finds the user registers itself.
-        stack(ctx, tgid, tid, Walk::Kernel(u64::from(BPF_F_USER_STACK)))
+        kernel_stack(ctx, tgid, tid, u64::from(BPF_F_USER_STACK))
     };
     end_fault_run();
     emit(FaultEvent {

@@ -18,6 +18,7 @@ use crate::{
     filter::{is_traced, set_state, start_tracing, state, stop_tracing, wanted},
     kernel::{comm, current_ids, field, ok},
     rss::forget_mm,
+    stack::forget_stack_top,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -92,6 +93,8 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     };
     forget_mm(tgid);
+    // The thread that called exec is now the main thread (its tid is the pid), on a new stack.
+    forget_stack_top(tgid);
     let comm = comm();
     emit_now(ExecEvent {
         header: header(EventKind::Exec, tgid, tid),

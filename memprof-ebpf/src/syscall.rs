@@ -14,7 +14,7 @@ use crate::{
     fault::end_fault_run,
     filter::{is_traced, set_state, state},
     kernel::{current_ids, ok},
-    stack::{Walk, stack},
+    stack::{UserRegs, kernel_stack, user_stack},
 };
 
 /// Attached to raw_syscalls:sys_exit, the exit of every syscall on the host, with the caller's
@@ -62,11 +62,16 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
         *arg = reg(register);
     }
     if creates && config::get(&USER_STACKS) != 0 {
-        let (ip, bp) = (reg(regs::IP), reg(regs::BP));
-        event.user_stack = stack(ctx, tgid, tid, Walk::Frames { ip, bp });
+        let regs = UserRegs {
+            ip: reg(regs::IP),
+            sp: reg(regs::SP),
+            bp: reg(regs::BP),
+        };
+        // The caller's stack is as it was when the syscall wrapper ran `syscall`.
+        event.user_stack = user_stack(tgid, tid, regs, true);
     }
     if creates && config::get(&KERNEL_STACKS) != 0 {
-        event.kernel_stack = stack(ctx, tgid, tid, Walk::Kernel(0));
+        event.kernel_stack = kernel_stack(ctx, tgid, tid, 0);
     }
     end_fault_run();
     emit(event);

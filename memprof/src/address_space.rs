@@ -15,6 +15,7 @@ const FAULT_AROUND_PAGES: u64 = 16;
 
 pub const PROT_READ: u32 = 1;
 pub const PROT_WRITE: u32 = 2;
+pub const PROT_EXEC: u32 = 4;
 const PROT_MASK: u64 = 7;
 const HEAP_PROT: u32 = PROT_READ | PROT_WRITE;
 
@@ -144,15 +145,20 @@ struct Totals {
     committed: u64,
     /// Bytes of File regions whose path is not known yet.
     unnamed_files: u64,
+    /// How many times an executable file mapping came, went or changed (its path named): the
+    /// unwinder's modules follow them.
+    exec_file_changes: u64,
 }
 
 impl Totals {
     fn of(r: &Region) -> Self {
-        let unnamed = r.kind == RegionKind::File && r.path.is_none();
+        let file = r.kind == RegionKind::File;
+        let unnamed = file && r.path.is_none();
         Self {
             reserved: r.size(),
             committed: r.committed(),
             unnamed_files: if unnamed { r.size() } else { 0 },
+            exec_file_changes: u64::from(file && r.prot & PROT_EXEC != 0),
         }
     }
 
@@ -161,6 +167,7 @@ impl Totals {
         self.reserved += d.reserved;
         self.committed += d.committed;
         self.unnamed_files += d.unnamed_files;
+        self.exec_file_changes += d.exec_file_changes;
     }
 
     fn sub(&mut self, r: &Region) {
@@ -168,6 +175,7 @@ impl Totals {
         self.reserved -= d.reserved;
         self.committed -= d.committed;
         self.unnamed_files -= d.unnamed_files;
+        self.exec_file_changes += d.exec_file_changes;
     }
 }
 
@@ -351,6 +359,11 @@ impl AddressSpace {
 
     pub fn committed(&self) -> u64 {
         self.totals.committed
+    }
+
+    /// A count that changes whenever an executable file mapping comes, goes or is named.
+    pub fn exec_file_changes(&self) -> u64 {
+        self.totals.exec_file_changes
     }
 
     pub fn touched_bytes(&self) -> u64 {

@@ -1,13 +1,43 @@
 //! The kernel's events as userspace sees them: ring-buffer bytes turned into typed events
 //! without allocating, and the clock they are stamped with.
+use std::mem::offset_of;
+
 use aya::Pod;
 use memprof_common::{
-    EventHeader, EventKind, ExecEvent, FaultEvent, NewProcessEvent, RssEvent, STACK_EVENT_HEAD,
-    StackEvent, SyscallEvent,
+    EventHeader, EventKind, ExecEvent, FaultEvent, NewProcessEvent, RAW_STACK_EVENT_HEAD,
+    RAW_STACK_LEAF_RETURNS, RawStackEvent, RssEvent, STACK_EVENT_HEAD, StackEvent, SyscallEvent,
 };
 
+/// A [`RawStackEvent`] as it lies in the ring buffer: its head, and the copy of the stack
+/// borrowed from where it was sent (up to 16 KiB each, up to a million a second: not copied
+/// again).
+#[derive(Clone, Copy, Debug)]
+pub struct RawStack<'a> {
+    pub header: EventHeader,
+    /// The id of the kernel's frame-pointer walk of this stack.
+    pub id: u64,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The leaf keeps no frame: the word at `sp` is its return address.
+    pub leaf_returns: bool,
+    /// Where the copy starts: `sp`, or the page above it when `sp`'s page was not there.
+    pub start: u64,
+    /// The stack's bytes from `start` up.
+    pub stack: &'a [u8],
+}
+
+impl RawStack<'_> {
+    /// The stack's word at `address`, when the copy holds it.
+    pub fn word(&self, address: u64) -> Option<u64> {
+        let at = usize::try_from(address.checked_sub(self.start)?).ok()?;
+        let bytes = self.stack.get(at..at.checked_add(8)?)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    }
+}
+
 #[derive(Clone, Debug)]
-pub enum Event {
+pub enum Event<'a> {
     Syscall(SyscallEvent),
     Fault(FaultEvent),
     Rss(RssEvent),
@@ -17,9 +47,10 @@ pub enum Event {
     /// Boxed: 1 KiB, and rare (once per stack), unlike the events every fault and syscall
     /// sends.
     Stack(Box<StackEvent>),
+    RawStack(RawStack<'a>),
 }
 
-impl Event {
+impl Event<'_> {
     pub fn header(&self) -> &EventHeader {
         match self {
             Self::Syscall(r) => &r.header,
@@ -29,6 +60,7 @@ impl Event {
             Self::Exec(r) => &r.header,
             Self::Exit(h) => h,
             Self::Stack(r) => &r.header,
+            Self::RawStack(r) => &r.header,
         }
     }
 }
@@ -52,7 +84,7 @@ fn read<T: Pod>(bytes: &[u8]) -> Option<T> {
 }
 
 /// Decodes one event; `None` for one this build does not know (counted as lost).
-pub fn parse(bytes: &[u8]) -> Option<Event> {
+pub fn parse(bytes: &[u8]) -> Option<Event<'_>> {
     let header: EventHeader = read(bytes)?;
     Some(match EventKind::from_u32(header.kind)? {
         EventKind::Syscall => Event::Syscall(read(bytes)?),
@@ -62,6 +94,7 @@ pub fn parse(bytes: &[u8]) -> Option<Event> {
         EventKind::Exec => Event::Exec(read(bytes)?),
         EventKind::Exit => Event::Exit(header),
         EventKind::Stack => Event::Stack(read_stack(bytes)?),
+        EventKind::RawStack => Event::RawStack(read_raw_stack(bytes)?),
     })
 }
 
@@ -77,6 +110,27 @@ fn read_stack(bytes: &[u8]) -> Option<Box<StackEvent>> {
     let sent = (len - STACK_EVENT_HEAD) / 8;
     event.frames = event.frames.min(sent as u32);
     Some(Box::new(event))
+}
+
+/// A raw stack event carries only the bytes copied.
+fn read_raw_stack(bytes: &[u8]) -> Option<RawStack<'_>> {
+    let (head, stack) = bytes.split_at_checked(RAW_STACK_EVENT_HEAD)?;
+    let u64_at = |offset: usize| read::<u64>(&head[offset..]);
+    let u32_at = |offset: usize| read::<u32>(&head[offset..]);
+    let len = u32_at(offset_of!(RawStackEvent, len))? as usize;
+    let skip = u32_at(offset_of!(RawStackEvent, skip))?;
+    let flags = u32_at(offset_of!(RawStackEvent, flags))?;
+    let sp = u64_at(offset_of!(RawStackEvent, sp))?;
+    Some(RawStack {
+        header: read(head)?,
+        id: u64_at(offset_of!(RawStackEvent, id))?,
+        ip: u64_at(offset_of!(RawStackEvent, ip))?,
+        sp,
+        bp: u64_at(offset_of!(RawStackEvent, bp))?,
+        leaf_returns: flags & RAW_STACK_LEAF_RETURNS != 0,
+        start: sp.saturating_add(u64::from(skip)),
+        stack: &stack[..len.min(stack.len())],
+    })
 }
 
 #[cfg(test)]

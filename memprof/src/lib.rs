@@ -28,6 +28,8 @@ pub mod events;
 // The model.
 /// One process's regions, kept in step with its syscalls and faults.
 pub mod address_space;
+/// Raw stacks unwound with the binaries' unwind tables (framehop).
+pub mod unwind;
 /// The call stacks that reserve memory and fault it in.
 pub mod sites;
 /// One traced process: its address space and figures.

@@ -11,13 +11,13 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::Program,
 };
 use aya_log::EbpfLogger;
 use memprof_common::{
-    COUNTER_LOST, COUNTER_STACKS_LOST, FaultEvent, Filter, KernelLayout, PID_LIMIT, TracedProcess,
-    fields,
+    COUNTER_LOST, COUNTER_STACKS_LOST, COUNTER_STACKS_OVER_BUDGET, FaultEvent, Filter,
+    KernelLayout, PID_LIMIT, STACK_WALK_DENIED, TracedProcess, fields,
     pid_state::{TRACED, UNTRACED},
 };
 
@@ -94,6 +94,8 @@ pub fn kernel_layout() -> Result<KernelLayout, Error> {
         mm_rss_stat: btf.member_offset("mm_struct", "rss_stat")?,
         counter_size: btf.struct_size("percpu_counter")?,
         counter_count: btf.member_offset("percpu_counter", "count")?,
+        mm_start_stack: btf.member_offset("mm_struct", "start_stack")?,
+        vma_end: btf.member_offset("vm_area_struct", "vm_end")?,
     })
 }
 
@@ -142,6 +144,14 @@ fn field_offset(format: &str, field: &str) -> Option<usize> {
     })
 }
 
+/// What userspace found of the kernel's frame walk of a user stack it copied, by the stack's
+/// id: the unwinding confirmed its frames, or did not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Vouched(u64),
+    Denied(u64),
+}
+
 /// What the kernel side records.
 pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
@@ -166,6 +176,11 @@ pub struct Probes {
     traced: HashMap<MapData, u32, TracedProcess>,
     counters: PerCpuArray<MapData, u64>,
     fault_runs: PerCpuArray<MapData, FaultEvent>,
+    /// The user stacks whose frame walk userspace vouched for (MP_STACKS_KNOWN), and those
+    /// last copied (MP_STACKS_COPIED), by slot.
+    known_stacks: Array<MapData, u64>,
+    copied_stacks: Array<MapData, u64>,
+    stack_slot_mask: u32,
     /// The kernel side's log lines (aya-log), forwarded by [`Probes::drain_logs`]; `None`
     /// when the logger could not start (memprof goes on without them).
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
@@ -195,6 +210,8 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("MP_EVENTS", options.ring_buffer_bytes)
             .map_max_entries("MP_STACKS_SENT", options.stack_cache_slots)
+            .map_max_entries("MP_STACKS_KNOWN", options.stack_cache_slots)
+            .map_max_entries("MP_STACKS_COPIED", options.stack_cache_slots)
             .override_global("USER_STACKS", &user_stacks, true)
             .override_global("STACK_SLOT_MASK", &(options.stack_cache_slots - 1), true)
             .override_global("KERNEL_STACKS", &kernel_stacks, true)
@@ -262,6 +279,13 @@ impl Probes {
             anyhow::bail!("map MP_PID_STATE missing from the eBPF object");
         };
         let pid_states = PidStates::map(pid_states)?;
+        let mut stack_map = |name: &str| -> anyhow::Result<Array<MapData, u64>> {
+            Ok(Array::try_from(
+                ebpf.take_map(name).context(name.to_string())?,
+            )?)
+        };
+        let known_stacks = stack_map("MP_STACKS_KNOWN")?;
+        let copied_stacks = stack_map("MP_STACKS_COPIED")?;
         let logger = EbpfLogger::init(&mut ebpf)
             .inspect_err(|e| log::warn!("the kernel side's log lines will not be shown: {e}"))
             .ok();
@@ -271,6 +295,9 @@ impl Probes {
             traced,
             counters,
             fault_runs,
+            known_stacks,
+            copied_stacks,
+            stack_slot_mask: options.stack_cache_slots - 1,
             logger,
             links,
         };
@@ -291,6 +318,21 @@ impl Probes {
         self.pid_states.get(pid) != UNTRACED
     }
 
+    /// Tells the kernel what userspace found of the frame walks of user stacks it copied
+    /// (`tracker::Tracker::take_verdicts`): a stack vouched for goes out by id from now on,
+    /// without a copy; one denied is copied each time.
+    pub fn record_verdicts(&mut self, verdicts: &[Verdict]) {
+        for &verdict in verdicts {
+            let (map, id, value) = match verdict {
+                Verdict::Vouched(id) => (&mut self.known_stacks, id, id),
+                Verdict::Denied(id) => (&mut self.copied_stacks, id, id | STACK_WALK_DENIED),
+            };
+            if let Err(e) = map.set(id as u32 & self.stack_slot_mask, value, 0) {
+                log::warn!("telling the kernel about a stack failed: {e}");
+            }
+        }
+    }
+
     /// Takes a process out of the in-kernel filter (one that was gone before it was read).
     pub fn untrace(&mut self, pid: u32) {
         self.pid_states.set(pid, UNTRACED);
@@ -305,6 +347,11 @@ impl Probes {
     /// Stacks the kernel could not walk or send (ring buffer full).
     pub fn lost_stacks(&self) -> u64 {
         self.counter(COUNTER_STACKS_LOST)
+    }
+
+    /// User stacks not copied because the copies were over budget (`RAW_STACKS_PER_TICK`).
+    pub fn stacks_over_budget(&self) -> u64 {
+        self.counter(COUNTER_STACKS_OVER_BUDGET)
     }
 
     /// Stops every program. Detaching a tracepoint program waits for RCU grace periods

@@ -9,6 +9,7 @@ use crate::{
     address_space::{AddressSpace, SiteId},
     procfs::{MapsEntry, Snapshot, Status},
     sites::SiteFigures,
+    unwind::Unwound,
 };
 
 /// A figure's value when tracing began, when it ended, and the highest in between.
@@ -131,6 +132,11 @@ pub struct Process {
     /// The sites of this image's stacks by stack ids (user, kernel). Ids hash addresses,
     /// which mean other code after exec: cleared then.
     pub site_ids: HashMap<(u64, u64), SiteId>,
+    /// The sites of this image's unwound stacks, by their frames and kernel stack id.
+    pub unwound_sites: HashMap<(Vec<u64>, u64), SiteId>,
+    /// The unwound copies of fault stacks whose frame walk was denied, by stack id: faults
+    /// the kernel sent by id before it learnt the verdict stand for them.
+    pub copied_stacks: HashMap<u64, Unwound>,
     interval_ns: u64,
     next_sample_ns: u64,
 }
@@ -207,6 +213,8 @@ impl Process {
             faults_in_regions: HashMap::new(),
             faults_by_code: HashMap::new(),
             site_ids: HashMap::new(),
+            unwound_sites: HashMap::new(),
+            copied_stacks: HashMap::new(),
             interval_ns: interval_ns.max(1),
             next_sample_ns: now_ns,
         };
@@ -218,6 +226,8 @@ impl Process {
     pub fn exec(&mut self, snapshot: Option<Snapshot>) {
         self.events.execs += 1;
         self.site_ids.clear();
+        self.unwound_sites.clear();
+        self.copied_stacks.clear();
         match snapshot {
             Some(s) => {
                 self.command = s.command;

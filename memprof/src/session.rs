@@ -17,7 +17,7 @@ use crate::{
     filter::ProcessFilter,
     probes::Probes,
     procfs,
-    tracker::Tracker,
+    tracker::{KernelCounts, Tracker},
 };
 
 /// How often events sent without a wake-up are read.
@@ -183,9 +183,12 @@ impl Session {
                 memprof_common::FAULT_RUN_PAGES
             ),
         }
-        let lost_events = self.probes.lost_events();
-        self.tracker
-            .finish(monotonic_ns(), lost_events, self.probes.lost_stacks());
+        let kernel = KernelCounts {
+            lost_events: self.probes.lost_events(),
+            lost_stacks: self.probes.lost_stacks(),
+            stacks_over_budget: self.probes.stacks_over_budget(),
+        };
+        self.tracker.finish(monotonic_ns(), kernel);
         Ok(())
     }
 
@@ -203,6 +206,12 @@ impl Session {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while let Some(item) = ring.next() {
             self.tracker.apply_bytes(&item);
+            // At once: until the kernel knows, it copies each of the stack's events (a fault
+            // storm in one loop copies one stack a thousand times a millisecond).
+            let verdicts = self.tracker.take_verdicts();
+            if !verdicts.is_empty() {
+                self.probes.record_verdicts(&verdicts);
+            }
         }
         self.tracker.name_files();
     }

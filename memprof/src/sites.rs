@@ -1,11 +1,17 @@
-//! Sites: the call stacks that reserve memory and fault it in. The kernel sends each stack
-//! once; the first event using it pins it to modules and file offsets with the region model
-//! as it is at that moment, so it can be symbolized after the process is gone.
+//! Sites: the call stacks that reserve memory and fault it in. A stack comes as an id the
+//! kernel sent (once) or userspace vouched for, or unwound from a raw stack; the first event
+//! using it pins it to modules and file offsets with the region model as it is at that
+//! moment, so it can be symbolized after the process is gone.
 use std::{collections::HashMap, sync::Arc};
 
 use memprof_common::{NO_STACK, StackEvent};
 
-use crate::address_space::{AddressSpace, RegionKind, SITE_BEFORE_TRACING, SITE_NO_STACK, SiteId};
+use crate::{
+    address_space::{
+        AddressSpace, PROT_EXEC, RegionKind, SITE_BEFORE_TRACING, SITE_NO_STACK, SiteId,
+    },
+    unwind::Unwound,
+};
 
 /// Where a return address or instruction pointer was when the stack was captured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,12 +32,27 @@ pub struct Site {
     pub kernel: Vec<u64>,
     /// What to call the site when it has no stack.
     pub placeholder: Option<&'static str>,
+    /// Whether the unwinder reached the thread's entry point; None when the stack came from
+    /// a frame walk alone (then only the names of its frames can tell).
+    pub complete: Option<bool>,
+    /// The stack was cut at a frame that was not code (a frame pointer into data): what
+    /// followed was not to be trusted.
+    pub cut: bool,
+}
+
+/// A user stack's frames, leaf first, and whether they reach the thread's entry point (None:
+/// not known).
+#[derive(Clone, Debug, Default)]
+struct Stack {
+    frames: Vec<u64>,
+    complete: Option<bool>,
 }
 
 pub struct Sites {
     sites: Vec<Site>,
-    /// Every stack the kernel sent, by id. Kept: the kernel does not send one twice.
-    stacks: HashMap<u64, Vec<u64>>,
+    /// Every stack the kernel sent, and every user stack userspace vouched for, by id. Kept:
+    /// the kernel does not send one twice.
+    stacks: HashMap<u64, Stack>,
 }
 
 impl Default for Sites {
@@ -41,6 +62,8 @@ impl Default for Sites {
             user: Vec::new(),
             kernel: Vec::new(),
             placeholder: Some(name),
+            complete: None,
+            cut: false,
         };
         let mut sites = vec![placeholder("[mapped before tracing]"); 2];
         sites[SITE_NO_STACK as usize] = placeholder("[stack not captured]");
@@ -58,15 +81,38 @@ impl Sites {
         let frames = &event.ips[..(event.frames as usize).min(event.ips.len())];
         // A stack ends at its first zero, as the kernel's unwinder ends it.
         let frames = frames.iter().copied().take_while(|&ip| ip != 0).collect();
-        self.stacks.insert(event.id, frames);
+        let stack = Stack {
+            frames,
+            complete: None,
+        };
+        self.stacks.insert(event.id, stack);
     }
 
-    fn frames(&self, id: u64) -> Vec<u64> {
+    /// Keeps the unwound frames of a user stack whose frame walk userspace vouched for: the
+    /// kernel names it by `id` from now on.
+    pub fn add_vouched(&mut self, id: u64, unwound: &Unwound) {
+        let stack = Stack {
+            frames: unwound.frames.clone(),
+            complete: Some(unwound.complete),
+        };
+        self.stacks.insert(id, stack);
+    }
+
+    /// The unwound stack userspace vouched for under `id`, if it did.
+    pub fn vouched(&self, id: u64) -> Option<Unwound> {
+        let stack = self.stacks.get(&id)?;
+        Some(Unwound {
+            frames: stack.frames.clone(),
+            complete: stack.complete?,
+        })
+    }
+
+    fn stack(&self, id: u64) -> Stack {
         self.stacks.get(&id).cloned().unwrap_or_default()
     }
 
-    /// A new site for stacks captured in process `pid`, pinned to modules with its address
-    /// space `space` as it is now.
+    /// A new site for stacks captured in process `pid` (ids the kernel sent or userspace
+    /// vouched for), pinned to modules with its address space `space` as it is now.
     pub fn add(
         &mut self,
         pid: u32,
@@ -74,17 +120,48 @@ impl Sites {
         kernel_stack: u64,
         space: &AddressSpace,
     ) -> SiteId {
+        let user = self.stack(user_stack);
+        let kernel = self.stack(kernel_stack).frames;
+        self.push(pid, &user.frames, user.complete, kernel, space)
+    }
+
+    /// A new site for a stack unwound from a raw stack of process `pid`, with the kernel stack
+    /// `kernel_stack`.
+    pub fn add_unwound(
+        &mut self,
+        pid: u32,
+        unwound: &Unwound,
+        kernel_stack: u64,
+        space: &AddressSpace,
+    ) -> SiteId {
+        let kernel = self.stack(kernel_stack).frames;
+        self.push(pid, &unwound.frames, Some(unwound.complete), kernel, space)
+    }
+
+    fn push(
+        &mut self,
+        pid: u32,
+        frames: &[u64],
+        complete: Option<bool>,
+        kernel: Vec<u64>,
+        space: &AddressSpace,
+    ) -> SiteId {
+        let mut user = Vec::with_capacity(frames.len());
+        for (depth, &address) in frames.iter().enumerate() {
+            match capture(space, address, depth) {
+                Some(frame) => user.push(frame),
+                None => break,
+            }
+        }
+        let cut = user.len() < frames.len();
         let id = self.sites.len() as SiteId;
         self.sites.push(Site {
             pid,
-            user: self
-                .frames(user_stack)
-                .into_iter()
-                .enumerate()
-                .map(|(depth, address)| capture(space, address, depth))
-                .collect(),
-            kernel: self.frames(kernel_stack),
+            user,
+            kernel,
             placeholder: None,
+            complete,
+            cut,
         });
         id
     }
@@ -101,17 +178,25 @@ impl Sites {
 }
 
 /// Pins one address to its module. Frames above the leaf are return addresses: the call
-/// that made them is the byte before, which is what symbolization must look up.
-fn capture(space: &AddressSpace, address: u64, depth: usize) -> CapturedFrame {
-    let lookup = if depth == 0 { address } else { address - 1 };
-    let region = space
-        .region_at(lookup)
-        .filter(|r| r.kind == RegionKind::File);
-    CapturedFrame {
-        address,
-        module: region.and_then(|r| r.path.clone()),
-        file_offset: region.map_or(lookup, |r| lookup - r.start + r.offset),
+/// that made them is the byte before, which is what symbolization must look up. None for a
+/// return address outside executable memory: no call made it (a frame pointer pointed into
+/// data), and the frames after it are no more to be trusted.
+fn capture(space: &AddressSpace, address: u64, depth: usize) -> Option<CapturedFrame> {
+    let lookup = if depth == 0 {
+        address
+    } else {
+        address.checked_sub(1)?
+    };
+    let region = space.region_at(lookup);
+    if depth > 0 && region.is_none_or(|r| r.prot & PROT_EXEC == 0) {
+        return None;
     }
+    let file = region.filter(|r| r.kind == RegionKind::File);
+    Some(CapturedFrame {
+        address,
+        module: file.and_then(|r| r.path.clone()),
+        file_offset: file.map_or(lookup, |r| lookup - r.start + r.offset),
+    })
 }
 
 /// A site's figures in one process.

@@ -109,7 +109,7 @@ pub(crate) fn header(kind: EventKind, tgid: u32, ts_ns: u64) -> EventHeader {
     }
 }
 
-pub(crate) fn syscall(tgid: u32, nr: i64, args: [u64; 6], ret: i64, stack: u64) -> Event {
+pub(crate) fn syscall(tgid: u32, nr: i64, args: [u64; 6], ret: i64, stack: u64) -> Event<'static> {
     Event::Syscall(SyscallEvent {
         header: header(EventKind::Syscall, tgid, 10),
         nr: nr as u32,
@@ -120,12 +120,12 @@ pub(crate) fn syscall(tgid: u32, nr: i64, args: [u64; 6], ret: i64, stack: u64) 
     })
 }
 
-pub(crate) fn mmap(tgid: u32, addr: u64, len: u64, stack: u64) -> Event {
+pub(crate) fn mmap(tgid: u32, addr: u64, len: u64, stack: u64) -> Event<'static> {
     let args = [0, len, PROT_RW, MAP_PRIVATE_ANONYMOUS, u64::MAX, 0];
     syscall(tgid, libc::SYS_mmap, args, addr as i64, stack)
 }
 
-pub(crate) fn stack(tgid: u32, id: u64, ips: &[u64]) -> Event {
+pub(crate) fn stack(tgid: u32, id: u64, ips: &[u64]) -> Event<'static> {
     let mut event = StackEvent {
         header: header(EventKind::Stack, tgid, 10),
         id,
@@ -137,7 +137,7 @@ pub(crate) fn stack(tgid: u32, id: u64, ips: &[u64]) -> Event {
     Event::Stack(Box::new(event))
 }
 
-pub(crate) fn faults(tgid: u32, address: u64, pages: u64) -> Event {
+pub(crate) fn faults(tgid: u32, address: u64, pages: u64) -> Event<'static> {
     Event::Fault(FaultEvent {
         header: header(EventKind::Fault, tgid, 20),
         address,
@@ -147,7 +147,7 @@ pub(crate) fn faults(tgid: u32, address: u64, pages: u64) -> Event {
     })
 }
 
-pub(crate) fn new_process(parent: u32, child: u32, comm: &str) -> Event {
+pub(crate) fn new_process(parent: u32, child: u32, comm: &str) -> Event<'static> {
     let mut name = [0; 16];
     name[..comm.len()].copy_from_slice(comm.as_bytes());
     Event::NewProcess(NewProcessEvent {
@@ -159,7 +159,7 @@ pub(crate) fn new_process(parent: u32, child: u32, comm: &str) -> Event {
     })
 }
 
-pub(crate) fn exec(pid: u32, comm: &str) -> Event {
+pub(crate) fn exec(pid: u32, comm: &str) -> Event<'static> {
     let mut name = [0; 16];
     name[..comm.len()].copy_from_slice(comm.as_bytes());
     Event::Exec(ExecEvent {
@@ -168,6 +168,6 @@ pub(crate) fn exec(pid: u32, comm: &str) -> Event {
     })
 }
 
-pub(crate) fn exit(pid: u32) -> Event {
+pub(crate) fn exit(pid: u32) -> Event<'static> {
     Event::Exit(header(EventKind::Exit, pid, 50))
 }

@@ -2,16 +2,21 @@
 //! sites. A plain type, with no kernel and no runtime in it: the session feeds it the ring
 //! buffer's events, tests feed it hand-made ones, and it reaches /proc only through
 //! [`ProcSource`].
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
-use memprof_common::NO_STACK;
+use memprof_common::{NO_STACK, RAW_STACK};
 
 use crate::{
     address_space::{SITE_NO_STACK, SiteId},
-    events::{self, Event},
+    events::{self, Event, RawStack},
+    probes::Verdict,
     process::Process,
     procfs::{Proc, ProcSource, Snapshot},
     sites::Sites,
+    unwind::{self, Unwinding, Unwound},
 };
 
 /// How tracing was started, which decides when it ends on its own.
@@ -42,7 +47,24 @@ pub struct Tracker<P = Proc> {
     pub lost_events: u64,
     /// Stacks the kernel could not send: their bytes are charged to "[stack not captured]".
     pub lost_stacks: u64,
+    /// User stacks the kernel did not copy, over its budget of copies: their bytes are
+    /// charged to "[stack not captured]" too.
+    pub stacks_over_budget: u64,
     undecodable: u64,
+    unwinding: Unwinding,
+    /// Per thread, its last raw stack, unwound, for the event that follows it.
+    unwound: HashMap<u32, Unwound>,
+    /// What the unwinding found of the kernel's frame walks, for the kernel (see
+    /// [`Tracker::take_verdicts`]).
+    verdicts: Vec<Verdict>,
+}
+
+/// What the kernel could not send, counted at the end.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelCounts {
+    pub lost_events: u64,
+    pub lost_stacks: u64,
+    pub stacks_over_budget: u64,
 }
 
 /// A kernel command name (NUL-padded) as text.
@@ -60,24 +82,55 @@ fn name_files(proc: &impl ProcSource, process: &mut Process) {
     }
 }
 
-/// The site of a stack captured in `process`. A stack seen for the first time is pinned to
-/// modules, so the paths of files mapped since the last batch are read first.
+/// The site of a stack captured in `process`: by ids, or (`user` [`RAW_STACK`]) the stack
+/// `unwound` from the raw stack its thread sent before. A stack seen for the first time is
+/// pinned to modules, so the paths of files mapped since the last batch are read first.
 fn site_of(
     sites: &mut Sites,
     proc: &impl ProcSource,
     process: &mut Process,
-    user: u64,
-    kernel: u64,
+    (user, kernel): (u64, u64),
+    unwound: Option<Unwound>,
 ) -> SiteId {
-    if !sites.captured(user, kernel) {
-        return SITE_NO_STACK;
-    }
-    if let Some(&id) = process.site_ids.get(&(user, kernel)) {
+    let by_id = user != RAW_STACK;
+    if by_id && let Some(&id) = process.site_ids.get(&(user, kernel)) {
         return id;
     }
-    name_files(proc, process);
-    let id = sites.add(process.pid, user, kernel, &process.space);
-    process.site_ids.insert((user, kernel), id);
+    // A stack vouched for by id is the stack unwound then: one site either way. A fault's
+    // stack awaiting the verdict goes by id too, standing for its copy.
+    let unwound = if by_id {
+        sites
+            .vouched(user)
+            .or_else(|| process.copied_stacks.get(&user).cloned())
+    } else {
+        unwound
+    };
+    let id = match unwound {
+        Some(unwound) => {
+            let key = (unwound.frames, kernel);
+            match process.unwound_sites.get(&key) {
+                Some(&id) => id,
+                None => {
+                    name_files(proc, process);
+                    let unwound = Unwound {
+                        frames: key.0,
+                        complete: unwound.complete,
+                    };
+                    let id = sites.add_unwound(process.pid, &unwound, kernel, &process.space);
+                    process.unwound_sites.insert((unwound.frames, kernel), id);
+                    id
+                }
+            }
+        }
+        None if by_id && sites.captured(user, kernel) => {
+            name_files(proc, process);
+            sites.add(process.pid, user, kernel, &process.space)
+        }
+        None => return SITE_NO_STACK,
+    };
+    if by_id {
+        process.site_ids.insert((user, kernel), id);
+    }
     id
 }
 
@@ -95,7 +148,11 @@ impl<P: ProcSource> Tracker<P> {
             ended_ns: 0,
             lost_events: 0,
             lost_stacks: 0,
+            stacks_over_budget: 0,
             undecodable: 0,
+            unwinding: Unwinding::default(),
+            unwound: HashMap::new(),
+            verdicts: Vec::new(),
         }
     }
 
@@ -138,6 +195,7 @@ impl<P: ProcSource> Tracker<P> {
         match event {
             Event::Exec(e) => return self.exec(header.tgid, header.ts_ns, &e.comm),
             Event::Stack(e) => return self.sites.add_stack(&e),
+            Event::RawStack(raw) => return self.raw_stack(&raw),
             Event::NewProcess(e) if !self.processes.contains_key(&header.tgid) => {
                 // `--all`: a process that matched the filter when it was created.
                 return self.add_new(e.child_pid, header.ts_ns, &e.comm);
@@ -160,21 +218,20 @@ impl<P: ProcSource> Tracker<P> {
                 // Only calls that create memory name a site: the others charge the site that
                 // created what they change.
                 let site = if matches!(i64::from(e.nr), libc::SYS_mmap | libc::SYS_brk) {
-                    site_of(
-                        &mut self.sites,
-                        &self.proc,
-                        process,
-                        e.user_stack,
-                        e.kernel_stack,
-                    )
+                    let unwound = self.unwound.remove(&header.tid);
+                    let stacks = (e.user_stack, e.kernel_stack);
+                    site_of(&mut self.sites, &self.proc, process, stacks, unwound)
                 } else {
                     SITE_NO_STACK
                 };
                 process.apply_syscall(&e, site);
             }
             Event::Fault(e) => {
-                let stack = (e.stack != NO_STACK)
-                    .then(|| site_of(&mut self.sites, &self.proc, process, e.stack, NO_STACK));
+                let stack = (e.stack != NO_STACK).then(|| {
+                    let unwound = self.unwound.remove(&header.tid);
+                    let stacks = (e.stack, NO_STACK);
+                    site_of(&mut self.sites, &self.proc, process, stacks, unwound)
+                });
                 process.apply_fault(&e, stack);
             }
             Event::Rss(e) => process.apply_rss(e.member, e.bytes),
@@ -192,9 +249,51 @@ impl<P: ProcSource> Tracker<P> {
             Event::Exit(_) => {
                 name_files(&self.proc, process);
                 process.finish(header.ts_ns, true, None);
+                self.unwinding.forget(header.tgid);
             }
-            Event::Exec(_) | Event::Stack(_) => unreachable!("handled above"),
+            Event::Exec(_) | Event::Stack(_) | Event::RawStack(_) => {
+                unreachable!("handled above")
+            }
         }
+    }
+
+    /// Unwinds a raw stack for the event its thread sends next, and vouches for the kernel's
+    /// frame walk of it when the unwinding confirms the walk's frames.
+    fn raw_stack(&mut self, raw: &RawStack) {
+        let (pid, tid) = (raw.header.tgid, raw.header.tid);
+        let Some(process) = self.processes.get_mut(&pid).filter(|p| !p.exited) else {
+            return;
+        };
+        name_files(&self.proc, process);
+        let unwound = self.unwinding.unwind(pid, &process.space, raw);
+        let walk = unwind::frame_walk(raw);
+        log::trace!(
+            "pid {pid} tid {tid}: {} bytes of stack from {:#x}: frame walk {walk:x?}, unwound \
+             {:x?} (complete: {})",
+            raw.stack.len(),
+            raw.sp,
+            unwound.frames,
+            unwound.complete
+        );
+        if unwind::stack_id(pid, &walk) == raw.id
+            && unwind::walk_is_whole(&walk, &unwound, &process.space)
+        {
+            self.sites.add_vouched(raw.id, &unwound);
+            self.verdicts.push(Verdict::Vouched(raw.id));
+        } else {
+            self.verdicts.push(Verdict::Denied(raw.id));
+            if !raw.leaf_returns {
+                // Faults with this stack may follow by id until the kernel learns the verdict.
+                process.copied_stacks.insert(raw.id, unwound.clone());
+            }
+        }
+        self.unwound.insert(tid, unwound);
+    }
+
+    /// What the unwinding found of the kernel's frame walks since the last call: a stack
+    /// vouched for goes by id alone from then on, one denied is copied each time.
+    pub fn take_verdicts(&mut self) -> Vec<Verdict> {
+        std::mem::take(&mut self.verdicts)
     }
 
     /// A process memprof has not seen before: read it from /proc now (later events replay
@@ -213,6 +312,7 @@ impl<P: ProcSource> Tracker<P> {
             // Read now: the process runs on, but the events that follow replay onto it.
             _ => self.proc.snapshot(pid).ok(),
         };
+        self.unwinding.forget(pid);
         match self.processes.get_mut(&pid) {
             Some(process) => {
                 process.advance_to(ts_ns);
@@ -270,8 +370,8 @@ impl<P: ProcSource> Tracker<P> {
     }
 
     /// Ends tracing at `now_ns`: the processes still running are compared with what /proc
-    /// says of them; `lost_events` and `lost_stacks` are the kernel's counts.
-    pub fn finish(&mut self, now_ns: u64, lost_events: u64, lost_stacks: u64) {
+    /// says of them; `kernel` holds the kernel's counts of what it could not send.
+    pub fn finish(&mut self, now_ns: u64, kernel: KernelCounts) {
         self.ended_ns = now_ns;
         for process in self.processes.values_mut() {
             if process.ended_ns.is_some() {
@@ -281,8 +381,9 @@ impl<P: ProcSource> Tracker<P> {
             let status = self.proc.status(process.pid);
             process.finish(now_ns, false, status.as_ref());
         }
-        self.lost_events = lost_events + self.undecodable;
-        self.lost_stacks = lost_stacks;
+        self.lost_events = kernel.lost_events + self.undecodable;
+        self.lost_stacks = kernel.lost_stacks;
+        self.stacks_over_budget = kernel.stacks_over_budget;
     }
 }
 
@@ -370,7 +471,7 @@ mod tests {
         assert_eq!(p.command, "[true]");
         assert!(p.exited && p.incomplete.as_deref().unwrap().contains("exited before"));
         assert_eq!(p.reserved.end, MIB, "its events still count");
-        tracker.finish(100, 0, 0);
+        tracker.finish(100, KernelCounts::default());
         assert!(tracker.processes[&20].proc_check.is_none());
         assert!(
             !tracker.finished(),
@@ -394,8 +495,20 @@ mod tests {
         let p = &tracker.processes[&10];
         assert!(p.exited && p.incomplete.as_deref().unwrap().contains("lost event"));
         assert!(tracker.finished());
-        tracker.finish(100, 5, 1);
-        assert_eq!((tracker.lost_events, tracker.lost_stacks), (7, 1));
+        let kernel = KernelCounts {
+            lost_events: 5,
+            lost_stacks: 1,
+            stacks_over_budget: 3,
+        };
+        tracker.finish(100, kernel);
+        assert_eq!(
+            (
+                tracker.lost_events,
+                tracker.lost_stacks,
+                tracker.stacks_over_budget
+            ),
+            (7, 1, 3)
+        );
         assert_eq!(tracker.processes[&10].ended_ns, Some(70));
     }
 
@@ -473,7 +586,7 @@ mod tests {
         assert!(tracker.finished());
         // One still running at the end is compared with what /proc says of it.
         let mut attached = attached(FakeProc::default().with(12, "x", BASH_MAPS, MIB), 12);
-        attached.finish(100, 0, 0);
+        attached.finish(100, KernelCounts::default());
         let check = attached.processes[&12].proc_check.unwrap();
         assert_eq!(check.vm_size_bytes, BASH_RESERVED);
         assert!(attached.proc.maps_reads.get() <= 1);

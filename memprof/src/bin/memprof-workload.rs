@@ -427,11 +427,10 @@ unsafe fn touch(start: *mut u8, len: usize) {
     }
 }
 
-/// A new mapping, where the kernel chooses (`flags` has no MAP_FIXED).
-///
-/// Never inlined: glibc's mmap sets up no stack frame, so a frame-pointer unwinder skips the
-/// function that calls it. That is this one, and the caller that matters stays in the stack.
-#[inline(never)]
+/// A new mapping, where the kernel chooses (`flags` has no MAP_FIXED). Inlined, so that the
+/// function that calls it calls glibc's mmap itself: glibc's wrapper keeps no frame, and
+/// memprof must still name its caller.
+#[inline(always)]
 fn mmap(len: usize, prot: c_int, flags: c_int, fd: c_int) -> Result<*mut u8> {
     // SAFETY: a new mapping replaces nothing.
     let address = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, fd, 0) };

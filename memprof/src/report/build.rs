@@ -42,6 +42,7 @@ impl Report {
         Self {
             lost_events: tracker.lost_events,
             lost_stacks: tracker.lost_stacks,
+            stacks_over_budget: tracker.stacks_over_budget,
             fault_sample: u64::from(fault_sample),
             duration_secs: secs(tracker.ended_ns.saturating_sub(tracker.started_ns)),
             processes,
@@ -160,8 +161,15 @@ impl ProcessReport {
                 .into_iter()
                 .map(|(id, f)| {
                     let stack = stacks.frames(id).to_vec();
+                    let site = stacks.sites.get(id);
+                    // A stack the unwinder did not see end may still end at an entry point it
+                    // has no rule for (the dynamic loader's `_start`).
+                    let truncated = site.cut
+                        || (site.placeholder.is_none()
+                            && site.complete != Some(true)
+                            && stacks::looks_truncated(&stack));
                     SiteReport {
-                        truncated: stacks::looks_truncated(&stack),
+                        truncated,
                         stack,
                         reserved_bytes: f.reserved,
                         committed_bytes: f.committed,
@@ -184,7 +192,7 @@ mod tests {
     use crate::{
         report::Report,
         testing::{FakeProc, MIB, assert_snapshot, faults, mmap, stack},
-        tracker::{Origin, Tracker},
+        tracker::{KernelCounts, Origin, Tracker},
     };
 
     /// A program of a module that does not exist on disk, so its frames are named by file
@@ -207,7 +215,7 @@ mod tests {
         tracker.apply(mmap(7, 0x7f00_0000_0000, 8 * MIB, 1));
         tracker.apply(mmap(7, 0x7f00_1000_0000, MIB, 3));
         tracker.apply(faults(7, 0x7f00_0000_0000, 512));
-        tracker.finish(25_000_000, 0, 0);
+        tracker.finish(25_000_000, KernelCounts::default());
         let report = Report::new(&tracker, 0);
         let json = serde_json::to_string_pretty(&report).unwrap();
         assert_snapshot("report-build.json", &format!("{json}\n"));

@@ -18,6 +18,10 @@ pub struct Report {
     pub lost_events: u64,
     /// Stacks the kernel could not store; their bytes are charged to "[stack not captured]".
     pub lost_stacks: u64,
+    /// User stacks the kernel did not copy for unwinding, over its budget of copies (a storm
+    /// of stacks in code without frame pointers); their bytes are charged to
+    /// "[stack not captured]".
+    pub stacks_over_budget: u64,
     /// With --fault-stacks, one fault in this many had its stack recorded; the
     /// `faults_by_code` figures are scaled by it (estimates when above 1). 0: off.
     pub fault_sample: u64,

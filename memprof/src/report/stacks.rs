@@ -1,5 +1,7 @@
 //! What to call a call stack for people: where it starts, whether it looks cut short, and
-//! the frames that say who asked for the memory.
+//! the frames that say who asked for the memory. Folded stacks, pprof and JSON keep every
+//! frame; the terminal's site lines and RESERVED AT name a site by its first frame past the
+//! plumbing that carries a request for memory to the kernel.
 use crate::symbolize::Frame;
 
 /// Functions a thread's stack starts in: a stack that ends anywhere else was cut short.
@@ -14,22 +16,138 @@ const STACK_ROOTS: [&str; 8] = [
     "runtime.mstart",
 ];
 
+/// Whether a stack's outermost frame is not an entry point: the stack was cut short.
 pub fn looks_truncated(frames: &[Frame]) -> bool {
-    frames.last().is_some_and(|f| {
-        f.module.is_some() && !STACK_ROOTS.iter().any(|root| f.function.starts_with(root))
+    frames
+        .last()
+        .is_some_and(|f| !STACK_ROOTS.iter().any(|root| f.function.starts_with(root)))
+}
+
+/// Allocator and runtime plumbing: the frames that carry a request for memory from the code
+/// that made it to the kernel. A name matches whole, or by its start where the entry ends in
+/// `*`; compiler suffixes (`.part.0`, `.constprop.0`, `.cold`) are ignored. Add a runtime's
+/// or allocator's entries here.
+const PLUMBING: &[&str] = &[
+    // glibc: the syscall wrappers, malloc and its arenas, thread stacks.
+    "mmap",
+    "mmap64",
+    "__mmap*",
+    "__GI___mmap*",
+    "brk",
+    "__brk",
+    "sbrk",
+    "__sbrk",
+    "__GI___sbrk",
+    "__default_morecore",
+    "malloc",
+    "__libc_malloc",
+    "__malloc_*",
+    "_int_malloc",
+    "sysmalloc",
+    "sysmalloc_mmap",
+    "calloc",
+    "__libc_calloc",
+    "realloc",
+    "__libc_realloc",
+    "_int_realloc",
+    "memalign",
+    "__libc_memalign",
+    "_mid_memalign",
+    "_int_memalign",
+    "aligned_alloc",
+    "posix_memalign",
+    "__posix_memalign",
+    "valloc",
+    "pvalloc",
+    "tcache_init",
+    "malloc_hook_ini",
+    "new_heap",
+    "alloc_new_heap",
+    "_int_new_arena",
+    "arena_get2",
+    "allocate_stack",
+    "pthread_create*",
+    "__pthread_create_2_1",
+    // The dynamic loader's own allocation.
+    "__minimal_malloc",
+    "__minimal_calloc",
+    // C++ and Rust allocation.
+    "operator new*",
+    "__rust_alloc*",
+    "__rust_realloc",
+    "__rdl_alloc*",
+    "__rdl_realloc",
+    "alloc::alloc::*",
+    "alloc::raw_vec::*",
+    "<alloc::alloc::Global as core::alloc::Allocator>::*",
+    "std::sys::alloc::*",
+    // jemalloc (redis builds it with the je_ prefix).
+    "je_*",
+    "jemalloc_*",
+    "pages_map*",
+    "os_pages_map",
+    "extent_alloc_mmap",
+    "ehooks_default_alloc_impl",
+    // The Go runtime.
+    "runtime.mmap*",
+    "runtime.sysMmap",
+    "runtime.sysReserve*",
+    "runtime.sysAlloc*",
+    "runtime.sysMap*",
+    "runtime.sysUsed*",
+    "runtime.sysHugePage*",
+    "runtime.persistentalloc*",
+    "runtime.(*linearAlloc).alloc",
+    "runtime.systemstack*",
+    // HotSpot.
+    "os::reserve_memory*",
+    "os::pd_reserve_memory*",
+    "os::attempt_reserve_memory*",
+    "os::commit_memory*",
+    "os::pd_commit_memory*",
+    "os::Linux::commit_memory_impl",
+    "os::map_memory*",
+    "os::malloc",
+    "os::realloc",
+    "AllocateHeap",
+    "ReservedSpace::*",
+    "VirtualSpace::*",
+    // V8.
+    "v8::base::OS::Allocate*",
+    "v8::base::OS::SetPermissions",
+    "v8::base::PageAllocator::*",
+    "v8::internal::VirtualMemory::*",
+    "v8::internal::AllocatePages*",
+    // CPython's allocators.
+    "_PyObject_ArenaMmap",
+    "new_arena",
+    "allocate_from_new_pool",
+    "pymalloc_alloc",
+    "_PyObject_Malloc",
+    "PyObject_Malloc",
+    "_PyMem_RawMalloc",
+    "PyMem_RawMalloc",
+];
+
+/// Whether a function is allocator or runtime plumbing (see [`PLUMBING`]).
+fn is_plumbing(function: &str) -> bool {
+    // `sysmalloc.part.0`, `_int_malloc.constprop.0`: GCC's clones of one function.
+    const CLONES: [&str; 5] = [".part.", ".constprop.", ".isra.", ".cold", ".lto_priv."];
+    let name = CLONES
+        .iter()
+        .filter_map(|clone| function.find(clone))
+        .min()
+        .map_or(function, |at| &function[..at]);
+    PLUMBING.iter().any(|entry| match entry.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => name == *entry,
     })
 }
 
-/// A site's frames from the first one outside the C library and dynamic loader (whose
-/// syscall wrappers every stack starts with); all of them if none is.
+/// A site's frames from the first one past the plumbing (leaf first); all of them when every
+/// frame is plumbing.
 pub fn own_frames(frames: &[Frame]) -> &[Frame] {
-    let in_libc = |f: &Frame| {
-        f.module.as_deref().is_some_and(|m| {
-            let base = m.rsplit('/').next().unwrap_or(m);
-            base.starts_with("libc.so") || base.starts_with("ld-linux")
-        })
-    };
-    match frames.iter().position(|f| !in_libc(f)) {
+    match frames.iter().position(|f| !is_plumbing(&f.function)) {
         Some(first) => &frames[first..],
         None => frames,
     }
@@ -50,4 +168,101 @@ pub fn site_name(frames: &[Frame]) -> String {
     own_frames(frames)
         .first()
         .map_or_else(String::new, |f| f.function.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(names: &[&str]) -> Vec<Frame> {
+        names
+            .iter()
+            .map(|name| Frame {
+                function: (*name).into(),
+                module: Some("/lib/x".into()),
+                file: None,
+                line: None,
+                address: 0,
+                module_offset: 0,
+            })
+            .collect()
+    }
+
+    /// Sites are named past allocator and runtime plumbing, whatever the runtime.
+    #[test]
+    fn sites_are_named_past_the_plumbing() {
+        let cases: [(&[&str], &str); 5] = [
+            (
+                &[
+                    "__GI___mmap64",
+                    "mmap",
+                    "sysmalloc_mmap.isra.0",
+                    "sysmalloc",
+                    "_int_malloc",
+                    "malloc",
+                    "load_config",
+                    "main",
+                    "__libc_start_call_main",
+                ],
+                "load_config < main < __libc_start_call_main",
+            ),
+            (
+                &[
+                    "runtime.mmap.func1",
+                    "runtime.mmap",
+                    "runtime.sysReserveOS",
+                    "runtime.sysReserve",
+                    "runtime.(*pageAlloc).sysInit",
+                    "runtime.(*pageAlloc).init",
+                    "runtime.(*mheap).init",
+                    "runtime.mallocinit",
+                    "runtime.schedinit",
+                ],
+                "runtime.(*pageAlloc).sysInit < runtime.(*pageAlloc).init < runtime.(*mheap).init \
+                 < runtime.mallocinit",
+            ),
+            (
+                &[
+                    "__mmap",
+                    "allocate_stack",
+                    "pthread_create@@GLIBC_2.34",
+                    "spawn_workers",
+                    "main",
+                ],
+                "spawn_workers < main",
+            ),
+            (
+                &[
+                    "__mmap64",
+                    "je_pages_map",
+                    "je_extent_alloc_mmap",
+                    "je_malloc_default",
+                    "zmalloc_usable",
+                    "createStringObject",
+                ],
+                "zmalloc_usable < createStringObject",
+            ),
+            (&["mmap64", "malloc"], "mmap64 < malloc"),
+        ];
+        for (stack, label) in cases {
+            assert_eq!(short_stack(&frames(stack)), label, "{stack:?}");
+        }
+        assert_eq!(site_name(&frames(&["brk", "sbrk", "grow"])), "grow");
+        assert!(!is_plumbing("mmap_region_list"), "a prefix needs its `*`");
+        assert!(is_plumbing("runtime.persistentalloc.func1"));
+        assert!(is_plumbing("_int_malloc.constprop.0"));
+    }
+
+    #[test]
+    fn a_stack_ending_elsewhere_than_an_entry_point_is_truncated() {
+        assert!(!looks_truncated(&frames(&[
+            "f",
+            "main",
+            "__libc_start_call_main"
+        ])));
+        assert!(!looks_truncated(&frames(&["f", "start_thread"])));
+        assert!(looks_truncated(&frames(&["f", "g"])));
+        assert!(looks_truncated(&frames(&["f", "[unknown]+0x7ffd64cc4f50"])));
+        assert!(!looks_truncated(&[]));
+    }
 }

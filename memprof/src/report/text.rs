@@ -59,6 +59,14 @@ impl Report {
                 " (the kernel could not deliver them: figures may be off; raise --ring-buffer-size)"
             }
         );
+        if self.lost_stacks + self.stacks_over_budget > 0 {
+            let _ = writeln!(
+                out,
+                "stacks not captured: {} lost, {} over the kernel's budget of copies (their \
+                 bytes are charged to [stack not captured])",
+                self.lost_stacks, self.stacks_over_budget
+            );
+        }
         out
     }
 }
@@ -343,6 +351,7 @@ mod tests {
         let report = Report {
             lost_events: 0,
             lost_stacks: 0,
+            stacks_over_budget: 0,
             fault_sample: 4,
             duration_secs: 2.0,
             processes: vec![ProcessReport {
@@ -459,6 +468,7 @@ mod tests {
         let report = Report {
             lost_events: 3,
             lost_stacks: 0,
+            stacks_over_budget: 0,
             fault_sample: 0,
             duration_secs: 2.0,
             processes: vec![

@@ -57,6 +57,10 @@ pub enum Location<'a> {
     /// The address lies in a file mapping: `path` is the mapped file, `file_offset` the
     /// offset of the address inside that file.
     Module { path: &'a str, file_offset: u64 },
+    /// Code a runtime generated (JIT) in process `pid`: named from the map of its code the
+    /// runtime writes for perf, `/tmp/perf-PID.map` (node `--perf-basic-prof`, the JDK's
+    /// `jcmd PID Compiler.perfmap`), when it writes one.
+    Jit { pid: u32 },
     /// No module is known for the address.
     Unknown,
 }
@@ -111,6 +115,8 @@ pub struct Symbolizer {
     modules: HashMap<String, ModuleCache>,
     /// Storage for the frame returned for [`Location::Unknown`] (not memoized).
     scratch: Vec<Frame>,
+    /// Per process, its runtime's perf map: (start, end, name), sorted by start.
+    perf_maps: HashMap<u32, Vec<(u64, u64, String)>>,
 }
 
 impl Default for Symbolizer {
@@ -135,6 +141,7 @@ impl Symbolizer {
             inner,
             modules: HashMap::new(),
             scratch: Vec::with_capacity(1),
+            perf_maps: HashMap::new(),
         }
     }
 
@@ -144,18 +151,20 @@ impl Symbolizer {
     pub fn symbolize(&mut self, address: u64, location: Location<'_>) -> &[Frame] {
         let (path, file_offset) = match location {
             Location::Module { path, file_offset } => (path, file_offset),
-            Location::Unknown => {
-                self.scratch.clear();
-                self.scratch.push(Frame {
-                    function: format!("[unknown]+{address:#x}"),
-                    module: None,
-                    file: None,
-                    line: None,
-                    address,
-                    module_offset: 0,
-                });
-                return &self.scratch;
+            Location::Jit { pid } => {
+                let map = self
+                    .perf_maps
+                    .entry(pid)
+                    .or_insert_with(|| read_perf_map(pid));
+                let i = map.partition_point(|&(start, _, _)| start <= address);
+                let name = i
+                    .checked_sub(1)
+                    .map(|i| &map[i])
+                    .filter(|&&(_, end, _)| address < end)
+                    .map(|(_, _, name)| name.clone());
+                return self.unknown(address, name);
             }
+            Location::Unknown => return self.unknown(address, None),
         };
         let module = module_cache(&mut self.modules, path);
         if !module.frames.contains_key(&file_offset) {
@@ -175,11 +184,43 @@ impl Symbolizer {
         frames
     }
 
+    /// The frame of an address in no module: `name`, or `[unknown]+0xADDRESS`.
+    fn unknown(&mut self, address: u64, name: Option<String>) -> &[Frame] {
+        self.scratch.clear();
+        self.scratch.push(Frame {
+            function: name.unwrap_or_else(|| format!("[unknown]+{address:#x}")),
+            module: None,
+            file: None,
+            line: None,
+            address,
+            module_offset: 0,
+        });
+        &self.scratch
+    }
+
     /// Number of distinct `(module, file offset)` pairs memoized so far.
     #[cfg(test)]
     fn memoized(&self) -> usize {
         self.modules.values().map(|m| m.frames.len()).sum()
     }
+}
+
+/// Process `pid`'s perf map (`START SIZE name` per line, hexadecimal), sorted; empty when
+/// its runtime wrote none.
+fn read_perf_map(pid: u32) -> Vec<(u64, u64, String)> {
+    let text = std::fs::read_to_string(format!("/tmp/perf-{pid}.map")).unwrap_or_default();
+    let mut map: Vec<(u64, u64, String)> = text.lines().filter_map(parse_perf_map_line).collect();
+    map.sort_unstable_by_key(|&(start, _, _)| start);
+    map
+}
+
+fn parse_perf_map_line(line: &str) -> Option<(u64, u64, String)> {
+    let mut fields = line.splitn(3, ' ');
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok();
+    let start = hex(fields.next()?)?;
+    let size = hex(fields.next()?)?;
+    let name = fields.next()?.trim();
+    (!name.is_empty()).then(|| (start, start.saturating_add(size), name.to_string()))
 }
 
 /// The kernel function containing `address` (from /proc/kallsyms, read once), marked
@@ -385,6 +426,24 @@ mod tests {
             );
             assert_eq!(frames.last().unwrap().function, name, "{frames:#?}");
         }
+    }
+
+    #[test]
+    fn perf_map_lines() {
+        assert_eq!(
+            parse_perf_map_line("7f3a0c000040 1a8 JS:*memprofAllocBig /tmp/a.js:3:27"),
+            Some((
+                0x7f3a_0c00_0040,
+                0x7f3a_0c00_01e8,
+                "JS:*memprofAllocBig /tmp/a.js:3:27".into()
+            ))
+        );
+        assert_eq!(
+            parse_perf_map_line("0x10 0x4 Interpreter"),
+            Some((0x10, 0x14, "Interpreter".into()))
+        );
+        assert_eq!(parse_perf_map_line("garbage"), None);
+        assert_eq!(parse_perf_map_line("10 4 "), None);
     }
 
     #[test]

@@ -19,8 +19,9 @@ Usage: cargo xtask <COMMAND> [ARGS...]
 Commands:
   setup        Install what building and testing need, when it is missing: the rust-src
                component of the eBPF toolchain (nightly; nightly-2026-05-20 when there is
-               no nightly), bpf-linker 0.10.4 (cargo install), and the test tools go and
-               tmux (Debian's golang-go and tmux, with apt-get)
+               no nightly), bpf-linker 0.10.4 (cargo install), and the test tools from
+               Debian's packages (apt-get): golang-go, tmux, redis-server, redis-tools and
+               golang-github-gin-gonic-gin-dev
   test [ARGS]  setup, then `cargo test --workspace ARGS` (every crate but memprof-ebpf,
                which only builds for BPF), the test binaries run as root (through
                `sudo -E` when not root)
@@ -211,12 +212,27 @@ fn bpf_linker() -> Result<Option<PathBuf>> {
     Ok(Some(bin))
 }
 
-/// Integration tests run go and tmux; they come from Debian's packages.
+/// What integration tests run, from Debian's packages: a program on PATH, or a file.
+const TEST_TOOLS: [(&str, &str); 5] = [
+    ("go", "golang-go"),
+    ("tmux", "tmux"),
+    ("redis-server", "redis-server"),
+    ("redis-benchmark", "redis-tools"),
+    // The gin web framework's source, for the Go server tests build (GOPATH mode).
+    (
+        "/usr/share/gocode/src/github.com/gin-gonic/gin/gin.go",
+        "golang-github-gin-gonic-gin-dev",
+    ),
+];
+
+/// Installs the Debian packages of [`TEST_TOOLS`] that are missing.
 fn test_tools(setup: &Setup) -> Result<()> {
-    let packages = [("go", "golang-go"), ("tmux", "tmux")];
-    let missing: Vec<&str> = packages
+    let missing: Vec<&str> = TEST_TOOLS
         .into_iter()
-        .filter(|(program, _)| find_in_path(program).is_none())
+        .filter(|(tool, _)| match tool.strip_prefix('/') {
+            Some(_) => !Path::new(tool).exists(),
+            None => find_in_path(tool).is_none(),
+        })
         .map(|(_, package)| package)
         .collect();
     if missing.is_empty() {

@@ -106,7 +106,9 @@ fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
                     path,
                     file_offset: f.file_offset,
                 },
-                None => Location::Unknown,
+                // Capture keeps only frames in executable memory: outside any file, that is
+                // code a runtime generated.
+                None => Location::Jit { pid: site.pid },
             };
             symbolizer.symbolize(f.address, location).to_vec()
         })
@@ -162,12 +164,13 @@ impl ProcessReport {
                 .map(|(id, f)| {
                     let stack = stacks.frames(id).to_vec();
                     let site = stacks.sites.get(id);
-                    // A stack the unwinder did not see end may still end at an entry point it
-                    // has no rule for (the dynamic loader's `_start`).
-                    let truncated = site.cut
-                        || (site.placeholder.is_none()
-                            && site.complete != Some(true)
-                            && stacks::looks_truncated(&stack));
+                    // A stack the unwinder did not see end, or cut at a frame that was no
+                    // code, may still end at an entry point (the dynamic loader's `_start`,
+                    // Go's `rt0_go`, below which lies no frame to follow).
+                    let unwound_whole = site.complete == Some(true) && !site.cut;
+                    let truncated = site.placeholder.is_none()
+                        && !unwound_whole
+                        && stacks::looks_truncated(&stack);
                     SiteReport {
                         truncated,
                         stack,

@@ -88,8 +88,13 @@ const PLUMBING: &[&str] = &[
     "os_pages_map",
     "extent_alloc_mmap",
     "ehooks_default_alloc_impl",
-    // The Go runtime.
+    // The Go runtime, and cgo's C trampolines (named by their section when the C code has no
+    // symbol of its own).
     "runtime.mmap*",
+    "runtime.callCgoMmap",
+    "runtime/cgo(.text)",
+    "x_cgo_mmap",
+    "_cgo_mmap",
     "runtime.sysMmap",
     "runtime.sysReserve*",
     "runtime.sysAlloc*",

@@ -1,0 +1,501 @@
+//! Full call stacks on real software: a C program built without frame pointers, a frame
+//! pointer planted into the heap, Debian's redis-server (with jemalloc) under
+//! redis-benchmark, a Go web server built with cgo, and JavaScript functions named from
+//! node's perf map. Each checks the stacks' frames and the bytes charged to them.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test crate sees every dependency of the package"
+)]
+mod support;
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::*;
+
+/// A C program whose named functions reserve through malloc, calloc and pthread_create, one
+/// that calls mmap through a frame whose frame pointer points at a heap address, and a
+/// thread whose first malloc makes glibc a new arena. It prints, as JSON, the bytes each
+/// reserved, then waits a little (for its maps to be read).
+const C_PROGRAM: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <malloc.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* The size of the mapping /proc/self/maps shows around `p` (neighbours with the same
+   permissions show as one). */
+static unsigned long mapping_size(const void *p) {
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    unsigned long s, e, a = (unsigned long)p, size = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "%lx-%lx", &s, &e) == 2 && a >= s && a < e) size = e - s;
+    fclose(f);
+    return size;
+}
+
+__attribute__((noinline)) void *memprof_c_big_malloc(void) {
+    void *p = malloc(48 << 20);
+    memset(p, 1, 1 << 20);
+    return p;
+}
+
+__attribute__((noinline)) void *memprof_c_calloc(void) { return calloc(24, 1 << 20); }
+
+static void *arena_block;
+
+__attribute__((noinline)) void *memprof_c_thread_main(void *arg) {
+    arena_block = malloc(1000);
+    return arg;
+}
+
+__attribute__((noinline)) size_t memprof_c_start_thread(pthread_t *thread) {
+    pthread_attr_t attr;
+    size_t guard;
+    pthread_attr_init(&attr);
+    pthread_attr_setstacksize(&attr, 4 << 20);
+    pthread_attr_getguardsize(&attr, &guard);
+    pthread_create(thread, &attr, memprof_c_thread_main, NULL);
+    return guard;
+}
+
+__attribute__((noinline)) void *memprof_c_planted_mmap(void) {
+    void *p = mmap(0, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    __asm__ volatile("" ::: "memory");
+    return p;
+}
+
+/* No unwind table for this one: unwinders fall back to its frame pointer, which it points at
+   a made-up frame whose return address is a heap address. */
+void *memprof_c_planted(uint64_t *frame);
+__asm__(".text\n.globl memprof_c_planted\n.type memprof_c_planted, @function\n"
+        "memprof_c_planted:\n push %rbp\n mov %rdi, %rbp\n call memprof_c_planted_mmap\n"
+        " pop %rbp\n ret\n.size memprof_c_planted, .-memprof_c_planted\n");
+
+/* The bytes glibc maps for a block it maps on its own: the block, and its header. */
+static unsigned long mapped(void *block) { return malloc_usable_size(block) + 16; }
+
+int main(void) {
+    /* glibc sets up its heap on the first malloc: here, not in the functions below (through
+       a volatile, or the compiler drops the pair). */
+    void *volatile warm = malloc(1);
+    free(warm);
+    void *big = memprof_c_big_malloc();
+    void *zeroed = memprof_c_calloc();
+    pthread_t thread;
+    size_t guard = memprof_c_start_thread(&thread);
+    pthread_join(thread, NULL);
+    void *heap = malloc(64);
+    uint64_t frame[2] = {0, (uint64_t)heap};
+    void *planted = memprof_c_planted(frame);
+    printf("{\"big\":%lu,\"calloc\":%lu,\"thread\":%lu,\"planted\":%lu,\"heap\":%lu}\n",
+           mapped(big), mapped(zeroed), (4ul << 20) + guard,
+           mapping_size(planted), (unsigned long)heap);
+    fflush(stdout);
+    usleep(300000);
+    return arena_block == NULL;
+}
+"#;
+
+/// glibc's arenas for threads reserve this much each (HEAP_MAX_SIZE on 64-bit).
+const ARENA: u64 = 64 * MIB;
+
+fn build_c(dir: &Path) -> PathBuf {
+    fs::write(dir.join("stacks.c"), C_PROGRAM).unwrap();
+    let exe = dir.join("stacks");
+    run_ok(
+        Command::new("gcc")
+            .args([
+                "-O2",
+                "-g",
+                "-fomit-frame-pointer",
+                "-fno-optimize-sibling-calls",
+            ])
+            .args(["-pthread", "-o"])
+            .arg(&exe)
+            .arg(dir.join("stacks.c")),
+    );
+    exe
+}
+
+/// The folded lines (root first) whose stack names `function`, with their counts.
+fn folded_lines<'a>(folded: &'a str, function: &str) -> Vec<(&'a str, u64)> {
+    folded
+        .lines()
+        .filter(|l| l.split(';').any(|frame| frame.starts_with(function)))
+        .map(|l| {
+            let (stack, count) = l.rsplit_once(' ').unwrap();
+            (stack, count.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Code built without frame pointers: each named function is charged exactly the bytes it
+/// reserved, on stacks that reach the program's or the thread's entry point; a frame
+/// pointer into the heap ends its stack, marked truncated, and no heap address is a frame.
+#[test]
+fn code_without_frame_pointers_is_charged_on_complete_stacks() {
+    let dir = scratch("stacks-c");
+    let exe = build_c(&dir);
+    let out = dir.join("out");
+    let run = run_ok(
+        memprof()
+            .args(["run", "--output"])
+            .arg(&out)
+            .arg("--")
+            .arg(&exe),
+    );
+    let printed = String::from_utf8_lossy(&run.stdout);
+    let line = printed
+        .lines()
+        .find(|l| l.starts_with("{\"big\""))
+        .unwrap_or_else(|| panic!("the program printed no sizes:\n{printed}"));
+    let sizes: Value = serde_json::from_str(line).unwrap();
+    let size = |name: &str| sizes[name].as_u64().unwrap();
+    let reserved = fs::read_to_string(out.join("reserved.folded")).unwrap();
+    let report = read_json(&out.join("report.json"));
+    assert_eq!(report["lost_events"], 0);
+
+    let charged = |function: &str, entry: &str| -> u64 {
+        let lines = folded_lines(&reserved, function);
+        assert!(!lines.is_empty(), "no stack names {function}:\n{reserved}");
+        for (stack, _) in &lines {
+            assert!(
+                stack.contains(entry),
+                "{function}'s stack does not reach {entry}: {stack}"
+            );
+        }
+        lines.iter().map(|(_, bytes)| bytes).sum()
+    };
+    assert_eq!(charged("memprof_c_big_malloc", "main"), size("big"));
+    assert_eq!(charged("memprof_c_calloc", "main"), size("calloc"));
+    assert_eq!(charged("memprof_c_start_thread", "main"), size("thread"));
+    assert_eq!(charged("memprof_c_thread_main", "start_thread"), ARENA);
+    for function in ["memprof_c_big_malloc", "memprof_c_calloc"] {
+        for (stack, _) in folded_lines(&reserved, function) {
+            assert!(stack.starts_with("_start;"), "{stack}");
+        }
+    }
+
+    // The planted frame pointer: its stack stops at the function that planted it.
+    let planted = folded_lines(&reserved, "memprof_c_planted");
+    assert_eq!(
+        planted.iter().map(|(_, bytes)| bytes).sum::<u64>(),
+        size("planted"),
+        "{reserved}"
+    );
+    let heap = format!("{:#x}", size("heap"));
+    assert!(
+        !reserved.contains(&heap),
+        "a heap address is a frame:\n{reserved}"
+    );
+    for (stack, _) in &planted {
+        assert!(stack.starts_with("memprof_c_planted;"), "{stack}");
+        assert!(!stack.contains("[unknown]"), "{stack}");
+    }
+    let sites = report["processes"][0]["sites"].as_array().unwrap();
+    let planted_site = sites
+        .iter()
+        .find(|s| names(s).iter().any(|n| n == "memprof_c_planted"))
+        .unwrap();
+    assert_eq!(planted_site["truncated"], true, "{planted_site:#}");
+    let big_site = sites
+        .iter()
+        .find(|s| names(s).iter().any(|n| n == "memprof_c_big_malloc"))
+        .unwrap();
+    assert_eq!(big_site["truncated"], false, "{big_site:#}");
+}
+
+/// The function names of a JSON site's stack.
+fn names(site: &Value) -> Vec<String> {
+    site["stack"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Of the bytes reserved while traced (every site but the regions mapped before), the share
+/// on stacks that reach an entry point.
+fn complete_share(process: &Value) -> f64 {
+    let sites = process["sites"].as_array().unwrap();
+    let traced = sites
+        .iter()
+        .filter(|s| names(s) != ["[mapped before tracing]"])
+        .map(|s| s["reserved_bytes"].as_u64().unwrap() + s["released_bytes"].as_u64().unwrap());
+    let complete = sites
+        .iter()
+        .filter(|s| names(s) != ["[mapped before tracing]"] && s["truncated"] == false)
+        .map(|s| s["reserved_bytes"].as_u64().unwrap() + s["released_bytes"].as_u64().unwrap());
+    let (traced, complete): (u64, u64) = (traced.sum(), complete.sum());
+    assert!(traced > 0, "nothing reserved while traced");
+    complete as f64 / traced as f64
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `port`.
+fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn redis_benchmark(port: u16) {
+    run_ok(
+        Command::new("redis-benchmark")
+            .args(["-p", &port.to_string(), "-q", "-n", "20000", "-d", "2000"])
+            .args(["-t", "set,lpush,get", "-r", "100000"]),
+    );
+}
+
+fn kill(child: &mut Child) {
+    signal(child, libc::SIGTERM);
+    let _ = child.wait();
+}
+
+/// The process of `report` running `program`, and its reserved folded stacks.
+fn traced<'a>(report: &'a Value, program: &str) -> &'a Value {
+    report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["command"].as_str().unwrap().contains(program))
+        .unwrap_or_else(|| panic!("no {program} in the report"))
+}
+
+/// Debian's redis-server (built without frame pointers, with the system's jemalloc) under
+/// redis-benchmark, launched by memprof: the memory it reserves is on complete stacks that
+/// name redis and jemalloc.
+#[test]
+fn redis_launched_is_charged_on_complete_stacks() {
+    let dir = scratch("stacks-redis");
+    let port = free_port();
+    let out = dir.join("out");
+    let mut memprof = memprof()
+        .args(["run", "--output"])
+        .arg(&out)
+        .args(["--", "redis-server", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (pid, _stderr) = wait_until_tracing(&mut memprof);
+    wait_for_port(port);
+    redis_benchmark(port);
+    // SAFETY: signalling the redis-server memprof launched.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(memprof.wait().unwrap().success());
+    let report = read_json(&out.join("report.json"));
+    assert_eq!(report["lost_events"], 0);
+    let redis = traced(&report, "redis-server");
+    let share = complete_share(redis);
+    assert!(share >= 0.95, "{:.1}% on complete stacks", share * 100.0);
+    let reserved = fs::read_to_string(out.join("reserved.folded")).unwrap();
+    assert!(reserved.contains("zmalloc"), "no redis frame:\n{reserved}");
+    let modules: Vec<&str> = redis["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["stack"].as_array().unwrap())
+        .filter_map(|f| f["module"].as_str())
+        .collect();
+    assert!(
+        modules.iter().any(|m| m.contains("libjemalloc")),
+        "no jemalloc frame: {modules:?}"
+    );
+}
+
+/// The same, attached to a redis-server that runs already.
+#[test]
+fn redis_attached_is_charged_on_complete_stacks() {
+    let dir = scratch("stacks-redis-attach");
+    let port = free_port();
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let json = dir.join("report.json");
+    let mut memprof = memprof()
+        .args(["run", "--pid", &redis.id().to_string(), "--json"])
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _stderr = wait_until_tracing(&mut memprof);
+    redis_benchmark(port);
+    signal(&memprof, libc::SIGINT);
+    assert!(memprof.wait().unwrap().success());
+    kill(&mut redis);
+    let report = read_json(&json);
+    assert_eq!(report["lost_events"], 0);
+    let share = complete_share(traced(&report, "redis-server"));
+    assert!(share >= 0.95, "{:.1}% on complete stacks", share * 100.0);
+}
+
+/// The gin "hello world" built with cgo (Debian's gin, GOPATH mode): the Go runtime's
+/// reservations are named by the runtime functions that explain them, and glibc's arenas
+/// and thread stacks of the cgo threads are on complete stacks.
+#[test]
+fn a_go_server_with_cgo_is_charged_on_complete_stacks() {
+    let dir = scratch("stacks-gin");
+    fs::write(
+        dir.join("main.go"),
+        "package main\n\nimport (\n\t\"os\"\n\n\t\"github.com/gin-gonic/gin\"\n)\n\n\
+         func main() {\n\tgin.SetMode(gin.ReleaseMode)\n\tr := gin.New()\n\
+         \tr.GET(\"/\", func(c *gin.Context) { c.String(200, \"hello\") })\n\
+         \tr.Run(\"127.0.0.1:\" + os.Args[1])\n}\n",
+    )
+    .unwrap();
+    let go = which("go").expect("`cargo xtask setup` installs Debian's golang-go");
+    run_ok(
+        Command::new(go)
+            .args(["build", "-o", "gin-hello", "main.go"])
+            .current_dir(&dir)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", dir.join("cache"))
+            .env("CGO_ENABLED", "1"),
+    );
+    let port = free_port();
+    let out = dir.join("out");
+    let mut memprof = memprof()
+        .args(["run", "--output"])
+        .arg(&out)
+        .arg("--")
+        .arg(dir.join("gin-hello"))
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (pid, _stderr) = wait_until_tracing(&mut memprof);
+    // The server keeps memprof's stdout open: read it meanwhile.
+    let mut stdout = memprof.stdout.take().unwrap();
+    let report_text = thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    wait_for_port(port);
+    for _ in 0..20 {
+        let mut http = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        http.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        http.read_to_end(&mut Vec::new()).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    signal(&memprof, libc::SIGINT);
+    let status = memprof.wait().unwrap();
+    // SAFETY: signalling the server memprof launched, which outlives the trace.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(status.success());
+    let text = report_text.join().unwrap().unwrap();
+    assert!(
+        text.contains("runtime.(*pageAlloc).sysInit"),
+        "the report does not name the page allocator's reservation:\n{text}"
+    );
+    let report = read_json(&out.join("report.json"));
+    let sites = traced(&report, "gin-hello")["sites"].as_array().unwrap();
+    let through = |function: &str| {
+        sites
+            .iter()
+            .filter(|s| names(s).iter().any(|n| n.contains(function)))
+            .collect::<Vec<_>>()
+    };
+    // The Go runtime's own reservations reach its entry point.
+    let page_alloc = through("runtime.(*pageAlloc).sysInit");
+    assert!(!page_alloc.is_empty());
+    for site in page_alloc {
+        assert_eq!(site["truncated"], false, "{:?}", names(site));
+    }
+    // glibc's arenas and thread stacks of the cgo threads are named for what they are.
+    for function in ["new_heap", "allocate_stack"] {
+        assert!(
+            !through(function).is_empty(),
+            "no site reserves through {function}"
+        );
+    }
+}
+
+/// node, with its perf map (`--perf-basic-prof`): the JavaScript functions that allocate
+/// Buffers are named in the reserved flame graph.
+#[test]
+fn javascript_functions_are_named_from_the_perf_map() {
+    let dir = scratch("stacks-node");
+    let script = dir.join("alloc.js");
+    // Holds its Buffers past the trace (node frees them when it exits).
+    fs::write(
+        &script,
+        "function memprofAllocBig() { return Buffer.alloc(32 << 20); }\n\
+         const keep = [];\n\
+         for (let i = 0; i < 4; i++) keep.push(memprofAllocBig());\n\
+         setTimeout(() => console.log(keep.length), 20000);\n",
+    )
+    .unwrap();
+    let out = dir.join("out");
+    let json = dir.join("report.json");
+    // Not through a pipe: node would hold it open past memprof's end.
+    let status = memprof()
+        .args(["run", "--duration", "3", "--json"])
+        .arg(&json)
+        .arg("--output")
+        .arg(&out)
+        .args([
+            "--",
+            "node",
+            "--perf-basic-prof",
+            "--interpreted-frames-native-stack",
+        ])
+        .arg(&script)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let node = read_json(&json)["processes"][0]["pid"].as_u64().unwrap();
+    // SAFETY: ending the node memprof launched, which outlives the trace.
+    unsafe { libc::kill(node as i32, libc::SIGKILL) };
+    let reserved = fs::read_to_string(out.join("reserved.folded")).unwrap();
+    let named: u64 = reserved
+        .lines()
+        .filter(|l| l.contains("memprofAllocBig"))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert!(named >= 4 * 32 * MIB, "{named} bytes named:\n{reserved}");
+}

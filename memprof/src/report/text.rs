@@ -255,8 +255,9 @@ impl ProcessReport {
         if truncated > 0 {
             let _ = writeln!(
                 out,
-                "  note       {truncated} of {} stacks look truncated: code without frame \
-                 pointers stops the kernel's unwinder",
+                "  note       {truncated} of {} stacks are truncated: their unwinding \
+                 stopped before an entry point (code without unwind tables, a frame pointer \
+                 into data, a stack deeper than the 16 KiB copied)",
                 self.sites.len()
             );
         }

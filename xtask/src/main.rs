@@ -27,12 +27,13 @@ Commands:
                `sudo -E` when not root)
   run [ARGS]   setup, build memprof (release), then run `target/release/memprof ARGS` as
                root (through sudo when not root); a leading `--` is dropped
-  bench [--quick] [--runs N] [--json PATH]
+  bench [--quick] [--runs N] [--storm NAME]... [--json PATH]
                setup, build memprof (release), then measure its overhead: storms of page
-               faults and of mmap/munmap run untraced, under memprof (default and
-               --fault-stacks) and under the installed peers (bpftrace, perf, strace),
-               interleaved; prints the median slowdowns, memprof's events, lost events, CPU,
-               peak RSS and time to tracing, and its budgets (`cargo xtask bench --help`)
+               faults, of mmap/munmap, and of malloc/free in C without frame pointers (built
+               with gcc) run untraced, under memprof (default and --fault-stacks) and under
+               the installed peers (bpftrace, perf, strace), interleaved; prints the median
+               slowdowns, memprof's events, lost events, CPU, peak RSS and time to tracing,
+               and its budgets (`cargo xtask bench --help`)
   help         Print this help
 
 Environment:

@@ -13,7 +13,11 @@ use std::{
     time::Instant,
 };
 
-use super::storm::{Commands, Config, Storm};
+use super::{
+    frameless::{self, StackShare},
+    report::group,
+    storm::{Commands, Config, Storm},
+};
 use crate::show;
 
 /// One run of one configuration.
@@ -56,12 +60,46 @@ pub(super) struct MemprofRun {
     /// forks and execs.
     pub(super) events: u64,
     pub(super) lost_events: u64,
+    /// Stacks the kernel could not store, and user stacks it did not copy for unwinding (over
+    /// its budget of copies): both charged to "[stack not captured]".
+    pub(super) lost_stacks: u64,
+    pub(super) stacks_over_budget: u64,
+    /// On the frameless storm, the bytes on complete stacks through its round.
+    pub(super) stack_share: Option<StackShare>,
     /// memprof's own user + system CPU time (not its child's), and its peak RSS, read when
     /// it exits; None when it could not be followed with ptrace.
     pub(super) cpu_ns: Option<u64>,
     pub(super) peak_rss_kib: Option<u64>,
     /// From spawning memprof until it printed `tracing pid`.
     pub(super) to_tracing_ns: u64,
+}
+
+impl MemprofRun {
+    /// Stacks memprof did not capture, when there were any: "N stacks over budget, N lost
+    /// stacks".
+    pub(super) fn stacks_missed(&self) -> Option<String> {
+        let parts: Vec<String> = [
+            (self.stacks_over_budget, "stacks over budget"),
+            (self.lost_stacks, "lost stacks"),
+        ]
+        .into_iter()
+        .filter(|&(n, _)| n > 0)
+        .map(|(n, what)| format!("{} {what}", group(n)))
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
+    /// What the progress line adds about its stacks: their share complete (frameless storm)
+    /// and those missed, each after ", "; empty when there is nothing to say.
+    pub(super) fn stacks(&self) -> String {
+        let share = self.stack_share.and_then(StackShare::percent);
+        let share = share.map(|p| format!("complete stacks {p:.1}%"));
+        share
+            .into_iter()
+            .chain(self.stacks_missed())
+            .map(|part| format!(", {part}"))
+            .collect()
+    }
 }
 
 /// Runs `storm` under `config` once, as run `index`.
@@ -148,9 +186,16 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
         .with_context(|| format!("memprof wrote no {}", json_path.display()))?;
     let report: Value = serde_json::from_str(&report)
         .with_context(|| format!("{} is not JSON", json_path.display()))?;
-    let lost_events = report["lost_events"]
-        .as_u64()
-        .context("memprof's report has no lost_events")?;
+    let count = |key: &str| {
+        report[key]
+            .as_u64()
+            .with_context(|| format!("memprof's report has no {key}"))
+    };
+    let (lost_events, lost_stacks) = (count("lost_events")?, count("lost_stacks")?);
+    let stacks_over_budget = count("stacks_over_budget")?;
+    let stack_share = (storm == Storm::Frameless)
+        .then(|| frameless::stack_share(&report))
+        .transpose()?;
     let events = report["processes"]
         .as_array()
         .context("memprof's report has no processes")?
@@ -161,6 +206,9 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
         memprof: Some(MemprofRun {
             events,
             lost_events,
+            lost_stacks,
+            stacks_over_budget,
+            stack_share,
             cpu_ns: own.map(|o| o.cpu_ns),
             peak_rss_kib: own.map(|o| o.peak_rss_kib),
             to_tracing_ns: to_tracing.as_nanos() as u64,
@@ -345,6 +393,37 @@ mod tests {
         let failed = ExitStatus::from_raw(1 << 8);
         let err = check_output(&cmd, failed, stdout, "boom\n", Storm::Faults).unwrap_err();
         assert!(format!("{err:#}").ends_with("boom"), "{err:#}");
+    }
+
+    #[test]
+    fn stack_figures_said_when_there_is_something_to_say() {
+        let mut run = MemprofRun {
+            events: 1,
+            lost_events: 0,
+            lost_stacks: 0,
+            stacks_over_budget: 0,
+            stack_share: None,
+            cpu_ns: None,
+            peak_rss_kib: None,
+            to_tracing_ns: 0,
+        };
+        assert_eq!(run.stacks_missed(), None);
+        assert_eq!(run.stacks(), "");
+        run.stacks_over_budget = 12_345;
+        assert_eq!(run.stacks(), ", 12,345 stacks over budget");
+        run.lost_stacks = 2;
+        run.stack_share = Some(StackShare {
+            complete_bytes: 999,
+            bytes: 1000,
+        });
+        assert_eq!(
+            run.stacks_missed().as_deref(),
+            Some("12,345 stacks over budget, 2 lost stacks")
+        );
+        assert_eq!(
+            run.stacks(),
+            ", complete stacks 99.9%, 12,345 stacks over budget, 2 lost stacks"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! This file holds the entry point, the options and the run order; `storm` says what runs and
 //! how, `measure` runs one configuration and reads its figures, `report` prints them.
 
+mod frameless;
 mod measure;
 mod report;
 mod storm;
@@ -36,15 +37,16 @@ use crate::{run, setup, show, workspace_root};
 const USAGE: &str = "\
 Usage: cargo xtask bench [--quick] [--runs N] [--scale F] [--storm NAME]... [--json PATH]
 
-Runs setup, builds memprof (release), then each storm (faults, syscalls, mixed) untraced,
-under memprof, under memprof --fault-stacks, and under the peers that are installed
-(bpftrace, perf record, strace, strace -k), N times interleaved; prints a markdown table
-per storm and memprof's budgets with PASS or OVER.
+Runs setup, builds memprof (release), then each storm (faults, syscalls, mixed of the
+project's workload; frameless, a C program without frame pointers that the bench builds
+with gcc) untraced, under memprof, under memprof --fault-stacks, and under the peers that
+are installed (bpftrace, perf record, strace, strace -k), N times interleaved; prints a
+markdown table per storm and memprof's budgets with PASS or OVER.
 
   --quick        Scale the storms by 0.25
   --runs N       Runs of each configuration (default 5)
   --scale F      Scale the storms' sizes and round counts by F (default 1, in (0, 4])
-  --storm NAME   Only this storm (repeatable): faults, syscalls or mixed
+  --storm NAME   Only this storm (repeatable): faults, syscalls, mixed or frameless
   --json PATH    Also write every run's raw figures to PATH
 ";
 
@@ -95,7 +97,9 @@ fn parse(args: &[OsString]) -> Result<Options> {
                 let storm = Storm::ALL
                     .into_iter()
                     .find(|s| s.name() == v)
-                    .with_context(|| format!("--storm {v}: not faults, syscalls or mixed"))?;
+                    .with_context(|| {
+                        format!("--storm {v}: not faults, syscalls, mixed or frameless")
+                    })?;
                 if !options.storms.contains(&storm) {
                     options.storms.push(storm);
                 }
@@ -170,7 +174,7 @@ struct Bench {
 
 impl Bench {
     fn new(options: Options, target: &Path) -> Result<Self> {
-        let commands = Commands::new(target, options.scale)?;
+        let commands = Commands::new(target, options.scale, &options.storms)?;
         let (configs, notes) = configurations(&options.storms, options.scale);
         Ok(Self {
             options,
@@ -224,12 +228,13 @@ impl Bench {
                     match run_once(&self.commands, storm, config, index) {
                         Ok(run) => {
                             eprintln!(
-                                "xtask: bench {} {}/{}: {:<40} {:>9.3} s",
+                                "xtask: bench {} {}/{}: {:<40} {:>9.3} s{}",
                                 storm.name(),
                                 index + 1,
                                 self.options.runs,
                                 config.name(),
-                                run.elapsed_ns as f64 / 1e9
+                                run.elapsed_ns as f64 / 1e9,
+                                run.memprof.as_ref().map_or(String::new(), |m| m.stacks())
                             );
                             self.runs.push(run);
                         }
@@ -291,14 +296,28 @@ mod tests {
     #[test]
     fn options() {
         let options = parse_words(&[
-            "--quick", "--runs", "1", "--storm", "mixed", "--storm", "faults", "--storm", "mixed",
-            "--json", "out.json",
+            "--quick",
+            "--runs",
+            "1",
+            "--storm",
+            "mixed",
+            "--storm",
+            "frameless",
+            "--storm",
+            "faults",
+            "--storm",
+            "mixed",
+            "--json",
+            "out.json",
         ])
         .unwrap();
         assert_eq!(options.scale, 0.25);
         assert_eq!(options.runs, 1);
         // In the order given, each once.
-        assert_eq!(options.storms, [Storm::Mixed, Storm::Faults]);
+        assert_eq!(
+            options.storms,
+            [Storm::Mixed, Storm::Frameless, Storm::Faults]
+        );
         assert_eq!(options.json, Some(PathBuf::from("out.json")));
         // The last of --quick and --scale wins.
         assert_eq!(
@@ -320,7 +339,7 @@ mod tests {
         assert!(error(&["--runs", "x"]).contains("--runs x"));
         assert!(error(&["--scale", "0"]).contains("not in (0, 4]"));
         assert!(error(&["--scale", "4.5"]).contains("not in (0, 4]"));
-        assert!(error(&["--storm", "brk"]).contains("not faults, syscalls or mixed"));
+        assert!(error(&["--storm", "brk"]).contains("not faults, syscalls, mixed or frameless"));
         assert!(error(&["--json"]).starts_with("--json needs a value"));
         assert!(error(&["--fast"]).starts_with("unknown bench argument `--fast`"));
     }

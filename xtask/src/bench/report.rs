@@ -24,6 +24,9 @@ it prints `tracing pid`, median (max).
 const FAULTS_DEFAULT_MAX: f64 = 1.10;
 const FAULTS_FAULT_STACKS_MAX: f64 = 1.35;
 const SYSCALLS_DEFAULT_MAX: f64 = 1.25;
+const FRAMELESS_DEFAULT_MAX: f64 = 1.50;
+/// Of the frameless storm's bytes, the share on complete stacks through its round.
+const FRAMELESS_COMPLETE_MIN_PERCENT: f64 = 95.0;
 const CPU_MAX_CORES: f64 = 0.5;
 const RSS_MAX_BYTES: u64 = 100_000_000;
 const TO_TRACING_MAX: Duration = Duration::from_millis(500);
@@ -56,6 +59,7 @@ impl Report<'_> {
         out.push_str(LEGEND);
         out.push('\n');
         out.push_str(&self.budgets());
+        out.push_str(&self.stacks_missed());
         for note in self.notes {
             out.push_str(&format!("- {note}\n"));
         }
@@ -166,7 +170,7 @@ impl Report<'_> {
         let mut out = format!(
             "Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all \
              runs; CPU: memprof's CPU time / its wall time, summed over runs, worst \
-             configuration; RSS and time to tracing: worst run){}:\n\n",
+             configuration; RSS, time to tracing and complete stacks: worst run){}:\n\n",
             if self.scale == 1.0 {
                 String::new()
             } else {
@@ -186,6 +190,7 @@ impl Report<'_> {
                 FAULTS_FAULT_STACKS_MAX,
             ),
             (Storm::Syscalls, Config::Memprof, SYSCALLS_DEFAULT_MAX),
+            (Storm::Frameless, Config::Memprof, FRAMELESS_DEFAULT_MAX),
         ];
         for (storm, config, max) in ratios {
             if !self.storms.contains(&storm) {
@@ -197,6 +202,21 @@ impl Report<'_> {
                 slowdown.map_or("–".into(), |s| format!("{s:.2}x")),
                 format!("≤ {max:.2}x"),
                 slowdown.map(|s| s <= max),
+            );
+        }
+        if self.storms.contains(&Storm::Frameless) {
+            // The worst run of any memprof configuration.
+            let complete = self
+                .runs
+                .iter()
+                .filter(|r| r.storm == Storm::Frameless)
+                .filter_map(|r| r.memprof.as_ref()?.stack_share?.percent())
+                .reduce(f64::min);
+            line(
+                "frameless storm, complete stacks".into(),
+                complete.map_or("–".into(), |p| format!("{p:.1}%")),
+                format!("≥ {FRAMELESS_COMPLETE_MIN_PERCENT:.0}%"),
+                complete.map(|p| p >= FRAMELESS_COMPLETE_MIN_PERCENT),
             );
         }
         let memprof: Vec<&MemprofRun> = self
@@ -250,6 +270,27 @@ impl Report<'_> {
         out
     }
 
+    /// A line for every memprof run that did not capture every stack, in the order of the
+    /// tables.
+    fn stacks_missed(&self) -> String {
+        let mut out = String::new();
+        for &storm in self.storms {
+            for &config in self.configs {
+                for run in self.of(storm, config) {
+                    if let Some(missed) = run.memprof.as_ref().and_then(|m| m.stacks_missed()) {
+                        out.push_str(&format!(
+                            "- {} storm, {}, run {}: {missed}\n",
+                            storm.name(),
+                            config.name(),
+                            run.index + 1
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Every run's figures and the median slowdowns, for `--json`.
     pub(super) fn json(&self, machine: &str, unix_time: u64) -> Value {
         let runs: Vec<Value> = self
@@ -265,6 +306,10 @@ impl Report<'_> {
                     "wall_ns": r.wall_ns,
                     "events": m.map(|m| m.events),
                     "lost_events": m.map(|m| m.lost_events),
+                    "lost_stacks": m.map(|m| m.lost_stacks),
+                    "stacks_over_budget": m.map(|m| m.stacks_over_budget),
+                    "complete_stack_bytes": m.and_then(|m| m.stack_share).map(|s| s.complete_bytes),
+                    "stack_bytes": m.and_then(|m| m.stack_share).map(|s| s.bytes),
                     "memprof_cpu_ns": m.and_then(|m| m.cpu_ns),
                     "memprof_peak_rss_kib": m.and_then(|m| m.peak_rss_kib),
                     "to_tracing_ns": m.map(|m| m.to_tracing_ns),
@@ -340,6 +385,7 @@ pub(super) fn machine_line() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::frameless::StackShare;
 
     #[test]
     fn medians() {
@@ -372,6 +418,9 @@ mod tests {
             memprof: Some(MemprofRun {
                 events,
                 lost_events,
+                lost_stacks: 0,
+                stacks_over_budget: 0,
+                stack_share: None,
                 cpu_ns: cpu_ms.map(|ms| ms * 1_000_000),
                 peak_rss_kib: Some(75_000 + index as u64 * 100),
                 to_tracing_ns: to_tracing_ms * 1_000_000,
@@ -460,7 +509,7 @@ memprof overhead: 2 cores (CPU), Linux 6.18, 3 run(s) of each configuration, int
 
 time: the storm's own duration as the workload measures it, median over runs. slowdown: median over runs of traced_i / untraced_i, paired by run. events: events memprof received (page faults, RSS updates, memory syscalls), median per run (perf: samples). lost: worst run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until it prints `tracing pid`, median (max).
 
-Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all runs; CPU: memprof's CPU time / its wall time, summed over runs, worst configuration; RSS and time to tracing: worst run) at --scale 0.25:
+Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all runs; CPU: memprof's CPU time / its wall time, summed over runs, worst configuration; RSS, time to tracing and complete stacks: worst run) at --scale 0.25:
 
 - PASS faults storm, memprof: 1.05x (budget ≤ 1.10x)
 - n/a  faults storm, memprof --fault-stacks: – (budget ≤ 1.35x)
@@ -472,6 +521,78 @@ Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all
 - skipped: bpftrace not installed
 ";
         assert_eq!(report.text("2 cores (CPU), Linux 6.18"), expected);
+    }
+
+    /// The frameless storm at --scale 1: its slowdown and its complete stacks, worst run of
+    /// either memprof configuration, and the runs that missed stacks.
+    #[test]
+    fn frameless_budgets() {
+        let storm = Storm::Frameless;
+        let share = |complete_bytes, bytes| {
+            Some(StackShare {
+                complete_bytes,
+                bytes,
+            })
+        };
+        let mut runs = vec![untraced(storm, 0, 20_000), untraced(storm, 1, 21_000)];
+        for (index, elapsed_ms, config, stack_share, over) in [
+            (0, 28_000, Config::Memprof, share(995, 1000), 0),
+            (1, 29_000, Config::Memprof, share(999, 1000), 0),
+            (
+                0,
+                31_000,
+                Config::MemprofFaultStacks,
+                share(980, 1000),
+                12_345,
+            ),
+            (1, 30_000, Config::MemprofFaultStacks, None, 0),
+        ] {
+            let mut run = memprof(storm, index, elapsed_ms, 7_000_000, 0, Some(900), 80);
+            run.config = config;
+            let m = run.memprof.as_mut().unwrap();
+            m.stack_share = stack_share;
+            m.stacks_over_budget = over;
+            runs.push(run);
+        }
+        let report = Report {
+            scale: 1.0,
+            runs_per_configuration: 2,
+            storms: &[storm],
+            configs: &[
+                Config::Untraced,
+                Config::Memprof,
+                Config::MemprofFaultStacks,
+            ],
+            notes: &[],
+            runs: &runs,
+        };
+        let text = report.text("m");
+        let budgets = text.split_once(":\n\n").unwrap().1;
+        assert!(
+            text.contains(
+                "### frameless storm: 100,000 rounds of malloc 256 KiB (a mmap), touch its 64 \
+                 pages, free (a munmap), in C without frame pointers\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            budgets.starts_with(
+                "- PASS frameless storm, memprof: 1.39x (budget ≤ 1.50x)\n\
+                 - PASS frameless storm, complete stacks: 98.0% (budget ≥ 95%)\n\
+                 - PASS lost events: 0 (budget 0)\n"
+            ),
+            "{budgets}"
+        );
+        assert!(
+            budgets.ends_with(
+                "- frameless storm, memprof --fault-stacks, run 1: 12,345 stacks over budget\n"
+            ),
+            "{budgets}"
+        );
+        let json = report.json("m", 7);
+        assert_eq!(json["runs"][4]["complete_stack_bytes"], 980);
+        assert_eq!(json["runs"][4]["stack_bytes"], 1000);
+        assert_eq!(json["runs"][4]["stacks_over_budget"], 12_345);
     }
 
     #[test]
@@ -489,7 +610,8 @@ Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all
             json!({
                 "storm": "syscalls", "configuration": "memprof", "run": 0,
                 "elapsed_ns": 860_000_000, "wall_ns": 960_000_000,
-                "events": 600_112, "lost_events": 2, "memprof_cpu_ns": 170_000_000,
+                "events": 600_112, "lost_events": 2, "lost_stacks": 0, "stacks_over_budget": 0,
+                "complete_stack_bytes": null, "stack_bytes": null, "memprof_cpu_ns": 170_000_000,
                 "memprof_peak_rss_kib": 75_000, "to_tracing_ns": 77_000_000, "perf_samples": null,
             })
         );

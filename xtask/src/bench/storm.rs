@@ -1,5 +1,6 @@
-//! What the bench runs: the storms of the project's workload, the configurations each storm
-//! runs under (untraced, memprof, the peers that are installed), and the command of each.
+//! What the bench runs: the storms of the project's workload and the frameless storm of C
+//! (`frameless`), the configurations each storm runs under (untraced, memprof, the peers that
+//! are installed), and the command of each.
 
 use anyhow::{Context, Result, ensure};
 use std::{
@@ -10,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use super::report::group;
+use super::{frameless, report::group};
 use crate::find_in_path;
 
 /// bpftrace counting the workload's page faults by user stack.
@@ -24,16 +25,24 @@ pub(super) enum Storm {
     Faults,
     Syscalls,
     Mixed,
+    /// malloc/free of mapped blocks in C without frame pointers (not the workload's).
+    Frameless,
 }
 
 impl Storm {
-    pub(super) const ALL: [Storm; 3] = [Storm::Faults, Storm::Syscalls, Storm::Mixed];
+    pub(super) const ALL: [Storm; 4] = [
+        Storm::Faults,
+        Storm::Syscalls,
+        Storm::Mixed,
+        Storm::Frameless,
+    ];
 
     pub(super) fn name(self) -> &'static str {
         match self {
             Storm::Faults => "faults",
             Storm::Syscalls => "syscalls",
             Storm::Mixed => "mixed",
+            Storm::Frameless => "frameless",
         }
     }
 
@@ -51,6 +60,11 @@ impl Storm {
             Storm::Mixed => format!(
                 "one round of the fault storm ({touched} MiB), then {} rounds of the syscall storm",
                 rounds(50_000.0)
+            ),
+            Storm::Frameless => format!(
+                "{} rounds of malloc 256 KiB (a mmap), touch its 64 pages, free (a munmap), \
+                 in C without frame pointers",
+                group(frameless::rounds(scale))
             ),
         }
     }
@@ -142,14 +156,17 @@ pub(super) fn configurations(storms: &[Storm], scale: f64) -> (Vec<Config>, Vec<
 pub(super) struct Commands {
     memprof: PathBuf,
     workload: PathBuf,
+    /// The frameless storm's program, built in `dir` when that storm runs.
+    frameless: Option<PathBuf>,
     /// Holds one run's perf.data or memprof's report.json at a time.
     dir: PathBuf,
     scale: f64,
 }
 
 impl Commands {
-    /// memprof and the workload from a release build in `target`, and a new scratch directory.
-    pub(super) fn new(target: &Path, scale: f64) -> Result<Self> {
+    /// memprof and the workload from a release build in `target`, a new scratch directory,
+    /// and the frameless storm's program built there when `storms` has it.
+    pub(super) fn new(target: &Path, scale: f64, storms: &[Storm]) -> Result<Self> {
         let memprof = target.join("release/memprof");
         let workload = target.join("release/memprof-workload");
         for binary in [&memprof, &workload] {
@@ -157,9 +174,19 @@ impl Commands {
         }
         let dir = env::temp_dir().join(format!("memprof-bench-{}", std::process::id()));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let frameless = if storms.contains(&Storm::Frameless) {
+            let built = frameless::build(&dir);
+            if built.is_err() {
+                fs::remove_dir_all(&dir).ok();
+            }
+            Some(built.context("building the frameless storm")?)
+        } else {
+            None
+        };
         Ok(Self {
             memprof,
             workload,
+            frameless,
             dir,
             scale,
         })
@@ -179,7 +206,18 @@ impl Commands {
         self.dir.join("perf.data")
     }
 
+    /// The storm's command line: the workload's, or the frameless program's.
     fn workload_args(&self, storm: Storm) -> Vec<OsString> {
+        if storm == Storm::Frameless {
+            let program = self
+                .frameless
+                .as_ref()
+                .expect("the frameless storm's program is built when that storm runs");
+            return vec![
+                program.clone().into(),
+                frameless::rounds(self.scale).to_string().into(),
+            ];
+        }
         vec![
             self.workload.clone().into(),
             "--storm".into(),
@@ -267,6 +305,18 @@ mod tests {
                 0.000_001,
                 "1 rounds of mmap 64 KiB, touch one page, munmap",
             ),
+            (
+                Storm::Frameless,
+                1.0,
+                "100,000 rounds of malloc 256 KiB (a mmap), touch its 64 pages, free (a munmap), \
+                 in C without frame pointers",
+            ),
+            (
+                Storm::Frameless,
+                0.25,
+                "25,000 rounds of malloc 256 KiB (a mmap), touch its 64 pages, free (a munmap), \
+                 in C without frame pointers",
+            ),
         ];
         for (storm, scale, description) in cases {
             assert_eq!(
@@ -292,6 +342,7 @@ mod tests {
         let commands = Commands {
             memprof: "/t/memprof".into(),
             workload: "/t/memprof-workload".into(),
+            frameless: Some("/d/frameless".into()),
             dir: "/d".into(),
             scale: 0.25,
         };
@@ -319,5 +370,10 @@ mod tests {
         for (config, words) in cases {
             assert_eq!(show(config), format!("`{words}`"));
         }
+        // The frameless storm is its own program, given its rounds.
+        assert_eq!(
+            crate::show(&commands.command(Storm::Frameless, Config::Memprof)),
+            "`/t/memprof run --json /d/report.json -- /d/frameless 25000`"
+        );
     }
 }

@@ -16,7 +16,7 @@ use std::{
 };
 
 use framehop::{
-    ExplicitModuleSectionInfo, Module, Unwinder as _,
+    ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder as _,
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
 use memprof_common::MAX_STACK_DEPTH;
@@ -103,11 +103,16 @@ fn in_c_library(space: &AddressSpace, address: u64) -> bool {
 }
 
 /// What framehop needs of one ELF file: its unwind sections, and where its executable code
-/// lies in the file and in its own address space (to place it where a process mapped it).
+/// lies in the file and in its own address space (to place it where a process mapped it);
+/// and the file itself, to read the instruction before a return address.
 struct ElfTables {
     sections: ExplicitModuleSectionInfo<Arc<[u8]>>,
     /// (file offset range, virtual address) of each executable segment.
     code_segments: Vec<(Range<u64>, u64)>,
+    /// The code the tables describe (virtual addresses, sorted): other code of the file has
+    /// no rule to unwind it by.
+    described: Vec<Range<u64>>,
+    file: memmap2::Mmap,
 }
 
 impl ElfTables {
@@ -151,10 +156,58 @@ impl ElfTables {
                 (offset..offset + size, s.address())
             })
             .collect();
+        let described = described_code(&sections).unwrap_or_default();
         Some(Self {
             sections,
             code_segments,
+            described,
+            file: map,
         })
+    }
+
+    /// The virtual address of file offset `offset`, in an executable segment.
+    fn vaddr(&self, offset: u64) -> Option<u64> {
+        let (range, vaddr) = self
+            .code_segments
+            .iter()
+            .find(|(range, _)| range.contains(&offset))?;
+        Some(offset - range.start + vaddr)
+    }
+
+    /// Whether the tables describe the code at file offset `offset`.
+    fn describes(&self, offset: u64) -> bool {
+        let Some(address) = self.vaddr(offset) else {
+            return false;
+        };
+        let i = self.described.partition_point(|r| r.start <= address);
+        i > 0 && self.described[i - 1].contains(&address)
+    }
+
+    fn nop_precedes(&self, offset: u64) -> bool {
+        let at = usize::try_from(offset).ok().and_then(|o| o.checked_sub(1));
+        at.and_then(|at| self.file.get(at)) == Some(&0x90)
+    }
+
+    /// Whether the bytes before file offset `offset` end with a call instruction: `offset`
+    /// is then a return address. The forms compilers emit: `call rel32` (e8), and `call r/m64`
+    /// (ff /2) through a register, `[reg]`, `[reg+disp8]`, `[rip+disp32]`.
+    fn call_precedes(&self, offset: u64) -> bool {
+        let Ok(end) = usize::try_from(offset) else {
+            return false;
+        };
+        let before = |n: usize| end.checked_sub(n).and_then(|at| self.file.get(at..end));
+        let is_call_rm = |bytes: &[u8], modrm_ok: fn(u8) -> bool| {
+            bytes[0] == 0xff && (bytes[1] >> 3) & 7 == 2 && modrm_ok(bytes[1])
+        };
+        before(5).is_some_and(|b| b[0] == 0xe8)
+            || before(2).is_some_and(|b| {
+                is_call_rm(b, |m| {
+                    m >> 6 == 3 || (m >> 6 == 0 && m & 7 != 4 && m & 7 != 5)
+                })
+            })
+            || before(3).is_some_and(|b| is_call_rm(b, |m| m >> 6 == 1 && m & 7 != 4))
+            || before(6)
+                .is_some_and(|b| is_call_rm(b, |m| m >> 6 == 0 && m & 7 == 5 || m >> 6 == 2))
     }
 
     /// framehop's module for this file mapped executable at `avma`, from file offset
@@ -172,6 +225,45 @@ impl ElfTables {
             self.sections.clone(),
         ))
     }
+}
+
+/// The code ranges the unwind tables in `sections` describe, sorted.
+fn described_code(sections: &ExplicitModuleSectionInfo<Arc<[u8]>>) -> Option<Vec<Range<u64>>> {
+    use gimli::{
+        BaseAddresses, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian, UnwindSection,
+    };
+
+    fn ranges<'a, S: UnwindSection<EndianSlice<'a, LittleEndian>>>(
+        section: &S,
+        bases: &BaseAddresses,
+    ) -> Vec<Range<u64>> {
+        let mut ranges = Vec::new();
+        let mut entries = section.entries(bases);
+        while let Ok(Some(entry)) = entries.next() {
+            if let CieOrFde::Fde(partial) = entry
+                && let Ok(fde) = partial.parse(S::cie_from_offset)
+            {
+                let start = fde.initial_address();
+                ranges.push(start..start.saturating_add(fde.len()));
+            }
+        }
+        ranges.sort_unstable_by_key(|r| r.start);
+        ranges
+    }
+
+    let mut bases = BaseAddresses::default();
+    if let Some(text) = &sections.text_svma {
+        bases = bases.set_text(text.start);
+    }
+    if let Some(got) = &sections.got_svma {
+        bases = bases.set_got(got.start);
+    }
+    if let (Some(data), Some(svma)) = (&sections.eh_frame, &sections.eh_frame_svma) {
+        let section = EhFrame::new(data, LittleEndian);
+        return Some(ranges(&section, &bases.set_eh_frame(svma.start)));
+    }
+    let data = sections.debug_frame.as_ref()?;
+    Some(ranges(&DebugFrame::new(data, LittleEndian), &bases))
 }
 
 /// The modules framehop knows in one process, kept in step with its executable file
@@ -218,20 +310,37 @@ impl Unwinding {
             sync(modules, files, pid, space);
         }
         let mut read_stack = |address| raw.word(address).ok_or(());
-        let regs = UnwindRegsX86_64::new(raw.ip, raw.sp, raw.bp);
-        let mut frames = modules
-            .unwinder
-            .iter_frames(raw.ip, regs, cache, &mut read_stack);
+        let code = Code { space, files };
+        let mut regs = UnwindRegsX86_64::new(raw.ip, raw.sp, raw.bp);
+        let mut frame = FrameAddress::from_instruction_pointer(raw.ip);
         let mut unwound = Unwound::default();
         while unwound.frames.len() < MAX_STACK_DEPTH {
-            match frames.next() {
-                Ok(Some(frame)) => unwound.frames.push(frame.address()),
+            unwound.frames.push(frame.address());
+            let at = regs;
+            match modules
+                .unwinder
+                .unwind_frame(frame, &mut regs, cache, &mut read_stack)
+            {
                 Ok(None) => {
                     unwound.complete = true;
                     break;
                 }
-                // The copy ends, or a frame has no rule: what came before holds.
-                Err(_) => break,
+                Ok(Some(ret)) if code.is_return_address(ret, false) => {
+                    frame = FrameAddress::from_return_address(ret).expect("not 0");
+                }
+                // The frame's code has no unwind tables (cgo's C code in a Go binary, code
+                // written in assembly) and its frame pointer led nowhere: look above it for
+                // the return address it was called with.
+                _ if code.undescribed(frame.address_for_lookup()) => match code.scan(&at, raw) {
+                    Some((ret, sp)) => {
+                        regs = UnwindRegsX86_64::new(ret, sp, at.bp());
+                        frame = FrameAddress::from_return_address(ret).expect("not 0");
+                    }
+                    None => break,
+                },
+                // The tables describe the frame and still end the walk: what came before
+                // holds.
+                _ => break,
             }
         }
         unwound
@@ -240,6 +349,64 @@ impl Unwinding {
     /// Forgets a process's modules: it exited, or exec'd (a new image).
     pub fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
+    }
+}
+
+/// A process's code: its mappings, and the files behind them.
+struct Code<'a> {
+    space: &'a AddressSpace,
+    files: &'a HashMap<Arc<str>, Option<Arc<ElfTables>>>,
+}
+
+impl Code<'_> {
+    /// Words of stack [`Code::scan`] looks at above a frame's stack pointer.
+    const SCAN_WORDS: u64 = 64;
+
+    /// Whether `address` can be a return address: in executable memory and, where the code
+    /// comes from a file memprof read, right after a call instruction (or Go's `goexit`,
+    /// whose address after a NOP Go puts below each goroutine's first frame). `known`
+    /// demands a call in a file (a scan trusts nothing less).
+    fn is_return_address(&self, address: u64, known: bool) -> bool {
+        let Some(region) = address
+            .checked_sub(1)
+            .and_then(|a| self.space.region_at(a))
+            .filter(|r| r.prot & PROT_EXEC != 0)
+        else {
+            return false;
+        };
+        let tables = region
+            .path
+            .as_ref()
+            .and_then(|path| self.files.get(path))
+            .and_then(Option::as_ref);
+        let offset = address - region.start + region.offset;
+        match tables {
+            Some(tables) => tables.call_precedes(offset) || (!known && tables.nop_precedes(offset)),
+            None => !known,
+        }
+    }
+
+    /// Whether `address` lies in a file memprof read whose unwind tables do not describe it.
+    fn undescribed(&self, address: u64) -> bool {
+        let Some(region) = self.space.region_at(address) else {
+            return false;
+        };
+        let tables = region.path.as_ref().and_then(|path| self.files.get(path));
+        tables
+            .and_then(Option::as_ref)
+            .is_some_and(|t| !t.describes(address - region.start + region.offset))
+    }
+
+    /// The first word above the stack pointer of `regs` that is a return address into code
+    /// memprof read, and the stack pointer just above it: where the frame that has no rule
+    /// was called from (stack scanning, the unwinders' last resort).
+    fn scan(&self, regs: &UnwindRegsX86_64, raw: &RawStack) -> Option<(u64, u64)> {
+        (0..Self::SCAN_WORDS)
+            .map(|i| regs.sp() + 8 * i)
+            .find_map(|at| {
+                let word = raw.word(at)?;
+                self.is_return_address(word, true).then_some((word, at + 8))
+            })
     }
 }
 

@@ -146,7 +146,7 @@ fn folded_lines<'a>(folded: &'a str, function: &str) -> Vec<(&'a str, u64)> {
 
 /// Code built without frame pointers: each named function is charged exactly the bytes it
 /// reserved, on stacks that reach the program's or the thread's entry point; a frame
-/// pointer into the heap ends its stack, marked truncated, and no heap address is a frame.
+/// pointer into the heap, in code without unwind tables, puts no heap address in a stack.
 #[test]
 fn code_without_frame_pointers_is_charged_on_complete_stacks() {
     let dir = scratch("stacks-c");
@@ -191,7 +191,8 @@ fn code_without_frame_pointers_is_charged_on_complete_stacks() {
         }
     }
 
-    // The planted frame pointer: its stack stops at the function that planted it.
+    // The planted frame pointer leads nowhere (a heap address is no return address): the
+    // unwinder finds the function's real caller above its frame instead.
     let planted = folded_lines(&reserved, "memprof_c_planted");
     assert_eq!(
         planted.iter().map(|(_, bytes)| bytes).sum::<u64>(),
@@ -204,7 +205,7 @@ fn code_without_frame_pointers_is_charged_on_complete_stacks() {
         "a heap address is a frame:\n{reserved}"
     );
     for (stack, _) in &planted {
-        assert!(stack.starts_with("memprof_c_planted;"), "{stack}");
+        assert!(stack.contains(";main;memprof_c_planted;"), "{stack}");
         assert!(!stack.contains("[unknown]"), "{stack}");
     }
     let sites = report["processes"][0]["sites"].as_array().unwrap();
@@ -212,7 +213,7 @@ fn code_without_frame_pointers_is_charged_on_complete_stacks() {
         .iter()
         .find(|s| names(s).iter().any(|n| n == "memprof_c_planted"))
         .unwrap();
-    assert_eq!(planted_site["truncated"], true, "{planted_site:#}");
+    assert_eq!(planted_site["truncated"], false, "{planted_site:#}");
     let big_site = sites
         .iter()
         .find(|s| names(s).iter().any(|n| n == "memprof_c_big_malloc"))
@@ -445,13 +446,18 @@ fn a_go_server_with_cgo_is_charged_on_complete_stacks() {
     for site in page_alloc {
         assert_eq!(site["truncated"], false, "{:?}", names(site));
     }
-    // glibc's arenas and thread stacks of the cgo threads are named for what they are.
-    for function in ["new_heap", "allocate_stack"] {
-        assert!(
-            !through(function).is_empty(),
-            "no site reserves through {function}"
-        );
+    // glibc's arenas of the cgo threads, made from cgo's C code (no unwind tables in a Go
+    // binary linked internally), reach the threads' entry point.
+    let arenas = through("new_heap");
+    assert!(!arenas.is_empty(), "no site reserves an arena");
+    for site in arenas {
+        assert_eq!(site["truncated"], false, "{:?}", names(site));
+        assert!(names(site).iter().any(|n| n == "start_thread"));
     }
+    assert!(
+        !through("allocate_stack").is_empty(),
+        "no site reserves a thread stack"
+    );
 }
 
 /// node, with its perf map (`--perf-basic-prof`): the JavaScript functions that allocate
@@ -473,6 +479,8 @@ fn javascript_functions_are_named_from_the_perf_map() {
     let json = dir.join("report.json");
     // Not through a pipe: node would hold it open past memprof's end.
     let status = memprof()
+        // node writes V8's logs where it runs.
+        .current_dir(&dir)
         .args(["run", "--duration", "3", "--json"])
         .arg(&json)
         .arg("--output")

@@ -39,6 +39,8 @@ pub enum EventKind {
     Stack = 7,
     /// A user stack as memory, for userspace to unwind: [`RawStackEvent`].
     RawStack = 8,
+    /// The path of a file just mapped: [`FilePathEvent`].
+    FilePath = 9,
 }
 
 impl EventKind {
@@ -52,6 +54,7 @@ impl EventKind {
             6 => Self::Exit,
             7 => Self::Stack,
             8 => Self::RawStack,
+            9 => Self::FilePath,
             _ => return None,
         })
     }
@@ -134,6 +137,34 @@ pub struct RssEvent {
     pub bytes: i64,
 }
 plain_data!(RssEvent, 40);
+
+/// Components of a [`FilePathEvent`]'s path, at most (a deeper path keeps its last ones).
+pub const PATH_COMPONENTS: usize = 24;
+/// Bytes of a component name a [`FilePathEvent`] keeps, its terminating NUL included.
+pub const PATH_COMPONENT_BYTES: usize = 64;
+
+/// The path of a file a traced process just mapped (a library it loads), read from the
+/// kernel's own records when the mmap returns: the mapping is named without /proc, which a
+/// short-lived process leaves no time to read. Sent just before the mmap's [`SyscallEvent`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FilePathEvent {
+    pub header: EventHeader,
+    /// Where the file was mapped (the mmap's return value).
+    pub address: u64,
+    /// How many of `names` hold a component, leaf first: `libc.so.6`, `x86_64-linux-gnu`,
+    /// `lib`, `usr`. Only those are sent: the event is [`FILE_PATH_EVENT_HEAD`] +
+    /// [`PATH_COMPONENT_BYTES`] × `components` bytes long.
+    pub components: u32,
+    /// 1 when the path has more components than [`PATH_COMPONENTS`] (its first are missing).
+    pub cut: u32,
+    /// NUL-terminated (cut to [`PATH_COMPONENT_BYTES`]).
+    pub names: [[u8; PATH_COMPONENT_BYTES]; PATH_COMPONENTS],
+}
+plain_data!(FilePathEvent, 40 + PATH_COMPONENT_BYTES * PATH_COMPONENTS);
+
+/// The bytes of a [`FilePathEvent`] before its names.
+pub const FILE_PATH_EVENT_HEAD: usize = core::mem::offset_of!(FilePathEvent, names);
 
 /// A call stack. The kernel sends each one once per process, before the first event that
 /// refers to it (again only after it forgot having sent it), and only its `frames` first
@@ -265,8 +296,49 @@ pub struct KernelLayout {
     pub mm_start_stack: u32,
     /// `vm_area_struct.vm_end`, the end of a mapping (a thread's stack).
     pub vma_end: u32,
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`: a task's open files.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    /// `file.f_path`, then `path.mnt` and `path.dentry`: where an open file is.
+    pub file_path: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    /// `dentry.d_parent`, `dentry.d_name`, and in it `qstr.name`: a path's components.
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    pub qstr_name: u32,
+    /// `mount.mnt` (the `vfsmount` inside a `mount`), `mount.mnt_parent`,
+    /// `mount.mnt_mountpoint`: how a path crosses mount points.
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
 }
-plain_data!(KernelLayout, 24);
+plain_data!(KernelLayout, 72);
+
+impl KernelLayout {
+    /// Before userspace sets it at load time.
+    pub const UNSET: Self = Self {
+        task_mm: 0,
+        mm_rss_stat: 0,
+        counter_size: 0,
+        counter_count: 0,
+        mm_start_stack: 0,
+        vma_end: 0,
+        task_files: 0,
+        files_fdt: 0,
+        fdtable_fd: 0,
+        file_path: 0,
+        path_mnt: 0,
+        path_dentry: 0,
+        dentry_parent: 0,
+        dentry_name: 0,
+        qstr_name: 0,
+        mount_mnt: 0,
+        mount_parent: 0,
+        mount_mountpoint: 0,
+    };
+}
 
 /// Pids the per-pid state map covers (one byte each): the kernel's PID_MAX_LIMIT on 64-bit
 /// machines, so that every pid fits whatever `kernel.pid_max` says.

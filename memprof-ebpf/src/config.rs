@@ -29,14 +29,7 @@ pub(crate) static STACK_SLOT_MASK: u32 = 0;
 
 /// From the kernel's BTF.
 #[unsafe(no_mangle)]
-pub(crate) static LAYOUT: KernelLayout = KernelLayout {
-    task_mm: 0,
-    mm_rss_stat: 0,
-    counter_size: 0,
-    counter_count: 0,
-    mm_start_stack: 0,
-    vma_end: 0,
-};
+pub(crate) static LAYOUT: KernelLayout = KernelLayout::UNSET;
 
 /// `--all` and its filters.
 #[unsafe(no_mangle)]

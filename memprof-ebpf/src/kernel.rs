@@ -3,7 +3,10 @@
 //! bad address), a tracepoint's fields, and the current task.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        bpf_probe_read_kernel_str_bytes, generated,
+    },
     programs::TracePointContext,
 };
 use memprof_common::fields;
@@ -40,6 +43,14 @@ no_preconditions! {
 pub(crate) fn read_kernel<T>(address: *const T) -> Result<T, i64> {
     // SAFETY: the helper reads any kernel address, failing cleanly on a bad one.
     unsafe { bpf_probe_read_kernel(address) }.map_err(i64::from)
+}
+
+/// Reads the NUL-terminated string of kernel memory at `address` into `dest` (cut to fit,
+/// NUL-terminated); false when it could not be read.
+pub(crate) fn read_kernel_str<const N: usize>(dest: &mut [u8; N], address: u64) -> bool {
+    // SAFETY: the helper reads any kernel address, failing cleanly on a bad one, and writes
+    // at most `dest.len()` bytes.
+    unsafe { bpf_probe_read_kernel_str_bytes(address as *const u8, dest) }.is_ok()
 }
 
 /// A field of the tracepoint's formatted event.

@@ -37,7 +37,10 @@ mod fault;
 /// The program on resident-counter changes, charged to the mm's process.
 mod rss;
 
-/// Call stacks: walked, named by a hash, sent once.
+/// The paths of the files traced processes map, from the kernel's dentries.
+mod path;
+
+/// Call stacks: walked by frame pointers or copied, named by a hash.
 mod stack;
 
 /// Sending events: header and clock, the ring buffer, counters of what was lost.

@@ -14,6 +14,7 @@ use crate::{
     fault::end_fault_run,
     filter::{is_traced, set_state, state},
     kernel::{current_ids, ok},
+    path::send_file_path,
     stack::{UserRegs, kernel_stack, user_stack},
 };
 
@@ -60,6 +61,11 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, i64> {
     };
     for (arg, &register) in event.args.iter_mut().zip(regs::ARGS.iter()) {
         *arg = reg(register);
+    }
+    const MAP_ANONYMOUS: u64 = 0x20;
+    let [_, _, _, flags, fd, _] = event.args;
+    if nr == nr::MMAP && event.ret >= 0 && flags & MAP_ANONYMOUS == 0 && (fd as i64) >= 0 {
+        send_file_path(tgid, tid, fd, event.ret as u64);
     }
     if creates && config::get(&USER_STACKS) != 0 {
         let regs = UserRegs {

@@ -435,8 +435,21 @@ impl AddressSpace {
         }
     }
 
-    /// `addr` is the syscall's return value. File mappings get their path from
-    /// `name_files`.
+    /// Names the file mapping that starts at `start` (the kernel sent its path when it was
+    /// mapped).
+    pub fn name_file(&mut self, start: u64, path: &str) {
+        if let Some(r) = self.regions.get_mut(&start)
+            && r.kind == RegionKind::File
+            && r.path.is_none()
+        {
+            self.totals.sub(r);
+            r.path = Some(path.into());
+            self.totals.add(r);
+        }
+    }
+
+    /// `addr` is the syscall's return value. File mappings get their path from `name_file`
+    /// or `name_files`.
     #[allow(clippy::too_many_arguments)] // mmap's own six arguments, and who called it
     pub fn mmap(
         &mut self,

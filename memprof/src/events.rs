@@ -4,8 +4,9 @@ use std::mem::offset_of;
 
 use aya::Pod;
 use memprof_common::{
-    EventHeader, EventKind, ExecEvent, FaultEvent, NewProcessEvent, RAW_STACK_EVENT_HEAD,
-    RAW_STACK_LEAF_RETURNS, RawStackEvent, RssEvent, STACK_EVENT_HEAD, StackEvent, SyscallEvent,
+    EventHeader, EventKind, ExecEvent, FILE_PATH_EVENT_HEAD, FaultEvent, FilePathEvent,
+    NewProcessEvent, PATH_COMPONENT_BYTES, RAW_STACK_EVENT_HEAD, RAW_STACK_LEAF_RETURNS,
+    RawStackEvent, RssEvent, STACK_EVENT_HEAD, StackEvent, SyscallEvent,
 };
 
 /// A [`RawStackEvent`] as it lies in the ring buffer: its head, and the copy of the stack
@@ -48,6 +49,12 @@ pub enum Event<'a> {
     /// sends.
     Stack(Box<StackEvent>),
     RawStack(RawStack<'a>),
+    /// The path of a file mapped at `address`.
+    FilePath {
+        header: EventHeader,
+        address: u64,
+        path: String,
+    },
 }
 
 impl Event<'_> {
@@ -61,6 +68,7 @@ impl Event<'_> {
             Self::Exit(h) => h,
             Self::Stack(r) => &r.header,
             Self::RawStack(r) => &r.header,
+            Self::FilePath { header, .. } => header,
         }
     }
 }
@@ -95,6 +103,30 @@ pub fn parse(bytes: &[u8]) -> Option<Event<'_>> {
         EventKind::Exit => Event::Exit(header),
         EventKind::Stack => Event::Stack(read_stack(bytes)?),
         EventKind::RawStack => Event::RawStack(read_raw_stack(bytes)?),
+        EventKind::FilePath => read_file_path(bytes)?,
+    })
+}
+
+/// A path's components come leaf first, each NUL-terminated in its slot.
+fn read_file_path(bytes: &[u8]) -> Option<Event<'_>> {
+    let (head, names) = bytes.split_at_checked(FILE_PATH_EVENT_HEAD)?;
+    let at = |offset: usize| &head[offset..];
+    let components = read::<u32>(at(offset_of!(FilePathEvent, components)))? as usize;
+    let cut = read::<u32>(at(offset_of!(FilePathEvent, cut)))? != 0;
+    let mut path = String::from(if cut { "…" } else { "" });
+    for name in names
+        .chunks_exact(PATH_COMPONENT_BYTES)
+        .take(components)
+        .rev()
+    {
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(&name[..end]));
+    }
+    Some(Event::FilePath {
+        header: read(head)?,
+        address: read(at(offset_of!(FilePathEvent, address)))?,
+        path,
     })
 }
 
@@ -172,6 +204,43 @@ mod tests {
         let mut unknown = fault;
         unknown.header.kind = 77;
         assert!(parse(&bytes_of(&unknown)).is_none());
+    }
+
+    #[test]
+    fn a_file_path_comes_in_components_leaf_first() {
+        let mut event = FilePathEvent {
+            header: EventHeader {
+                kind: EventKind::FilePath as u32,
+                tgid: 3,
+                ..Default::default()
+            },
+            address: 0x7f00_0000_0000,
+            components: 3,
+            cut: 0,
+            names: [[0; PATH_COMPONENT_BYTES]; memprof_common::PATH_COMPONENTS],
+        };
+        for (slot, name) in event.names.iter_mut().zip(["libc.so.6", "lib", "usr"]) {
+            slot[..name.len()].copy_from_slice(name.as_bytes());
+        }
+        let bytes = bytes_of(&event);
+        let sent = &bytes[..FILE_PATH_EVENT_HEAD + 3 * PATH_COMPONENT_BYTES];
+        match parse(sent) {
+            Some(Event::FilePath { address, path, .. }) => {
+                assert_eq!(
+                    (address, path.as_str()),
+                    (0x7f00_0000_0000, "/usr/lib/libc.so.6")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        event.cut = 1;
+        event.components = 1;
+        let bytes = bytes_of(&event);
+        match parse(&bytes[..FILE_PATH_EVENT_HEAD + PATH_COMPONENT_BYTES]) {
+            Some(Event::FilePath { path, .. }) => assert_eq!(path, "…/libc.so.6"),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&bytes[..FILE_PATH_EVENT_HEAD - 1]).is_none());
     }
 
     #[test]

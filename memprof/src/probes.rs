@@ -96,6 +96,18 @@ pub fn kernel_layout() -> Result<KernelLayout, Error> {
         counter_count: btf.member_offset("percpu_counter", "count")?,
         mm_start_stack: btf.member_offset("mm_struct", "start_stack")?,
         vma_end: btf.member_offset("vm_area_struct", "vm_end")?,
+        task_files: btf.member_offset("task_struct", "files")?,
+        files_fdt: btf.member_offset("files_struct", "fdt")?,
+        fdtable_fd: btf.member_offset("fdtable", "fd")?,
+        file_path: btf.member_offset("file", "f_path")?,
+        path_mnt: btf.member_offset("path", "mnt")?,
+        path_dentry: btf.member_offset("path", "dentry")?,
+        dentry_parent: btf.member_offset("dentry", "d_parent")?,
+        dentry_name: btf.member_offset("dentry", "d_name")?,
+        qstr_name: btf.member_offset("qstr", "name")?,
+        mount_mnt: btf.member_offset("mount", "mnt")?,
+        mount_parent: btf.member_offset("mount", "mnt_parent")?,
+        mount_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
     })
 }
 

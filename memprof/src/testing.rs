@@ -125,6 +125,23 @@ pub(crate) fn mmap(tgid: u32, addr: u64, len: u64, stack: u64) -> Event<'static>
     syscall(tgid, libc::SYS_mmap, args, addr as i64, stack)
 }
 
+/// A read-only private mapping of the file open as `fd`.
+pub(crate) fn file_mmap(tgid: u32, addr: u64, len: u64, fd: u64) -> Event<'static> {
+    const PROT_READ: u64 = 1;
+    const MAP_PRIVATE: u64 = 2;
+    let args = [0, len, PROT_READ, MAP_PRIVATE, fd, 0];
+    syscall(tgid, libc::SYS_mmap, args, addr as i64, NO_STACK)
+}
+
+/// The path the kernel sends before a file's mmap returns.
+pub(crate) fn file_path(tgid: u32, address: u64, path: &str) -> Event<'static> {
+    Event::FilePath {
+        header: header(EventKind::FilePath, tgid, 10),
+        address,
+        path: path.into(),
+    }
+}
+
 pub(crate) fn stack(tgid: u32, id: u64, ips: &[u64]) -> Event<'static> {
     let mut event = StackEvent {
         header: header(EventKind::Stack, tgid, 10),

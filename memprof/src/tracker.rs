@@ -54,6 +54,8 @@ pub struct Tracker<P = Proc> {
     unwinding: Unwinding,
     /// Per thread, its last raw stack, unwound, for the event that follows it.
     unwound: HashMap<u32, Unwound>,
+    /// Per thread, the path of the file its next mmap maps, and where.
+    file_paths: HashMap<u32, (u64, String)>,
     /// What the unwinding found of the kernel's frame walks, for the kernel (see
     /// [`Tracker::take_verdicts`]).
     verdicts: Vec<Verdict>,
@@ -152,6 +154,7 @@ impl<P: ProcSource> Tracker<P> {
             undecodable: 0,
             unwinding: Unwinding::default(),
             unwound: HashMap::new(),
+            file_paths: HashMap::new(),
             verdicts: Vec::new(),
         }
     }
@@ -196,6 +199,10 @@ impl<P: ProcSource> Tracker<P> {
             Event::Exec(e) => return self.exec(header.tgid, header.ts_ns, &e.comm),
             Event::Stack(e) => return self.sites.add_stack(&e),
             Event::RawStack(raw) => return self.raw_stack(&raw),
+            Event::FilePath { address, path, .. } => {
+                self.file_paths.insert(header.tid, (address, path));
+                return;
+            }
             Event::NewProcess(e) if !self.processes.contains_key(&header.tgid) => {
                 // `--all`: a process that matched the filter when it was created.
                 return self.add_new(e.child_pid, header.ts_ns, &e.comm);
@@ -225,6 +232,13 @@ impl<P: ProcSource> Tracker<P> {
                     SITE_NO_STACK
                 };
                 process.apply_syscall(&e, site);
+                // A file mapped: named at once, from the path the kernel sent before.
+                if let Some((address, path)) = self.file_paths.remove(&header.tid)
+                    && i64::from(e.nr) == libc::SYS_mmap
+                    && e.ret == address as i64
+                {
+                    process.space.name_file(address, &path);
+                }
             }
             Event::Fault(e) => {
                 let stack = (e.stack != NO_STACK).then(|| {
@@ -251,7 +265,7 @@ impl<P: ProcSource> Tracker<P> {
                 process.finish(header.ts_ns, true, None);
                 self.unwinding.forget(header.tgid);
             }
-            Event::Exec(_) | Event::Stack(_) | Event::RawStack(_) => {
+            Event::Exec(_) | Event::Stack(_) | Event::RawStack(_) | Event::FilePath { .. } => {
                 unreachable!("handled above")
             }
         }
@@ -530,6 +544,32 @@ mod tests {
         assert_ne!(moved.site, SITE_BEFORE_TRACING);
         assert_eq!(p.reserved.end, BASH_RESERVED + 4 * MIB);
         assert_eq!(p.events.mremap, 1);
+    }
+
+    /// A file's path comes from the kernel with its mmap: named though /proc has none (the
+    /// process is gone), and only the mapping made where the path said.
+    #[test]
+    fn a_mapped_file_is_named_from_the_path_the_kernel_sent() {
+        let proc = FakeProc::default().with(10, "sh", BASH_MAPS, MIB);
+        let mut tracker = attached(proc, 10);
+        tracker.proc.gone.insert(10);
+        let (lib, other) = (0x7f00_5000_0000, 0x7f00_6000_0000);
+        tracker.apply(file_path(10, lib, "/usr/lib/libz.so.1"));
+        tracker.apply(file_mmap(10, lib, 0x3000, 3));
+        tracker.apply(file_path(10, 0x1000, "/elsewhere"));
+        tracker.apply(file_mmap(10, other, 0x1000, 4));
+        let space = &tracker.processes[&10].space;
+        let path = |at: u64| {
+            space
+                .region_at(at)
+                .unwrap()
+                .path
+                .as_deref()
+                .map(str::to_string)
+        };
+        assert_eq!(path(lib).as_deref(), Some("/usr/lib/libz.so.1"));
+        assert_eq!(path(other), None, "a path for another address");
+        assert_eq!(space.region_at(lib).unwrap().kind, RegionKind::File);
     }
 
     #[test]

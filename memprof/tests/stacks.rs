@@ -507,3 +507,40 @@ fn javascript_functions_are_named_from_the_perf_map() {
         .sum();
     assert!(named >= 4 * 32 * MIB, "{named} bytes named:\n{reserved}");
 }
+
+/// A command that exits before memprof could read its /proc (a few milliseconds): its
+/// libraries are named from the paths the kernel sent with their mmaps, so its stacks unwind
+/// and symbolize through them.
+#[test]
+fn a_short_lived_process_is_named_without_proc() {
+    let json = scratch("stacks-short").join("report.json");
+    run_ok(
+        memprof()
+            .args(["run", "--json"])
+            .arg(&json)
+            .args(["--", "ls", "/"]),
+    );
+    let report = read_json(&json);
+    let ls = &report["processes"][0];
+    let regions = ls["regions"].as_array().unwrap();
+    let unnamed: Vec<&Value> = regions
+        .iter()
+        .filter(|r| r["kind"] == "file" && r["path"].is_null())
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "file mappings without a path: {unnamed:#?}"
+    );
+    assert!(regions.iter().any(|r| {
+        r["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/libc.so.6"))
+    }));
+    for site in ls["sites"].as_array().unwrap() {
+        let names = names(site);
+        assert!(
+            !names.iter().any(|n| n.starts_with("[unknown]")),
+            "{names:?}"
+        );
+    }
+}

@@ -28,8 +28,13 @@ fn pointer(base: u64, offset: u32) -> u64 {
     read_kernel((base + u64::from(offset)) as *const u64).unwrap_or(0)
 }
 
-/// Where the walk up a path is, between two steps (`bpf_loop`'s context).
+/// Where the walk up a path is, between two steps, per CPU: in a map rather than on the
+/// program's stack, so that every step looks alike to the verifier, which then checks one.
+#[map]
+static MP_PATH_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Walk {
     layout: KernelLayout,
     dentry: u64,
@@ -53,25 +58,33 @@ pub(crate) fn send_file_path(tgid: u32, tid: u32, fd: u64, address: u64) {
         return;
     }
     let path = file + u64::from(layout.file_path);
-    let mut walk = Walk {
-        layout,
-        dentry: pointer(path, layout.path_dentry),
-        mnt: pointer(path, layout.path_mnt),
-        components: 0,
-        crossed: 0,
-        whole: 0,
-    };
+    let started = with_scratch(&MP_PATH_WALK, |walk| {
+        *walk = Walk {
+            layout,
+            dentry: pointer(path, layout.path_dentry),
+            mnt: pointer(path, layout.path_mnt),
+            components: 0,
+            crossed: 0,
+            whole: 0,
+        };
+    });
+    if started.is_none() {
+        return;
+    }
     // A loop the verifier checks once, step by step in a callback: unrolled, its branches
     // multiply beyond what the verifier explores in sys_exit's program.
-    // SAFETY: the helper runs `step` with `walk`, which lives across the call, at most the
-    // given number of times.
+    // SAFETY: the helper runs `step`, which takes no context, at most the given number of
+    // times.
     unsafe {
         bpf_loop(
             PATH_COMPONENTS as u32 + MOUNTS,
             step as *mut _,
-            (&raw mut walk).cast(),
+            core::ptr::null_mut(),
             0,
         )
+    };
+    let Some(walk) = with_scratch(&MP_PATH_WALK, |walk| *walk) else {
+        return;
     };
     with_scratch(&MP_FILE_PATH, |event| {
         event.header = header(EventKind::FilePath, tgid, tid);
@@ -92,9 +105,11 @@ pub(crate) fn send_file_path(tgid: u32, tid: u32, fd: u64, address: u64) {
 
 /// One step up the path: a component's name into this CPU's event, or across a mount
 /// point; 1 (stop) at the root or when the walk cannot go on.
-extern "C" fn step(_index: u64, walk: *mut Walk) -> i64 {
-    // SAFETY: `walk` is the context send_file_path passed, alive across bpf_loop.
-    let walk = unsafe { &mut *walk };
+extern "C" fn step(_index: u64, _context: *mut u8) -> i64 {
+    with_scratch(&MP_PATH_WALK, step_walk).unwrap_or(1)
+}
+
+fn step_walk(walk: &mut Walk) -> i64 {
     let layout = &walk.layout;
     let parent = pointer(walk.dentry, layout.dentry_parent);
     if walk.dentry == 0 || parent == 0 {

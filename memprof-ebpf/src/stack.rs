@@ -192,6 +192,7 @@ pub(crate) fn walking() -> bool {
 /// `leaf_returns`, the first window starts at the stack pointer, whose word (the frameless
 /// leaf's return address) is the second frame. Userspace repeats this walk on a raw stack
 /// (`unwind::frame_walk`): the two must stay alike.
+#[inline(never)]
 fn walk_frames(
     stack: &mut StackEvent,
     window: &mut [u64; WINDOW_WORDS],

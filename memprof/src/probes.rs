@@ -242,6 +242,7 @@ impl Probes {
         // too. Read after, not before: two parsed copies at once would be memprof's peak RSS.
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         for (program_name, program) in ebpf.programs_mut() {
+            let verifying = std::time::Instant::now();
             match program {
                 Program::TracePoint(p) => p.load(),
                 Program::RawTracePoint(p) => p.load(),
@@ -255,6 +256,7 @@ impl Probes {
                 other => unreachable!("memprof has no {:?} programs", other.prog_type()),
             }
             .context("the kernel's verifier refused a program")?;
+            log::debug!("{program_name}: loaded in {:?}", verifying.elapsed());
         }
         drop(btf);
         release_freed_memory();

@@ -570,8 +570,8 @@ Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all
         let budgets = text.split_once(":\n\n").unwrap().1;
         assert!(
             text.contains(
-                "### frameless storm: 100,000 rounds of malloc 256 KiB (a mmap), touch its 64 \
-                 pages, free (a munmap), in C without frame pointers\n"
+                "### frameless storm: 100,000 rounds of malloc 256 KiB (a mmap), touch one page, \
+                 free (a munmap), in C without frame pointers\n"
             ),
             "{text}"
         );

@@ -62,7 +62,7 @@ impl Storm {
                 rounds(50_000.0)
             ),
             Storm::Frameless => format!(
-                "{} rounds of malloc 256 KiB (a mmap), touch its 64 pages, free (a munmap), \
+                "{} rounds of malloc 256 KiB (a mmap), touch one page, free (a munmap), \
                  in C without frame pointers",
                 group(frameless::rounds(scale))
             ),
@@ -308,13 +308,13 @@ mod tests {
             (
                 Storm::Frameless,
                 1.0,
-                "100,000 rounds of malloc 256 KiB (a mmap), touch its 64 pages, free (a munmap), \
+                "100,000 rounds of malloc 256 KiB (a mmap), touch one page, free (a munmap), \
                  in C without frame pointers",
             ),
             (
                 Storm::Frameless,
                 0.25,
-                "25,000 rounds of malloc 256 KiB (a mmap), touch its 64 pages, free (a munmap), \
+                "25,000 rounds of malloc 256 KiB (a mmap), touch one page, free (a munmap), \
                  in C without frame pointers",
             ),
         ];

@@ -211,7 +211,7 @@ pub struct RawStackEvent {
     /// Bytes above `sp` not copied: the page `sp` is in was not there yet (the event is the
     /// fault that brings it in), so the copy starts at the next page.
     pub skip: u32,
-    /// [`RAW_STACK_LEAF_RETURNS`], or 0.
+    /// [`RAW_STACK_LEAF_RETURNS`], [`RAW_STACK_AWAITS_VERDICT`].
     pub flags: u32,
     pub _pad: u32,
     pub stack: [u8; RAW_STACK_BYTES],
@@ -222,6 +222,11 @@ plain_data!(RawStackEvent, 72 + RAW_STACK_BYTES);
 /// `sp` is its return address, and the frame-pointer walk takes it as the second frame (the
 /// wrapper's caller, which the frame pointers skip).
 pub const RAW_STACK_LEAF_RETURNS: u32 = 1;
+
+/// [`RawStackEvent::flags`]: the kernel waits for userspace's verdict on this stack's frame
+/// walk (the first copy of it since its slot in the cache was taken); later copies need
+/// none.
+pub const RAW_STACK_AWAITS_VERDICT: u32 = 2;
 
 /// Marks a stack id userspace found the frame walk of wrong (code without frame pointers),
 /// in the kernel's cache of copied stacks: each event with that stack is copied. Stack ids

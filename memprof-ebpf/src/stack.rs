@@ -17,8 +17,9 @@ use aya_ebpf::{
 };
 use memprof_common::{
     COUNTER_STACKS_LOST, COUNTER_STACKS_OVER_BUDGET, EventKind, MAX_STACK_DEPTH, NO_STACK,
-    RAW_STACK, RAW_STACK_BYTES, RAW_STACK_COPY_BURST, RAW_STACK_EVENT_HEAD, RAW_STACK_LEAF_RETURNS,
-    RAW_STACKS_PER_TICK, RawStackEvent, STACK_EVENT_HEAD, STACK_WALK_DENIED, StackEvent,
+    RAW_STACK, RAW_STACK_AWAITS_VERDICT, RAW_STACK_BYTES, RAW_STACK_COPY_BURST,
+    RAW_STACK_EVENT_HEAD, RAW_STACK_LEAF_RETURNS, RAW_STACKS_PER_TICK, RawStackEvent,
+    STACK_EVENT_HEAD, STACK_WALK_DENIED, StackEvent,
 };
 
 use crate::{
@@ -319,7 +320,7 @@ fn send_raw_stack(
             RAW_STACK_LEAF_RETURNS
         } else {
             0
-        };
+        } | if first { RAW_STACK_AWAITS_VERDICT } else { 0 };
         // The page the stack pointer is in may not be there yet: the event is the page
         // fault that brings it in, and the read fails whole. Then the pages above it.
         let page_above = (regs.sp | (PAGE_SIZE - 1)) + 1;

@@ -5,8 +5,8 @@ use std::mem::offset_of;
 use aya::Pod;
 use memprof_common::{
     EventHeader, EventKind, ExecEvent, FILE_PATH_EVENT_HEAD, FaultEvent, FilePathEvent,
-    NewProcessEvent, PATH_COMPONENT_BYTES, RAW_STACK_EVENT_HEAD, RAW_STACK_LEAF_RETURNS,
-    RawStackEvent, RssEvent, STACK_EVENT_HEAD, StackEvent, SyscallEvent,
+    NewProcessEvent, PATH_COMPONENT_BYTES, RAW_STACK_AWAITS_VERDICT, RAW_STACK_EVENT_HEAD,
+    RAW_STACK_LEAF_RETURNS, RawStackEvent, RssEvent, STACK_EVENT_HEAD, StackEvent, SyscallEvent,
 };
 
 /// A [`RawStackEvent`] as it lies in the ring buffer: its head, and the copy of the stack
@@ -22,6 +22,8 @@ pub struct RawStack<'a> {
     pub bp: u64,
     /// The leaf keeps no frame: the word at `sp` is its return address.
     pub leaf_returns: bool,
+    /// The kernel waits for a verdict on this stack's frame walk.
+    pub awaits_verdict: bool,
     /// Where the copy starts: `sp`, or the page above it when `sp`'s page was not there.
     pub start: u64,
     /// The stack's bytes from `start` up.
@@ -160,6 +162,7 @@ fn read_raw_stack(bytes: &[u8]) -> Option<RawStack<'_>> {
         sp,
         bp: u64_at(offset_of!(RawStackEvent, bp))?,
         leaf_returns: flags & RAW_STACK_LEAF_RETURNS != 0,
+        awaits_verdict: flags & RAW_STACK_AWAITS_VERDICT != 0,
         start: sp.saturating_add(u64::from(skip)),
         stack: &stack[..len.min(stack.len())],
     })

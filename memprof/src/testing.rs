@@ -11,7 +11,7 @@ use memprof_common::{
 };
 
 use crate::{
-    events::Event,
+    events::{Event, RawStack},
     procfs::{MapsEntry, ProcSource, Snapshot, Status, parse_maps},
 };
 
@@ -152,6 +152,23 @@ pub(crate) fn stack(tgid: u32, id: u64, ips: &[u64]) -> Event<'static> {
     };
     event.ips[..ips.len()].copy_from_slice(ips);
     Event::Stack(Box::new(event))
+}
+
+/// A copy of a stack of zeros (which no unwinding takes for whole): `awaits` is the
+/// kernel's question whether the walk with `id` is right.
+pub(crate) fn raw_stack(tgid: u32, id: u64, awaits: bool) -> Event<'static> {
+    const ZEROS: [u8; 64] = [0; 64];
+    Event::RawStack(RawStack {
+        header: header(EventKind::RawStack, tgid, 10),
+        id,
+        ip: 0x1000,
+        sp: 0x7ffe_0000_0000,
+        bp: 0,
+        leaf_returns: false,
+        awaits_verdict: awaits,
+        start: 0x7ffe_0000_0000,
+        stack: &ZEROS,
+    })
 }
 
 pub(crate) fn faults(tgid: u32, address: u64, pages: u64) -> Event<'static> {

@@ -3,7 +3,7 @@
 //! buffer's events, tests feed it hand-made ones, and it reaches /proc only through
 //! [`ProcSource`].
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
@@ -59,6 +59,10 @@ pub struct Tracker<P = Proc> {
     /// What the unwinding found of the kernel's frame walks, for the kernel (see
     /// [`Tracker::take_verdicts`]).
     verdicts: Vec<Verdict>,
+    /// Stacks given a verdict: a later copy needs none, unless the kernel asks again (its
+    /// slot was taken by another stack meanwhile). A stack whose first copy was lost is
+    /// judged at its next copy.
+    judged: HashSet<u64>,
 }
 
 /// What the kernel could not send, counted at the end.
@@ -156,6 +160,7 @@ impl<P: ProcSource> Tracker<P> {
             unwound: HashMap::new(),
             file_paths: HashMap::new(),
             verdicts: Vec::new(),
+            judged: HashSet::new(),
         }
     }
 
@@ -289,7 +294,10 @@ impl<P: ProcSource> Tracker<P> {
             unwound.frames,
             unwound.complete
         );
-        if unwind::stack_id(pid, &walk) == raw.id
+        let judged_before = !self.judged.insert(raw.id);
+        if !raw.awaits_verdict && judged_before {
+            // Denied already: the kernel copies each of the stack's events.
+        } else if unwind::stack_id(pid, &walk) == raw.id
             && unwind::walk_is_whole(&walk, &unwound, &process.space)
         {
             self.sites.add_vouched(raw.id, &unwound);
@@ -570,6 +578,23 @@ mod tests {
         assert_eq!(path(lib).as_deref(), Some("/usr/lib/libz.so.1"));
         assert_eq!(path(other), None, "a path for another address");
         assert_eq!(space.region_at(lib).unwrap().kind, RegionKind::File);
+    }
+
+    /// The kernel asks for a verdict with a stack's first copy; one whose first copy was
+    /// lost is judged at its next, and a stack judged once is not judged again until the
+    /// kernel asks.
+    #[test]
+    fn each_stack_is_judged_once_unless_the_kernel_asks_again() {
+        let proc = FakeProc::default().with(10, "sh", BASH_MAPS, MIB);
+        let mut tracker = attached(proc, 10);
+        tracker.apply(raw_stack(10, 7, true));
+        tracker.apply(raw_stack(10, 7, false));
+        tracker.apply(raw_stack(10, 8, false));
+        tracker.apply(raw_stack(10, 8, false));
+        tracker.apply(raw_stack(10, 7, true));
+        let verdicts = tracker.take_verdicts();
+        let denied = [Verdict::Denied(7), Verdict::Denied(8), Verdict::Denied(7)];
+        assert_eq!(verdicts, denied);
     }
 
     #[test]

@@ -482,6 +482,7 @@ mod tests {
             sp,
             bp,
             leaf_returns,
+            awaits_verdict: true,
             start: sp,
             stack,
         }

@@ -10,7 +10,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_stack,
-        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_probe_read_user},
+        generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user},
     },
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray},
@@ -46,7 +46,7 @@ static MP_STACKS_KNOWN: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static MP_STACK_SCRATCH: PerCpuArray<StackEvent> = PerCpuArray::with_max_entries(1, 0);
 
-/// Words of user stack the frame walk reads at once (see [`walk_frames`]).
+/// Words of user stack the frame walk reads at once (see [`start_frame_walk`]).
 const WINDOW_WORDS: usize = 128;
 
 /// Where the frame walk reads the user stack, per CPU.
@@ -96,15 +96,24 @@ pub(crate) struct UserRegs {
 /// [`RAW_STACK_LEAF_RETURNS`]).
 #[inline(never)]
 pub(crate) fn user_stack(tgid: u32, tid: u32, regs: UserRegs, leaf_returns: bool) -> u64 {
-    let id = with_scratch(&MP_STACK_SCRATCH, |stack| {
-        set_walking(1);
-        let walked = with_scratch(&MP_STACK_WINDOW, |window| {
-            walk_frames(stack, window, regs, leaf_returns);
-        });
-        set_walking(0);
-        walked.map(|()| stack_id(stack, tgid))
-    })
-    .flatten();
+    set_walking(1);
+    let walks = start_frame_walk(regs, leaf_returns);
+    if walks == Some(true) {
+        // A loop the verifier checks once, step by step in a callback: unrolled, its 127
+        // steps cost the verifier ~0.25 s, most of memprof's time to start tracing.
+        // SAFETY: the helper runs `frame_step`, which takes no context, at most the given
+        // number of times.
+        unsafe {
+            bpf_loop(
+                MAX_STACK_DEPTH as u32,
+                frame_step as *mut _,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+    }
+    set_walking(0);
+    let id = walks.and_then(|_| with_scratch(&MP_STACK_SCRATCH, |stack| stack_id(stack, tgid)));
     let Some(id) = id else {
         count(COUNTER_STACKS_LOST);
         return NO_STACK;
@@ -184,6 +193,20 @@ pub(crate) fn walking() -> bool {
     Slot::per_cpu(&MP_WALKING, 0).is_some_and(|slot| slot.get() != 0)
 }
 
+/// Where the frame walk is, between two steps, per CPU: in a map rather than on the
+/// program's stack, so that every step looks alike to the verifier, which then checks one.
+/// The window holds `len` bytes of the stack from `base` on; `fp` is the next frame's.
+#[map]
+static MP_FRAME_WALK: PerCpuArray<FrameWalk> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FrameWalk {
+    fp: u64,
+    base: u64,
+    len: u64,
+}
+
 /// Walks a user stack by frame pointers, as the kernel's unwinder does, but stops at a frame
 /// pointer no frame can have (unaligned, or in the first page) instead of reading it: a chain
 /// through code built without frame pointers ends that way (glibc's start-up code leaves 0x5
@@ -193,58 +216,89 @@ pub(crate) fn walking() -> bool {
 /// `leaf_returns`, the first window starts at the stack pointer, whose word (the frameless
 /// leaf's return address) is the second frame. Userspace repeats this walk on a raw stack
 /// (`unwind::frame_walk`): the two must stay alike.
-#[inline(never)]
-fn walk_frames(
+///
+/// This starts the walk in this CPU's stack scratch: `Some(true)` when [`frame_step`] is to
+/// go on, `None` when the scratch maps could not be had.
+fn start_frame_walk(regs: UserRegs, leaf_returns: bool) -> Option<bool> {
+    with_scratch(&MP_STACK_SCRATCH, |stack| {
+        with_scratch(&MP_STACK_WINDOW, |window| {
+            with_scratch(&MP_FRAME_WALK, |walk| {
+                stack.ips[0] = regs.ip;
+                stack.frames = 1;
+                *walk = FrameWalk {
+                    fp: regs.bp,
+                    base: 0,
+                    len: 0,
+                };
+                if leaf_returns {
+                    if !read_user(window, regs.sp, WINDOW_WORDS) {
+                        return false;
+                    }
+                    (walk.base, walk.len) = (regs.sp, 8 * WINDOW_WORDS as u64);
+                    stack.ips[1] = window[0];
+                    stack.frames = 2;
+                }
+                true
+            })
+        })
+    })
+    .flatten()
+    .flatten()
+}
+
+/// One frame of the walk (see [`start_frame_walk`]); 1 (stop) when the walk ends.
+extern "C" fn frame_step(_index: u64, _context: *mut u8) -> i64 {
+    with_scratch(&MP_STACK_SCRATCH, |stack| {
+        with_scratch(&MP_STACK_WINDOW, |window| {
+            with_scratch(&MP_FRAME_WALK, |walk| step_frame(stack, window, walk))
+        })
+    })
+    .flatten()
+    .flatten()
+    .unwrap_or(1)
+}
+
+fn step_frame(
     stack: &mut StackEvent,
     window: &mut [u64; WINDOW_WORDS],
-    regs: UserRegs,
-    leaf_returns: bool,
-) {
+    walk: &mut FrameWalk,
+) -> i64 {
     const FIRST_PAGE_END: u64 = 4096;
     const FRAME: u64 = 16;
-    stack.ips[0] = regs.ip;
-    let mut frames = 1;
-    let mut fp = regs.bp;
-    // The window holds `len` bytes of the stack from `base` on.
-    let (mut base, mut len) = (0u64, 0u64);
-    if leaf_returns {
-        if !read_user(window, regs.sp, WINDOW_WORDS) {
-            stack.frames = frames;
-            return;
-        }
-        (base, len) = (regs.sp, 8 * WINDOW_WORDS as u64);
-        stack.ips[1] = window[0];
-        frames = 2;
+    let (fp, index) = (walk.fp, stack.frames as usize);
+    if index >= MAX_STACK_DEPTH
+        || !fp.is_multiple_of(8)
+        || !(FIRST_PAGE_END..USER_SPACE_END - FRAME).contains(&fp)
+    {
+        return 1;
     }
-    for slot in stack.ips.iter_mut().skip(frames as usize) {
-        if !fp.is_multiple_of(8) || !(FIRST_PAGE_END..USER_SPACE_END - FRAME).contains(&fp) {
-            break;
-        }
-        if fp < base || fp - base + FRAME > len {
-            // Near the top of a stack a whole window may not be mapped: then the frame alone.
-            base = fp;
-            len = if read_user(window, fp, WINDOW_WORDS) {
-                8 * WINDOW_WORDS as u64
-            } else if read_user(window, fp, 2) {
-                FRAME
-            } else {
-                break;
-            };
-        }
-        // Opaque to the compiler, which would otherwise turn the word index into a byte offset
-        // the verifier cannot see is 8-aligned.
-        let at = core::hint::black_box((fp - base) / 8) as usize;
-        let (Some(&next), Some(&ret)) = (window.get(at), window.get(at + 1)) else {
-            break;
+    if fp < walk.base || fp - walk.base + FRAME > walk.len {
+        // Near the top of a stack a whole window may not be mapped: then the frame alone.
+        walk.base = fp;
+        walk.len = if read_user(window, fp, WINDOW_WORDS) {
+            8 * WINDOW_WORDS as u64
+        } else if read_user(window, fp, 2) {
+            FRAME
+        } else {
+            return 1;
         };
-        if ret == 0 {
-            break;
-        }
-        *slot = ret;
-        frames += 1;
-        fp = next;
     }
-    stack.frames = frames;
+    // Opaque to the compiler, which would otherwise turn the word index into a byte offset
+    // the verifier cannot see is 8-aligned.
+    let at = core::hint::black_box((fp - walk.base) / 8) as usize;
+    let (Some(&next), Some(&ret)) = (window.get(at), window.get(at + 1)) else {
+        return 1;
+    };
+    let Some(slot) = stack.ips.get_mut(index) else {
+        return 1;
+    };
+    if ret == 0 {
+        return 1;
+    }
+    *slot = ret;
+    stack.frames += 1;
+    walk.fp = next;
+    0
 }
 
 /// Reads `words` words of user memory at `address` into the start of `window`.

@@ -38,7 +38,7 @@ pub struct Unwound {
     pub complete: bool,
 }
 
-/// The kernel's frame-pointer walk (memprof-ebpf's `walk_frames`), on a raw stack: the same
+/// The kernel's frame-pointer walk (memprof-ebpf's `start_frame_walk` and `frame_step`), on a raw stack: the same
 /// frames where the copy holds what the kernel read.
 pub fn frame_walk(raw: &RawStack) -> Vec<u64> {
     const FIRST_PAGE_END: u64 = 4096;

@@ -5,7 +5,7 @@ pub(crate) const PAGE_SIZE: u64 = 4096;
 /// Addresses at or above this are the kernel's.
 pub(crate) const USER_SPACE_END: u64 = 0x0000_8000_0000_0000;
 
-/// The syscall numbers of the calls followed.
+/// The syscall numbers of the calls followed, as userspace reads them in events.
 pub(crate) mod nr {
     pub(crate) const MMAP: u64 = 9;
     pub(crate) const MPROTECT: u64 = 10;
@@ -13,8 +13,6 @@ pub(crate) mod nr {
     pub(crate) const BRK: u64 = 12;
     pub(crate) const MREMAP: u64 = 25;
     pub(crate) const MADVISE: u64 = 28;
-    pub(crate) const EXECVE: u64 = 59;
-    pub(crate) const EXECVEAT: u64 = 322;
 }
 
 /// `struct pt_regs` (a uapi layout), as indexes of its 8-byte words.
@@ -28,7 +26,6 @@ pub(crate) mod regs {
     pub(crate) const DX: usize = 12;
     pub(crate) const SI: usize = 13;
     pub(crate) const DI: usize = 14;
-    pub(crate) const ORIG_AX: usize = 15;
     pub(crate) const IP: usize = 16;
     pub(crate) const SP: usize = 19;
     /// Where the syscall ABI passes arguments one to six.

@@ -72,7 +72,7 @@ pub(crate) fn send_file_path(tgid: u32, tid: u32, fd: u64, address: u64) {
         return;
     }
     // A loop the verifier checks once, step by step in a callback: unrolled, its branches
-    // multiply beyond what the verifier explores in sys_exit's program.
+    // multiply beyond what the verifier explores in the syscall program.
     // SAFETY: the helper runs `step`, which takes no context, at most the given number of
     // times.
     unsafe {

@@ -26,10 +26,19 @@ use crate::{btf::Btf, error::Error, procfs};
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Every tracepoint memprof attaches to, with the program that handles it. Programs on the
-/// events every syscall and fault fires are raw (or BTF) tracepoint programs: they get the
-/// tracepoint's arguments without the kernel formatting a record first.
-const ATTACHMENTS: [(&str, &str, &str); 9] = [
-    ("raw_syscalls", "sys_exit", "mp_sys_exit"),
+/// events every fault fires are BTF tracepoint programs: they get the tracepoint's arguments
+/// without the kernel formatting a record first. The syscalls are followed on their own exit
+/// tracepoints, by one program, so that other syscalls do not run it (see the kernel side's
+/// syscall.rs).
+const ATTACHMENTS: [(&str, &str, &str); 16] = [
+    ("syscalls", "sys_exit_mmap", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_brk", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_munmap", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_mremap", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_mprotect", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_madvise", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_execve", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_execveat", SYSCALL_EXIT),
     ("exceptions", "page_fault_user", "mp_page_fault_user"),
     ("exceptions", "page_fault_kernel", "mp_page_fault_kernel"),
     ("sched", "sched_prepare_exec", "mp_prepare_exec"),
@@ -39,6 +48,8 @@ const ATTACHMENTS: [(&str, &str, &str); 9] = [
     ("sched", "sched_process_exit", "mp_exit"),
     ("sched", "sched_switch", "mp_sched_switch"),
 ];
+
+const SYSCALL_EXIT: &str = "mp_syscall_exit";
 
 /// Refuses early, with the fix named, what would stop tracing; returns where this kernel
 /// keeps what the programs read.
@@ -114,10 +125,16 @@ pub fn kernel_layout() -> Result<KernelLayout, Error> {
 /// Checks that each tracepoint exists and that every field the programs read is where they
 /// read it.
 pub fn check_tracepoints(tracefs: &Path) -> Result<(), Error> {
-    for (category, name, _) in ATTACHMENTS {
+    for (category, name, program) in ATTACHMENTS {
         let dir = tracefs.join("events").join(category).join(name);
         if !dir.join("id").exists() {
             return Err(Error::TracepointMissing(format!("{category}:{name}"), dir));
+        }
+        if program == SYSCALL_EXIT {
+            // The program reads these two fields on each syscall's tracepoint alike.
+            for (_, field, offset) in [fields::SYSCALL_EXIT_NR, fields::SYSCALL_EXIT_RET] {
+                check_field(tracefs, &format!("{category}/{name}"), field, offset)?;
+            }
         }
     }
     check_fields(tracefs, &fields::ALL)
@@ -125,18 +142,29 @@ pub fn check_tracepoints(tracefs: &Path) -> Result<(), Error> {
 
 pub fn check_fields(tracefs: &Path, wanted: &[fields::Field]) -> Result<(), Error> {
     for &(tracepoint, field, expected) in wanted {
-        let path = tracefs.join("events").join(tracepoint).join("format");
-        let format = fs::read_to_string(&path)
-            .map_err(|_| Error::TracepointMissing(tracepoint.replace('/', ":"), path.clone()))?;
-        let found = field_offset(&format, field);
-        if found != Some(expected) {
-            return Err(Error::TracepointLayout {
-                tracepoint: tracepoint.replace('/', ":"),
-                field: field.to_string(),
-                expected,
-                found,
-            });
-        }
+        check_field(tracefs, tracepoint, field, expected)?;
+    }
+    Ok(())
+}
+
+/// Checks that `field` of `tracepoint` (`category/name`) is at offset `expected`.
+fn check_field(
+    tracefs: &Path,
+    tracepoint: &str,
+    field: &str,
+    expected: usize,
+) -> Result<(), Error> {
+    let path = tracefs.join("events").join(tracepoint).join("format");
+    let format = fs::read_to_string(&path)
+        .map_err(|_| Error::TracepointMissing(tracepoint.replace('/', ":"), path.clone()))?;
+    let found = field_offset(&format, field);
+    if found != Some(expected) {
+        return Err(Error::TracepointLayout {
+            tracepoint: tracepoint.replace('/', ":"),
+            field: field.to_string(),
+            expected,
+            found,
+        });
     }
     Ok(())
 }
@@ -238,7 +266,7 @@ impl Probes {
                 "/memprof"
             )))
             .context("loading memprof's eBPF programs")?;
-        // The loader read the kernel's BTF and dropped it; the BTF tracepoint program needs it
+        // The loader read the kernel's BTF and dropped it; the BTF tracepoint programs need it
         // too. Read after, not before: two parsed copies at once would be memprof's peak RSS.
         let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         for (program_name, program) in ebpf.programs_mut() {

@@ -4,7 +4,7 @@
 //! stack growth), each followed by a checkpoint: one JSON line on stdout with the kernel's own
 //! VmSize and VmRSS at that moment, then a pause without memory operations.
 //!
-//! With `--storm faults|syscalls|mixed` it instead runs one of the benchmark's storms (see
+//! With `--storm faults|syscalls|mixed|host` it instead runs one of the benchmark's storms (see
 //! `cargo xtask bench`) and prints only `{"storm":"NAME","elapsed_ns":N}`, the storm's own
 //! CLOCK_MONOTONIC duration, so that start-up and a tracer's attach time are not counted.
 #![expect(
@@ -25,7 +25,7 @@ use std::{
 };
 
 const USAGE: &str = "usage: memprof-workload [--pause-ms N] [--hold-ms N] [--wait-stdin] \
-                     [--sites] [--fault-rounds N] [--storm faults|syscalls|mixed] [--scale F]";
+                     [--sites] [--fault-rounds N] [--storm faults|syscalls|mixed|host] [--scale F]";
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 /// The smallest page size Linux uses: writing every 4 KiB touches every page whatever its size.
@@ -58,6 +58,9 @@ enum Storm {
     Syscalls,
     /// One round of the fault storm, then 50,000 rounds of the syscall storm.
     Mixed,
+    /// 1,500,000 rounds of a 1-byte read of /dev/zero and write to /dev/null (`dd bs=1`):
+    /// what memprof costs a syscall-bound process it does not trace.
+    Host,
 }
 
 impl Storm {
@@ -66,6 +69,7 @@ impl Storm {
             Storm::Faults => "faults",
             Storm::Syscalls => "syscalls",
             Storm::Mixed => "mixed",
+            Storm::Host => "host",
         }
     }
 }
@@ -220,6 +224,7 @@ fn storm_run(storm: Storm, scale: f64) -> Result<()> {
             memprof_storm_faults(1, touch_len)?;
             memprof_storm_syscalls(rounds(50_000))?;
         }
+        Storm::Host => copy_bytes(rounds(1_500_000))?,
     }
     let elapsed = monotonic_ns()? - start;
     let mut line = io::Cursor::new([0u8; 128]);
@@ -262,6 +267,21 @@ fn memprof_storm_syscalls(rounds: usize) -> Result<()> {
             black_box(start).write_volatile(1);
             munmap(start, len)?;
         }
+    }
+    Ok(())
+}
+
+/// `rounds` times: reads one byte of /dev/zero, writes it to /dev/null.
+fn copy_bytes(rounds: usize) -> Result<()> {
+    let mut zero = File::open("/dev/zero").context("opening /dev/zero")?;
+    let mut null = File::options()
+        .write(true)
+        .open("/dev/null")
+        .context("opening /dev/null")?;
+    let mut byte = [0u8; 1];
+    for _ in 0..rounds {
+        zero.read_exact(&mut byte).context("reading /dev/zero")?;
+        null.write_all(&byte).context("writing /dev/null")?;
     }
     Ok(())
 }
@@ -314,7 +334,8 @@ fn parse_args() -> Result<Options> {
                     "faults" => Storm::Faults,
                     "syscalls" => Storm::Syscalls,
                     "mixed" => Storm::Mixed,
-                    _ => bail!("--storm {value}: not faults, syscalls or mixed\n{USAGE}"),
+                    "host" => Storm::Host,
+                    _ => bail!("--storm {value}: not faults, syscalls, mixed or host\n{USAGE}"),
                 });
             }
             "--scale" => {

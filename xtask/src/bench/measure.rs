@@ -8,9 +8,10 @@ use std::{
     fs,
     io::{BufRead, BufReader, Read},
     os::unix::process::ExitStatusExt,
-    process::{Command, ExitStatus, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
     thread,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use super::{
@@ -134,11 +135,23 @@ pub(super) fn run_once(
 
 /// Runs memprof as a child followed with ptrace (PTRACE_SEIZE, which stops it only when
 /// it exits), to read its own CPU time and peak RSS then: the rusage that wait4 returns
-/// would include the workload, which memprof reaps.
+/// would include the workload, which memprof reaps. On the host storm memprof traces an idle
+/// process of the bench's while the storm runs untraced beside it, then is interrupted.
 fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) -> Result<Run> {
     let json_path = commands.report_json();
     fs::remove_file(&json_path).ok();
-    let mut cmd = commands.command(storm, config);
+    let mut traced = None;
+    let mut cmd = if storm == Storm::Host {
+        let idle = Command::new("sleep")
+            .arg("3600")
+            .spawn()
+            .context("cannot run sleep")?;
+        let cmd = commands.memprof_beside(idle.id());
+        traced = Some(Killed(idle));
+        cmd
+    } else {
+        commands.command(storm, config)
+    };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -163,6 +176,7 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
         let mut text = String::new();
         stdout.read_to_string(&mut text).map(|_| text)
     });
+    let (tracing_tx, tracing_rx) = mpsc::channel();
     let stderr = thread::spawn(move || {
         let mut text = String::new();
         let mut tracing = None;
@@ -170,17 +184,32 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
             let line = line?;
             if tracing.is_none() && line.contains("tracing pid") {
                 tracing = Some(start.elapsed());
+                tracing_tx.send(()).ok();
             }
             text.push_str(&line);
             text.push('\n');
         }
         Ok::<_, std::io::Error>((text, tracing))
     });
+    let beside = traced
+        .as_ref()
+        .map(|_| run_beside(commands, storm, pid, &tracing_rx));
     let (status, own) = reap(pid, seized)?;
+    drop(traced);
     let wall_ns = start.elapsed().as_nanos() as u64;
     let stdout = stdout.join().expect("stdout reader panicked")?;
     let (stderr, to_tracing) = stderr.join().expect("stderr reader panicked")?;
-    let elapsed_ns = check_output(&cmd, status, &stdout, &stderr, storm)?;
+    let elapsed_ns = match beside {
+        Some(storm_elapsed) => {
+            ensure!(
+                status.success(),
+                "{} failed ({status}):\n{stderr}",
+                show(&cmd)
+            );
+            storm_elapsed?
+        }
+        None => check_output(&cmd, status, &stdout, &stderr, storm)?,
+    };
     let to_tracing = to_tracing.context("memprof never printed `tracing pid`")?;
     let report = fs::read_to_string(&json_path)
         .with_context(|| format!("memprof wrote no {}", json_path.display()))?;
@@ -215,6 +244,42 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
         }),
         ..Run::timed(storm, config, index, elapsed_ns, wall_ns)
     })
+}
+
+/// A child killed and reaped when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+/// Once memprof (`memprof_pid`) traces, runs `storm` untraced beside it, then interrupts
+/// memprof (which reports and exits); the storm's duration.
+fn run_beside(
+    commands: &Commands,
+    storm: Storm,
+    memprof_pid: libc::pid_t,
+    tracing: &mpsc::Receiver<()>,
+) -> Result<u64> {
+    let traces = tracing.recv_timeout(Duration::from_secs(30));
+    let result = traces
+        .context("memprof did not start tracing within 30 s")
+        .and_then(|()| {
+            let mut cmd = commands.command(storm, Config::Untraced);
+            cmd.stdin(Stdio::null());
+            let out = cmd
+                .output()
+                .with_context(|| format!("cannot run {}", show(&cmd)))?;
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            check_output(&cmd, out.status, &stdout, &stderr, storm)
+        });
+    // SAFETY: signalling our own child, which reap() has not waited for yet.
+    unsafe { libc::kill(memprof_pid, libc::SIGINT) };
+    result
 }
 
 /// The storm's duration from the workload's last line; an error with the command's output

@@ -40,13 +40,14 @@ Usage: cargo xtask bench [--quick] [--runs N] [--scale F] [--storm NAME]... [--j
 Runs setup, builds memprof (release), then each storm (faults, syscalls, mixed of the
 project's workload; frameless, a C program without frame pointers that the bench builds
 with gcc) untraced, under memprof, under memprof --fault-stacks, and under the peers that
-are installed (bpftrace, perf record, strace, strace -k), N times interleaved; prints a
-markdown table per storm and memprof's budgets with PASS or OVER.
+are installed (bpftrace, perf record, strace, strace -k), N times interleaved; and the host
+storm, a syscall-bound process memprof does not trace, alone and beside memprof tracing
+another process. Prints a markdown table per storm and memprof's budgets with PASS or OVER.
 
   --quick        Scale the storms by 0.25
   --runs N       Runs of each configuration (default 5)
   --scale F      Scale the storms' sizes and round counts by F (default 1, in (0, 4])
-  --storm NAME   Only this storm (repeatable): faults, syscalls, mixed or frameless
+  --storm NAME   Only this storm (repeatable): faults, syscalls, mixed, frameless or host
   --json PATH    Also write every run's raw figures to PATH
 ";
 
@@ -98,7 +99,7 @@ fn parse(args: &[OsString]) -> Result<Options> {
                     .into_iter()
                     .find(|s| s.name() == v)
                     .with_context(|| {
-                        format!("--storm {v}: not faults, syscalls, mixed or frameless")
+                        format!("--storm {v}: not faults, syscalls, mixed, frameless or host")
                     })?;
                 if !options.storms.contains(&storm) {
                     options.storms.push(storm);
@@ -339,7 +340,9 @@ mod tests {
         assert!(error(&["--runs", "x"]).contains("--runs x"));
         assert!(error(&["--scale", "0"]).contains("not in (0, 4]"));
         assert!(error(&["--scale", "4.5"]).contains("not in (0, 4]"));
-        assert!(error(&["--storm", "brk"]).contains("not faults, syscalls, mixed or frameless"));
+        assert!(
+            error(&["--storm", "brk"]).contains("not faults, syscalls, mixed, frameless or host")
+        );
         assert!(error(&["--json"]).starts_with("--json needs a value"));
         assert!(error(&["--fast"]).starts_with("unknown bench argument `--fast`"));
     }

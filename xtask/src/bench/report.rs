@@ -25,6 +25,8 @@ const FAULTS_DEFAULT_MAX: f64 = 1.10;
 const FAULTS_FAULT_STACKS_MAX: f64 = 1.35;
 const SYSCALLS_DEFAULT_MAX: f64 = 1.25;
 const FRAMELESS_DEFAULT_MAX: f64 = 1.50;
+/// What a process memprof does not trace may pay for it running.
+const HOST_MAX: f64 = 1.15;
 /// Of the frameless storm's bytes, the share on complete stacks through its round.
 const FRAMELESS_COMPLETE_MIN_PERCENT: f64 = 95.0;
 const CPU_MAX_CORES: f64 = 0.5;
@@ -191,6 +193,7 @@ impl Report<'_> {
             ),
             (Storm::Syscalls, Config::Memprof, SYSCALLS_DEFAULT_MAX),
             (Storm::Frameless, Config::Memprof, FRAMELESS_DEFAULT_MAX),
+            (Storm::Host, Config::Memprof, HOST_MAX),
         ];
         for (storm, config, max) in ratios {
             if !self.storms.contains(&storm) {
@@ -235,7 +238,10 @@ impl Report<'_> {
             .storms
             .iter()
             .flat_map(|&s| {
-                [Config::Memprof, Config::MemprofFaultStacks].map(|c| self.cpu_share(s, c))
+                [Config::Memprof, Config::MemprofFaultStacks]
+                    .into_iter()
+                    .filter(move |c| c.runs_on(s, self.scale))
+                    .map(move |c| self.cpu_share(s, c))
             })
             .collect::<Option<Vec<f64>>>()
             .map(|shares| shares.into_iter().fold(0.0, f64::max));

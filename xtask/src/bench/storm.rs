@@ -27,14 +27,17 @@ pub(super) enum Storm {
     Mixed,
     /// malloc/free of mapped blocks in C without frame pointers (not the workload's).
     Frameless,
+    /// A syscall-bound process memprof does not trace, beside memprof tracing another one.
+    Host,
 }
 
 impl Storm {
-    pub(super) const ALL: [Storm; 4] = [
+    pub(super) const ALL: [Storm; 5] = [
         Storm::Faults,
         Storm::Syscalls,
         Storm::Mixed,
         Storm::Frameless,
+        Storm::Host,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -43,6 +46,7 @@ impl Storm {
             Storm::Syscalls => "syscalls",
             Storm::Mixed => "mixed",
             Storm::Frameless => "frameless",
+            Storm::Host => "host",
         }
     }
 
@@ -65,6 +69,11 @@ impl Storm {
                 "{} rounds of malloc 256 KiB (a mmap), touch one page, free (a munmap), \
                  in C without frame pointers",
                 group(frameless::rounds(scale))
+            ),
+            Storm::Host => format!(
+                "{} rounds of a 1-byte read of /dev/zero and write to /dev/null (dd bs=1), \
+                 not traced, alone and beside memprof tracing another (idle) process",
+                rounds(1_500_000.0)
             ),
         }
     }
@@ -115,10 +124,17 @@ impl Config {
     }
 
     /// Whether this configuration runs on `storm` at `scale`: all do, but strace -k, which
-    /// runs only on the syscall storm at a small scale.
+    /// runs only on the syscall storm at a small scale, and on the host storm, where only
+    /// memprof's cost to what it does not trace is measured, untraced and memprof.
     pub(super) fn runs_on(self, storm: Storm, scale: f64) -> bool {
-        self != Config::StraceStacks
-            || (storm == Storm::Syscalls && scale <= STRACE_STACKS_MAX_SCALE)
+        match (self, storm) {
+            (Config::Untraced | Config::Memprof, Storm::Host) => true,
+            (_, Storm::Host) => false,
+            (Config::StraceStacks, _) => {
+                storm == Storm::Syscalls && scale <= STRACE_STACKS_MAX_SCALE
+            }
+            _ => true,
+        }
     }
 }
 
@@ -227,7 +243,19 @@ impl Commands {
         ]
     }
 
-    /// The command that runs `storm` under `config`; its standard streams are the caller's to set.
+    /// memprof tracing the process `pid` until interrupted: the host storm runs beside it.
+    pub(super) fn memprof_beside(&self, pid: u32) -> Command {
+        let mut cmd = Command::new(&self.memprof);
+        cmd.arg("run")
+            .arg("--json")
+            .arg(self.report_json())
+            .arg("--pid")
+            .arg(pid.to_string());
+        cmd
+    }
+
+    /// The command that runs `storm` under `config` (but memprof on the host storm, which is
+    /// [`Commands::memprof_beside`]); its standard streams are the caller's to set.
     pub(super) fn command(&self, storm: Storm, config: Config) -> Command {
         let workload = self.workload_args(storm);
         let mut cmd;
@@ -317,6 +345,12 @@ mod tests {
                 "25,000 rounds of malloc 256 KiB (a mmap), touch one page, free (a munmap), \
                  in C without frame pointers",
             ),
+            (
+                Storm::Host,
+                1.0,
+                "1,500,000 rounds of a 1-byte read of /dev/zero and write to /dev/null \
+                 (dd bs=1), not traced, alone and beside memprof tracing another (idle) process",
+            ),
         ];
         for (storm, scale, description) in cases {
             assert_eq!(
@@ -329,12 +363,17 @@ mod tests {
     }
 
     #[test]
-    fn strace_stacks_runs_only_on_small_syscall_storms() {
+    fn strace_stacks_runs_only_on_small_syscall_storms_and_the_host_storm_untraced_or_beside_memprof()
+     {
         assert!(Config::StraceStacks.runs_on(Storm::Syscalls, 0.1));
         assert!(!Config::StraceStacks.runs_on(Storm::Syscalls, 0.25));
         assert!(!Config::StraceStacks.runs_on(Storm::Faults, 0.1));
         assert!(Config::Strace.runs_on(Storm::Faults, 4.0));
         assert!(Config::Memprof.runs_on(Storm::Mixed, 1.0));
+        assert!(Config::Untraced.runs_on(Storm::Host, 1.0));
+        assert!(Config::Memprof.runs_on(Storm::Host, 1.0));
+        assert!(!Config::MemprofFaultStacks.runs_on(Storm::Host, 1.0));
+        assert!(!Config::Perf.runs_on(Storm::Host, 1.0));
     }
 
     #[test]
@@ -374,6 +413,14 @@ mod tests {
         assert_eq!(
             crate::show(&commands.command(Storm::Frameless, Config::Memprof)),
             "`/t/memprof run --json /d/report.json -- /d/frameless 25000`"
+        );
+        assert_eq!(
+            crate::show(&commands.memprof_beside(42)),
+            "`/t/memprof run --json /d/report.json --pid 42`"
+        );
+        assert_eq!(
+            crate::show(&commands.command(Storm::Host, Config::Untraced)),
+            "`/t/memprof-workload --storm host --scale 0.25`"
         );
     }
 }

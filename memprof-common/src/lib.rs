@@ -82,6 +82,10 @@ pub const NO_STACK: u64 = 0;
 /// The most frames per stack (the kernel's PERF_MAX_STACK_DEPTH).
 pub const MAX_STACK_DEPTH: usize = 127;
 
+/// Where a shmat event carries the length of the mapping it made (the segment's size, which
+/// is not among the call's arguments), read from the kernel's mapping at exit.
+pub const SHMAT_LENGTH_ARG: usize = 3;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SyscallEvent {
@@ -94,7 +98,9 @@ pub struct SyscallEvent {
     /// The kernel stack (with `--kernel-stacks`), or [`NO_STACK`].
     pub kernel_stack: u64,
     /// mmap: addr, len, prot, flags, fd, offset; munmap: addr, len; mremap: addr, old_len,
-    /// new_len, flags, new_addr; brk: brk; mprotect: addr, len, prot; madvise: addr, len, advice.
+    /// new_len, flags, new_addr; brk: brk; mprotect: addr, len, prot; madvise: addr, len,
+    /// advice; shmat: shmid, shmaddr, shmflg and, at [`SHMAT_LENGTH_ARG`], the length of the
+    /// mapping made; shmdt: shmaddr.
     pub args: [u64; SYSCALL_ARGS],
     /// The syscall's return value (negative errno on failure).
     pub ret: i64,

@@ -13,6 +13,8 @@ pub(crate) mod nr {
     pub(crate) const BRK: u64 = 12;
     pub(crate) const MREMAP: u64 = 25;
     pub(crate) const MADVISE: u64 = 28;
+    pub(crate) const SHMAT: u64 = 30;
+    pub(crate) const SHMDT: u64 = 67;
 }
 
 /// `struct pt_regs` (a uapi layout), as indexes of its 8-byte words.

@@ -28,7 +28,8 @@ mod filter;
 /// Programs on fork, exec and exit: who starts and stops being traced.
 mod lifecycle;
 
-/// The program on the exits of mmap, munmap, mremap, brk, madvise, mprotect and exec.
+/// The program on the exits of mmap, munmap, mremap, brk, madvise, mprotect, shmat, shmdt
+/// and exec.
 mod syscall;
 
 /// Programs on page faults, sent in runs, and on sched_switch, which sends a thread's run.

@@ -461,7 +461,7 @@ fn main_stack_top() -> u64 {
 
 /// The end of the current process's mapping that holds `address`; 0 when there is none or
 /// the kernel could not look (its mmap lock was taken).
-fn mapping_end(address: u64) -> u64 {
+pub(crate) fn mapping_end(address: u64) -> u64 {
     let mut end = 0u64;
     // SAFETY: the helper takes the current task (a trusted pointer from the kernel), an
     // address, a callback the verifier checks, and `end` as the callback's context, which

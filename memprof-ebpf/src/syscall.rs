@@ -1,5 +1,5 @@
-//! The memory syscalls of traced processes (mmap, munmap, mremap, brk, madvise, mprotect),
-//! at their exit, with the stacks of those that create memory.
+//! The memory syscalls of traced processes (mmap, munmap, mremap, brk, madvise, mprotect,
+//! shmat, shmdt), at their exit, with the stacks of those that create memory.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use memprof_common::{
-    EventKind, SyscallEvent, fields,
+    EventKind, SHMAT_LENGTH_ARG, SyscallEvent, fields,
     pid_state::{EXECING, TRACED},
 };
 
@@ -19,7 +19,7 @@ use crate::{
     filter::{is_traced, set_state, state},
     kernel::{current_ids, field, ok},
     path::send_file_path,
-    stack::{UserRegs, kernel_stack, user_stack},
+    stack::{UserRegs, kernel_stack, mapping_end, user_stack},
 };
 
 /// Attached to the exit tracepoints of only the syscalls followed (syscalls:sys_exit_mmap,
@@ -36,10 +36,11 @@ fn mp_syscall_exit(ctx: TracePointContext) -> u32 {
 
 fn try_syscall_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     let nr = field::<i32>(ctx, fields::SYSCALL_EXIT_NR)? as u64;
-    // Only the calls that create memory (mmap, brk) name a site: their stack is recorded.
+    // Only the calls that create memory (mmap, brk, shmat) name a site: their stack is
+    // recorded.
     let creates = match nr {
-        nr::MMAP | nr::BRK => true,
-        nr::MUNMAP | nr::MREMAP | nr::MPROTECT | nr::MADVISE => false,
+        nr::MMAP | nr::BRK | nr::SHMAT => true,
+        nr::MUNMAP | nr::MREMAP | nr::MPROTECT | nr::MADVISE | nr::SHMDT => false,
         _ => {
             // execve or execveat: a failed exec leaves the old image (mp_exec saw the
             // successful ones).
@@ -73,6 +74,10 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     let [_, _, _, flags, fd, _] = event.args;
     if nr == nr::MMAP && event.ret >= 0 && flags & MAP_ANONYMOUS == 0 && (fd as i64) >= 0 {
         send_file_path(tgid, tid, fd, event.ret as u64);
+    }
+    if nr == nr::SHMAT && event.ret >= 0 {
+        let address = event.ret as u64;
+        event.args[SHMAT_LENGTH_ARG] = mapping_end(address).saturating_sub(address);
     }
     if creates && config::get(&USER_STACKS) != 0 {
         let regs = UserRegs {

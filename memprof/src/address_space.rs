@@ -32,6 +32,9 @@ const DEFAULT_HUGE_SHIFT: u64 = 21; // 2 MiB
 
 const MREMAP_DONTUNMAP: u64 = 4;
 
+const SHM_RDONLY: u64 = 0o10000;
+const SHM_EXEC: u64 = 0o100000;
+
 const MADV_DONTNEED: u64 = 4;
 const MADV_REMOVE: u64 = 9;
 const MADV_POPULATE_READ: u64 = 22;
@@ -52,6 +55,8 @@ pub enum RegionKind {
     File,
     MainStack,
     ThreadStack,
+    /// A SysV shared memory segment (shmat).
+    SysvShm,
     Vdso,
     Vvar,
     /// Other kernel-named mappings ("[uprobes]", ...).
@@ -71,6 +76,7 @@ impl RegionKind {
             Some(p) if p.starts_with('[') => Self::Special,
             // What a MAP_SHARED|MAP_ANONYMOUS mapping (shmem) looks like in maps.
             Some("/dev/zero (deleted)") if shared => Self::Anonymous,
+            Some(p) if p.starts_with("/SYSV") && shared => Self::SysvShm,
             Some(_) => Self::File,
         }
     }
@@ -82,6 +88,7 @@ impl RegionKind {
             Self::File => "file",
             Self::MainStack => "main stack",
             Self::ThreadStack => "thread stack",
+            Self::SysvShm => "sysv shm",
             Self::Vdso => "vdso",
             Self::Vvar => "vvar",
             Self::Special => "special",
@@ -492,6 +499,42 @@ impl AddressSpace {
             // Population writes only where a write is allowed (and breaks COW).
             self.populate(addr, end, prot & PROT_WRITE != 0);
         }
+    }
+
+    /// A SysV shared memory segment attached at `addr`, `len` bytes (the kernel's mapping).
+    pub fn shmat(&mut self, addr: u64, len: u64, shmflg: u64, site: SiteId) {
+        let mut prot = PROT_READ;
+        if shmflg & SHM_RDONLY == 0 {
+            prot |= PROT_WRITE;
+        }
+        if shmflg & SHM_EXEC != 0 {
+            prot |= PROT_EXEC;
+        }
+        self.assign(Region {
+            start: addr,
+            end: addr.saturating_add(align_up(len, PAGE_SIZE)),
+            prot,
+            shared: true,
+            kind: RegionKind::SysvShm,
+            path: None,
+            growsdown: false,
+            seeded_resident: 0,
+            offset: 0,
+            site,
+        });
+    }
+
+    /// Detaches the segment attached at `addr`: as the kernel does, every piece of it from
+    /// there on (mprotect may have split it), known by its offset in the segment.
+    pub fn shmdt(&mut self, addr: u64) {
+        let mut end = addr;
+        while let Some(r) = self
+            .region_at(end)
+            .filter(|r| r.start == end && r.kind == RegionKind::SysvShm && r.offset == end - addr)
+        {
+            end = r.end;
+        }
+        self.release(addr, end);
     }
 
     pub fn munmap(&mut self, addr: u64, len: u64) {
@@ -973,6 +1016,28 @@ mod tests {
         assert_eq!(s.reserved(), 14 * P);
         assert_eq!(s.committed(), 2 * P);
         assert_eq!(s.region_at(A + 10 * P), None);
+    }
+
+    #[test]
+    fn shmdt_detaches_every_piece_of_the_segment_and_nothing_else() {
+        let mut s = AddressSpace::new();
+        s.shmat(A, 8 * P, 0, 2);
+        s.shmat(A + 8 * P, 4 * P, SHM_RDONLY, 3);
+        assert_eq!((s.reserved(), s.committed()), (12 * P, 12 * P));
+        assert_eq!(s.region_at(A + 8 * P).unwrap().prot, PROT_READ);
+        s.fault(A + P, WRITE_FAULT);
+        assert_eq!(s.touched_bytes(), P);
+        // Split in three by mprotect; the neighbour attached right after it stays.
+        s.mprotect(A + 2 * P, 2 * P, 1);
+        s.shmdt(A);
+        assert_eq!(s.reserved(), 4 * P);
+        assert_eq!(s.touched_bytes(), 0);
+        assert_eq!(s.region_at(A + 8 * P).unwrap().site, 3);
+        assert_eq!(s.released(2), 8 * P);
+        // Not where a segment starts: nothing.
+        s.shmdt(A + 9 * P);
+        assert_eq!(s.reserved(), 4 * P);
+        assert_eq!(s.region_at(A + 8 * P).unwrap().kind.label(), "sysv shm");
     }
 
     #[test]

@@ -30,13 +30,15 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// without the kernel formatting a record first. The syscalls are followed on their own exit
 /// tracepoints, by one program, so that other syscalls do not run it (see the kernel side's
 /// syscall.rs).
-const ATTACHMENTS: [(&str, &str, &str); 16] = [
+const ATTACHMENTS: [(&str, &str, &str); 18] = [
     ("syscalls", "sys_exit_mmap", SYSCALL_EXIT),
     ("syscalls", "sys_exit_brk", SYSCALL_EXIT),
     ("syscalls", "sys_exit_munmap", SYSCALL_EXIT),
     ("syscalls", "sys_exit_mremap", SYSCALL_EXIT),
     ("syscalls", "sys_exit_mprotect", SYSCALL_EXIT),
     ("syscalls", "sys_exit_madvise", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_shmat", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_shmdt", SYSCALL_EXIT),
     ("syscalls", "sys_exit_execve", SYSCALL_EXIT),
     ("syscalls", "sys_exit_execveat", SYSCALL_EXIT),
     ("exceptions", "page_fault_user", "mp_page_fault_user"),

@@ -2,7 +2,7 @@
 //! event by event. Pure: what it needs from /proc is handed to it.
 use std::collections::HashMap;
 
-use memprof_common::{FaultEvent, SyscallEvent};
+use memprof_common::{FaultEvent, SHMAT_LENGTH_ARG, SyscallEvent};
 use serde::Serialize;
 
 use crate::{
@@ -79,6 +79,8 @@ pub struct EventCounts {
     pub brk: u64,
     pub mprotect: u64,
     pub madvise: u64,
+    pub shmat: u64,
+    pub shmdt: u64,
     /// Memory syscalls that returned an error (they change nothing).
     pub failed_syscalls: u64,
     pub page_faults: u64,
@@ -272,12 +274,20 @@ impl Process {
             libc::SYS_brk => &mut self.events.brk,
             libc::SYS_mprotect => &mut self.events.mprotect,
             libc::SYS_madvise => &mut self.events.madvise,
+            libc::SYS_shmat => &mut self.events.shmat,
+            libc::SYS_shmdt => &mut self.events.shmdt,
             _ => return,
         };
         *counter += 1;
         // brk reports failure by returning the unchanged break, never a negative value.
         if ret < 0 {
             self.events.failed_syscalls += 1;
+            return;
+        }
+        let shmat_length = event.args[SHMAT_LENGTH_ARG];
+        if i64::from(event.nr) == libc::SYS_shmat && shmat_length == 0 {
+            // The kernel could not look up the mapping (its lock was taken): not modelled.
+            self.incomplete = Some("the size of a SysV segment it attached was not read".into());
             return;
         }
         let space = &mut self.space;
@@ -288,6 +298,8 @@ impl Process {
             libc::SYS_brk => space.brk(ret as u64, site),
             libc::SYS_mprotect => space.mprotect(a0, a1, a2),
             libc::SYS_madvise => space.madvise(a0, a1, a2),
+            libc::SYS_shmat => space.shmat(ret as u64, shmat_length, a2, site),
+            libc::SYS_shmdt => space.shmdt(a0),
             _ => unreachable!("filtered above"),
         }
         self.update_figures();

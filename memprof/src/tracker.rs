@@ -229,7 +229,8 @@ impl<P: ProcSource> Tracker<P> {
             Event::Syscall(e) => {
                 // Only calls that create memory name a site: the others charge the site that
                 // created what they change.
-                let site = if matches!(i64::from(e.nr), libc::SYS_mmap | libc::SYS_brk) {
+                let creates = [libc::SYS_mmap, libc::SYS_brk, libc::SYS_shmat];
+                let site = if creates.contains(&i64::from(e.nr)) {
                     let unwound = self.unwound.remove(&header.tid);
                     let stacks = (e.user_stack, e.kernel_stack);
                     site_of(&mut self.sites, &self.proc, process, stacks, unwound)

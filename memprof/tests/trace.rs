@@ -47,7 +47,9 @@ fn launch_mode_is_exact_at_every_checkpoint() {
     assert_checkpoints_match(workload, &checkpoints, PAUSE_MS);
     // The stack grew without a syscall, and every kind of change was seen.
     let events = &workload["events"];
-    for kind in ["mmap", "munmap", "mremap", "brk", "mprotect", "madvise"] {
+    for kind in [
+        "mmap", "munmap", "mremap", "brk", "mprotect", "madvise", "shmat", "shmdt",
+    ] {
         assert!(events[kind].as_u64().unwrap() > 0, "no {kind} in {events}");
     }
     assert!(events["stack_growths"].as_u64().unwrap() > 0, "{events}");

@@ -1,7 +1,7 @@
 //! A workload whose memory operations are known, for memprof's integration tests and demo.
 //!
-//! It runs fixed steps (mmap, mprotect, madvise, munmap, mremap, brk, a file mapping, a thread,
-//! stack growth), each followed by a checkpoint: one JSON line on stdout with the kernel's own
+//! It runs fixed steps (mmap, mprotect, madvise, munmap, mremap, brk, a file mapping, SysV
+//! shared memory, a thread, stack growth), each followed by a checkpoint: one JSON line on stdout with the kernel's own
 //! VmSize and VmRSS at that moment, then a pause without memory operations.
 //!
 //! With `--storm faults|syscalls|mixed|host` it instead runs one of the benchmark's storms (see
@@ -142,6 +142,16 @@ fn main() -> Result<()> {
 
     map_file()?;
     checkpoint("file")?;
+
+    // SysV shared memory: 8 MiB attached and touched, 4 MiB attached read-only, and 2 MiB
+    // attached, touched and detached.
+    let shared = shm_attach(8 * MIB, 0)?;
+    unsafe { touch(shared, 8 * MIB) };
+    black_box(shm_attach(4 * MIB, libc::SHM_RDONLY)?);
+    let detached = shm_attach(2 * MIB, 0)?;
+    unsafe { touch(detached, 2 * MIB) };
+    unsafe { shmdt(detached)? };
+    checkpoint("shm")?;
 
     // Besides its 8 MiB mapping and its 2 MiB stack, the thread's first malloc (in std) gets it
     // glibc's own arena: 64 MiB reserved, 132 KiB of it committed. The stack stays cached.
@@ -419,6 +429,24 @@ fn map_file() -> Result<()> {
     std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
 }
 
+/// Attaches a new SysV shared memory segment of `len` bytes, marked for removal so that it
+/// goes with its last detach.
+fn shm_attach(len: usize, flags: c_int) -> Result<*mut u8> {
+    // SAFETY: plain syscalls; the segment is new and attached where the kernel chooses.
+    unsafe {
+        let id = libc::shmget(libc::IPC_PRIVATE, len, libc::IPC_CREAT | 0o600);
+        check(id < 0, "shmget")?;
+        let address = libc::shmat(id, ptr::null(), flags);
+        let attached = address as isize != -1;
+        check(
+            libc::shmctl(id, libc::IPC_RMID, ptr::null_mut()) != 0,
+            "shmctl",
+        )?;
+        check(!attached, "shmat")?;
+        Ok(address.cast())
+    }
+}
+
 /// Uses `depth` stack frames of at least N bytes each, all written.
 #[inline(never)]
 fn use_stack<const N: usize>(depth: usize) -> u8 {
@@ -504,6 +532,13 @@ unsafe fn brk(end: *mut u8) -> Result<()> {
 }
 
 /// Turns a failed syscall into an error naming it and the errno it left.
+/// # Safety
+/// `addr` is where a SysV segment is attached, holding no Rust values.
+unsafe fn shmdt(addr: *mut u8) -> Result<()> {
+    // SAFETY: per the caller.
+    check(unsafe { libc::shmdt(addr.cast()) } != 0, "shmdt")
+}
+
 fn check(failed: bool, what: &str) -> Result<()> {
     if failed {
         bail!("{what}: {}", io::Error::last_os_error());

@@ -327,6 +327,8 @@ fn events(counts: &Value) -> u64 {
         "brk",
         "mprotect",
         "madvise",
+        "shmat",
+        "shmdt",
         "forks",
         "execs",
     ]

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("no process with pid {0} (check the pid with `ps -p {0}`)")]
     NoSuchProcess(u32),
+    #[error("pid {pid} cannot be traced: it is {what}")]
+    CannotTrace { pid: u32, what: &'static str },
     #[error(
         "memprof needs root or the CAP_BPF and CAP_PERFMON capabilities to load eBPF programs: \
          run it with sudo (missing: {0})"
@@ -44,7 +46,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::NoSuchProcess(_) => 3,
+            Self::NoSuchProcess(_) | Self::CannotTrace { .. } => 3,
             Self::InsufficientPrivileges(_) => 4,
             Self::TracefsUnavailable(_) => 5,
             Self::TracepointMissing(..) | Self::TracepointLayout { .. } | Self::KernelTypes(_) => 6,

@@ -291,6 +291,21 @@ pub fn read_tgid(pid: u32) -> io::Result<Option<u32>> {
         .and_then(|v| v.trim().parse().ok()))
 }
 
+/// Why a process cannot be traced, from its /proc/PID/status: a zombie, or a kernel thread;
+/// `None` when it can be (or is gone: the caller finds out).
+pub fn untraceable(pid: u32) -> Option<&'static str> {
+    let status = read(pid, "status").ok()?;
+    let field = |key: &str| status.lines().find_map(|l| l.strip_prefix(key));
+    if field("State:").is_some_and(|state| state.trim_start().starts_with('Z')) {
+        return Some("a zombie: it has exited and waits for its parent to reap it");
+    }
+    // Only a process with an address space has VmSize.
+    if field("VmSize:").is_none() {
+        return Some("a kernel thread, which has no user address space");
+    }
+    None
+}
+
 /// The state letter of /proc/PID/stat (R, S, D, Z, X, ...).
 pub fn parse_state(stat: &str) -> Option<char> {
     stat.rsplit_once(") ")?.1.chars().next()

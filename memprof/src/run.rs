@@ -58,10 +58,19 @@ pub struct RunOptions {
 
 /// The process a pid belongs to: a thread id is taken as its whole process.
 fn process_of(pid: u32) -> Result<u32, Error> {
-    procfs::read_tgid(pid)
+    let tgid = procfs::read_tgid(pid)
         .ok()
         .flatten()
-        .ok_or(Error::NoSuchProcess(pid))
+        .ok_or(Error::NoSuchProcess(pid))?;
+    let what = if tgid == std::process::id() {
+        Some("memprof itself")
+    } else {
+        procfs::untraceable(tgid)
+    };
+    match what {
+        Some(what) => Err(Error::CannotTrace { pid, what }),
+        None => Ok(tgid),
+    }
 }
 
 pub fn run(options: RunOptions) -> anyhow::Result<()> {

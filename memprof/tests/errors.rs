@@ -30,6 +30,34 @@ fn no_such_pid() {
     expect_failure(out, 3, &format!("no process with pid {pid}"));
 }
 
+/// memprof itself, a kernel thread and a zombie exist, but have no address space to trace:
+/// each is named as what it is.
+#[test]
+fn pids_that_cannot_be_traced_are_named() {
+    // The shell's pid is memprof's once it execs.
+    let script = format!("exec {MEMPROF} run --pid $$");
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    expect_failure(out, 3, "cannot be traced: it is memprof itself");
+    // kthreadd.
+    let out = memprof().args(["run", "--pid", "2"]).output().unwrap();
+    expect_failure(out, 3, "pid 2 cannot be traced: it is a kernel thread");
+    // Exited, not reaped yet.
+    let mut zombie = Command::new("true").spawn().unwrap();
+    let pid = zombie.id();
+    while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap()
+        .contains(") Z ")
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = memprof()
+        .args(["run", "--pid", &pid.to_string()])
+        .output()
+        .unwrap();
+    zombie.wait().unwrap();
+    expect_failure(out, 3, "it is a zombie");
+}
+
 #[test]
 fn command_not_found() {
     let out = memprof()

@@ -33,7 +33,8 @@ pub enum EventKind {
     /// A traced process called exec, or a process started matching `--all`'s filter by
     /// calling exec: [`ExecEvent`].
     Exec = 5,
-    /// The last thread of a traced process is exiting, address space still intact: header only.
+    /// The last thread of a traced process is exiting, address space still intact:
+    /// [`ExitEvent`].
     Exit = 6,
     /// A call stack, sent once before the first event that refers to it: [`StackEvent`].
     Stack = 7,
@@ -267,6 +268,23 @@ pub struct ExecEvent {
 }
 plain_data!(ExecEvent, 40);
 
+/// The kernel's own figures for a process, read as its last thread exits, just before its
+/// address space goes: what memprof's are checked against when /proc is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// `mm->total_vm`, in bytes: VmSize.
+    pub vm_size_bytes: u64,
+    /// The file, anonymous and shmem resident-page counters, each summed over CPUs as
+    /// /proc/PID/status does, in bytes: VmRSS.
+    pub vm_rss_bytes: u64,
+    /// 1 when the figures were read (the process had an address space).
+    pub read: u32,
+    pub _pad: u32,
+}
+plain_data!(ExitEvent, 48);
+
 /// `--all`: which processes are traced besides those userspace adds to the filter. Checked
 /// in the kernel when a process is created and when it calls exec; a process traced stays
 /// traced until it exits.
@@ -289,9 +307,10 @@ pub struct Filter {
 }
 plain_data!(Filter, 40);
 
-/// Where the rss_stat program finds what the tracepoint's formatted event would hold (it is
-/// a raw tracepoint: its arguments are the mm and which counter changed). Read from the
-/// kernel's BTF at load time.
+/// Where the programs find what they read of the kernel's structures (the rss_stat raw
+/// tracepoint gets only the mm and which counter changed; exit reads the mm's figures; stack
+/// copies and file paths follow the task's pointers). Read from the kernel's BTF at load
+/// time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelLayout {
@@ -324,8 +343,15 @@ pub struct KernelLayout {
     pub mount_mnt: u32,
     pub mount_parent: u32,
     pub mount_mountpoint: u32,
+    /// `mm_struct.total_vm`, the pages mapped (VmSize).
+    pub mm_total_vm: u32,
+    /// `percpu_counter.counters`, the per-CPU parts of a counter not yet in `count`.
+    pub counter_counters: u32,
+    /// `bpf_array.pptrs`, a per-CPU array map's per-CPU pointers: where each CPU's copies of
+    /// per-CPU data lie.
+    pub array_pptrs: u32,
 }
-plain_data!(KernelLayout, 72);
+plain_data!(KernelLayout, 84);
 
 impl KernelLayout {
     /// Before userspace sets it at load time.
@@ -348,6 +374,9 @@ impl KernelLayout {
         mount_mnt: 0,
         mount_parent: 0,
         mount_mountpoint: 0,
+        mm_total_vm: 0,
+        counter_counters: 0,
+        array_pptrs: 0,
     };
 }
 

@@ -8,7 +8,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::debug;
 use memprof_common::{
-    EventKind, ExecEvent, NewProcessEvent, fields,
+    EventKind, ExecEvent, ExitEvent, NewProcessEvent, fields,
     pid_state::{EXECING, TRACED},
 };
 
@@ -17,7 +17,7 @@ use crate::{
     fault::end_fault_run,
     filter::{is_traced, set_state, start_tracing, state, stop_tracing, wanted},
     kernel::{comm, current_ids, field, ok},
-    rss::forget_mm,
+    rss::{forget_mm, mm_figures},
     stack::forget_stack_top,
 };
 
@@ -113,7 +113,8 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i64> {
     Ok(0)
 }
 
-/// Attached to sched:sched_process_exit, which fires before the exiting task drops its mm.
+/// Attached to sched:sched_process_exit, which fires before the exiting task drops its mm:
+/// the kernel's own figures for the process go with the exit.
 #[tracepoint]
 fn mp_exit(ctx: TracePointContext) -> u32 {
     ok(try_exit(&ctx))
@@ -128,7 +129,14 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     if field::<u8>(ctx, fields::EXIT_GROUP_DEAD)? == 0 {
         return Ok(0);
     }
-    emit_now(header(EventKind::Exit, tgid, tid));
+    let mut event = ExitEvent {
+        header: header(EventKind::Exit, tgid, tid),
+        ..Default::default()
+    };
+    if let Some((vm_size, vm_rss)) = mm_figures() {
+        (event.vm_size_bytes, event.vm_rss_bytes, event.read) = (vm_size, vm_rss, 1);
+    }
+    emit_now(event);
     forget_mm(tgid);
     stop_tracing(tgid)?;
     debug!(ctx, "pid {} exited", tgid);

@@ -3,8 +3,9 @@
 //! made it).
 
 use aya_ebpf::{
+    helpers::generated::{bpf_loop, bpf_map_lookup_percpu_elem},
     macros::{map, raw_tracepoint},
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 use memprof_common::{EventKind, RssEvent};
@@ -15,7 +16,7 @@ use crate::{
     event::{emit, header},
     filter::{is_traced, traced_mm},
     kernel::{current_ids, current_task, ok, read_kernel},
-    slot::{Slot, field},
+    slot::{Slot, field, with_scratch},
 };
 
 /// The resident-page counter values last sent for one mm (see [`MP_RSS_SENT`]).
@@ -162,4 +163,96 @@ pub(crate) fn forget_mm(tgid: u32) {
         let _ = MP_MM_OWNER.remove(own.get());
         set_mm(own, 0);
     }
+}
+
+/// The resident-page counters VmRSS adds up: file, anonymous and shmem (not swap entries).
+const RSS_COUNTERS: [u32; 3] = [0, 1, 3];
+
+/// The most CPUs a kernel may have; the sum stops at the first CPU the kernel has not.
+const MAX_CPUS: u32 = 8192;
+
+/// A per-CPU array kept for its addresses: its value's copy on a CPU lies where that CPU's
+/// copy of any per-CPU data does, at the same distance from the data's per-CPU pointer.
+#[map]
+static MP_CPU_COPIES: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A sum over CPUs in progress, per CPU (see [`mm_figures`]).
+#[map]
+static MP_RSS_SUM: PerCpuArray<RssSum> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RssSum {
+    /// MP_CPU_COPIES's per-CPU pointer.
+    base: u64,
+    /// Each counter's per-CPU pointer.
+    parts: [u64; RSS_COUNTERS.len()],
+    pages: i64,
+}
+
+/// The current task's VmSize and VmRSS in bytes, its resident counters summed over CPUs as
+/// /proc/PID/status does; `None` when it has no mm. The counters' per-CPU parts are
+/// `s32 __percpu *`, which bpf_per_cpu_ptr would take if this kernel's BTF marked them; it
+/// does not, so they are found from where this kernel puts a per-CPU map's copies.
+pub(crate) fn mm_figures() -> Option<(u64, u64)> {
+    let layout = config::get(&LAYOUT);
+    let mm = current_mm(layout.task_mm).ok().filter(|&mm| mm != 0)?;
+    let total_vm: u64 = read_kernel((mm + u64::from(layout.mm_total_vm)) as *const u64).ok()?;
+    let map = (&raw const MP_CPU_COPIES).cast::<u8>();
+    // The map's address as a number, read back from where the verifier keeps it.
+    let map: u64 = read_kernel((&raw const map).cast()).ok()?;
+    let base: u64 = read_kernel((map + u64::from(layout.array_pptrs)) as *const u64).ok()?;
+    with_scratch(&MP_RSS_SUM, |sum| {
+        *sum = RssSum {
+            base,
+            parts: [0; RSS_COUNTERS.len()],
+            pages: 0,
+        };
+        for (&member, part) in RSS_COUNTERS.iter().zip(sum.parts.iter_mut()) {
+            let counter = mm + u64::from(layout.mm_rss_stat + member * layout.counter_size);
+            let shared = counter_field::<i64>(counter, layout.counter_count);
+            sum.pages += shared.unwrap_or(0);
+            *part = counter_field(counter, layout.counter_counters).unwrap_or(0);
+        }
+    })?;
+    // SAFETY: the helper runs `add_cpu`, which takes no context, at most MAX_CPUS times.
+    unsafe { bpf_loop(MAX_CPUS, add_cpu as *mut _, core::ptr::null_mut(), 0) };
+    let pages = with_scratch(&MP_RSS_SUM, |sum| sum.pages)?;
+    Some((total_vm * PAGE_SIZE, pages.max(0) as u64 * PAGE_SIZE))
+}
+
+fn counter_field<T>(counter: u64, offset: u32) -> Option<T> {
+    read_kernel((counter + u64::from(offset)) as *const T).ok()
+}
+
+/// Adds CPU `cpu`'s parts of the counters to the sum; 1 (stop) past the kernel's last CPU.
+extern "C" fn add_cpu(cpu: u64, _context: *mut u8) -> i64 {
+    let key = 0u32;
+    // SAFETY: the map is a per-CPU array and `key` a valid key; the helper returns CPU
+    // `cpu`'s copy of the value, or null when there is no such CPU.
+    let copy = unsafe {
+        bpf_map_lookup_percpu_elem(
+            (&raw const MP_CPU_COPIES).cast_mut().cast(),
+            (&raw const key).cast(),
+            cpu as u32,
+        )
+    };
+    if copy.is_null() {
+        return 1;
+    }
+    // The copy's address as a number, read back from where it is kept.
+    let Ok(copy) = read_kernel((&raw const copy).cast::<u64>()) else {
+        return 1;
+    };
+    with_scratch(&MP_RSS_SUM, |sum| {
+        let distance = copy.wrapping_sub(sum.base);
+        for &part in &sum.parts {
+            if part != 0 {
+                let value = read_kernel(part.wrapping_add(distance) as *const i32).unwrap_or(0);
+                sum.pages += i64::from(value);
+            }
+        }
+        0
+    })
+    .unwrap_or(1)
 }

@@ -4,7 +4,7 @@ use std::mem::offset_of;
 
 use aya::Pod;
 use memprof_common::{
-    EventHeader, EventKind, ExecEvent, FILE_PATH_EVENT_HEAD, FaultEvent, FilePathEvent,
+    EventHeader, EventKind, ExecEvent, ExitEvent, FILE_PATH_EVENT_HEAD, FaultEvent, FilePathEvent,
     NewProcessEvent, PATH_COMPONENT_BYTES, RAW_STACK_AWAITS_VERDICT, RAW_STACK_EVENT_HEAD,
     RAW_STACK_LEAF_RETURNS, RawStackEvent, RssEvent, STACK_EVENT_HEAD, StackEvent, SyscallEvent,
 };
@@ -46,7 +46,7 @@ pub enum Event<'a> {
     Rss(RssEvent),
     NewProcess(NewProcessEvent),
     Exec(ExecEvent),
-    Exit(EventHeader),
+    Exit(ExitEvent),
     /// Boxed: 1 KiB, and rare (once per stack), unlike the events every fault and syscall
     /// sends.
     Stack(Box<StackEvent>),
@@ -67,7 +67,7 @@ impl Event<'_> {
             Self::Rss(r) => &r.header,
             Self::NewProcess(r) => &r.header,
             Self::Exec(r) => &r.header,
-            Self::Exit(h) => h,
+            Self::Exit(r) => &r.header,
             Self::Stack(r) => &r.header,
             Self::RawStack(r) => &r.header,
             Self::FilePath { header, .. } => header,
@@ -102,7 +102,7 @@ pub fn parse(bytes: &[u8]) -> Option<Event<'_>> {
         EventKind::Rss => Event::Rss(read(bytes)?),
         EventKind::NewProcess => Event::NewProcess(read(bytes)?),
         EventKind::Exec => Event::Exec(read(bytes)?),
-        EventKind::Exit => Event::Exit(header),
+        EventKind::Exit => Event::Exit(read(bytes)?),
         EventKind::Stack => Event::Stack(read_stack(bytes)?),
         EventKind::RawStack => Event::RawStack(read_raw_stack(bytes)?),
         EventKind::FilePath => read_file_path(bytes)?,

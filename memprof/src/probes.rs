@@ -121,6 +121,9 @@ pub fn kernel_layout() -> Result<KernelLayout, Error> {
         mount_mnt: btf.member_offset("mount", "mnt")?,
         mount_parent: btf.member_offset("mount", "mnt_parent")?,
         mount_mountpoint: btf.member_offset("mount", "mnt_mountpoint")?,
+        mm_total_vm: btf.member_offset("mm_struct", "total_vm")?,
+        counter_counters: btf.member_offset("percpu_counter", "counters")?,
+        array_pptrs: btf.member_offset("bpf_array", "pptrs")?,
     })
 }
 

@@ -101,11 +101,24 @@ pub struct Sample {
     pub resident: u64,
 }
 
-/// What /proc/PID said at the end, to reconcile against.
+/// The kernel's own figures at the end, to reconcile against: what /proc/PID/status said,
+/// or for a process that exited while traced, what the kernel counted as it exited.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct ProcCheck {
     pub vm_size_bytes: u64,
     pub vm_rss_bytes: u64,
+    /// Read by the kernel side as the process exited (its /proc was gone by the end).
+    pub at_exit: bool,
+}
+
+impl ProcCheck {
+    pub fn of_status(status: &Status) -> Self {
+        Self {
+            vm_size_bytes: status.vm_size,
+            vm_rss_bytes: status.vm_rss,
+            at_exit: false,
+        }
+    }
 }
 
 pub struct Process {
@@ -347,18 +360,15 @@ impl Process {
     }
 
     /// Ends tracing of this process at `ts_ns`: its exit, or the end of the run, when
-    /// `status` is what /proc said then, to reconcile against.
-    pub fn finish(&mut self, ts_ns: u64, exited: bool, status: Option<&Status>) {
+    /// `check` is what the kernel said then, to reconcile against.
+    pub fn finish(&mut self, ts_ns: u64, exited: bool, check: Option<ProcCheck>) {
         if self.ended_ns.is_some() {
             return;
         }
         self.advance_to(ts_ns);
         self.ended_ns = Some(ts_ns);
         self.exited = exited;
-        self.proc_check = status.map(|s| ProcCheck {
-            vm_size_bytes: s.vm_size,
-            vm_rss_bytes: s.vm_rss,
-        });
+        self.proc_check = check;
     }
 
     /// Every region, fault and release charged to the site that reserved the memory, and

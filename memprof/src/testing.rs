@@ -6,8 +6,8 @@ use std::{
 };
 
 use memprof_common::{
-    EventHeader, EventKind, ExecEvent, FaultEvent, MAX_STACK_DEPTH, NO_STACK, NewProcessEvent,
-    StackEvent, SyscallEvent,
+    EventHeader, EventKind, ExecEvent, ExitEvent, FaultEvent, MAX_STACK_DEPTH, NO_STACK,
+    NewProcessEvent, StackEvent, SyscallEvent,
 };
 
 use crate::{
@@ -203,5 +203,8 @@ pub(crate) fn exec(pid: u32, comm: &str) -> Event<'static> {
 }
 
 pub(crate) fn exit(pid: u32) -> Event<'static> {
-    Event::Exit(header(EventKind::Exit, pid, 50))
+    Event::Exit(ExitEvent {
+        header: header(EventKind::Exit, pid, 50),
+        ..Default::default()
+    })
 }

@@ -13,7 +13,7 @@ use crate::{
     address_space::{SITE_NO_STACK, SiteId},
     events::{self, Event, RawStack},
     probes::Verdict,
-    process::Process,
+    process::{ProcCheck, Process},
     procfs::{Proc, ProcSource, Snapshot},
     sites::Sites,
     unwind::{self, Unwinding, Unwound},
@@ -266,9 +266,14 @@ impl<P: ProcSource> Tracker<P> {
                 let child = Process::forked(process, e.child_pid, header.ts_ns, status.as_ref());
                 self.processes.insert(e.child_pid, child);
             }
-            Event::Exit(_) => {
+            Event::Exit(e) => {
                 name_files(&self.proc, process);
-                process.finish(header.ts_ns, true, None);
+                let check = (e.read != 0).then_some(ProcCheck {
+                    vm_size_bytes: e.vm_size_bytes,
+                    vm_rss_bytes: e.vm_rss_bytes,
+                    at_exit: true,
+                });
+                process.finish(header.ts_ns, true, check);
                 self.unwinding.forget(header.tgid);
             }
             Event::Exec(_) | Event::Stack(_) | Event::RawStack(_) | Event::FilePath { .. } => {
@@ -402,7 +407,7 @@ impl<P: ProcSource> Tracker<P> {
             }
             name_files(&self.proc, process);
             let status = self.proc.status(process.pid);
-            process.finish(now_ns, false, status.as_ref());
+            process.finish(now_ns, false, status.as_ref().map(ProcCheck::of_status));
         }
         self.lost_events = kernel.lost_events + self.undecodable;
         self.lost_stacks = kernel.lost_stacks;
@@ -489,13 +494,20 @@ mod tests {
         // `--all`: pid 20's parent is not traced, and 20 was gone before memprof looked.
         tracker.apply(new_process(19, 20, "true"));
         tracker.apply(mmap(20, 0x7f00_0000_0000, MIB, NO_STACK));
-        tracker.apply(exit(20));
+        let Event::Exit(mut exited) = exit(20) else {
+            unreachable!()
+        };
+        (exited.vm_size_bytes, exited.vm_rss_bytes, exited.read) = (MIB, 8192, 1);
+        tracker.apply(Event::Exit(exited));
         let p = &tracker.processes[&20];
+        // Checked against what the kernel counted as it exited.
+        let check = p.proc_check.unwrap();
+        assert!(check.at_exit && check.vm_size_bytes == MIB && check.vm_rss_bytes == 8192);
         assert_eq!(p.command, "[true]");
         assert!(p.exited && p.incomplete.as_deref().unwrap().contains("exited before"));
         assert_eq!(p.reserved.end, MIB, "its events still count");
         tracker.finish(100, KernelCounts::default());
-        assert!(tracker.processes[&20].proc_check.is_none());
+        assert!(tracker.processes[&20].proc_check.unwrap().at_exit);
         assert!(
             !tracker.finished(),
             "--all ends on Ctrl-C or --duration only"

@@ -42,8 +42,29 @@ fn launch_mode_is_exact_at_every_checkpoint() {
         .find(|p| p["command"].as_str().unwrap().contains("memprof-workload"))
         .expect("workload in report");
     assert_eq!(workload["exited"], true);
+    // Reconciled with the kernel's own figures, read as it exited.
+    let check = &workload["proc_check"];
+    assert_eq!(check["at_exit"], true, "{check}");
+    assert_eq!(workload["reserved_bytes"]["end"], check["vm_size_bytes"]);
+    let resident = workload["resident_bytes"]["end"].as_u64().unwrap();
+    assert!(
+        resident_close(resident, check["vm_rss_bytes"].as_u64().unwrap()),
+        "resident {resident} vs the kernel's {check}"
+    );
     let checkpoints = checkpoints(&stdout);
     assert_eq!(checkpoints.last().unwrap().name, "end", "{stdout}");
+    // What the kernel counted at exit, its per-CPU parts summed, is what /proc said at the
+    // workload's last checkpoint (but for the few pages Rust's runtime unmaps on its way out).
+    let last = checkpoints.last().unwrap();
+    assert!(
+        check["vm_rss_bytes"]
+            .as_u64()
+            .unwrap()
+            .abs_diff(last.vm_rss)
+            <= 64 << 10,
+        "the kernel's {check} at exit vs /proc's {} at the end",
+        last.vm_rss
+    );
     assert_checkpoints_match(workload, &checkpoints, PAUSE_MS);
     // The stack grew without a syscall, and every kind of change was seen.
     let events = &workload["events"];

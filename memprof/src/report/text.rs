@@ -288,7 +288,7 @@ impl ProcessReport {
     fn check_line(&self) -> String {
         let Some(check) = self.proc_check else {
             return if self.exited {
-                "no /proc to compare with: the process exited while traced".into()
+                "nothing to compare with: the process exited while traced, and the kernel side could not read its figures".into()
             } else {
                 "no /proc to compare with: /proc/PID/status was not readable at the end".into()
             };
@@ -305,8 +305,13 @@ impl ProcessReport {
                 )
             }
         };
+        let whose = if check.at_exit {
+            "the kernel's at exit:"
+        } else {
+            "/proc"
+        };
         format!(
-            "reserved {} vs /proc VmSize {} ({}); resident {} vs VmRSS {} ({})",
+            "reserved {} vs {whose} VmSize {} ({}); resident {} vs VmRSS {} ({})",
             bytes(self.reserved_bytes.end),
             bytes(check.vm_size_bytes),
             diff(self.reserved_bytes.end, check.vm_size_bytes),
@@ -402,6 +407,7 @@ mod tests {
                 proc_check: Some(ProcCheck {
                     vm_size_bytes: 1 << 30,
                     vm_rss_bytes: (64 << 20) + 8192,
+                    at_exit: false,
                 }),
                 incomplete: None,
                 sites: vec![

@@ -127,6 +127,8 @@ int main(int argc, char **argv) {{ (void)argv; memprof_c_outer(argc); print_self
     // (line 9).
     assert!(matches!(inlined[0].line, Some(4 | 5)), "{inlined:#?}");
     assert_eq!(inlined[1].line, Some(9), "{inlined:#?}");
+    // Marked so, for pprof: the inner frame stands for the same address as the outer.
+    assert!(inlined[0].inlined && !inlined[1].inlined, "{inlined:#?}");
     assert_eq!(all[0].last().unwrap().function, "memprof_c_outer");
 }
 

@@ -9,6 +9,7 @@ use std::{
 use prost::Message as _;
 
 use super::{Frame, Metric, SiteSample};
+use crate::sites::CodeRegion;
 
 /// perftools.profiles, as in
 /// <https://github.com/google/pprof/blob/main/proto/profile.proto>, declared by hand.
@@ -220,41 +221,29 @@ fn int(n: u64) -> i64 {
 /// A pprof mapping: one region of one module in one process.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct MappingKey<'a> {
-    /// The process's rank in the samples, so that mappings come process by process.
-    process: usize,
+    pid: u32,
     start: u64,
     module: &'a str,
 }
 
-/// Mapping ids by (pid, module, region start).
-type MappingIds<'a> = HashMap<(u32, &'a str, u64), u64>;
-
-/// The mappings of the modules `samples` pass through, each process's in address order as
-/// /proc/PID/maps lists them: its executable first, as the kernel maps it below the
-/// libraries and the dynamic loader.
+/// The mappings of the modules `samples` pass through, with their ids: process by process,
+/// each one's in address order as /proc/PID/maps lists them, its executable first (the
+/// kernel maps it below the libraries and the dynamic loader).
 fn mappings<'a>(
     samples: &[SiteSample<'a>],
     strings: &mut Strings,
-) -> (Vec<proto::Mapping>, MappingIds<'a>) {
-    let mut ranks: HashMap<u32, usize> = HashMap::new();
+) -> (Vec<proto::Mapping>, HashMap<MappingKey<'a>, u64>) {
     let mut seen: BTreeMap<MappingKey<'a>, proto::Mapping> = BTreeMap::new();
     for s in samples {
-        let next = ranks.len();
-        let process = *ranks.entry(s.pid).or_insert(next);
         for frame in s.frames {
-            let (Some(module), Some(region)) = (frame.module.as_deref(), frame.region) else {
+            let Some((key, region)) = mapped(s.pid, frame) else {
                 continue;
-            };
-            let key = MappingKey {
-                process,
-                start: region.start,
-                module,
             };
             let mapping = seen.entry(key).or_insert_with(|| proto::Mapping {
                 memory_start: region.start,
                 memory_limit: region.end,
                 file_offset: region.file_offset,
-                filename: strings.get(module),
+                filename: strings.get(key.module),
                 build_id: strings.get(frame.build_id.as_deref().unwrap_or("")),
                 has_functions: true,
                 ..proto::Mapping::default()
@@ -265,17 +254,28 @@ fn mappings<'a>(
             mapping.has_inline_frames |= frame.line.is_some();
         }
     }
-    let pids: HashMap<usize, u32> = ranks.into_iter().map(|(pid, rank)| (rank, pid)).collect();
     let mut ids = HashMap::new();
     let mappings = seen
         .into_iter()
         .zip(1..)
         .map(|((key, mapping), id)| {
-            ids.insert((pids[&key.process], key.module, key.start), id);
+            ids.insert(key, id);
             proto::Mapping { id, ..mapping }
         })
         .collect();
     (mappings, ids)
+}
+
+/// The mapping of a frame of process `pid`, and the region it stands for: None outside a
+/// file.
+fn mapped(pid: u32, frame: &Frame) -> Option<(MappingKey<'_>, CodeRegion)> {
+    let region = frame.region?;
+    let key = MappingKey {
+        pid,
+        start: region.start,
+        module: frame.module.as_deref()?,
+    };
+    Some((key, region))
 }
 
 /// The pprof profile (not yet encoded) for `samples`: a sample per site with a value per
@@ -341,12 +341,12 @@ pub fn pprof_profile(samples: &[SiteSample], info: &ProfileInfo) -> proto::Profi
             if frame.inlined {
                 continue;
             }
-            let (mapping_id, address) = match (frame.module.as_deref(), frame.region) {
-                (Some(module), Some(region)) => (
-                    mapping_ids[&(s.pid, module, region.start)],
+            let (mapping_id, address) = match mapped(s.pid, frame) {
+                Some((key, region)) => (
+                    mapping_ids[&key],
                     region.start + (frame.module_offset - region.file_offset),
                 ),
-                _ => (0, frame.address),
+                None => (0, frame.address),
             };
             location_id_list.push(location_id(mapping_id, address, std::mem::take(&mut lines)));
         }
@@ -411,7 +411,6 @@ mod tests {
     use std::{collections::HashSet, io::Read as _, sync::Arc};
 
     use super::*;
-    use crate::sites::CodeRegion;
 
     fn gunzip(bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -517,24 +516,21 @@ mod tests {
     }
 
     fn fixture_samples(f: &Fixture) -> Vec<SiteSample<'_>> {
-        let sample = |i: usize, pid, comm, reserved, resident, faults_by_code| SiteSample {
+        let sample = |i: usize, (pid, comm, root), reserved, resident, faults_by_code| SiteSample {
             frames: &f.stacks[i],
-            root: Some(if pid == 1234 {
-                "workload (1234)"
-            } else {
-                "other (99)"
-            }),
+            root: Some(root),
             pid,
             comm,
             reserved,
             resident,
             faults_by_code,
         };
+        let workload = (1234, "workload", "workload (1234)");
         vec![
-            sample(0, 1234, "workload", 1 << 30, 4 << 20, 1024),
-            sample(1, 1234, "workload", 64 << 20, 8 << 10, 2),
-            sample(2, 1234, "workload", 0, 4096, 1),
-            sample(3, 99, "other", 1 << 20, 0, 0),
+            sample(0, workload, 1 << 30, 4 << 20, 1024),
+            sample(1, workload, 64 << 20, 8 << 10, 2),
+            sample(2, workload, 0, 4096, 1),
+            sample(3, (4321, "other", "other (4321)"), 1 << 20, 0, 0),
         ]
     }
 

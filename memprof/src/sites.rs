@@ -13,6 +13,15 @@ use crate::{
     unwind::Unwound,
 };
 
+/// A region of a mapped file (one line of /proc/PID/maps): `address - start + file_offset`
+/// is an address's offset in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CodeRegion {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+}
+
 /// Where a return address or instruction pointer was when the stack was captured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CapturedFrame {
@@ -21,6 +30,8 @@ pub struct CapturedFrame {
     pub module: Option<Arc<str>>,
     /// The address's offset in that file.
     pub file_offset: u64,
+    /// The region of that file the address was in.
+    pub region: Option<CodeRegion>,
 }
 
 #[derive(Clone, Debug)]
@@ -196,6 +207,11 @@ fn capture(space: &AddressSpace, address: u64, depth: usize) -> Option<CapturedF
         address,
         module: file.and_then(|r| r.path.clone()),
         file_offset: file.map_or(lookup, |r| lookup - r.start + r.offset),
+        region: file.map(|r| CodeRegion {
+            start: r.start,
+            end: r.end,
+            file_offset: r.offset,
+        }),
     })
 }
 

@@ -26,13 +26,16 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Sym, Symbolized};
 use serde::Serialize;
 
+use crate::sites::CodeRegion;
+
 /// One symbolized frame. An address can give several (inlined calls, innermost first).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Frame {
     /// Demangled function name; `basename+0x1f3a` (file offset) when no symbol covers the
     /// address, `[unknown]+0xADDRESS` when the module is unknown.
@@ -48,6 +51,20 @@ pub struct Frame {
     pub address: u64,
     /// File offset of the address in `module` (0 for [`Location::Unknown`]).
     pub module_offset: u64,
+    // What pprof needs to resolve a frame by address; not (yet) part of the JSON contract.
+    /// The symbol's own name as the binary spells it (mangled), when it differs from
+    /// `function`.
+    #[serde(skip)]
+    pub symbol: Option<String>,
+    /// This frame was inlined into the next one: both stand for one address.
+    #[serde(skip)]
+    pub inlined: bool,
+    /// The region of `module` that held the address when the stack was captured.
+    #[serde(skip)]
+    pub region: Option<CodeRegion>,
+    /// The GNU build ID of `module` (hex), when it has one.
+    #[serde(skip)]
+    pub build_id: Option<Arc<str>>,
 }
 
 /// Where an address was: a known module and file offset, or nothing known (anonymous
@@ -73,6 +90,8 @@ struct ModuleCache {
     /// The file could not be opened or parsed: every offset falls back, without asking
     /// blazesym (and the file system) again.
     unreadable: bool,
+    /// Its GNU build ID, read once (None: not yet read; Some(None): it has none).
+    build_id: Option<Option<Arc<str>>>,
     /// Memo: file offset -> frames (innermost first).
     frames: HashMap<u64, Vec<Frame>>,
 }
@@ -92,6 +111,7 @@ impl ModuleCache {
         Self {
             basename,
             unreadable: not_a_file,
+            build_id: None,
             frames: HashMap::new(),
         }
     }
@@ -100,12 +120,40 @@ impl ModuleCache {
         vec![Frame {
             function: format!("{}+{:#x}", self.basename, file_offset),
             module: Some(path.to_string()),
-            file: None,
-            line: None,
             address,
             module_offset: file_offset,
+            ..Frame::default()
         }]
     }
+
+    fn build_id(&mut self, path: &str) -> Option<Arc<str>> {
+        let unreadable = self.unreadable;
+        self.build_id
+            .get_or_insert_with(|| {
+                if unreadable {
+                    None
+                } else {
+                    read_build_id(path)
+                }
+            })
+            .clone()
+    }
+}
+
+/// The GNU build ID note of the ELF file at `path`, in hex; reads only the headers and the
+/// note, not the whole file.
+fn read_build_id(path: &str) -> Option<Arc<str>> {
+    use object::Object as _;
+    let file = std::fs::File::open(path).ok()?;
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let id = elf.build_id().ok()??;
+    Some(
+        id.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+            .into(),
+    )
 }
 
 /// Symbolizes `(module, file offset)` pairs, caching parsed binaries and memoizing results.
@@ -135,7 +183,8 @@ impl Symbolizer {
             .enable_auto_reload(false)
             .enable_code_info(true)
             .enable_inlined_fns(true)
-            .enable_demangling(true)
+            // Demangled here, so that a frame keeps the symbol's own name too.
+            .enable_demangling(false)
             .build();
         Self {
             inner,
@@ -169,7 +218,11 @@ impl Symbolizer {
         let module = module_cache(&mut self.modules, path);
         if !module.frames.contains_key(&file_offset) {
             let mut resolved = resolve(&self.inner, module, path, &[(address, file_offset)]);
-            let frames = resolved.pop().unwrap_or_default();
+            let mut frames = resolved.pop().unwrap_or_default();
+            let build_id = module.build_id(path);
+            for frame in &mut frames {
+                frame.build_id.clone_from(&build_id);
+            }
             module.frames.insert(file_offset, frames);
         }
         let frames = module
@@ -189,11 +242,8 @@ impl Symbolizer {
         self.scratch.clear();
         self.scratch.push(Frame {
             function: name.unwrap_or_else(|| format!("[unknown]+{address:#x}")),
-            module: None,
-            file: None,
-            line: None,
             address,
-            module_offset: 0,
+            ..Frame::default()
         });
         &self.scratch
     }
@@ -300,9 +350,7 @@ fn resolve(
                     // look for. Take it when it names the very same function.
                     if let Some(elf) = elf.filter(|elf| elf.addr == debug.addr) {
                         let outer = frames.last_mut().expect("frames_of is never empty");
-                        if outer.function != elf.name {
-                            outer.function = elf.name.to_string();
-                        }
+                        name_frame(outer, &elf.name);
                     }
                     frames
                 }
@@ -326,20 +374,47 @@ fn named<'a, 'src>(symbolized: Option<&'a Symbolized<'src>>) -> Option<&'a Sym<'
 /// `g`, inlined into `f`; `f.code_info` is the call of `g` in `f`, `g`'s that of `h` in
 /// `g`, and `h`'s the instruction itself.
 fn frames_of(sym: &Sym<'_>, path: &str, address: u64, offset: u64) -> Vec<Frame> {
-    let frame = |function: &str, code_info: Option<&blazesym::symbolize::CodeInfo<'_>>| Frame {
-        function: function.to_string(),
-        module: Some(path.to_string()),
-        file: code_info.map(|info| info.to_path().to_string_lossy().into_owned()),
-        line: code_info.and_then(|info| info.line),
-        address,
-        module_offset: offset,
+    let frame = |name: &str, code_info: Option<&blazesym::symbolize::CodeInfo<'_>>| {
+        let mut frame = Frame {
+            module: Some(path.to_string()),
+            file: code_info.map(|info| info.to_path().to_string_lossy().into_owned()),
+            line: code_info.and_then(|info| info.line),
+            address,
+            module_offset: offset,
+            inlined: true,
+            ..Frame::default()
+        };
+        name_frame(&mut frame, name);
+        frame
     };
     let mut frames = Vec::with_capacity(sym.inlined.len() + 1);
     for inlined in sym.inlined.iter().rev() {
         frames.push(frame(&inlined.name, inlined.code_info.as_ref()));
     }
-    frames.push(frame(&sym.name, sym.code_info.as_deref()));
+    frames.push(Frame {
+        inlined: false,
+        ..frame(&sym.name, sym.code_info.as_deref())
+    });
     frames
+}
+
+/// Names `frame` by the symbol `name`: demangled (Rust first, as blazesym does, then C++),
+/// keeping the mangled name when it differs.
+fn name_frame(frame: &mut Frame, name: &str) {
+    let demangled = rustc_demangle::try_demangle(name)
+        .map(|rust| format!("{rust:#}"))
+        .ok()
+        .or_else(|| cpp_demangle::Symbol::new(name).ok()?.demangle().ok());
+    match demangled {
+        Some(demangled) if demangled != name => {
+            frame.function = demangled;
+            frame.symbol = Some(name.to_string());
+        }
+        _ => {
+            frame.function = name.to_string();
+            frame.symbol = None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +464,19 @@ mod tests {
             "{frames:#?}"
         );
         assert!(!last.function.contains("17h"), "not demangled: {frames:#?}");
+        // The symbol's own name, mangled (legacy `_ZN` or v0 `_R`).
+        let symbol = last.symbol.as_deref().unwrap_or_default();
+        assert!(
+            symbol.starts_with("_ZN") || symbol.starts_with("_R"),
+            "{frames:#?}"
+        );
+        // A GNU build ID (the linker's SHA-1 here).
+        let build_id = last.build_id.as_deref().unwrap_or_default();
+        assert_eq!(build_id.len(), 40, "{frames:#?}");
+        assert!(
+            build_id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{frames:#?}"
+        );
         assert_eq!(last.address, address);
         assert_eq!(last.module_offset, file_offset);
         assert_eq!(last.module.as_deref(), Some(path.as_str()));
@@ -456,10 +544,9 @@ mod tests {
             vec![Frame {
                 function: "libgone.so.1+0x1f3a".into(),
                 module: Some(path.into()),
-                file: None,
-                line: None,
                 address: 0x7f00_0000_1f3a,
                 module_offset: 0x1f3a,
+                ..Frame::default()
             }]
         );
         // The function name a module offset falls back to.

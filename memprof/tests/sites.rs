@@ -6,7 +6,7 @@
 )]
 mod support;
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, path::Path};
 
 use support::*;
 
@@ -154,17 +154,6 @@ fn charged_to_known_functions(name: &str, options: &[&str]) {
         let faults = go_tool_pprof(&["-top", "-sample_index=faults"], &profile);
         assert!(faults.contains("memprof_touch_known"), "{faults}");
     }
-}
-
-/// The stdout of `go tool pprof ARGS PROFILE`, which must succeed.
-fn go_tool_pprof(args: &[&str], profile: &Path) -> String {
-    let out = run_ok(
-        Command::new("go")
-            .args(["tool", "pprof"])
-            .args(args)
-            .arg(profile),
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A Go program: its reserved flame graph shows the runtime reserving, and with fault stacks

@@ -114,22 +114,15 @@ int main(void) {
 /// glibc's arenas for threads reserve this much each (HEAP_MAX_SIZE on 64-bit).
 const ARENA: u64 = 64 * MIB;
 
-fn build_c(dir: &Path) -> PathBuf {
-    fs::write(dir.join("stacks.c"), C_PROGRAM).unwrap();
-    let exe = dir.join("stacks");
-    run_ok(
-        Command::new("gcc")
-            .args([
-                "-O2",
-                "-g",
-                "-fomit-frame-pointer",
-                "-fno-optimize-sibling-calls",
-            ])
-            .args(["-pthread", "-o"])
-            .arg(&exe)
-            .arg(dir.join("stacks.c")),
-    );
-    exe
+fn build_stacks_program(dir: &Path) -> PathBuf {
+    let flags = [
+        "-O2",
+        "-g",
+        "-fomit-frame-pointer",
+        "-fno-optimize-sibling-calls",
+        "-pthread",
+    ];
+    build_c(dir, "stacks", C_PROGRAM, &flags)
 }
 
 /// The folded lines (root first) whose stack names `function`, with their counts.
@@ -150,7 +143,7 @@ fn folded_lines<'a>(folded: &'a str, function: &str) -> Vec<(&'a str, u64)> {
 #[test]
 fn code_without_frame_pointers_is_charged_on_complete_stacks() {
     let dir = scratch("stacks-c");
-    let exe = build_c(&dir);
+    let exe = build_stacks_program(&dir);
     let out = dir.join("out");
     let run = run_ok(
         memprof()

@@ -6,16 +6,13 @@
 )]
 mod support;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::Path, process::Command};
 
 use memprof::{
     procfs::parse_maps,
     symbolize::{Frame, Location, Symbolizer},
 };
-use support::scratch;
+use support::{build_c, scratch};
 
 /// The stdout of a command that must succeed; `missing` says how to get the program.
 fn run(cmd: &mut Command, what: &str, missing: &str) -> String {
@@ -49,22 +46,6 @@ fn locate_in_program(program: &Path) -> (u64, String, u64) {
     (address, path, address - entry.start + entry.offset)
 }
 
-fn build_c(dir: &Path, source: &str, flags: &[&str]) -> PathBuf {
-    let src = dir.join("known.c");
-    std::fs::write(&src, source).unwrap();
-    let exe = dir.join("known");
-    run(
-        Command::new("gcc")
-            .args(flags)
-            .arg("-o")
-            .arg(&exe)
-            .arg(&src),
-        "gcc",
-        "gcc not found: `cargo xtask setup` installs gcc (Debian package build-essential)",
-    );
-    exe
-}
-
 const C_PRINT_SELF: &str = r#"
 static void print_self(unsigned long a) {
     printf("%lx\n", a);
@@ -85,7 +66,7 @@ fn symbolize_c_program_with_dwarf() {
     let source = format!(
         "#include <stdio.h>\nvolatile int memprof_c_sink;\nvoid memprof_c_known(void) {{\n    memprof_c_sink++;\n}}\n{C_PRINT_SELF}\nint main(void) {{ memprof_c_known(); print_self((unsigned long)&memprof_c_known); return 0; }}\n"
     );
-    let exe = build_c(&dir, &source, &["-g", "-O0"]);
+    let exe = build_c(&dir, "known", &source, &["-g", "-O0"]);
     let (address, path, file_offset) = locate_in_program(&exe);
     assert_eq!(Path::new(&path), exe.as_path());
 
@@ -123,7 +104,7 @@ __attribute__((noinline)) void memprof_c_outer(int v) {{
 int main(int argc, char **argv) {{ (void)argv; memprof_c_outer(argc); print_self((unsigned long)&memprof_c_outer); return 0; }}
 "#
     );
-    let exe = build_c(&dir, &source, &["-g", "-O2"]);
+    let exe = build_c(&dir, "known", &source, &["-g", "-O2"]);
     let (address, path, file_offset) = locate_in_program(&exe);
 
     let mut symbolizer = Symbolizer::new();
@@ -146,6 +127,8 @@ int main(int argc, char **argv) {{ (void)argv; memprof_c_outer(argc); print_self
     // (line 9).
     assert!(matches!(inlined[0].line, Some(4 | 5)), "{inlined:#?}");
     assert_eq!(inlined[1].line, Some(9), "{inlined:#?}");
+    // Marked so, for pprof: the inner frame stands for the same address as the outer.
+    assert!(inlined[0].inlined && !inlined[1].inlined, "{inlined:#?}");
     assert_eq!(all[0].last().unwrap().function, "memprof_c_outer");
 }
 

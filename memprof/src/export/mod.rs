@@ -13,12 +13,13 @@ mod timeline;
 pub use flamegraph::flamegraph_svg;
 pub use folded::folded;
 pub use output::{write_file, write_output_dir};
-pub use pprof::{PROCESS_LABEL, ProfileInfo, pprof, pprof_profile, proto};
+pub use pprof::{COMM_LABEL, PID_LABEL, ProfileInfo, pprof, pprof_profile, proto};
 pub use timeline::{Series, timeline_svg};
 
 /// One symbolized frame (the symbolizer's own type): `function` is the demangled name, or
 /// "module+0x1f3a" when unknown; `module` the binary or library path; `address` the runtime
-/// address; `module_offset` the file offset in `module`.
+/// address; `module_offset` the file offset in `module`; `region` where `module` was mapped;
+/// `inlined` when the next frame stands for the same address.
 pub use crate::symbolize::Frame;
 
 /// A call stack (a site) with its figures.
@@ -28,6 +29,9 @@ pub struct SiteSample<'a> {
     pub frames: &'a [Frame],
     /// An extra root frame, e.g. the process, "memprof-workload (1234)"; None: none.
     pub root: Option<&'a str>,
+    /// The process the stack ran in, and its name.
+    pub pid: u32,
+    pub comm: &'a str,
     pub reserved: u64,
     pub resident: u64,
     /// Page faults made by code with this stack (`--fault-stacks`).
@@ -46,6 +50,22 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// What files and sample types of this figure are called.
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Reserved => "reserved",
+            Metric::Resident => "resident",
+            Metric::Faults => "faults",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Metric::Reserved | Metric::Resident => "bytes",
+            Metric::Faults => "count",
+        }
+    }
+
     fn of(self, s: &SiteSample) -> u64 {
         match self {
             Metric::Reserved => s.reserved,
@@ -79,10 +99,9 @@ mod test_support {
         Frame {
             function: function.into(),
             module: Some(module.into()),
-            file: None,
-            line: None,
             address,
             module_offset: address - 0x7f00_0000_0000,
+            ..Frame::default()
         }
     }
 
@@ -94,6 +113,8 @@ mod test_support {
         SiteSample {
             frames,
             root,
+            pid: 1,
+            comm: "test",
             reserved,
             resident: reserved / 2,
             faults_by_code: reserved / 4096,

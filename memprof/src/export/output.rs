@@ -4,7 +4,7 @@ use std::{fs, path::Path};
 use anyhow::Context as _;
 
 use super::{Metric, ProfileInfo, Series, SiteSample, flamegraph_svg, folded, pprof, timeline_svg};
-use crate::report::{ProcessReport, Report};
+use crate::report::{ProcessReport, Report, stacks};
 
 /// Writes `contents` to `path` and says so on stderr.
 pub fn write_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
@@ -16,12 +16,12 @@ pub fn write_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 /// Flame graphs, folded stacks, a pprof profile and the JSON report, in `dir`.
 pub fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    // "name (pid)": with several processes, each stack starts at its process.
-    let label = |p: &ProcessReport| {
+    fn name(p: &ProcessReport) -> &str {
         let name = p.command.split_whitespace().next().unwrap_or("?");
-        let name = name.rsplit('/').next().unwrap_or(name);
-        format!("{name} ({})", p.pid)
-    };
+        name.rsplit('/').next().unwrap_or(name)
+    }
+    // "name (pid)": with several processes, each stack starts at its process.
+    let label = |p: &ProcessReport| format!("{} ({})", name(p), p.pid);
     let roots: Vec<Option<String>> = report
         .processes
         .iter()
@@ -35,6 +35,8 @@ pub fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Resu
             p.sites.iter().map(move |s| SiteSample {
                 frames: &s.stack,
                 root: root.as_deref(),
+                pid: p.pid,
+                comm: name(p),
                 reserved: s.reserved_bytes,
                 resident: s.resident_bytes,
                 faults_by_code: s.faults_by_code,
@@ -45,14 +47,12 @@ pub fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Resu
         [p] => format!("{} (pid {})", p.command, p.pid),
         all => format!("{} processes", all.len()),
     };
-    let mut metrics = vec![
-        (Metric::Reserved, "reserved"),
-        (Metric::Resident, "resident"),
-    ];
+    let mut metrics = vec![Metric::Reserved, Metric::Resident];
     if report.fault_sample > 0 {
-        metrics.push((Metric::Faults, "faults"));
+        metrics.push(Metric::Faults);
     }
-    for (metric, name) in metrics {
+    for &metric in &metrics {
+        let name = metric.name();
         let folded = folded(&samples, metric);
         write_file(&dir.join(format!("{name}.folded")), folded.as_bytes())?;
         if metric != Metric::Faults {
@@ -62,9 +62,17 @@ pub fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Resu
         }
     }
     let info = ProfileInfo {
+        metrics,
+        time_nanos: i64::try_from(report.started_unix_ns).unwrap_or(0),
         duration_nanos: (report.duration_secs * 1e9) as i64,
-        comments: vec![format!("memprof: {who}")],
-        ..Default::default()
+        comments: vec![
+            format!("memprof: {who}"),
+            format!(
+                "lost events: {}, lost stacks: {}, stacks over budget: {}",
+                report.lost_events, report.lost_stacks, report.stacks_over_budget
+            ),
+        ],
+        drop_frames: stacks::plumbing_pattern(),
     };
     write_file(&dir.join("profile.pb.gz"), &pprof(&samples, &info))?;
     // The processes whose address space grew most.

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use super::{ProcessReport, RegionReport, Report, SiteReport, SplitReport, stacks};
 use crate::{
     address_space::{Region, SiteId},
+    events,
     process::Process,
     procfs::ProcSource,
     sites::{Site, SiteFigures, Sites},
@@ -44,10 +45,21 @@ impl Report {
             lost_stacks: tracker.lost_stacks,
             stacks_over_budget: tracker.stacks_over_budget,
             fault_sample: u64::from(fault_sample),
+            started_unix_ns: unix_ns(tracker.started_ns),
             duration_secs: secs(tracker.ended_ns.saturating_sub(tracker.started_ns)),
             processes,
         }
     }
+}
+
+/// The wall-clock time of a CLOCK_MONOTONIC instant, in nanoseconds since the Unix epoch.
+fn unix_ns(monotonic_ns: u64) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        });
+    now.saturating_sub(events::monotonic_ns().saturating_sub(monotonic_ns))
 }
 
 /// Symbolized sites, each done once.
@@ -72,11 +84,7 @@ impl Stacks<'_> {
 pub(super) fn placeholder_frame(name: &str) -> Frame {
     Frame {
         function: name.to_string(),
-        module: None,
-        file: None,
-        line: None,
-        address: 0,
-        module_offset: 0,
+        ..Frame::default()
     }
 }
 
@@ -110,7 +118,11 @@ fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
                 // code a runtime generated.
                 None => Location::Jit { pid: site.pid },
             };
-            symbolizer.symbolize(f.address, location).to_vec()
+            let mut frames = symbolizer.symbolize(f.address, location).to_vec();
+            for frame in &mut frames {
+                frame.region = f.region;
+            }
+            frames
         })
         .collect();
     kernel.chain(user).collect()

@@ -25,6 +25,10 @@ pub struct Report {
     /// With --fault-stacks, one fault in this many had its stack recorded; the
     /// `faults_by_code` figures are scaled by it (estimates when above 1). 0: off.
     pub fault_sample: u64,
+    /// When tracing started, in nanoseconds since the Unix epoch. Not in the JSON until its
+    /// contract names its times (and its snapshots would change with the clock).
+    #[serde(skip)]
+    pub started_unix_ns: u64,
     pub duration_secs: f64,
     pub processes: Vec<ProcessReport>,
 }

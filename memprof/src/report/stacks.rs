@@ -134,10 +134,11 @@ const PLUMBING: &[&str] = &[
     "PyMem_RawMalloc",
 ];
 
+/// `sysmalloc.part.0`, `_int_malloc.constprop.0`: GCC's clones of one function.
+const CLONES: [&str; 5] = [".part.", ".constprop.", ".isra.", ".cold", ".lto_priv."];
+
 /// Whether a function is allocator or runtime plumbing (see [`PLUMBING`]).
 fn is_plumbing(function: &str) -> bool {
-    // `sysmalloc.part.0`, `_int_malloc.constprop.0`: GCC's clones of one function.
-    const CLONES: [&str; 5] = [".part.", ".constprop.", ".isra.", ".cold", ".lto_priv."];
     let name = CLONES
         .iter()
         .filter_map(|clone| function.find(clone))
@@ -175,6 +176,32 @@ pub fn site_name(frames: &[Frame]) -> String {
         .map_or_else(String::new, |f| f.function.clone())
 }
 
+/// [`PLUMBING`] as a regular expression for pprof's `drop_frames` (RE2, which pprof
+/// anchors at both ends), clones included. pprof matches a name cut at its first `(` (an
+/// argument list, or a Go method's receiver), so entries with one are left out: what is
+/// left of them would match their neighbours too.
+pub fn plumbing_pattern() -> String {
+    let quote = |s: &str| {
+        s.chars().fold(String::new(), |mut out, c| {
+            if r"\.+*?()|[]{}^$".contains(c) {
+                out.push('\\');
+            }
+            out.push(c);
+            out
+        })
+    };
+    let entries: Vec<String> = PLUMBING
+        .iter()
+        .filter(|entry| !entry.contains('('))
+        .map(|entry| match entry.strip_suffix('*') {
+            Some(prefix) => format!("{}.*", quote(prefix)),
+            None => quote(entry),
+        })
+        .collect();
+    let clones: Vec<String> = CLONES.iter().map(|clone| quote(clone)).collect();
+    format!("(?:{})(?:(?:{}).*)?", entries.join("|"), clones.join("|"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,12 +212,36 @@ mod tests {
             .map(|name| Frame {
                 function: (*name).into(),
                 module: Some("/lib/x".into()),
-                file: None,
-                line: None,
-                address: 0,
-                module_offset: 0,
+                ..Frame::default()
             })
             .collect()
+    }
+
+    /// pprof's drop_frames names the same plumbing as the table, as pprof anchors it.
+    #[test]
+    fn the_plumbing_pattern_matches_what_the_table_does() {
+        let pattern = regex::Regex::new(&format!("^(?:{})$", plumbing_pattern())).unwrap();
+        let names = PLUMBING
+            .iter()
+            .filter(|entry| !entry.contains('('))
+            .flat_map(|entry| {
+                let name = entry.replace('*', "_x");
+                [format!("{name}.part.0"), format!("{name}.cold"), name]
+            });
+        for name in names {
+            assert!(is_plumbing(&name), "{name}");
+            assert!(pattern.is_match(&name), "{name}");
+        }
+        for name in [
+            "main",
+            "mmap_mine",
+            "xmalloc",
+            "runtime.mallocgc",
+            "my.part.0",
+        ] {
+            assert!(!is_plumbing(name), "{name}");
+            assert!(!pattern.is_match(name), "{name}");
+        }
     }
 
     /// Sites are named past allocator and runtime plumbing, whatever the runtime.

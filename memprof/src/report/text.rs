@@ -359,6 +359,7 @@ mod tests {
             lost_stacks: 0,
             stacks_over_budget: 0,
             fault_sample: 4,
+            started_unix_ns: 0,
             duration_secs: 2.0,
             processes: vec![ProcessReport {
                 pid: 42,
@@ -477,6 +478,7 @@ mod tests {
             lost_stacks: 0,
             stacks_over_budget: 0,
             fault_sample: 0,
+            started_unix_ns: 0,
             duration_secs: 2.0,
             processes: vec![
                 process(

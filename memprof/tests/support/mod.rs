@@ -242,6 +242,32 @@ impl Drop for TestCgroup {
     }
 }
 
+/// Builds the C program `source` as `dir/name` with gcc and `flags`; returns its path.
+pub(crate) fn build_c(dir: &Path, name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let src = dir.join(format!("{name}.c"));
+    fs::write(&src, source).unwrap();
+    let exe = dir.join(name);
+    run_ok(
+        Command::new("gcc")
+            .args(flags)
+            .arg("-o")
+            .arg(&exe)
+            .arg(&src),
+    );
+    exe
+}
+
+/// The stdout of `go tool pprof ARGS PROFILE`, which must succeed.
+pub(crate) fn go_tool_pprof(args: &[&str], profile: &Path) -> String {
+    let out = run_ok(
+        Command::new("go")
+            .args(["tool", "pprof"])
+            .args(args)
+            .arg(profile),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Builds the test Go program in `dir` with Debian's go; returns its path.
 pub(crate) fn build_go_program(dir: &Path) -> PathBuf {
     let go = which("go").expect(

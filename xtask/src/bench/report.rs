@@ -13,7 +13,8 @@ use super::{
 /// How to read the tables.
 const LEGEND: &str = "
 time: the storm's own duration as the workload measures it, median over runs. slowdown: \
-median over runs of traced_i / untraced_i, paired by run. events: events memprof received \
+median over runs of traced_i / untraced_i, paired by run (in brackets: the lowest and \
+highest of them). events: events memprof received \
 (page faults, RSS updates, memory syscalls), median per run (perf: samples). lost: worst \
 run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's \
 wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until \
@@ -79,18 +80,21 @@ impl Report<'_> {
         runs
     }
 
-    /// Median over runs of traced_i / untraced_i.
-    fn slowdown(&self, storm: Storm, config: Config) -> Option<f64> {
+    /// traced_i / untraced_i, for every run i of `config` paired with an untraced one.
+    fn ratios(&self, storm: Storm, config: Config) -> Vec<f64> {
         let untraced = self.of(storm, Config::Untraced);
-        let ratios: Vec<f64> = self
-            .of(storm, config)
+        self.of(storm, config)
             .iter()
             .filter_map(|r| {
                 let base = untraced.iter().find(|u| u.index == r.index)?;
                 Some(r.elapsed_ns as f64 / base.elapsed_ns as f64)
             })
-            .collect();
-        median(&ratios)
+            .collect()
+    }
+
+    /// Median over runs of traced_i / untraced_i.
+    fn slowdown(&self, storm: Storm, config: Config) -> Option<f64> {
+        median(&self.ratios(storm, config))
     }
 
     fn table(&self, storm: Storm) -> String {
@@ -108,9 +112,18 @@ impl Report<'_> {
             }
             let times: Vec<f64> = runs.iter().map(|r| r.elapsed_ns as f64 / 1e9).collect();
             let time = median(&times).map_or("–".into(), |t| format!("{t:.3} s"));
-            let slowdown = self
-                .slowdown(storm, config)
-                .map_or("–".into(), |s| format!("{s:.2}x"));
+            let ratios = self.ratios(storm, config);
+            let slowdown = match median(&ratios) {
+                None => "–".into(),
+                Some(s) if config == Config::Untraced || ratios.len() < 2 => format!("{s:.2}x"),
+                // The spread beside the median: single runs on a noisy machine move it.
+                Some(s) => {
+                    let (min, max) = ratios
+                        .iter()
+                        .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+                    format!("{s:.2}x ({min:.2}–{max:.2})")
+                }
+            };
             let memprof: Vec<&MemprofRun> =
                 runs.iter().filter_map(|r| r.memprof.as_ref()).collect();
             let dash = || "–".to_string();
@@ -503,17 +516,17 @@ memprof overhead: 2 cores (CPU), Linux 6.18, 3 run(s) of each configuration, int
 | configuration | median time | slowdown | events | lost | memprof CPU (share) | memprof peak RSS | to tracing |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 | untraced | 1.100 s | 1.00x | – | – | – | – | – |
-| memprof | 1.100 s | 1.05x | 1,083,608 | 0 | 0.11 s (0.09 cores) | 73.4 MiB | 0.078 s (max 0.080) |
-| perf record -e page-faults -c 1 -g | 1.900 s | 1.70x | 1,048,654 samples | – | – | – | – |
+| memprof | 1.100 s | 1.05x (1.00–1.06) | 1,083,608 | 0 | 0.11 s (0.09 cores) | 73.4 MiB | 0.078 s (max 0.080) |
+| perf record -e page-faults -c 1 -g | 1.900 s | 1.70x (1.67–1.73) | 1,048,654 samples | – | – | – | – |
 
 ### syscalls storm: 50,000 rounds of mmap 64 KiB, touch one page, munmap
 
 | configuration | median time | slowdown | events | lost | memprof CPU (share) | memprof peak RSS | to tracing |
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 | untraced | 0.710 s | 1.00x | – | – | – | – | – |
-| memprof | 0.870 s | 1.23x | 600,113 | 2 | ? | 73.4 MiB | 0.079 s (max 0.081) |
+| memprof | 0.870 s | 1.23x (1.22–1.23) | 600,113 | 2 | ? | 73.4 MiB | 0.079 s (max 0.081) |
 
-time: the storm's own duration as the workload measures it, median over runs. slowdown: median over runs of traced_i / untraced_i, paired by run. events: events memprof received (page faults, RSS updates, memory syscalls), median per run (perf: samples). lost: worst run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until it prints `tracing pid`, median (max).
+time: the storm's own duration as the workload measures it, median over runs. slowdown: median over runs of traced_i / untraced_i, paired by run (in brackets: the lowest and highest of them). events: events memprof received (page faults, RSS updates, memory syscalls), median per run (perf: samples). lost: worst run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until it prints `tracing pid`, median (max).
 
 Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all runs; CPU: memprof's CPU time / its wall time, summed over runs, worst configuration; RSS, time to tracing and complete stacks: worst run) at --scale 0.25:
 

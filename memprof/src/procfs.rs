@@ -18,6 +18,8 @@ pub trait ProcSource {
     fn status(&self, pid: u32) -> Option<Status>;
     /// Whether the process is gone: no such pid, or a zombie.
     fn is_gone(&self, pid: u32) -> bool;
+    /// Its command line as it reads now (a process may rewrite it, as nginx's workers do).
+    fn command(&self, pid: u32) -> Option<String>;
 }
 
 /// The real /proc.
@@ -41,6 +43,10 @@ impl ProcSource for Proc {
         let stat = read(pid, "stat").ok();
         let state = stat.as_deref().and_then(parse_state);
         matches!(state, None | Some('Z' | 'X'))
+    }
+
+    fn command(&self, pid: u32) -> Option<String> {
+        read_command(pid).ok()
     }
 }
 

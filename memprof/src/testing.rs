@@ -90,6 +90,10 @@ impl ProcSource for FakeProc {
     fn is_gone(&self, pid: u32) -> bool {
         self.gone.contains(&pid) || !self.snapshots.contains_key(&pid)
     }
+
+    fn command(&self, pid: u32) -> Option<String> {
+        Some(self.snapshot(pid).ok()?.command)
+    }
 }
 
 pub(crate) const BASH_MAPS: &str = "\

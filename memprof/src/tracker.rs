@@ -88,6 +88,14 @@ fn name_files(proc: &impl ProcSource, process: &mut Process) {
     }
 }
 
+/// Reads `process`'s command line again: a process may set its own title after it was read
+/// (nginx's workers, forked with their master's, call themselves "nginx: worker process").
+fn refresh_command(proc: &impl ProcSource, process: &mut Process) {
+    if let Some(command) = proc.command(process.pid) {
+        process.command = command;
+    }
+}
+
 /// The site of a stack captured in `process`: by ids, or (`user` [`RAW_STACK`]) the stack
 /// `unwound` from the raw stack its thread sent before. A stack seen for the first time is
 /// pinned to modules, so the paths of files mapped since the last batch are read first.
@@ -406,6 +414,7 @@ impl<P: ProcSource> Tracker<P> {
                 continue;
             }
             name_files(&self.proc, process);
+            refresh_command(&self.proc, process);
             let status = self.proc.status(process.pid);
             process.finish(now_ns, false, status.as_ref().map(ProcCheck::of_status));
         }
@@ -658,13 +667,20 @@ mod tests {
         assert_eq!(tracker.processes[&10].reserved.end, BASH_RESERVED);
         tracker.proc = tracker.proc.with(11, "cc", BASH_MAPS, MIB);
         tracker.apply(new_process(10, 11, "make"));
+        assert_eq!(
+            tracker.processes[&11].command, "make",
+            "its parent's, when forked"
+        );
         tracker.apply(exit(10));
         assert!(!tracker.finished(), "its child still runs");
         tracker.apply(exit(11));
         assert!(tracker.finished());
-        // One still running at the end is compared with what /proc says of it.
+        // One still running at the end is compared with what /proc says of it, and named as
+        // it calls itself then.
         let mut attached = attached(FakeProc::default().with(12, "x", BASH_MAPS, MIB), 12);
+        attached.proc = attached.proc.with(12, "x: worker process", BASH_MAPS, MIB);
         attached.finish(100, KernelCounts::default());
+        assert_eq!(attached.processes[&12].command, "x: worker process");
         let check = attached.processes[&12].proc_check.unwrap();
         assert_eq!(check.vm_size_bytes, BASH_RESERVED);
         assert!(attached.proc.maps_reads.get() <= 1);

@@ -294,10 +294,12 @@ fn page_end(addr: u64, len: u64) -> u64 {
     addr.saturating_add(align_up(len, PAGE_SIZE))
 }
 
-/// `total * part / whole` without overflow: the share of a region's resident bytes that
-/// goes with `part` of its bytes.
+/// `total * part / whole` without overflow, to the nearest whole page (no more than
+/// `total`): the share of a region's resident bytes that goes with `part` of its bytes.
 fn share(total: u64, part: u64, whole: u64) -> u64 {
-    (u128::from(total) * u128::from(part) / u128::from(whole)) as u64
+    let exact = u128::from(total) * u128::from(part) / u128::from(whole);
+    let page = u128::from(PAGE_SIZE);
+    (((exact + page / 2) / page * page) as u64).min(total)
 }
 
 /// Consecutive regions usually have the same path (an ELF's segments): share one copy.
@@ -952,6 +954,19 @@ mod tests {
             s.regions().map(|r| s.region_resident(r)).sum::<u64>(),
             6 * P
         );
+    }
+
+    #[test]
+    fn a_split_shares_resident_bytes_in_whole_pages() {
+        // 3 pages resident of 4: the halves get 2 and 1 (not 1.5 each), 3 in all.
+        let mut s = AddressSpace::from_maps(&[entry(A, A + 4 * P, "rw-p", None, 3 * P)], None);
+        s.mprotect(A + 2 * P, 2 * P, 1);
+        let seeded: Vec<u64> = s.regions().map(|r| r.seeded_resident).collect();
+        assert_eq!(seeded, [2 * P, P]);
+        // 1 page of 3 unmapped from one of them: no fraction left behind either.
+        let mut s = AddressSpace::from_maps(&[entry(A, A + 3 * P, "rw-p", None, 2 * P)], None);
+        s.madvise(A, P, MADV_DONTNEED);
+        assert!(s.regions().all(|r| r.seeded_resident % P == 0));
     }
 
     #[test]

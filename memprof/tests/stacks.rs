@@ -11,11 +11,11 @@ mod support;
 use std::{
     fs,
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -239,24 +239,6 @@ fn complete_share(process: &Value) -> f64 {
     let (traced, complete): (u64, u64) = (traced.sum(), complete.sum());
     assert!(traced > 0, "nothing reserved while traced");
     complete as f64 / traced as f64
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until something accepts connections on `port`.
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn redis_benchmark(port: u16) {

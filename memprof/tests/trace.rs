@@ -8,7 +8,8 @@ mod support;
 use std::{
     collections::BTreeSet,
     fs,
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
     process::{Command, Stdio},
 };
 
@@ -396,4 +397,88 @@ fn nothing_is_lost_at_a_high_event_rate() {
         .map(|s| s["faults_in_regions"].as_u64().unwrap())
         .sum();
     assert_eq!(storm_faults, FAULTS);
+}
+
+/// Debian's nginx, a master and two workers that name themselves after fork: each is listed
+/// by the title it set, and exact against /proc when tracing ends.
+#[test]
+fn nginx_workers_are_named_by_their_titles_and_exact() {
+    let dir = scratch("nginx");
+    let port = free_port();
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; \
+             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hi\"; }} }} }}\n"
+        ),
+    )
+    .unwrap();
+    let json = dir.join("report.json");
+    let memprof = memprof()
+        .args(["run", "--duration", "3s", "--json"])
+        .arg(&json)
+        .args(["--", "/usr/sbin/nginx", "-c"])
+        .arg(&conf)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    for _ in 0..10 {
+        let mut http = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        http.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        http.read_to_end(&mut Vec::new()).unwrap();
+    }
+    let out = memprof.wait_with_output().unwrap();
+    // nginx outlives the trace: stopped here.
+    let master: i32 = fs::read_to_string(dir.join("nginx.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: signalling the nginx master this test started.
+    unsafe { libc::kill(master, libc::SIGQUIT) };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = read_json(&json);
+    let processes = report["processes"].as_array().unwrap();
+    let commands: Vec<&str> = processes
+        .iter()
+        .map(|p| p["command"].as_str().unwrap())
+        .collect();
+    let workers = commands
+        .iter()
+        .filter(|&&c| c == "nginx: worker process")
+        .count();
+    assert_eq!(workers, 2, "{commands:?}");
+    assert!(
+        commands
+            .iter()
+            .any(|c| c.starts_with("nginx: master process")),
+        "{commands:?}"
+    );
+    for p in processes {
+        let check = &p["proc_check"];
+        assert_eq!(
+            p["reserved_bytes"]["end"], check["vm_size_bytes"],
+            "{}",
+            p["command"]
+        );
+        let resident = p["resident_bytes"]["end"].as_u64().unwrap();
+        let kernel = check["vm_rss_bytes"].as_u64().unwrap();
+        assert!(
+            resident_close(resident, kernel),
+            "{}: {resident} vs {kernel}",
+            p["command"]
+        );
+    }
 }

@@ -117,6 +117,10 @@ pub struct Region {
     pub growsdown: bool,
     /// Resident bytes smaps reported at attach (pages touched before memprof looked).
     pub seeded_resident: u64,
+    /// It holds pages of its own (anonymous memory written to, or a private file mapping's
+    /// pages copied on write): fork copies its page tables, so a child starts with its
+    /// resident pages. A child faults the pages of every other region in again.
+    pub anon: bool,
     /// Offset in the mapped file of `start` (meaningful for file regions).
     pub offset: u64,
     /// The call stack that reserved this region ("reserved at").
@@ -347,6 +351,9 @@ impl AddressSpace {
                 path: path.map(|p| intern(&mut last_path, p)),
                 growsdown: e.growsdown || kind == RegionKind::MainStack,
                 seeded_resident: e.rss_bytes,
+                // Smaps counts a private anonymous region's resident pages as its own too.
+                anon: !e.perms.shared
+                    && (e.anonymous_bytes > 0 || (kind != RegionKind::File && e.rss_bytes > 0)),
                 offset: e.offset,
                 site: SITE_BEFORE_TRACING,
             });
@@ -494,6 +501,7 @@ impl AddressSpace {
             path: None,
             growsdown: flags & MAP_GROWSDOWN != 0,
             seeded_resident: 0,
+            anon: false,
             offset,
             site,
         });
@@ -521,6 +529,7 @@ impl AddressSpace {
             path: None,
             growsdown: false,
             seeded_resident: 0,
+            anon: false,
             offset: 0,
             site,
         });
@@ -624,6 +633,7 @@ impl AddressSpace {
                 path: None,
                 growsdown: false,
                 seeded_resident: 0,
+                anon: false,
                 offset: 0,
                 site,
             });
@@ -688,13 +698,18 @@ impl AddressSpace {
             };
             let stop = region.end.min(end);
             let (site, resident) = (region.site, region.resident_after(write));
+            let owns_page = write && resident && !region.shared && !region.anon;
+            let (region_start, region_end, kind) = (region.start, region.end, region.kind);
+            if owns_page && let Some(r) = self.regions.get_mut(&region_start) {
+                r.anon = true;
+            }
             // A read fault on a file maps the neighbours already in the page cache too
             // ("fault-around"); they usually are, so count each fault's whole window.
-            let (first, last) = if region.kind == RegionKind::File && !write {
+            let (first, last) = if kind == RegionKind::File && !write {
                 let window = FAULT_AROUND_PAGES * PAGE_SIZE;
                 (
-                    (page / window * window).max(region.start),
-                    stop.div_ceil(window).saturating_mul(window).min(region.end),
+                    (page / window * window).max(region_start),
+                    stop.div_ceil(window).saturating_mul(window).min(region_end),
                 )
             } else {
                 (page, stop)
@@ -721,10 +736,11 @@ impl AddressSpace {
     /// Marks the pages of [start, end) that an access of each region there makes resident.
     fn populate(&mut self, start: u64, end: u64, write: bool) {
         let first = self.region_at(start).map_or(start, |r| r.start);
-        for r in self.regions.range(first..end).map(|(_, r)| r) {
+        for r in self.regions.range_mut(first..end).map(|(_, r)| r) {
             if r.resident_after(write) {
                 self.touched
                     .insert_range(r.start.max(start), r.end.min(end));
+                r.anon |= write && !r.shared;
             }
         }
     }
@@ -758,10 +774,17 @@ impl AddressSpace {
 
     /// A forked child's copy: the same regions, no releases of its own yet.
     pub fn forked(&self) -> Self {
-        Self {
+        let mut child = Self {
             released: Vec::new(),
             ..self.clone()
+        };
+        // Fork copies the page tables of the regions with pages of their own only (the
+        // kernel's vma_needs_copy): the child faults the others' pages in again.
+        for r in child.regions.values_mut().filter(|r| !r.anon) {
+            r.seeded_resident = 0;
+            child.touched.remove_range(r.start, r.end);
         }
+        child
     }
 
     /// Bytes unmapped so far, by the site that had reserved them.
@@ -954,6 +977,50 @@ mod tests {
             s.regions().map(|r| s.region_resident(r)).sum::<u64>(),
             6 * P
         );
+    }
+
+    #[test]
+    fn a_forked_child_keeps_the_resident_pages_of_regions_with_pages_of_their_own() {
+        let mut s = AddressSpace::from_maps(
+            &[
+                // Seeded: library code (read-only, never written), a written data segment,
+                // anonymous memory.
+                entry(A, A + 4 * P, "r-xp", Some("/lib/x.so"), 4 * P),
+                MapsEntry {
+                    anonymous_bytes: P,
+                    ..entry(A + 4 * P, A + 6 * P, "rw-p", Some("/lib/x.so"), 2 * P)
+                },
+                entry(A + 6 * P, A + 8 * P, "rw-p", None, 2 * P),
+            ],
+            None,
+        );
+        // Mapped while traced: private anonymous written, shared anonymous written, a
+        // private file mapping only read.
+        s.mmap(B, 2 * P, RW, PRIVATE_ANON, -1, 0, 2);
+        s.fault(B, WRITE_FAULT);
+        s.mmap(B + 2 * P, 2 * P, RW, SHARED_ANON, -1, 0, 2);
+        s.fault(B + 2 * P, WRITE_FAULT);
+        s.mmap(B + 4 * P, 2 * P, RW, 0x02, 3, 0, 2);
+        s.fault(B + 4 * P, READ_FAULT);
+        let resident = |s: &AddressSpace| {
+            s.regions()
+                .map(|r| (r.start, s.region_resident(r)))
+                .collect::<Vec<_>>()
+        };
+        let child = s.forked();
+        assert_eq!(
+            resident(&child),
+            [
+                (A, 0),
+                (A + 4 * P, 2 * P),
+                (A + 6 * P, 2 * P),
+                (B, P),
+                (B + 2 * P, 0),
+                (B + 4 * P, 0),
+            ]
+        );
+        // The parent keeps its own.
+        assert_eq!(resident(&s)[0], (A, 4 * P));
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub struct MapsEntry {
     pub path: Option<String>,
     /// smaps `Rss`, in bytes; 0 when parsed from plain maps.
     pub rss_bytes: u64,
+    /// smaps `Anonymous`, in bytes (pages of its own, written or COW'd); 0 from plain maps.
+    pub anonymous_bytes: u64,
     /// smaps `VmFlags` has `gd` (the mapping grows down, like a stack).
     pub growsdown: bool,
 }
@@ -121,6 +123,7 @@ pub fn parse_maps(text: &str) -> Vec<MapsEntry> {
         {
             match key {
                 "Rss" => last.rss_bytes = kb(value).unwrap_or(0),
+                "Anonymous" => last.anonymous_bytes = kb(value).unwrap_or(0),
                 "VmFlags" => last.growsdown = value.split_whitespace().any(|f| f == "gd"),
                 _ => {}
             }
@@ -160,6 +163,7 @@ fn parse_maps_line(line: &str) -> Option<MapsEntry> {
         inode,
         path: (!path.is_empty()).then(|| path.to_owned()),
         rss_bytes: 0,
+        anonymous_bytes: 0,
         growsdown: false,
     })
 }
@@ -403,6 +407,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
                 inode: 247030,
                 path: Some("/usr/bin/cat".into()),
                 rss_bytes: 0,
+                anonymous_bytes: 0,
                 growsdown: false,
             }
         );
@@ -456,6 +461,7 @@ VmFlags: ex
         let e = parse_maps(text);
         assert_eq!(e.len(), 3);
         assert_eq!((e[0].rss_bytes, e[0].growsdown), (12 << 10, false));
+        assert_eq!(e[0].anonymous_bytes, 12 << 10);
         assert_eq!((e[1].rss_bytes, e[1].growsdown), (16 << 10, true));
         assert_eq!(e[1].path.as_deref(), Some("[stack]"));
         assert_eq!((e[2].rss_bytes, e[2].growsdown), (0, false));

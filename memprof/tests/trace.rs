@@ -400,7 +400,8 @@ fn nothing_is_lost_at_a_high_event_rate() {
 }
 
 /// Debian's nginx, a master and two workers that name themselves after fork: each is listed
-/// by the title it set, and exact against /proc when tracing ends.
+/// by the title it set, exact against /proc when tracing ends, and its regions' resident
+/// bytes add up to about its VmRSS.
 #[test]
 fn nginx_workers_are_named_by_their_titles_and_exact() {
     let dir = scratch("nginx");

@@ -265,8 +265,11 @@ pub struct ExecEvent {
     pub header: EventHeader,
     /// The new command name: names a process that exits before /proc can be read.
     pub comm: [u8; 16],
+    /// The new image's `mm->start_stack` (/proc/PID/stat's startstack, randomized at each
+    /// exec): tells whether what /proc shows later is this image or one it exec'd since.
+    pub start_stack: u64,
 }
-plain_data!(ExecEvent, 40);
+plain_data!(ExecEvent, 48);
 
 /// The kernel's own figures for a process, read as its last thread exits, just before its
 /// address space goes: what memprof's are checked against when /proc is gone.

@@ -18,7 +18,7 @@ use crate::{
     filter::{is_traced, set_state, start_tracing, state, stop_tracing, wanted},
     kernel::{comm, current_ids, field, ok},
     rss::{forget_mm, mm_figures},
-    stack::forget_stack_top,
+    stack::{forget_stack_top, main_stack_top},
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -99,6 +99,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<u32, i64> {
     emit_now(ExecEvent {
         header: header(EventKind::Exec, tgid, tid),
         comm,
+        start_stack: main_stack_top(),
     });
     if traced_before {
         debug!(ctx, "pid {} exec'd {}", tgid, name(&comm));

@@ -449,7 +449,7 @@ pub(crate) fn forget_stack_top(tid: u32) {
 }
 
 /// The current process's `mm->start_stack`: above every frame of its main thread.
-fn main_stack_top() -> u64 {
+pub(crate) fn main_stack_top() -> u64 {
     let layout = config::get(&LAYOUT);
     let task = current_task() as *const u8;
     let Ok(mm) = read_kernel(task.wrapping_add(layout.task_mm as usize).cast::<u64>()) else {

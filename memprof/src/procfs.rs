@@ -58,21 +58,29 @@ pub struct Snapshot {
     pub cgroup: String,
     pub maps: Vec<MapsEntry>,
     pub start_brk: Option<u64>,
+    /// The image's startstack, when it was the same before and after its maps were read.
+    pub start_stack: Option<u64>,
     pub status: Option<Status>,
 }
 
 impl Snapshot {
     pub fn read(pid: u32) -> io::Result<Self> {
+        let before = read(pid, "stat")?;
         let maps = read_smaps(pid)?;
         if maps.is_empty() {
             // A zombie or a kernel thread: nothing to seed from.
             return Err(io::Error::new(io::ErrorKind::NotFound, "no address space"));
         }
+        // An exec between the two reads leaves maps of either image: vouched for by neither.
+        let after = read(pid, "stat")?;
+        let start_stack =
+            parse_start_stack(&after).filter(|&s| parse_start_stack(&before) == Some(s));
         Ok(Self {
             command: read_command(pid).unwrap_or_default(),
             cgroup: read_cgroup(pid).ok().flatten().unwrap_or_default(),
             maps,
-            start_brk: read_start_brk(pid).ok().flatten(),
+            start_brk: parse_start_brk(&after),
+            start_stack,
             status: read_status(pid).ok().flatten(),
         })
     }
@@ -221,10 +229,23 @@ fn kb(value: &str) -> Option<u64> {
 /// Field 47 (start_brk) of /proc/PID/stat; None when absent or 0 (no mm, or the reader
 /// may not see it).
 pub fn parse_start_brk(stat: &str) -> Option<u64> {
+    stat_address(stat, 47)
+}
+
+/// Field 28 (startstack) of /proc/PID/stat, as [`parse_start_brk`].
+pub fn parse_start_stack(stat: &str) -> Option<u64> {
+    stat_address(stat, 28)
+}
+
+fn stat_address(stat: &str, field: usize) -> Option<u64> {
     // comm (field 2) may hold spaces and ')': fields resume after the last ')', with field 3.
     let (_, fields) = stat.rsplit_once(')')?;
-    let start_brk = fields.split_ascii_whitespace().nth(47 - 3)?.parse().ok()?;
-    (start_brk != 0).then_some(start_brk)
+    let value = fields
+        .split_ascii_whitespace()
+        .nth(field - 3)?
+        .parse()
+        .ok()?;
+    (value != 0).then_some(value)
 }
 
 /// /proc/PID/{file} as text; file names in maps need not be UTF-8, so replace what is not.
@@ -244,10 +265,6 @@ pub fn read_smaps(pid: u32) -> io::Result<Vec<MapsEntry>> {
 
 pub fn read_status(pid: u32) -> io::Result<Option<Status>> {
     Ok(parse_status(&read(pid, "status")?))
-}
-
-pub fn read_start_brk(pid: u32) -> io::Result<Option<u64>> {
-    Ok(parse_start_brk(&read(pid, "stat")?))
 }
 
 /// The cgroup v2 path in /proc/PID/cgroup (`0::/system.slice/ssh.service`).
@@ -515,7 +532,8 @@ VmFlags: ex
         assert!(smaps.iter().any(|e| e.rss_bytes > 0));
         let status = read_status(pid).unwrap().unwrap();
         assert!(status.vm_rss > 0 && status.vm_size >= status.vm_rss);
-        let start_brk = read_start_brk(pid).unwrap().unwrap();
+        let stat = read(pid, "stat").unwrap();
+        let start_brk = parse_start_brk(&stat).unwrap();
         assert!(
             maps.iter()
                 .all(|e| e.path.as_deref() != Some("[heap]") || e.start == start_brk)
@@ -527,6 +545,9 @@ VmFlags: ex
         assert!(Proc.is_gone(u32::MAX), "no such pid");
         let snapshot = Proc.snapshot(pid).unwrap();
         assert!(snapshot.command.contains("memprof"), "{}", snapshot.command);
+        // The same image before and after its maps were read.
+        assert_eq!(snapshot.start_stack, parse_start_stack(&stat));
+        assert!(snapshot.start_stack.is_some());
         assert!(snapshot.cgroup.starts_with('/'));
     }
 

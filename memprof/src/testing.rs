@@ -63,6 +63,7 @@ impl FakeProc {
                 cgroup: "/test".into(),
                 maps: parse_maps(maps),
                 start_brk: None,
+                start_stack: None,
                 status: Some(status),
             },
         );
@@ -203,6 +204,7 @@ pub(crate) fn exec(pid: u32, comm: &str) -> Event<'static> {
     Event::Exec(ExecEvent {
         header: header(EventKind::Exec, pid, 40),
         comm: name,
+        start_stack: 0,
     })
 }
 

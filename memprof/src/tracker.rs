@@ -3,11 +3,11 @@
 //! buffer's events, tests feed it hand-made ones, and it reaches /proc only through
 //! [`ProcSource`].
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, btree_map::Entry},
     time::Duration,
 };
 
-use memprof_common::{NO_STACK, RAW_STACK};
+use memprof_common::{ExecEvent, NO_STACK, RAW_STACK};
 
 use crate::{
     address_space::{SITE_NO_STACK, SiteId},
@@ -38,6 +38,9 @@ pub struct Tracker<P = Proc> {
     pub root: u32,
     origin: Origin,
     pub processes: BTreeMap<u32, Process>,
+    /// What /proc showed at an exec of a process that had exec'd again by then: the next
+    /// image, for that exec's event.
+    later_images: HashMap<u32, Snapshot>,
     pub sites: Sites,
     interval_ns: u64,
     pub started_ns: u64,
@@ -156,6 +159,7 @@ impl<P: ProcSource> Tracker<P> {
             root,
             origin,
             processes: BTreeMap::new(),
+            later_images: HashMap::new(),
             sites: Sites::default(),
             interval_ns: u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX),
             started_ns: now_ns,
@@ -209,7 +213,7 @@ impl<P: ProcSource> Tracker<P> {
     pub fn apply(&mut self, event: Event) {
         let header = *event.header();
         match event {
-            Event::Exec(e) => return self.exec(header.tgid, header.ts_ns, &e.comm),
+            Event::Exec(e) => return self.exec(header.tgid, header.ts_ns, &e),
             Event::Stack(e) => return self.sites.add_stack(&e),
             Event::RawStack(raw) => return self.raw_stack(&raw),
             Event::FilePath { address, path, .. } => {
@@ -233,6 +237,12 @@ impl<P: ProcSource> Tracker<P> {
             return;
         }
         process.advance_to(header.ts_ns);
+        if process.awaiting_exec
+            && matches!(event, Event::Syscall(_) | Event::Fault(_) | Event::Rss(_))
+        {
+            // Changes to an image memprof never saw: its model is the next one's already.
+            return;
+        }
         match event {
             Event::Syscall(e) => {
                 // Only calls that create memory name a site: the others charge the site that
@@ -276,6 +286,10 @@ impl<P: ProcSource> Tracker<P> {
             }
             Event::Exit(e) => {
                 name_files(&self.proc, process);
+                if self.later_images.remove(&header.tgid).is_some() {
+                    process.incomplete =
+                        Some("it exec'd again and memprof did not see that exec".into());
+                }
                 let check = (e.read != 0).then_some(ProcCheck {
                     vm_size_bytes: e.vm_size_bytes,
                     vm_rss_bytes: e.vm_rss_bytes,
@@ -342,26 +356,41 @@ impl<P: ProcSource> Tracker<P> {
         self.processes.insert(pid, process);
     }
 
-    fn exec(&mut self, pid: u32, ts_ns: u64, comm: &[u8; 16]) {
-        let snapshot = match &mut self.origin {
+    fn exec(&mut self, pid: u32, ts_ns: u64, event: &ExecEvent) {
+        let mut snapshot = match &mut self.origin {
             Origin::Launched(first) if pid == self.root && first.is_some() => first.take(),
             // Read now: the process runs on, but the events that follow replay onto it.
             _ => self.proc.snapshot(pid).ok(),
         };
+        let this_image = |s: &Snapshot| s.start_stack == Some(event.start_stack);
+        // This image, read at its previous exec, when /proc no longer shows it.
+        if let Some(image) = self.later_images.remove(&pid)
+            && this_image(&image)
+            && !snapshot.as_ref().is_some_and(this_image)
+        {
+            snapshot = Some(image);
+        }
+        // By now it may have exec'd again (a `#!/usr/bin/env bash` script): then /proc shows
+        // that image, and this one's events replayed onto it would mix two address spaces.
+        let later_image =
+            event.start_stack != 0 && snapshot.as_ref().is_some_and(|s| !this_image(s));
+        if later_image && let Some(image) = &snapshot {
+            self.later_images.insert(pid, image.clone());
+        }
         self.unwinding.forget(pid);
-        match self.processes.get_mut(&pid) {
-            Some(process) => {
+        let process = match self.processes.entry(pid) {
+            Entry::Occupied(entry) => {
+                let process = entry.into_mut();
                 process.advance_to(ts_ns);
                 process.exec(snapshot);
+                process
             }
-            None => {
-                let process = match snapshot {
-                    Some(s) => Process::from_snapshot(pid, s, ts_ns, self.interval_ns),
-                    None => Process::unseen(pid, comm_name(comm), ts_ns, self.interval_ns),
-                };
-                self.processes.insert(pid, process);
-            }
-        }
+            Entry::Vacant(entry) => entry.insert(match snapshot {
+                Some(s) => Process::from_snapshot(pid, s, ts_ns, self.interval_ns),
+                None => Process::unseen(pid, comm_name(&event.comm), ts_ns, self.interval_ns),
+            }),
+        };
+        process.awaiting_exec = later_image;
     }
 
     /// Names the file mappings made by every process since the last call, while they are
@@ -684,5 +713,42 @@ mod tests {
         let check = attached.processes[&12].proc_check.unwrap();
         assert_eq!(check.vm_size_bytes, BASH_RESERVED);
         assert!(attached.proc.maps_reads.get() <= 1);
+    }
+
+    #[test]
+    fn an_image_exec_d_over_before_proc_was_read_is_not_mixed_with_the_next() {
+        const ENV_STACK: u64 = 0x7ffc_0000_1000;
+        const BASH_STACK: u64 = 0x7ffd_0000_2000;
+        let exec_at = |pid, comm, start_stack| {
+            let Event::Exec(mut e) = exec(pid, comm) else {
+                unreachable!()
+            };
+            e.start_stack = start_stack;
+            Event::Exec(e)
+        };
+        // /proc already shows bash, with its heap, when env's exec is handled.
+        let maps = format!("{BASH_MAPS}555500000000-555500021000 rw-p 00000000 00:00 0 [heap]\n");
+        let mut proc = FakeProc::default().with(10, "bash s.sh", &maps, MIB);
+        proc.snapshots.get_mut(&10).unwrap().start_stack = Some(BASH_STACK);
+        let mut tracker = Tracker::new(proc, 10, Origin::All, Duration::from_millis(5), 0);
+        tracker.apply(exec_at(10, "env", ENV_STACK));
+        let bash = BASH_RESERVED + 0x21000;
+        assert_eq!(tracker.processes[&10].reserved.end, bash);
+        // env's heap grows, a terabyte away from bash's: not applied to bash's model.
+        tracker.apply(syscall(
+            10,
+            libc::SYS_brk,
+            [0; 6],
+            0x5600_0000_0000,
+            NO_STACK,
+        ));
+        assert_eq!(tracker.processes[&10].reserved.peak, bash);
+        // bash's exec, when bash is gone already: the image read before stands for it.
+        tracker.proc.gone.insert(10);
+        tracker.apply(exec_at(10, "bash", BASH_STACK));
+        let p = &tracker.processes[&10];
+        assert_eq!((p.reserved.end, p.reserved.peak), (bash, bash));
+        assert!(p.incomplete.is_none() && !p.awaiting_exec);
+        assert!(tracker.later_images.is_empty());
     }
 }

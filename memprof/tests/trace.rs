@@ -483,3 +483,46 @@ fn nginx_workers_are_named_by_their_titles_and_exact() {
         );
     }
 }
+
+/// A `#!/usr/bin/env bash` script run from a loop, with both CPUs kept busy: each run forks,
+/// execs env, which execs bash, often before memprof reads /proc. No process shows a peak
+/// from one image's events replayed onto the next (hundreds of GiB before), and every one
+/// memprof saw whole is exact against the kernel's figures at its exit.
+#[test]
+fn scripts_exec_d_twice_under_load_keep_their_images_apart() {
+    let dir = scratch("env-script");
+    let script = dir.join("s.sh");
+    fs::write(&script, "#!/usr/bin/env bash\necho hi >/dev/null\n").unwrap();
+    fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let loops: Vec<_> = (0..2)
+        .map(|_| {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let json = dir.join("report.json");
+    let command = format!("for i in $(seq 30); do {}; done", script.display());
+    let out = launch_traced(&json, &["sh", "-c", &command]);
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    loops.into_iter().for_each(|l| l.join().unwrap());
+    assert!(out.status.success());
+    let report = read_json(&json);
+    let processes = report["processes"].as_array().unwrap();
+    assert!(processes.len() > 30, "{}", processes.len());
+    let mut whole = 0;
+    for p in processes {
+        let peak = p["reserved_bytes"]["peak"].as_u64().unwrap();
+        assert!(peak < 64 * MIB, "{} peaked at {peak}", p["command"]);
+        let check = &p["proc_check"];
+        if p["incomplete"].is_null() && check["at_exit"] == true {
+            assert_eq!(p["reserved_bytes"]["end"], check["vm_size_bytes"], "{p:#}");
+            whole += 1;
+        }
+    }
+    assert!(whole > 0, "no process seen whole");
+}

@@ -241,8 +241,10 @@ impl Process {
         process
     }
 
-    /// Replaces the address space after exec; the figures' history goes on.
-    pub fn exec(&mut self, snapshot: Option<Snapshot>) {
+    /// Replaces the address space after exec, from `snapshot` of the new image (the figures'
+    /// history goes on); `comm`, the new command name the kernel sent, names it when there is
+    /// none.
+    pub fn exec(&mut self, snapshot: Option<Snapshot>, comm: &str) {
         self.events.execs += 1;
         self.site_ids.clear();
         self.unwound_sites.clear();
@@ -258,6 +260,7 @@ impl Process {
                 }
             }
             None => {
+                self.command = format!("[{comm}]");
                 self.space.replace(AddressSpace::new());
                 self.incomplete =
                     Some("it exec'd and exited before memprof could read its new maps".into());

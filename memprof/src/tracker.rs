@@ -382,7 +382,7 @@ impl<P: ProcSource> Tracker<P> {
             Entry::Occupied(entry) => {
                 let process = entry.into_mut();
                 process.advance_to(ts_ns);
-                process.exec(snapshot);
+                process.exec(snapshot, &comm_name(&event.comm));
                 process
             }
             Entry::Vacant(entry) => entry.insert(match snapshot {
@@ -512,11 +512,12 @@ mod tests {
         assert_eq!(p.reserved.end, 0x2000);
         assert_eq!(p.reserved.peak, BASH_RESERVED + MIB, "the peak is history");
         assert!(p.site_ids.is_empty() && p.incomplete.is_none());
-        // One that is gone before its new image could be read is said to be incomplete.
+        // One that is gone before its new image could be read is said to be incomplete, and
+        // named by the command it exec'd.
         tracker.proc.gone.insert(10);
         tracker.apply(exec(10, "y"));
         let p = &tracker.processes[&10];
-        assert_eq!(p.reserved.end, 0);
+        assert_eq!((p.reserved.end, p.command.as_str()), (0, "[y]"));
         assert!(
             p.incomplete
                 .as_deref()

@@ -15,6 +15,10 @@ pub(crate) mod nr {
     pub(crate) const MADVISE: u64 = 28;
     pub(crate) const SHMAT: u64 = 30;
     pub(crate) const SHMDT: u64 = 67;
+    pub(crate) const MLOCK: u64 = 149;
+    pub(crate) const MLOCKALL: u64 = 151;
+    pub(crate) const MUNLOCKALL: u64 = 152;
+    pub(crate) const MLOCK2: u64 = 325;
 }
 
 /// `struct pt_regs` (a uapi layout), as indexes of its 8-byte words.

@@ -1,5 +1,6 @@
 //! The memory syscalls of traced processes (mmap, munmap, mremap, brk, madvise, mprotect,
-//! shmat, shmdt), at their exit, with the stacks of those that create memory.
+//! shmat, shmdt, and the mlocks, which fault memory in), at their exit, with the stacks of
+//! those that create memory.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
@@ -41,6 +42,7 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     let creates = match nr {
         nr::MMAP | nr::BRK | nr::SHMAT => true,
         nr::MUNMAP | nr::MREMAP | nr::MPROTECT | nr::MADVISE | nr::SHMDT => false,
+        nr::MLOCK | nr::MLOCK2 | nr::MLOCKALL | nr::MUNLOCKALL => false,
         _ => {
             // execve or execveat: a failed exec leaves the old image (mp_exec saw the
             // successful ones).

@@ -32,6 +32,11 @@ const DEFAULT_HUGE_SHIFT: u64 = 21; // 2 MiB
 
 const MREMAP_DONTUNMAP: u64 = 4;
 
+const MLOCK_ONFAULT: u64 = 1;
+const MCL_CURRENT: u64 = 1;
+const MCL_FUTURE: u64 = 2;
+const MCL_ONFAULT: u64 = 4;
+
 const SHM_RDONLY: u64 = 0o10000;
 const SHM_EXEC: u64 = 0o100000;
 
@@ -323,6 +328,8 @@ pub struct AddressSpace {
     brk: Option<u64>,
     /// Bytes unmapped, by site id.
     released: Vec<u64>,
+    /// mlockall(MCL_FUTURE): mappings made from now on are locked, so faulted in whole.
+    lock_future: bool,
 }
 
 impl AddressSpace {
@@ -505,7 +512,7 @@ impl AddressSpace {
             offset,
             site,
         });
-        if flags & (MAP_POPULATE | MAP_LOCKED) != 0 {
+        if flags & (MAP_POPULATE | MAP_LOCKED) != 0 || self.lock_future {
             // Population writes only where a write is allowed (and breaks COW).
             self.populate(addr, end, prot & PROT_WRITE != 0);
         }
@@ -546,6 +553,44 @@ impl AddressSpace {
             end = r.end;
         }
         self.release(addr, end);
+    }
+
+    /// mlock, and mlock2 without MLOCK_ONFAULT: the kernel faults every page of the range
+    /// in, with a write where the mapping is private and writable (to break copy-on-write).
+    pub fn mlock(&mut self, addr: u64, len: u64, flags: u64) {
+        if flags & MLOCK_ONFAULT == 0 {
+            self.populate_locked(addr, page_end(addr, len));
+        }
+    }
+
+    /// mlockall: MCL_CURRENT faults every mapping in now (unless MCL_ONFAULT), MCL_FUTURE
+    /// every one made from now on.
+    pub fn mlockall(&mut self, flags: u64) {
+        if flags & MCL_CURRENT != 0 && flags & MCL_ONFAULT == 0 {
+            self.populate_locked(0, u64::MAX);
+        }
+        self.lock_future = flags & MCL_FUTURE != 0 && flags & MCL_ONFAULT == 0;
+    }
+
+    /// munlockall: mappings made from now on are no longer locked (those locked stay
+    /// resident until reclaim, which rss_stat reports).
+    pub fn munlockall(&mut self) {
+        self.lock_future = false;
+    }
+
+    fn populate_locked(&mut self, start: u64, end: u64) {
+        let first = self.region_at(start).map_or(start, |r| r.start);
+        let pieces: Vec<(u64, u64, bool)> = self
+            .regions
+            .range(first..end)
+            .map(|(_, r)| {
+                let write = r.prot & PROT_WRITE != 0 && !r.shared;
+                (r.start.max(start), r.end.min(end), write)
+            })
+            .collect();
+        for (start, end, write) in pieces {
+            self.populate(start, end, write);
+        }
     }
 
     pub fn munmap(&mut self, addr: u64, len: u64) {
@@ -637,6 +682,9 @@ impl AddressSpace {
                 offset: 0,
                 site,
             });
+        }
+        if self.lock_future && new_end > old_end {
+            self.populate(old_end, new_end, true);
         }
     }
 
@@ -774,8 +822,10 @@ impl AddressSpace {
 
     /// A forked child's copy: the same regions, no releases of its own yet.
     pub fn forked(&self) -> Self {
+        // Memory locks are not inherited across fork.
         let mut child = Self {
             released: Vec::new(),
+            lock_future: false,
             ..self.clone()
         };
         // Fork copies the page tables of the regions with pages of their own only (the
@@ -1021,6 +1071,26 @@ mod tests {
         );
         // The parent keeps its own.
         assert_eq!(resident(&s)[0], (A, 4 * P));
+    }
+
+    #[test]
+    fn locked_memory_is_faulted_in_whole() {
+        let mut s = AddressSpace::new();
+        s.mmap(A, 4 * P, RW, PRIVATE_ANON, -1, 0, 2);
+        s.mmap(B, 4 * P, 1, PRIVATE_ANON, -1, 0, 2);
+        s.mlock(A + P, 2 * P, 0);
+        assert_eq!(s.touched_bytes(), 2 * P);
+        s.mlock(A, 4 * P, MLOCK_ONFAULT);
+        assert_eq!(s.touched_bytes(), 2 * P, "on fault: nothing now");
+        // Read-only private anonymous memory maps the zero page: nothing resident.
+        s.mlockall(MCL_CURRENT | MCL_FUTURE);
+        assert_eq!(s.touched_bytes(), 4 * P);
+        s.mmap(B + 8 * P, 2 * P, RW, PRIVATE_ANON, -1, 0, 2);
+        assert_eq!(s.touched_bytes(), 6 * P, "locked as it is made");
+        assert!(!s.forked().lock_future, "not inherited by fork");
+        s.munlockall();
+        s.mmap(B + 16 * P, 2 * P, RW, PRIVATE_ANON, -1, 0, 2);
+        assert_eq!(s.touched_bytes(), 6 * P);
     }
 
     #[test]

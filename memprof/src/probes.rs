@@ -30,7 +30,7 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// without the kernel formatting a record first. The syscalls are followed on their own exit
 /// tracepoints, by one program, so that other syscalls do not run it (see the kernel side's
 /// syscall.rs).
-const ATTACHMENTS: [(&str, &str, &str); 18] = [
+const ATTACHMENTS: [(&str, &str, &str); 22] = [
     ("syscalls", "sys_exit_mmap", SYSCALL_EXIT),
     ("syscalls", "sys_exit_brk", SYSCALL_EXIT),
     ("syscalls", "sys_exit_munmap", SYSCALL_EXIT),
@@ -39,6 +39,10 @@ const ATTACHMENTS: [(&str, &str, &str); 18] = [
     ("syscalls", "sys_exit_madvise", SYSCALL_EXIT),
     ("syscalls", "sys_exit_shmat", SYSCALL_EXIT),
     ("syscalls", "sys_exit_shmdt", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_mlock", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_mlock2", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_mlockall", SYSCALL_EXIT),
+    ("syscalls", "sys_exit_munlockall", SYSCALL_EXIT),
     ("syscalls", "sys_exit_execve", SYSCALL_EXIT),
     ("syscalls", "sys_exit_execveat", SYSCALL_EXIT),
     ("exceptions", "page_fault_user", "mp_page_fault_user"),

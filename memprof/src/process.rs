@@ -81,6 +81,8 @@ pub struct EventCounts {
     pub madvise: u64,
     pub shmat: u64,
     pub shmdt: u64,
+    /// mlock, mlock2, mlockall and munlockall.
+    pub mlock: u64,
     /// Memory syscalls that returned an error (they change nothing).
     pub failed_syscalls: u64,
     pub page_faults: u64,
@@ -296,6 +298,9 @@ impl Process {
             libc::SYS_madvise => &mut self.events.madvise,
             libc::SYS_shmat => &mut self.events.shmat,
             libc::SYS_shmdt => &mut self.events.shmdt,
+            libc::SYS_mlock | libc::SYS_mlock2 | libc::SYS_mlockall | libc::SYS_munlockall => {
+                &mut self.events.mlock
+            }
             _ => return,
         };
         *counter += 1;
@@ -320,6 +325,10 @@ impl Process {
             libc::SYS_madvise => space.madvise(a0, a1, a2),
             libc::SYS_shmat => space.shmat(ret as u64, shmat_length, a2, site),
             libc::SYS_shmdt => space.shmdt(a0),
+            libc::SYS_mlock => space.mlock(a0, a1, 0),
+            libc::SYS_mlock2 => space.mlock(a0, a1, a2),
+            libc::SYS_mlockall => space.mlockall(a0),
+            libc::SYS_munlockall => space.munlockall(),
             _ => unreachable!("filtered above"),
         }
         self.update_figures();

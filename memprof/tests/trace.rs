@@ -526,3 +526,65 @@ fn scripts_exec_d_twice_under_load_keep_their_images_apart() {
     }
     assert!(whole > 0, "no process seen whole");
 }
+
+/// Memory the kernel faults in whole, without a fault of the program's per page: mlock,
+/// mlockall(MCL_FUTURE), MAP_POPULATE and MADV_POPULATE_WRITE. Each region's resident bytes
+/// follow, and they add up to VmRSS within 1% (to about a quarter of it before the mlocks
+/// were followed).
+#[test]
+fn locked_and_populated_memory_is_resident_in_its_regions() {
+    let dir = scratch("locked");
+    let program = build_c(
+        &dir,
+        "locked",
+        r#"
+#include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#define MIB (1 << 20)
+int main(void) {
+    char *a = mmap(0, 16 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    char *b = mmap(0, 8 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    char *c = mmap(0, 8 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (a == MAP_FAILED || b == MAP_FAILED || c == MAP_FAILED || mlock(a, 16 * MIB) ||
+        madvise(c, 4 * MIB, MADV_POPULATE_WRITE) || mlockall(MCL_CURRENT | MCL_FUTURE))
+        return 1;
+    char *d = mmap(0, 8 * MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (d == MAP_FAILED) return 1;
+    printf("ready\n");
+    fflush(stdout);
+    pause();
+}
+"#,
+        &["-O2"],
+    );
+    let json = dir.join("report.json");
+    let mut child = memprof()
+        .args(["run", "--duration", "2s", "--json"])
+        .arg(&json)
+        .arg("--")
+        .arg(&program)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let report = read_json(&json);
+    let p = &report["processes"][0];
+    let pid = p["pid"].as_u64().unwrap() as i32;
+    // SAFETY: stopping the program memprof launched, which outlives the trace.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(status.success());
+    let regions: u64 = p["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["resident_bytes"].as_u64().unwrap())
+        .sum();
+    let kernel = p["proc_check"]["vm_rss_bytes"].as_u64().unwrap();
+    assert!(kernel > 40 * MIB, "{kernel}");
+    assert!(
+        regions.abs_diff(kernel) <= kernel / 100,
+        "regions {regions} vs VmRSS {kernel}"
+    );
+}

@@ -329,6 +329,7 @@ fn events(counts: &Value) -> u64 {
         "madvise",
         "shmat",
         "shmdt",
+        "mlock",
         "forks",
         "execs",
     ]

@@ -45,6 +45,10 @@ const MADV_REMOVE: u64 = 9;
 const MADV_POPULATE_READ: u64 = 22;
 const MADV_POPULATE_WRITE: u64 = 23;
 const MADV_DONTNEED_LOCKED: u64 = 24;
+const MADV_HUGEPAGE: u64 = 14;
+const MADV_NOHUGEPAGE: u64 = 15;
+/// x86_64's PMD-mapped transparent huge page.
+const HUGE_PAGE: u64 = 2 << 20;
 
 /// x86 page fault error code bit: the access was a write.
 const FAULT_WRITE: u64 = 2;
@@ -126,6 +130,9 @@ pub struct Region {
     /// pages copied on write): fork copies its page tables, so a child starts with its
     /// resident pages. A child faults the pages of every other region in again.
     pub anon: bool,
+    /// madvise(MADV_HUGEPAGE): a write fault in private anonymous memory maps a whole huge
+    /// page where one fits (transparent huge pages in "madvise" mode).
+    pub huge: bool,
     /// Offset in the mapped file of `start` (meaningful for file regions).
     pub offset: u64,
     /// The call stack that reserved this region ("reserved at").
@@ -361,6 +368,7 @@ impl AddressSpace {
                 // Smaps counts a private anonymous region's resident pages as its own too.
                 anon: !e.perms.shared
                     && (e.anonymous_bytes > 0 || (kind != RegionKind::File && e.rss_bytes > 0)),
+                huge: e.huge,
                 offset: e.offset,
                 site: SITE_BEFORE_TRACING,
             });
@@ -509,6 +517,7 @@ impl AddressSpace {
             growsdown: flags & MAP_GROWSDOWN != 0,
             seeded_resident: 0,
             anon: false,
+            huge: false,
             offset,
             site,
         });
@@ -537,6 +546,7 @@ impl AddressSpace {
             growsdown: false,
             seeded_resident: 0,
             anon: false,
+            huge: false,
             offset: 0,
             site,
         });
@@ -679,6 +689,7 @@ impl AddressSpace {
                 growsdown: false,
                 seeded_resident: 0,
                 anon: false,
+                huge: false,
                 offset: 0,
                 site,
             });
@@ -708,6 +719,13 @@ impl AddressSpace {
                 for r in self.regions.range_mut(first..end).map(|(_, r)| r) {
                     let overlap = r.end.min(end) - r.start.max(addr);
                     r.seeded_resident -= share(r.seeded_resident, overlap, r.size());
+                }
+            }
+            MADV_HUGEPAGE | MADV_NOHUGEPAGE => {
+                self.split_at(addr);
+                self.split_at(end);
+                for r in self.regions.range_mut(addr..end).map(|(_, r)| r) {
+                    r.huge = advice == MADV_HUGEPAGE;
                 }
             }
             MADV_POPULATE_READ => self.populate(addr, end, false),
@@ -748,6 +766,11 @@ impl AddressSpace {
             let (site, resident) = (region.site, region.resident_after(write));
             let owns_page = write && resident && !region.shared && !region.anon;
             let (region_start, region_end, kind) = (region.start, region.end, region.kind);
+            let huge = region.huge
+                && write
+                && resident
+                && !region.shared
+                && matches!(kind, RegionKind::Anonymous | RegionKind::Heap);
             if owns_page && let Some(r) = self.regions.get_mut(&region_start) {
                 r.anon = true;
             }
@@ -758,6 +781,17 @@ impl AddressSpace {
                 (
                     (page / window * window).max(region_start),
                     stop.div_ceil(window).saturating_mul(window).min(region_end),
+                )
+            } else if huge {
+                // A huge page where a whole one fits in the region; 4 KiB pages at its edges.
+                let fits = |block: u64| block >= region_start && block + HUGE_PAGE <= region_end;
+                let (low, high) = (
+                    page / HUGE_PAGE * HUGE_PAGE,
+                    (stop - 1) / HUGE_PAGE * HUGE_PAGE,
+                );
+                (
+                    if fits(low) { low } else { page },
+                    if fits(high) { high + HUGE_PAGE } else { stop },
                 )
             } else {
                 (page, stop)
@@ -1071,6 +1105,31 @@ mod tests {
         );
         // The parent keeps its own.
         assert_eq!(resident(&s)[0], (A, 4 * P));
+    }
+
+    #[test]
+    fn a_write_fault_in_memory_advised_huge_maps_a_huge_page_where_one_fits() {
+        const MIB: u64 = 1 << 20;
+        let mut s = AddressSpace::new();
+        // From A + 1 page to A + 8 MiB: the first huge page does not fit.
+        s.mmap(A + P, 8 * MIB - P, RW, PRIVATE_ANON, -1, 0, 2);
+        s.fault(A + 3 * MIB, WRITE_FAULT);
+        assert_eq!(s.touched_bytes(), P, "not advised");
+        s.madvise(A + P, 8 * MIB - P, MADV_HUGEPAGE);
+        s.fault(A + 5 * MIB, WRITE_FAULT);
+        assert_eq!(s.touched_bytes(), P + 2 * MIB);
+        s.fault(A + 2 * P, WRITE_FAULT);
+        assert_eq!(s.touched_bytes(), 2 * P + 2 * MIB, "at the edge: a page");
+        s.fault(A + 6 * MIB, READ_FAULT);
+        assert_eq!(
+            s.touched_bytes(),
+            2 * P + 2 * MIB,
+            "a read maps the huge zero page"
+        );
+        s.madvise(A + 6 * MIB, 2 * MIB, MADV_NOHUGEPAGE);
+        s.fault(A + 6 * MIB, WRITE_FAULT);
+        assert_eq!(s.touched_bytes(), 3 * P + 2 * MIB);
+        check(&s);
     }
 
     #[test]

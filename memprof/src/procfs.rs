@@ -119,6 +119,8 @@ pub struct MapsEntry {
     pub anonymous_bytes: u64,
     /// smaps `VmFlags` has `gd` (the mapping grows down, like a stack).
     pub growsdown: bool,
+    /// smaps `VmFlags` has `hg` (madvise(MADV_HUGEPAGE): faults may map a huge page).
+    pub huge: bool,
 }
 
 /// Parses /proc/PID/maps or /proc/PID/smaps text.
@@ -132,7 +134,10 @@ pub fn parse_maps(text: &str) -> Vec<MapsEntry> {
             match key {
                 "Rss" => last.rss_bytes = kb(value).unwrap_or(0),
                 "Anonymous" => last.anonymous_bytes = kb(value).unwrap_or(0),
-                "VmFlags" => last.growsdown = value.split_whitespace().any(|f| f == "gd"),
+                "VmFlags" => {
+                    last.growsdown = value.split_whitespace().any(|f| f == "gd");
+                    last.huge = value.split_whitespace().any(|f| f == "hg");
+                }
                 _ => {}
             }
         }
@@ -173,6 +178,7 @@ fn parse_maps_line(line: &str) -> Option<MapsEntry> {
         rss_bytes: 0,
         anonymous_bytes: 0,
         growsdown: false,
+        huge: false,
     })
 }
 
@@ -426,6 +432,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
                 rss_bytes: 0,
                 anonymous_bytes: 0,
                 growsdown: false,
+                huge: false,
             }
         );
         assert_eq!(e[1].perms.prot(), 5);

@@ -2,6 +2,7 @@
 //! [`RunOptions`] in plain types.
 use std::{path::PathBuf, time::Duration};
 
+use anyhow::Context as _;
 use memprof_common::Filter;
 
 use crate::{
@@ -149,7 +150,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     } else {
         usize::MAX
     };
-    print!("{}", report.render(options.regions, detailed));
+    let printed = export::write_stdout(&report.render(options.regions, detailed));
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(path) = &options.json {
         export::write_file(path, json.as_bytes())?;
@@ -157,6 +158,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     if let Some(dir) = &options.output {
         export::write_output_dir(dir, &report, &json)?;
     }
+    printed.context("writing the report to stdout")?;
     Ok(())
 }
 

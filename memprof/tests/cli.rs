@@ -6,6 +6,8 @@
 )]
 mod support;
 
+use std::process::Stdio;
+
 use support::*;
 
 /// The command starts with SIGPIPE at its default although memprof (a Rust program) ignores
@@ -24,4 +26,31 @@ fn the_command_starts_with_default_signal_dispositions() {
         .unwrap_or_else(|| panic!("grep printed no SigIgn: {stdout}"));
     let ignored = u64::from_str_radix(ignored.trim(), 16).unwrap();
     assert_eq!(ignored & 1 << (libc::SIGPIPE - 1), 0, "SigIgn {ignored:#x}");
+}
+
+/// A reader that went away (`memprof run … | true`) is no error: no panic, every file is
+/// written, and memprof exits as it would have.
+#[test]
+fn a_closed_stdout_still_gets_every_file() {
+    let dir = scratch("closed-stdout");
+    let (json, output) = (dir.join("report.json"), dir.join("out"));
+    let mut child = memprof()
+        .args(["run", "--json"])
+        .arg(&json)
+        .arg("--output")
+        .arg(&output)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    read_json(&json);
+    read_json(&output.join("report.json"));
+    assert!(output.join("profile.pb.gz").exists());
 }

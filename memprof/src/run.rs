@@ -1,6 +1,8 @@
 //! `memprof run`: check, load, attach or launch, trace, report. The command line hands it a
 //! [`RunOptions`] in plain types.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    os::unix::process::ExitStatusExt as _, path::PathBuf, process::ExitStatus, time::Duration,
+};
 
 use anyhow::Context as _;
 use memprof_common::Filter;
@@ -74,7 +76,9 @@ fn process_of(pid: u32) -> Result<u32, Error> {
     }
 }
 
-pub fn run(options: RunOptions) -> anyhow::Result<()> {
+/// Traces and reports; returns how the launched command ended when it did while traced,
+/// for memprof to exit with its status as strace and time do.
+pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
     // Everything that can be refused without loading anything is checked first.
     let (attach_to, filter, program) = match &options.target {
         Target::Pid(pid) => (Some(process_of(*pid)?), None, None),
@@ -140,9 +144,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(session.run(events, options.duration, None))?;
-    if launched_command(&options.target) {
-        reap(&session.tracker);
-    }
+    let ended = launched_command(&options.target)
+        .then(|| reap(&session.tracker))
+        .flatten();
 
     let report = Report::new(&session.tracker, fault_sample);
     let detailed = if filter.is_some() {
@@ -159,7 +163,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         export::write_output_dir(dir, &report, &json)?;
     }
     printed.context("writing the report to stdout")?;
-    Ok(())
+    Ok(ended)
 }
 
 fn launched_command(target: &Target) -> bool {
@@ -167,8 +171,9 @@ fn launched_command(target: &Target) -> bool {
 }
 
 /// Reaps the launched command if it exited, so it does not linger as a zombie, and says how
-/// it ended when that was not a success (its own output may have scrolled away).
-fn reap(tracker: &Tracker) {
+/// it ended when that was not a success (its own output may have scrolled away). None: it
+/// still runs.
+fn reap(tracker: &Tracker) -> Option<ExitStatus> {
     let mut status = 0;
     // Its exit event comes just before it becomes a zombie: wait for that when it exited.
     let exited = tracker
@@ -178,17 +183,19 @@ fn reap(tracker: &Tracker) {
     let flags = if exited { 0 } else { libc::WNOHANG };
     // SAFETY: reaping our own child.
     let reaped = unsafe { libc::waitpid(tracker.root as libc::pid_t, &mut status, flags) };
-    if reaped == tracker.root as libc::pid_t {
-        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
-            eprintln!(
-                "memprof: the command exited with status {}",
-                libc::WEXITSTATUS(status)
-            );
-        } else if libc::WIFSIGNALED(status) {
-            eprintln!(
-                "memprof: the command was killed by signal {}",
-                libc::WTERMSIG(status)
-            );
-        }
+    if reaped != tracker.root as libc::pid_t {
+        return None;
     }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+        eprintln!(
+            "memprof: the command exited with status {}",
+            libc::WEXITSTATUS(status)
+        );
+    } else if libc::WIFSIGNALED(status) {
+        eprintln!(
+            "memprof: the command was killed by signal {}",
+            libc::WTERMSIG(status)
+        );
+    }
+    Some(ExitStatus::from_raw(status))
 }

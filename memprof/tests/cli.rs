@@ -54,3 +54,30 @@ fn a_closed_stdout_still_gets_every_file() {
     read_json(&output.join("report.json"));
     assert!(output.join("profile.pb.gz").exists());
 }
+
+/// After the report, memprof exits with the command's status, as strace and time do: 128 + N
+/// for a command killed by signal N.
+#[test]
+fn memprof_exits_with_the_commands_status() {
+    let json = scratch("status").join("report.json");
+    let out = memprof()
+        .args(["run", "--json"])
+        .arg(&json)
+        .args(["--", "sh", "-c", "exit 3"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("exited with status 3"), "{stderr}");
+    read_json(&json);
+
+    let out = memprof()
+        .args(["run", "--", "sh", "-c", "kill -TERM $$"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reserved"));
+}

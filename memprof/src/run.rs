@@ -16,7 +16,7 @@ use crate::{
     probes::{self, LoadOptions, Probes},
     procfs::{self, Proc},
     report::Report,
-    session::Session,
+    session::{self, Session},
     tracker::{Origin, Tracker},
 };
 
@@ -105,6 +105,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
         user_stacks: true,
         layout,
     })?;
+    let (runtime, stop) = session::runtime()?;
     let interval = options.interval;
     let tracker = |root, origin| Tracker::new(Proc, root, origin, interval, monotonic_ns());
     let mut session = match (attach_to, launched) {
@@ -140,10 +141,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
         );
     }
 
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(session.run(events, options.duration, None))?;
+    runtime.block_on(session.run(events, stop, options.duration, None))?;
     let ended = launched_command(&options.target)
         .then(|| reap(&session.tracker))
         .flatten();

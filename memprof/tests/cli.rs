@@ -81,3 +81,30 @@ fn memprof_exits_with_the_commands_status() {
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("reserved"));
 }
+
+/// SIGHUP (the terminal closed, or a service manager's stop) ends tracing with the report,
+/// as SIGINT and SIGTERM do.
+#[test]
+fn sighup_ends_tracing_with_the_report() {
+    let json = scratch("sighup").join("report.json");
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let mut child = memprof()
+        .args(["run", "--pid", &sleeper.id().to_string(), "--json"])
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (pid, _stderr) = wait_until_tracing(&mut child);
+    assert_eq!(pid, sleeper.id());
+    signal(&child, libc::SIGHUP);
+    let out = child.wait_with_output().unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(out.status.success(), "{}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reserved"));
+    assert_eq!(read_json(&json)["processes"][0]["pid"], pid);
+}

@@ -36,7 +36,7 @@ enum Command {
     /// Trace a running process (--pid) or launch a command and trace it from its first
     /// instruction; print a report when tracing ends.
     #[command(
-        after_help = "Tracing ends on Ctrl-C, SIGTERM, --duration, or when the traced process \
+        after_help = "Tracing ends on Ctrl-C, SIGTERM, SIGHUP, --duration, or when the traced process \
         (in launch mode: the command and all its descendants) has exited.\n\nExit status: \
         in launch mode the command's, after the report (128 + N when signal N killed it; 0 \
         when it still runs); memprof's own errors have their own codes (1 to 8, listed in the \

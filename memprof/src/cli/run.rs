@@ -12,7 +12,8 @@ use super::{
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// Trace this running process (all its threads, and processes it forks from now on).
-    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
+    #[arg(short, long, value_name = "PID", conflicts_with = "command",
+          value_parser = args::positive::<u32>)]
     pid: Option<u32>,
 
     /// Trace every process on the host (but memprof), including those that start during the
@@ -23,14 +24,14 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     filter: FilterArgs,
 
-    /// Stop tracing after this long.
+    /// Stop tracing after this long (at most 8760h, a year).
     #[arg(short, long, value_name = "DURATION", value_parser = args::duration)]
     duration: Option<Duration>,
 
-    /// How often the timeline samples reserved, committed and resident (events are timed to
-    /// the kernel's clock tick, 1 to 10 ms).
+    /// How often the timeline samples reserved, committed and resident, from 1ms to 1h
+    /// (events are timed to the kernel's clock tick, 1 to 10 ms).
     #[arg(short, long, value_name = "DURATION", default_value = "100ms",
-          value_parser = args::period)]
+          value_parser = args::interval)]
     interval: Duration,
 
     /// Also write the report as JSON to this file.
@@ -59,8 +60,8 @@ pub(crate) struct RunArgs {
 
     /// With --fault-stacks, record the stack of one fault in N (figures scaled by N and
     /// labelled as estimates).
-    #[arg(long, value_name = "N", default_value_t = 1, requires = "fault_stacks",
-          value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value = "1", requires = "fault_stacks",
+          value_parser = args::positive::<u32>)]
     fault_sample: u32,
 
     /// Slots of the kernel's cache of the stacks it sent, so that each crosses to memprof

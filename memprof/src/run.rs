@@ -1,7 +1,7 @@
 //! `memprof run`: check, load, attach or launch, trace, report. The command line hands it a
 //! [`RunOptions`] in plain types.
 use std::{
-    os::unix::process::ExitStatusExt as _, path::PathBuf, process::ExitStatus, time::Duration,
+    io, os::unix::process::ExitStatusExt as _, path::PathBuf, process::ExitStatus, time::Duration,
 };
 
 use anyhow::Context as _;
@@ -36,6 +36,14 @@ pub enum Target {
     All(FilterSpec),
 }
 
+/// Where the JSON report goes.
+#[derive(Clone, Debug)]
+pub enum JsonTo {
+    /// Stdout, alone: the text report goes to stderr instead.
+    Stdout,
+    File(PathBuf),
+}
+
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub target: Target,
@@ -44,7 +52,7 @@ pub struct RunOptions {
     /// How often the timeline samples reserved, committed and resident.
     pub interval: Duration,
     /// Also write the report as JSON here.
-    pub json: Option<PathBuf>,
+    pub json: Option<JsonTo>,
     /// Regions listed per process in the terminal report.
     pub regions: usize,
     /// Write flame graphs, folded stacks, pprof, the timeline and the JSON here.
@@ -152,9 +160,14 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
     } else {
         usize::MAX
     };
-    let printed = export::write_stdout(&report.render(options.regions, detailed));
+    let text = report.render(options.regions, detailed);
     let json = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &options.json {
+    let printed = match &options.json {
+        Some(JsonTo::Stdout) => export::print(io::stderr().lock(), &text)
+            .and_then(|()| export::print(io::stdout().lock(), &format!("{json}\n"))),
+        _ => export::print(io::stdout().lock(), &text),
+    };
+    if let Some(JsonTo::File(path)) = &options.json {
         export::write_file(path, json.as_bytes())?;
     }
     if let Some(dir) = &options.output {

@@ -108,3 +108,25 @@ fn sighup_ends_tracing_with_the_report() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("reserved"));
     assert_eq!(read_json(&json)["processes"][0]["pid"], pid);
 }
+
+/// `--json -` writes the JSON report to stdout alone, for `| jq`; the text report goes to
+/// stderr, and no file named `-` is made.
+#[test]
+fn json_dash_is_stdout() {
+    let dir = scratch("json-stdout");
+    let out = run_ok(
+        memprof()
+            .current_dir(&dir)
+            .args(["run", "--json", "-", "--", "true"]),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert!(report["processes"][0]["pid"].is_u64(), "{report}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reserved"), "{stderr}");
+    assert!(!dir.join("-").exists());
+}

@@ -2,7 +2,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, CommandFactory as _};
-use memprof::run::{RunOptions, Target};
+use memprof::run::{JsonTo, RunOptions, Target};
 
 use super::{
     Cli,
@@ -34,7 +34,8 @@ pub(crate) struct RunArgs {
           value_parser = args::interval)]
     interval: Duration,
 
-    /// Also write the report as JSON to this file.
+    /// Also write the report as JSON to this file; `-` writes it to stdout, alone (the
+    /// text report then goes to stderr; the command's own output still goes to stdout).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
 
@@ -97,7 +98,10 @@ impl RunArgs {
             target,
             duration: self.duration,
             interval: self.interval,
-            json: self.json,
+            json: self.json.map(|path| match path.to_str() {
+                Some("-") => JsonTo::Stdout,
+                _ => JsonTo::File(path),
+            }),
             regions: self.regions,
             output: self.output,
             kernel_stacks: self.kernel_stacks,

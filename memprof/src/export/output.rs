@@ -2,7 +2,7 @@
 //! stdout.
 use std::{
     fs,
-    io::{self, Write as _},
+    io::{self, Write},
     path::Path,
 };
 
@@ -18,10 +18,9 @@ pub fn write_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes `text` to stdout. A reader that went away (`memprof run … | head -1`) is no
-/// error, as for other tools: the files still get written.
-pub fn write_stdout(text: &str) -> io::Result<()> {
-    let mut out = io::stdout().lock();
+/// Writes `text` to stdout or stderr. A reader that went away (`memprof run … | head -1`)
+/// is no error, as for other tools: the files still get written.
+pub fn print(mut out: impl Write, text: &str) -> io::Result<()> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other,

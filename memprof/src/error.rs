@@ -44,7 +44,7 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit_code(&self) -> u8 {
         match self {
             Self::NoSuchProcess(_) | Self::CannotTrace { .. } => 3,
             Self::InsufficientPrivileges(_) => 4,

@@ -80,6 +80,11 @@ impl Launched {
             // SAFETY: in the child, before exec: the same async-signal-safe calls.
             0 => unsafe {
                 libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                // Rust's runtime ignores SIGPIPE in memprof, and an ignored signal stays
+                // ignored across exec: the command would see EPIPE where it expects to die
+                // quietly (`yes | head -1` printing "Broken pipe"). The only disposition
+                // memprof changes before it forks (tokio installs its handlers later).
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
                 // The child's copy of the write end would keep the pipe open: memprof failing
                 // before `start` would leave it waiting forever instead of reading EOF.
                 libc::close(go.as_raw_fd());

@@ -6,15 +6,19 @@
 
 mod cli;
 
+use std::process::ExitCode;
+
 use clap::Parser as _;
 use memprof::error::Error;
 
-fn main() {
+fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     cli.init_logging();
-    if let Err(err) = cli.run() {
-        eprintln!("memprof: error: {err:#}");
-        let code = err.downcast_ref::<Error>().map_or(1, Error::exit_code);
-        std::process::exit(code);
+    match cli.run() {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("memprof: error: {err:#}");
+            ExitCode::from(err.downcast_ref::<Error>().map_or(1, Error::exit_code))
+        }
     }
 }

@@ -1,7 +1,10 @@
 //! `memprof run`: check, load, attach or launch, trace, report. The command line hands it a
 //! [`RunOptions`] in plain types.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    io, os::unix::process::ExitStatusExt as _, path::PathBuf, process::ExitStatus, time::Duration,
+};
 
+use anyhow::Context as _;
 use memprof_common::Filter;
 
 use crate::{
@@ -13,7 +16,7 @@ use crate::{
     probes::{self, LoadOptions, Probes},
     procfs::{self, Proc},
     report::Report,
-    session::Session,
+    session::{self, Session},
     tracker::{Origin, Tracker},
 };
 
@@ -33,6 +36,14 @@ pub enum Target {
     All(FilterSpec),
 }
 
+/// Where the JSON report goes.
+#[derive(Clone, Debug)]
+pub enum JsonTo {
+    /// Stdout, alone: the text report goes to stderr instead.
+    Stdout,
+    File(PathBuf),
+}
+
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub target: Target,
@@ -41,7 +52,7 @@ pub struct RunOptions {
     /// How often the timeline samples reserved, committed and resident.
     pub interval: Duration,
     /// Also write the report as JSON here.
-    pub json: Option<PathBuf>,
+    pub json: Option<JsonTo>,
     /// Regions listed per process in the terminal report.
     pub regions: usize,
     /// Write flame graphs, folded stacks, pprof, the timeline and the JSON here.
@@ -73,7 +84,9 @@ fn process_of(pid: u32) -> Result<u32, Error> {
     }
 }
 
-pub fn run(options: RunOptions) -> anyhow::Result<()> {
+/// Traces and reports; returns how the launched command ended when it did while traced,
+/// for memprof to exit with its status as strace and time do.
+pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
     // Everything that can be refused without loading anything is checked first.
     let (attach_to, filter, program) = match &options.target {
         Target::Pid(pid) => (Some(process_of(*pid)?), None, None),
@@ -100,6 +113,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         user_stacks: true,
         layout,
     })?;
+    let (runtime, stop) = session::runtime()?;
     let interval = options.interval;
     let tracker = |root, origin| Tracker::new(Proc, root, origin, interval, monotonic_ns());
     let mut session = match (attach_to, launched) {
@@ -135,13 +149,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
         );
     }
 
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(session.run(events, options.duration, None))?;
-    if launched_command(&options.target) {
-        reap(&session.tracker);
-    }
+    runtime.block_on(session.run(events, stop, options.duration, None))?;
+    let ended = launched_command(&options.target)
+        .then(|| reap(&session.tracker))
+        .flatten();
 
     let report = Report::new(&session.tracker, fault_sample);
     let detailed = if filter.is_some() {
@@ -149,15 +160,21 @@ pub fn run(options: RunOptions) -> anyhow::Result<()> {
     } else {
         usize::MAX
     };
-    print!("{}", report.render(options.regions, detailed));
+    let text = report.render(options.regions, detailed);
     let json = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &options.json {
+    let printed = match &options.json {
+        Some(JsonTo::Stdout) => export::print(io::stderr().lock(), &text)
+            .and_then(|()| export::print(io::stdout().lock(), &format!("{json}\n"))),
+        _ => export::print(io::stdout().lock(), &text),
+    };
+    if let Some(JsonTo::File(path)) = &options.json {
         export::write_file(path, json.as_bytes())?;
     }
     if let Some(dir) = &options.output {
         export::write_output_dir(dir, &report, &json)?;
     }
-    Ok(())
+    printed.context("writing the report to stdout")?;
+    Ok(ended)
 }
 
 fn launched_command(target: &Target) -> bool {
@@ -165,8 +182,9 @@ fn launched_command(target: &Target) -> bool {
 }
 
 /// Reaps the launched command if it exited, so it does not linger as a zombie, and says how
-/// it ended when that was not a success (its own output may have scrolled away).
-fn reap(tracker: &Tracker) {
+/// it ended when that was not a success (its own output may have scrolled away). None: it
+/// still runs.
+fn reap(tracker: &Tracker) -> Option<ExitStatus> {
     let mut status = 0;
     // Its exit event comes just before it becomes a zombie: wait for that when it exited.
     let exited = tracker
@@ -176,17 +194,19 @@ fn reap(tracker: &Tracker) {
     let flags = if exited { 0 } else { libc::WNOHANG };
     // SAFETY: reaping our own child.
     let reaped = unsafe { libc::waitpid(tracker.root as libc::pid_t, &mut status, flags) };
-    if reaped == tracker.root as libc::pid_t {
-        if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
-            eprintln!(
-                "memprof: the command exited with status {}",
-                libc::WEXITSTATUS(status)
-            );
-        } else if libc::WIFSIGNALED(status) {
-            eprintln!(
-                "memprof: the command was killed by signal {}",
-                libc::WTERMSIG(status)
-            );
-        }
+    if reaped != tracker.root as libc::pid_t {
+        return None;
     }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
+        eprintln!(
+            "memprof: the command exited with status {}",
+            libc::WEXITSTATUS(status)
+        );
+    } else if libc::WIFSIGNALED(status) {
+        eprintln!(
+            "memprof: the command was killed by signal {}",
+            libc::WTERMSIG(status)
+        );
+    }
+    Some(ExitStatus::from_raw(status))
 }

@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    signal::unix::SignalKind,
+    runtime::Runtime,
+    signal::unix::{Signal, SignalKind, signal},
 };
 
 use crate::{
@@ -63,6 +64,36 @@ fn read_keys() -> std::io::Result<Vec<u8>> {
     Ok(buf[..n as usize].to_vec())
 }
 
+/// The signals that end tracing with a report: Ctrl-C, SIGTERM, SIGHUP (its terminal closed).
+pub struct StopSignals([Signal; 3]);
+
+impl StopSignals {
+    async fn recv(&mut self) {
+        let [interrupt, terminate, hangup] = &mut self.0;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            _ = hangup.recv() => {}
+        }
+    }
+}
+
+/// The runtime that runs [`Session::run`], and the signals that end it, listened for from
+/// now on: call it before saying that tracing started, so that a signal sent as soon as
+/// memprof said so ends tracing with a report rather than killing memprof.
+pub fn runtime() -> anyhow::Result<(Runtime, StopSignals)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let _context = runtime.enter();
+    let stop = StopSignals([
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::hangup())?,
+    ]);
+    Ok((runtime, stop))
+}
+
 pub struct Session {
     probes: Probes,
     pub tracker: Tracker,
@@ -94,11 +125,12 @@ impl Session {
         Ok(traced)
     }
 
-    /// Applies events until tracing ends: Ctrl-C, SIGTERM, `duration`, the traced
+    /// Applies events until tracing ends: one of the `stop` signals, `duration`, the traced
     /// processes are gone, or `watch` says so.
     pub async fn run(
         &mut self,
         events: RingBuf<MapData>,
+        mut stop: StopSignals,
         duration: Option<Duration>,
         mut watch: Option<&mut dyn Watch>,
     ) -> anyhow::Result<()> {
@@ -118,8 +150,6 @@ impl Session {
             .map_or(Duration::MAX / 4, |w| w.refresh_every());
         // The first refresh after one period: rates need two readings.
         let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
-        let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
         let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
         tokio::pin!(deadline);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -132,8 +162,7 @@ impl Session {
                     self.drain(guard.get_inner_mut());
                     guard.clear_ready();
                 }
-                _ = interrupt.recv() => break,
-                _ = terminate.recv() => break,
+                () = stop.recv() => break,
                 _ = &mut deadline, if duration.is_some() => break,
                 _ = drain.tick() => {
                     self.drain(events.get_mut());

@@ -78,6 +78,38 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|e| format!("`{text}`: {e}"))
 }
 
+/// A duration from `min` to `max`, both included.
+pub fn parse_duration_within(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if (min..=max).contains(&d) {
+        Ok(d)
+    } else {
+        Err(format!(
+            "`{text}` is out of range: give a duration from {} to {}",
+            duration(min),
+            duration(max)
+        ))
+    }
+}
+
+/// A duration as one would type it, in its largest unit that divides it: `100ms`, `1h`.
+pub fn duration(d: Duration) -> String {
+    const UNITS: [(u128, &str); 6] = [
+        (3_600_000_000_000, "h"),
+        (60_000_000_000, "m"),
+        (1_000_000_000, "s"),
+        (1_000_000, "ms"),
+        (1_000, "us"),
+        (1, "ns"),
+    ];
+    let ns = d.as_nanos();
+    let (per, unit) = UNITS
+        .into_iter()
+        .find(|(per, _)| ns >= *per && ns.is_multiple_of(*per))
+        .unwrap_or((1, "s"));
+    format!("{}{unit}", ns / per)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +160,40 @@ mod tests {
                 .contains("unknown time unit")
         );
         assert!(parse_duration("ms").is_err());
+    }
+
+    #[test]
+    fn durations_out_of_range_name_the_range() {
+        let (min, max) = (Duration::from_millis(1), Duration::from_secs(3600));
+        assert_eq!(
+            parse_duration_within("1ms", min, max),
+            Ok(Duration::from_millis(1))
+        );
+        assert_eq!(parse_duration_within("1h", min, max), Ok(max));
+        for text in ["0", "1us", "2h", "288230376151711744"] {
+            assert_eq!(
+                parse_duration_within(text, min, max),
+                Err(format!(
+                    "`{text}` is out of range: give a duration from 1ms to 1h"
+                ))
+            );
+        }
+        assert!(
+            parse_duration_within("soon", min, max)
+                .unwrap_err()
+                .contains("is not a duration")
+        );
+    }
+
+    #[test]
+    fn durations_print_in_their_largest_whole_unit() {
+        assert_eq!(duration(Duration::ZERO), "0s");
+        assert_eq!(duration(Duration::from_nanos(1)), "1ns");
+        assert_eq!(duration(Duration::from_micros(20)), "20us");
+        assert_eq!(duration(Duration::from_millis(100)), "100ms");
+        assert_eq!(duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(duration(Duration::from_secs(90)), "90s");
+        assert_eq!(duration(Duration::from_secs(300)), "5m");
+        assert_eq!(duration(Duration::from_secs(365 * 86400)), "8760h");
     }
 }

@@ -119,3 +119,40 @@ fn usage_errors_come_from_clap() {
         .unwrap();
     expect_failure(out, 2, "cannot be used with");
 }
+
+/// Every number is checked against its range before anything runs, with the range named: an
+/// interval of 2^58 s overflowed the timeline and exhausted memory.
+#[test]
+fn numbers_out_of_range_are_usage_errors() {
+    for (args, message) in [
+        (
+            &["run", "--interval", "288230376151711744", "--", "true"][..],
+            "give a duration from 1ms to 1h",
+        ),
+        (
+            &["run", "--interval", "1ns", "--", "true"],
+            "from 1ms to 1h",
+        ),
+        (
+            &["run", "--duration", "0", "--", "true"],
+            "from 1ms to 8760h",
+        ),
+        (&["run", "--pid", "0"], "give 1 or more"),
+        (
+            &[
+                "run",
+                "--fault-stacks",
+                "--fault-sample",
+                "4294967296",
+                "--",
+                "true",
+            ],
+            "too large",
+        ),
+        (&["top", "--refresh", "0"], "from 100ms to 1h"),
+        (&["top", "--limit", "0"], "give 1 or more"),
+    ] {
+        let out = memprof().args(args).output().unwrap();
+        expect_failure(out, 2, message);
+    }
+}

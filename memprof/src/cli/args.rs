@@ -1,5 +1,5 @@
 //! What `run` and `top` share: the process filter, and parsers of sizes and durations.
-use std::time::Duration;
+use std::{num::IntErrorKind, time::Duration};
 
 use clap::Args;
 use memprof::{filter::FilterSpec, units};
@@ -33,15 +33,33 @@ impl FilterArgs {
     }
 }
 
+const MILLISECOND: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// `--duration`: up to a year, well within what tokio's timers count (about two years).
 pub(crate) fn duration(s: &str) -> Result<Duration, String> {
-    units::parse_duration(s)
+    units::parse_duration_within(s, MILLISECOND, 8760 * HOUR)
 }
 
-/// A duration that is not zero (a period).
-pub(crate) fn period(s: &str) -> Result<Duration, String> {
-    match units::parse_duration(s)? {
-        Duration::ZERO => Err(format!("`{s}` is zero: give a positive duration")),
-        d => Ok(d),
+/// `run --interval`: every process keeps a timeline sample per interval, and events are
+/// timed to the kernel's clock tick (1 to 10 ms), so a finer one costs memory for nothing.
+pub(crate) fn interval(s: &str) -> Result<Duration, String> {
+    units::parse_duration_within(s, MILLISECOND, HOUR)
+}
+
+/// `top --refresh`: a view redrawn faster than people read.
+pub(crate) fn refresh(s: &str) -> Result<Duration, String> {
+    units::parse_duration_within(s, Duration::from_millis(100), HOUR)
+}
+
+/// A whole number from 1 up, that fits in `T`.
+pub(crate) fn positive<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
+    let too_large = || format!("`{s}` is too large");
+    match s.parse::<u64>() {
+        Ok(0) => Err("give 1 or more".to_string()),
+        Ok(n) => T::try_from(n).map_err(|_| too_large()),
+        Err(e) if *e.kind() == IntErrorKind::PosOverflow => Err(too_large()),
+        Err(_) => Err(format!("`{s}` is not a whole number (1 or more)")),
     }
 }
 

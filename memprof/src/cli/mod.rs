@@ -4,6 +4,8 @@ mod args;
 mod run;
 mod top;
 
+use std::{os::unix::process::ExitStatusExt as _, process::ExitStatus};
+
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -34,8 +36,11 @@ enum Command {
     /// Trace a running process (--pid) or launch a command and trace it from its first
     /// instruction; print a report when tracing ends.
     #[command(
-        after_help = "Tracing ends on Ctrl-C, SIGTERM, --duration, or when the traced process \
-        (in launch mode: the command and all its descendants) has exited.\n\nDurations take \
+        after_help = "Tracing ends on Ctrl-C, SIGTERM, SIGHUP, --duration, or when the traced process \
+        (in launch mode: the command and all its descendants) has exited.\n\nExit status: \
+        in launch mode the command's, after the report (128 + N when signal N killed it; 0 \
+        when it still runs); memprof's own errors have their own codes (1 to 8, listed in the \
+        README).\n\nDurations take \
         a unit (10, 2.5s, 500ms, 5m; a bare number is seconds), sizes a binary suffix (32M, \
         64KiB).\n\nExamples:\n  \
         sudo memprof run --pid 1234 --duration 10\n  \
@@ -69,10 +74,23 @@ impl Cli {
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     }
 
-    pub(crate) fn run(self) -> anyhow::Result<()> {
+    /// Runs the subcommand; returns memprof's exit code.
+    pub(crate) fn run(self) -> anyhow::Result<u8> {
         match self.command {
-            Command::Run(args) => memprof::run::run(args.into_options()),
-            Command::Top(args) => memprof::top::run(args.into_options()),
+            Command::Run(args) => {
+                memprof::run::run(args.into_options()).map(|ended| ended.map_or(0, exit_code))
+            }
+            Command::Top(args) => memprof::top::run(args.into_options()).map(|()| 0),
         }
     }
+}
+
+/// The shell's convention for how a command ended: its exit status, or 128 + the signal
+/// that killed it.
+fn exit_code(status: ExitStatus) -> u8 {
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    // Both fit: an exit status is a byte, and signals stop at 64.
+    code as u8
 }

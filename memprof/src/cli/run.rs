@@ -2,7 +2,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, CommandFactory as _};
-use memprof::run::{RunOptions, Target};
+use memprof::run::{JsonTo, RunOptions, Target};
 
 use super::{
     Cli,
@@ -12,7 +12,8 @@ use super::{
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// Trace this running process (all its threads, and processes it forks from now on).
-    #[arg(short, long, value_name = "PID", conflicts_with = "command")]
+    #[arg(short, long, value_name = "PID", conflicts_with = "command",
+          value_parser = args::positive::<u32>)]
     pid: Option<u32>,
 
     /// Trace every process on the host (but memprof), including those that start during the
@@ -23,17 +24,18 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     filter: FilterArgs,
 
-    /// Stop tracing after this long.
+    /// Stop tracing after this long (at most 8760h, a year).
     #[arg(short, long, value_name = "DURATION", value_parser = args::duration)]
     duration: Option<Duration>,
 
-    /// How often the timeline samples reserved, committed and resident (events are timed to
-    /// the kernel's clock tick, 1 to 10 ms).
+    /// How often the timeline samples reserved, committed and resident, from 1ms to 1h
+    /// (events are timed to the kernel's clock tick, 1 to 10 ms).
     #[arg(short, long, value_name = "DURATION", default_value = "100ms",
-          value_parser = args::period)]
+          value_parser = args::interval)]
     interval: Duration,
 
-    /// Also write the report as JSON to this file.
+    /// Also write the report as JSON to this file; `-` writes it to stdout, alone (the
+    /// text report then goes to stderr; the command's own output still goes to stdout).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
 
@@ -59,8 +61,8 @@ pub(crate) struct RunArgs {
 
     /// With --fault-stacks, record the stack of one fault in N (figures scaled by N and
     /// labelled as estimates).
-    #[arg(long, value_name = "N", default_value_t = 1, requires = "fault_stacks",
-          value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value = "1", requires = "fault_stacks",
+          value_parser = args::positive::<u32>)]
     fault_sample: u32,
 
     /// Slots of the kernel's cache of the stacks it sent, so that each crosses to memprof
@@ -96,7 +98,10 @@ impl RunArgs {
             target,
             duration: self.duration,
             interval: self.interval,
-            json: self.json,
+            json: self.json.map(|path| match path.to_str() {
+                Some("-") => JsonTo::Stdout,
+                _ => JsonTo::File(path),
+            }),
             regions: self.regions,
             output: self.output,
             kernel_stacks: self.kernel_stacks,

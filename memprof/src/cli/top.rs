@@ -37,8 +37,8 @@ pub(crate) struct TopArgs {
     #[arg(short, long, value_enum, default_value_t = Sort::Reserved)]
     sort: Sort,
 
-    /// Time between refreshes.
-    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = args::period)]
+    /// Time between refreshes, from 100ms to 1h.
+    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = args::refresh)]
     refresh: Duration,
 
     /// Print plain text every refresh instead of the interactive view (the default when
@@ -47,10 +47,11 @@ pub(crate) struct TopArgs {
     batch: bool,
 
     /// Processes printed per refresh with --batch.
-    #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+    #[arg(short = 'n', long, value_name = "N", default_value = "20",
+          value_parser = args::positive::<usize>)]
     limit: usize,
 
-    /// Stop after this long.
+    /// Stop after this long (at most 8760h, a year).
     #[arg(short, long, value_name = "DURATION", value_parser = args::duration)]
     duration: Option<Duration>,
 

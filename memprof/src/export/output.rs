@@ -1,5 +1,10 @@
-//! The `--output` directory: every format of one trace, side by side.
-use std::{fs, path::Path};
+//! The `--output` directory: every format of one trace, side by side; and the report on
+//! stdout.
+use std::{
+    fs,
+    io::{self, Write},
+    path::Path,
+};
 
 use anyhow::Context as _;
 
@@ -11,6 +16,15 @@ pub fn write_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("memprof: wrote {}", path.display());
     Ok(())
+}
+
+/// Writes `text` to stdout or stderr. A reader that went away (`memprof run … | head -1`)
+/// is no error, as for other tools: the files still get written.
+pub fn print(mut out: impl Write, text: &str) -> io::Result<()> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// Flame graphs, folded stacks, a pprof profile and the JSON report, in `dir`.

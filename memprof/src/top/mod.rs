@@ -12,7 +12,7 @@ use crate::{
     filter::{FilterSpec, ProcessFilter},
     probes::{self, LoadOptions, Probes},
     procfs::Proc,
-    session::{Flow, Session, Watch},
+    session::{self, Flow, Session, Watch},
     tracker::{Origin, Tracker},
 };
 use terminal::Terminal;
@@ -149,6 +149,7 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
     })?;
     let tracker = Tracker::new(Proc, 0, Origin::All, NO_TIMELINE, monotonic_ns());
     let mut session = Session::new(probes, tracker);
+    let (runtime, stop) = session::runtime()?;
     let running = session.trace_running(&filter)?;
     eprintln!(
         "memprof: tracing {} ({running} running now); {}",
@@ -180,10 +181,7 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
         terminal,
         limit: args.limit,
     };
-    let result = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(session.run(events, args.duration, Some(&mut top)));
+    let result = runtime.block_on(session.run(events, stop, args.duration, Some(&mut top)));
     // Leave the alternate screen before anything more is printed.
     drop(top);
     result?;

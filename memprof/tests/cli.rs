@@ -1,0 +1,132 @@
+//! memprof behaves like its peers (strace, time, perf) on the command line: the command it
+//! launches runs as it would without it.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test crate sees every dependency of the package"
+)]
+mod support;
+
+use std::process::Stdio;
+
+use support::*;
+
+/// The command starts with SIGPIPE at its default although memprof (a Rust program) ignores
+/// it: `yes` dies quietly when `head` exits instead of printing "Broken pipe".
+#[test]
+fn the_command_starts_with_default_signal_dispositions() {
+    let out = run_ok(memprof().args(["run", "--", "sh", "-c", "yes | head -1"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+
+    let out = run_ok(memprof().args(["run", "--", "grep", "^SigIgn", "/proc/self/status"]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ignored = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .unwrap_or_else(|| panic!("grep printed no SigIgn: {stdout}"));
+    let ignored = u64::from_str_radix(ignored.trim(), 16).unwrap();
+    assert_eq!(ignored & 1 << (libc::SIGPIPE - 1), 0, "SigIgn {ignored:#x}");
+}
+
+/// A reader that went away (`memprof run … | true`) is no error: no panic, every file is
+/// written, and memprof exits as it would have.
+#[test]
+fn a_closed_stdout_still_gets_every_file() {
+    let dir = scratch("closed-stdout");
+    let (json, output) = (dir.join("report.json"), dir.join("out"));
+    let mut child = memprof()
+        .args(["run", "--json"])
+        .arg(&json)
+        .arg("--output")
+        .arg(&output)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    read_json(&json);
+    read_json(&output.join("report.json"));
+    assert!(output.join("profile.pb.gz").exists());
+}
+
+/// After the report, memprof exits with the command's status, as strace and time do: 128 + N
+/// for a command killed by signal N.
+#[test]
+fn memprof_exits_with_the_commands_status() {
+    let json = scratch("status").join("report.json");
+    let out = memprof()
+        .args(["run", "--json"])
+        .arg(&json)
+        .args(["--", "sh", "-c", "exit 3"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("exited with status 3"), "{stderr}");
+    read_json(&json);
+
+    let out = memprof()
+        .args(["run", "--", "sh", "-c", "kill -TERM $$"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reserved"));
+}
+
+/// SIGHUP (the terminal closed, or a service manager's stop) ends tracing with the report,
+/// as SIGINT and SIGTERM do.
+#[test]
+fn sighup_ends_tracing_with_the_report() {
+    let json = scratch("sighup").join("report.json");
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let mut child = memprof()
+        .args(["run", "--pid", &sleeper.id().to_string(), "--json"])
+        .arg(&json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (pid, _stderr) = wait_until_tracing(&mut child);
+    assert_eq!(pid, sleeper.id());
+    signal(&child, libc::SIGHUP);
+    let out = child.wait_with_output().unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(out.status.success(), "{}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reserved"));
+    assert_eq!(read_json(&json)["processes"][0]["pid"], pid);
+}
+
+/// `--json -` writes the JSON report to stdout alone, for `| jq`; the text report goes to
+/// stderr, and no file named `-` is made.
+#[test]
+fn json_dash_is_stdout() {
+    let dir = scratch("json-stdout");
+    let out = run_ok(
+        memprof()
+            .current_dir(&dir)
+            .args(["run", "--json", "-", "--", "true"]),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert!(report["processes"][0]["pid"].is_u64(), "{report}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reserved"), "{stderr}");
+    assert!(!dir.join("-").exists());
+}

@@ -411,6 +411,10 @@ impl Process {
     }
 
     pub fn traced_ns(&self) -> u64 {
-        self.ended_ns.unwrap_or(self.started_ns) - self.started_ns
+        // Events are stamped to the kernel's tick, its start when memprof saw it: an exit
+        // can carry a stamp a tick before that start.
+        self.ended_ns
+            .unwrap_or(self.started_ns)
+            .saturating_sub(self.started_ns)
     }
 }

@@ -612,3 +612,35 @@ int main(int argc, char **argv) {
         "regions {regions} vs VmRSS {kernel}"
     );
 }
+
+/// Events lost to a ring buffer too small for a storm are named in every output that shows
+/// figures they may have left short: the report and its JSON, the flame graphs' subtitles,
+/// the timeline's title and the pprof profile's comments.
+#[test]
+fn lost_events_are_named_in_every_output() {
+    let dir = scratch("lost");
+    let out = dir.join("out");
+    let run = run_ok(
+        memprof()
+            .args(["run", "--ring-buffer-size", "4K", "--output"])
+            .arg(&out)
+            .args(["--", WORKLOAD, "--storm", "mixed", "--scale", "0.25"]),
+    );
+    let report = read_json(&out.join("report.json"));
+    let lost = report["lost_events"].as_u64().unwrap();
+    assert!(lost > 0, "a 4 KiB ring lost nothing");
+    let line = format!("lost events: {lost},");
+    assert!(String::from_utf8_lossy(&run.stdout).contains(&format!("lost events: {lost}")));
+    for svg in ["reserved.svg", "resident.svg", "timeline.svg"] {
+        let text = fs::read_to_string(out.join(svg)).unwrap();
+        assert!(text.contains(&line), "{svg} does not say {line}");
+    }
+    let mut profile = Vec::new();
+    flate2::read::GzDecoder::new(fs::File::open(out.join("profile.pb.gz")).unwrap())
+        .read_to_end(&mut profile)
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&profile).contains(&line),
+        "profile.pb.gz does not say {line}"
+    );
+}

@@ -38,16 +38,23 @@ fn empty_svg(title: &str) -> String {
 }
 
 /// Renders folded stacks (see [`folded`]) as an SVG flame graph with inferno's memory
-/// palette. `count_name` names the unit of the counts ("bytes", "faults"). Colours are
-/// deterministic (a function keeps its colour across runs). Frames narrower than 0.1% of
-/// the total are left out. Input without any count gives a small SVG saying "no samples".
-pub fn flamegraph_svg(folded: &str, title: &str, count_name: &str) -> anyhow::Result<String> {
+/// palette, `subtitle` under the title. `count_name` names the unit of the counts ("bytes",
+/// "faults"). Colours are deterministic (a function keeps its colour across runs). Frames
+/// narrower than 0.1% of the total are left out. Input without any count gives a small SVG
+/// saying "no samples".
+pub fn flamegraph_svg(
+    folded: &str,
+    title: &str,
+    subtitle: &str,
+    count_name: &str,
+) -> anyhow::Result<String> {
     if !has_counts(folded) {
         return Ok(empty_svg(title));
     }
     let mut options = flamegraph::Options::default();
     options.colors = Palette::Basic(BasicPalette::Mem);
     options.title = title.to_string();
+    options.subtitle = Some(subtitle.to_string());
     options.count_name = count_name.to_string();
     options.deterministic = true;
     options.min_width = 0.1;
@@ -85,7 +92,7 @@ memprof-workload (1234);_start;main;tiny 100
     #[test]
     fn flamegraph_snapshot() {
         let title = "memprof: reserved & mapped";
-        let svg = flamegraph_svg(FOLDED, title, "bytes").unwrap();
+        let svg = flamegraph_svg(FOLDED, title, "lost events: 0", "bytes").unwrap();
         assert_svg(&svg, "memprof: reserved &amp; mapped");
         for name in [
             "runtime.sysReserve",
@@ -99,22 +106,25 @@ memprof-workload (1234);_start;main;tiny 100
         assert!(!svg.contains(">tiny"));
         assert_snapshot("export_flamegraph.svg", &svg);
         // Same input, same bytes: colours are deterministic.
-        assert_eq!(svg, flamegraph_svg(FOLDED, title, "bytes").unwrap());
+        assert_eq!(
+            svg,
+            flamegraph_svg(FOLDED, title, "lost events: 0", "bytes").unwrap()
+        );
     }
 
     #[test]
     fn flamegraph_of_nothing_is_a_valid_svg() {
-        let svg = flamegraph_svg("", "memprof: <none>", "bytes").unwrap();
+        let svg = flamegraph_svg("", "memprof: <none>", "", "bytes").unwrap();
         assert_svg(&svg, "memprof: &lt;none&gt;");
         assert!(svg.contains("no samples"));
         assert_snapshot("export_flamegraph_empty.svg", &svg);
         assert_eq!(
-            flamegraph_svg("a;b 0\n\n", "memprof: <none>", "bytes").unwrap(),
+            flamegraph_svg("a;b 0\n\n", "memprof: <none>", "", "bytes").unwrap(),
             svg
         );
         let folded = folded(&[site(&[], Some("p"), 0)], Metric::Faults);
         assert_eq!(
-            flamegraph_svg(&folded, "t", "faults").unwrap(),
+            flamegraph_svg(&folded, "t", "", "faults").unwrap(),
             empty_svg("t")
         );
     }

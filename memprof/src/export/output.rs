@@ -61,6 +61,11 @@ pub fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Resu
         [p] => format!("{} (pid {})", p.command, p.pid),
         all => format!("{} processes", all.len()),
     };
+    // In every picture and profile: what memprof missed, which the figures may be short by.
+    let lost = format!(
+        "lost events: {}, lost stacks: {}, stacks over budget: {}",
+        report.lost_events, report.lost_stacks, report.stacks_over_budget
+    );
     let mut metrics = vec![Metric::Reserved, Metric::Resident];
     if report.fault_sample > 0 {
         metrics.push(Metric::Faults);
@@ -71,7 +76,7 @@ pub fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Resu
         write_file(&dir.join(format!("{name}.folded")), folded.as_bytes())?;
         if metric != Metric::Faults {
             let title = format!("{name} bytes: {who}");
-            let svg = flamegraph_svg(&folded, &title, "bytes")?;
+            let svg = flamegraph_svg(&folded, &title, &lost, "bytes")?;
             write_file(&dir.join(format!("{name}.svg")), svg.as_bytes())?;
         }
     }
@@ -79,13 +84,7 @@ pub fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Resu
         metrics,
         time_nanos: i64::try_from(report.started_unix_ns).unwrap_or(0),
         duration_nanos: (report.duration_secs * 1e9) as i64,
-        comments: vec![
-            format!("memprof: {who}"),
-            format!(
-                "lost events: {}, lost stacks: {}, stacks over budget: {}",
-                report.lost_events, report.lost_stacks, report.stacks_over_budget
-            ),
-        ],
+        comments: vec![format!("memprof: {who}"), lost.clone()],
         drop_frames: stacks::plumbing_pattern(),
     };
     write_file(&dir.join("profile.pb.gz"), &pprof(&samples, &info))?;
@@ -105,7 +104,7 @@ pub fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Resu
             samples: &p.timeline,
         })
         .collect();
-    let svg = timeline_svg(&format!("memory over time: {who}"), &series);
+    let svg = timeline_svg(&format!("memory over time: {who} ({lost})"), &series);
     write_file(&dir.join("timeline.svg"), svg.as_bytes())?;
     write_file(&dir.join("report.json"), json.as_bytes())
 }

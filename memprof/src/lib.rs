@@ -7,6 +7,16 @@
 //! the [`export`]s are built from the tracker. [`run`] and [`top`] are what the commands run;
 //! the command line itself is the binary's (main.rs and cli/), and the library never sees it.
 
+/// A line on stderr for the person running memprof, as `eprintln!`, but quiet when nobody
+/// reads stderr any more (`memprof … 2>&1 | head -1`): a closed pipe ends no run.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use note;
+
 // The machine.
 /// Sizes and durations, parsed from options and printed in reports.
 pub mod units;

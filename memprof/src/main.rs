@@ -6,7 +6,7 @@
 
 mod cli;
 
-use std::process::ExitCode;
+use std::{io::Write as _, process::ExitCode};
 
 use clap::Parser as _;
 use memprof::error::Error;
@@ -17,7 +17,8 @@ fn main() -> ExitCode {
     match cli.run() {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("memprof: error: {err:#}");
+            // Not eprintln!, which panics when nobody reads stderr any more.
+            let _ = writeln!(std::io::stderr(), "memprof: error: {err:#}");
             ExitCode::from(err.downcast_ref::<Error>().map_or(1, Error::exit_code))
         }
     }

@@ -62,7 +62,7 @@ const SYSCALL_EXIT: &str = "mp_syscall_exit";
 pub fn check_machine() -> anyhow::Result<KernelLayout> {
     check_privileges()?;
     if ensure_tracefs()? {
-        eprintln!("memprof: mounted tracefs at {TRACEFS}");
+        crate::note!("memprof: mounted tracefs at {TRACEFS}");
     }
     check_tracepoints(Path::new(TRACEFS))?;
     Ok(kernel_layout()?)

@@ -120,7 +120,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
         _ if let Some(filter) = &filter => {
             let mut session = Session::new(probes, tracker(0, Origin::All));
             let running = session.trace_running(filter)?;
-            eprintln!(
+            crate::note!(
                 "memprof: tracing {} ({running} running now); Ctrl-C to stop and report",
                 filter.describe()
             );
@@ -143,7 +143,7 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
         (None, None) => unreachable!("a target is a pid, a command or --all"),
     };
     if filter.is_none() {
-        eprintln!(
+        crate::note!(
             "memprof: tracing pid {}; Ctrl-C to stop and report",
             session.tracker.root
         );
@@ -198,12 +198,12 @@ fn reap(tracker: &Tracker) -> Option<ExitStatus> {
         return None;
     }
     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
-        eprintln!(
+        crate::note!(
             "memprof: the command exited with status {}",
             libc::WEXITSTATUS(status)
         );
     } else if libc::WIFSIGNALED(status) {
-        eprintln!(
+        crate::note!(
             "memprof: the command was killed by signal {}",
             libc::WTERMSIG(status)
         );

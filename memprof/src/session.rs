@@ -206,7 +206,7 @@ impl Session {
             Ok(runs) => runs
                 .into_iter()
                 .for_each(|run| self.tracker.apply(Event::Fault(run))),
-            Err(e) => eprintln!(
+            Err(e) => crate::note!(
                 "memprof: warning: the last faults (up to {} pages per CPU) are missing: \
                  reading them from the kernel failed: {e}",
                 memprof_common::FAULT_RUN_PAGES

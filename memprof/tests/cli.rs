@@ -55,6 +55,27 @@ fn a_closed_stdout_still_gets_every_file() {
     assert!(output.join("profile.pb.gz").exists());
 }
 
+/// Nobody reading stderr either (`memprof run … 2>&1 | true`): still no panic, every file.
+#[test]
+fn closed_stdout_and_stderr_still_get_every_file() {
+    let dir = scratch("closed-stderr");
+    let json = dir.join("report.json");
+    let mut child = memprof()
+        .args(["run", "--json"])
+        .arg(&json)
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    read_json(&json);
+}
+
 /// After the report, memprof exits with the command's status, as strace and time do: 128 + N
 /// for a command killed by signal N.
 #[test]

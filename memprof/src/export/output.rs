@@ -14,7 +14,7 @@ use crate::report::{ProcessReport, Report, stacks};
 /// Writes `contents` to `path` and says so on stderr.
 pub fn write_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("memprof: wrote {}", path.display());
+    crate::note!("memprof: wrote {}", path.display());
     Ok(())
 }
 

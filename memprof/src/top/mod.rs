@@ -151,7 +151,7 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
     let mut session = Session::new(probes, tracker);
     let (runtime, stop) = session::runtime()?;
     let running = session.trace_running(&filter)?;
-    eprintln!(
+    crate::note!(
         "memprof: tracing {} ({running} running now); {}",
         filter.describe(),
         if interactive {
@@ -185,6 +185,6 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
     // Leave the alternate screen before anything more is printed.
     drop(top);
     result?;
-    eprintln!("memprof: lost events: {}", session.tracker.lost_events);
+    crate::note!("memprof: lost events: {}", session.tracker.lost_events);
     Ok(())
 }

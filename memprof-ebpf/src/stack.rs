@@ -220,42 +220,43 @@ struct FrameWalk {
 /// This starts the walk in this CPU's stack scratch: `Some(true)` when [`frame_step`] is to
 /// go on, `None` when the scratch maps could not be had.
 fn start_frame_walk(regs: UserRegs, leaf_returns: bool) -> Option<bool> {
-    with_scratch(&MP_STACK_SCRATCH, |stack| {
-        with_scratch(&MP_STACK_WINDOW, |window| {
-            with_scratch(&MP_FRAME_WALK, |walk| {
-                stack.ips[0] = regs.ip;
-                stack.frames = 1;
-                *walk = FrameWalk {
-                    fp: regs.bp,
-                    base: 0,
-                    len: 0,
-                };
-                if leaf_returns {
-                    if !read_user(window, regs.sp, WINDOW_WORDS) {
-                        return false;
-                    }
-                    (walk.base, walk.len) = (regs.sp, 8 * WINDOW_WORDS as u64);
-                    stack.ips[1] = window[0];
-                    stack.frames = 2;
-                }
-                true
-            })
-        })
+    with_walk(|stack, window, walk| {
+        stack.ips[0] = regs.ip;
+        stack.frames = 1;
+        *walk = FrameWalk {
+            fp: regs.bp,
+            base: 0,
+            len: 0,
+        };
+        if leaf_returns {
+            if !read_user(window, regs.sp, WINDOW_WORDS) {
+                return false;
+            }
+            (walk.base, walk.len) = (regs.sp, 8 * WINDOW_WORDS as u64);
+            stack.ips[1] = window[0];
+            stack.frames = 2;
+        }
+        true
     })
-    .flatten()
-    .flatten()
 }
 
 /// One frame of the walk (see [`start_frame_walk`]); 1 (stop) when the walk ends.
 extern "C" fn frame_step(_index: u64, _context: *mut u8) -> i64 {
+    with_walk(step_frame).unwrap_or(1)
+}
+
+/// Lends this CPU's stack scratch, stack window and walk state to `f`.
+#[inline(always)]
+fn with_walk<R>(
+    f: impl FnOnce(&mut StackEvent, &mut [u64; WINDOW_WORDS], &mut FrameWalk) -> R,
+) -> Option<R> {
     with_scratch(&MP_STACK_SCRATCH, |stack| {
         with_scratch(&MP_STACK_WINDOW, |window| {
-            with_scratch(&MP_FRAME_WALK, |walk| step_frame(stack, window, walk))
+            with_scratch(&MP_FRAME_WALK, |walk| f(stack, window, walk))
         })
     })
     .flatten()
     .flatten()
-    .unwrap_or(1)
 }
 
 fn step_frame(

@@ -140,6 +140,30 @@ pub struct Region {
 }
 
 impl Region {
+    /// A mapping made while traced: no path known yet, nothing of it resident.
+    fn made(start: u64, end: u64, prot: u32, shared: bool, kind: RegionKind, site: SiteId) -> Self {
+        Self {
+            start,
+            end,
+            prot,
+            shared,
+            kind,
+            path: None,
+            growsdown: false,
+            seeded_resident: 0,
+            anon: false,
+            huge: false,
+            offset: 0,
+            site,
+        }
+    }
+
+    /// Whether the kernel faults its pages in with a write when it populates it
+    /// (MAP_POPULATE, mlock): where it is private and writable, to break copy-on-write.
+    fn populated_with_write(&self) -> bool {
+        self.prot & PROT_WRITE != 0 && !self.shared
+    }
+
     pub fn size(&self) -> u64 {
         self.end - self.start
     }
@@ -507,23 +531,14 @@ impl AddressSpace {
             (false, _) => RegionKind::File,
         };
         let prot = (prot & PROT_MASK) as u32;
+        let shared = flags & MAP_SHARED != 0;
         self.assign(Region {
-            start: addr,
-            end,
-            prot,
-            shared: flags & MAP_SHARED != 0,
-            kind,
-            path: None,
             growsdown: flags & MAP_GROWSDOWN != 0,
-            seeded_resident: 0,
-            anon: false,
-            huge: false,
             offset,
-            site,
+            ..Region::made(addr, end, prot, shared, kind, site)
         });
         if flags & (MAP_POPULATE | MAP_LOCKED) != 0 || self.lock_future {
-            // Population writes only where a write is allowed (and breaks COW).
-            self.populate(addr, end, prot & PROT_WRITE != 0);
+            self.populate(addr, end, Region::populated_with_write);
         }
     }
 
@@ -536,20 +551,15 @@ impl AddressSpace {
         if shmflg & SHM_EXEC != 0 {
             prot |= PROT_EXEC;
         }
-        self.assign(Region {
-            start: addr,
-            end: addr.saturating_add(align_up(len, PAGE_SIZE)),
+        let end = addr.saturating_add(align_up(len, PAGE_SIZE));
+        self.assign(Region::made(
+            addr,
+            end,
             prot,
-            shared: true,
-            kind: RegionKind::SysvShm,
-            path: None,
-            growsdown: false,
-            seeded_resident: 0,
-            anon: false,
-            huge: false,
-            offset: 0,
+            true,
+            RegionKind::SysvShm,
             site,
-        });
+        ));
     }
 
     /// Detaches the segment attached at `addr`: as the kernel does, every piece of it from
@@ -569,7 +579,7 @@ impl AddressSpace {
     /// in, with a write where the mapping is private and writable (to break copy-on-write).
     pub fn mlock(&mut self, addr: u64, len: u64, flags: u64) {
         if flags & MLOCK_ONFAULT == 0 {
-            self.populate_locked(addr, page_end(addr, len));
+            self.populate(addr, page_end(addr, len), Region::populated_with_write);
         }
     }
 
@@ -577,7 +587,7 @@ impl AddressSpace {
     /// every one made from now on.
     pub fn mlockall(&mut self, flags: u64) {
         if flags & MCL_CURRENT != 0 && flags & MCL_ONFAULT == 0 {
-            self.populate_locked(0, u64::MAX);
+            self.populate(0, u64::MAX, Region::populated_with_write);
         }
         self.lock_future = flags & MCL_FUTURE != 0 && flags & MCL_ONFAULT == 0;
     }
@@ -586,21 +596,6 @@ impl AddressSpace {
     /// resident until reclaim, which rss_stat reports).
     pub fn munlockall(&mut self) {
         self.lock_future = false;
-    }
-
-    fn populate_locked(&mut self, start: u64, end: u64) {
-        let first = self.region_at(start).map_or(start, |r| r.start);
-        let pieces: Vec<(u64, u64, bool)> = self
-            .regions
-            .range(first..end)
-            .map(|(_, r)| {
-                let write = r.prot & PROT_WRITE != 0 && !r.shared;
-                (r.start.max(start), r.end.min(end), write)
-            })
-            .collect();
-        for (start, end, write) in pieces {
-            self.populate(start, end, write);
-        }
     }
 
     pub fn munmap(&mut self, addr: u64, len: u64) {
@@ -679,23 +674,11 @@ impl AddressSpace {
                 r.kind == RegionKind::Heap && r.prot == HEAP_PROT && r.site == site
             })
         {
-            self.insert(Region {
-                start: old_end,
-                end: new_end,
-                prot: HEAP_PROT,
-                shared: false,
-                kind: RegionKind::Heap,
-                path: None,
-                growsdown: false,
-                seeded_resident: 0,
-                anon: false,
-                huge: false,
-                offset: 0,
-                site,
-            });
+            let heap = Region::made(old_end, new_end, HEAP_PROT, false, RegionKind::Heap, site);
+            self.insert(heap);
         }
         if self.lock_future && new_end > old_end {
-            self.populate(old_end, new_end, true);
+            self.populate(old_end, new_end, Region::populated_with_write);
         }
     }
 
@@ -728,8 +711,8 @@ impl AddressSpace {
                     r.huge = advice == MADV_HUGEPAGE;
                 }
             }
-            MADV_POPULATE_READ => self.populate(addr, end, false),
-            MADV_POPULATE_WRITE => self.populate(addr, end, true),
+            MADV_POPULATE_READ => self.populate(addr, end, |_| false),
+            MADV_POPULATE_WRITE => self.populate(addr, end, |_| true),
             // MADV_FREE (8) included: its pages stay resident until reclaim takes them,
             // which rss_stat reports.
             _ => {}
@@ -764,14 +747,16 @@ impl AddressSpace {
             };
             let stop = region.end.min(end);
             let (site, resident) = (region.site, region.resident_after(write));
-            let owns_page = write && resident && !region.shared && !region.anon;
+            // A write that makes a page of private memory resident: the page is the region's own.
+            let owned = write && resident && !region.shared;
+            let huge = owned
+                && region.huge
+                && matches!(region.kind, RegionKind::Anonymous | RegionKind::Heap);
             let (region_start, region_end, kind) = (region.start, region.end, region.kind);
-            let huge = region.huge
-                && write
-                && resident
-                && !region.shared
-                && matches!(kind, RegionKind::Anonymous | RegionKind::Heap);
-            if owns_page && let Some(r) = self.regions.get_mut(&region_start) {
+            if owned
+                && !region.anon
+                && let Some(r) = self.regions.get_mut(&region_start)
+            {
                 r.anon = true;
             }
             // A read fault on a file maps the neighbours already in the page cache too
@@ -815,10 +800,12 @@ impl AddressSpace {
         self.regions.get(&new_start)
     }
 
-    /// Marks the pages of [start, end) that an access of each region there makes resident.
-    fn populate(&mut self, start: u64, end: u64, write: bool) {
+    /// Marks the pages of [start, end) that an access of each region there makes resident,
+    /// a write where `write` says so.
+    fn populate(&mut self, start: u64, end: u64, write: impl Fn(&Region) -> bool) {
         let first = self.region_at(start).map_or(start, |r| r.start);
         for r in self.regions.range_mut(first..end).map(|(_, r)| r) {
+            let write = write(r);
             if r.resident_after(write) {
                 self.touched
                     .insert_range(r.start.max(start), r.end.min(end));

@@ -141,9 +141,6 @@ pub struct Process {
     pub exited: bool,
     /// Why the model may not match the kernel, when memprof knows it does not.
     pub incomplete: Option<String>,
-    /// Its model is already that of the image it exec'd next (read from /proc after that
-    /// exec): the events in between are not applied, until that exec's event.
-    pub awaiting_exec: bool,
     pub proc_check: Option<ProcCheck>,
     /// Page faults that landed in the regions each site reserved.
     pub faults_in_regions: HashMap<SiteId, u64>,
@@ -229,7 +226,6 @@ impl Process {
             ended_ns: None,
             exited: false,
             incomplete: None,
-            awaiting_exec: false,
             proc_check: None,
             faults_in_regions: HashMap::new(),
             faults_by_code: HashMap::new(),

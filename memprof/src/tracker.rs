@@ -3,7 +3,7 @@
 //! buffer's events, tests feed it hand-made ones, and it reaches /proc only through
 //! [`ProcSource`].
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, btree_map::Entry},
+    collections::{BTreeMap, HashMap, HashSet},
     time::Duration,
 };
 
@@ -237,7 +237,9 @@ impl<P: ProcSource> Tracker<P> {
             return;
         }
         process.advance_to(header.ts_ns);
-        if process.awaiting_exec
+        // Almost always empty: no lookup per event.
+        if !self.later_images.is_empty()
+            && self.later_images.contains_key(&header.tgid)
             && matches!(event, Event::Syscall(_) | Event::Fault(_) | Event::Rss(_))
         {
             // Changes to an image memprof never saw: its model is the next one's already.
@@ -372,25 +374,26 @@ impl<P: ProcSource> Tracker<P> {
         }
         // By now it may have exec'd again (a `#!/usr/bin/env bash` script): then /proc shows
         // that image, and this one's events replayed onto it would mix two address spaces.
-        let later_image =
-            event.start_stack != 0 && snapshot.as_ref().is_some_and(|s| !this_image(s));
-        if later_image && let Some(image) = &snapshot {
+        // Until that exec's event, the events of this image are not applied (see `apply`).
+        if event.start_stack != 0
+            && let Some(image) = snapshot.as_ref().filter(|s| !this_image(s))
+        {
             self.later_images.insert(pid, image.clone());
         }
         self.unwinding.forget(pid);
-        let process = match self.processes.entry(pid) {
-            Entry::Occupied(entry) => {
-                let process = entry.into_mut();
+        match self.processes.get_mut(&pid) {
+            Some(process) => {
                 process.advance_to(ts_ns);
                 process.exec(snapshot, &comm_name(&event.comm));
-                process
             }
-            Entry::Vacant(entry) => entry.insert(match snapshot {
-                Some(s) => Process::from_snapshot(pid, s, ts_ns, self.interval_ns),
-                None => Process::unseen(pid, comm_name(&event.comm), ts_ns, self.interval_ns),
-            }),
-        };
-        process.awaiting_exec = later_image;
+            None => {
+                let process = match snapshot {
+                    Some(s) => Process::from_snapshot(pid, s, ts_ns, self.interval_ns),
+                    None => Process::unseen(pid, comm_name(&event.comm), ts_ns, self.interval_ns),
+                };
+                self.processes.insert(pid, process);
+            }
+        }
     }
 
     /// Names the file mappings made by every process since the last call, while they are
@@ -749,7 +752,7 @@ mod tests {
         tracker.apply(exec_at(10, "bash", BASH_STACK));
         let p = &tracker.processes[&10];
         assert_eq!((p.reserved.end, p.reserved.peak), (bash, bash));
-        assert!(p.incomplete.is_none() && !p.awaiting_exec);
+        assert!(p.incomplete.is_none());
         assert!(tracker.later_images.is_empty());
     }
 }

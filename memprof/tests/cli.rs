@@ -6,7 +6,7 @@
 )]
 mod support;
 
-use std::process::Stdio;
+use std::process::{Command, ExitStatus, Stdio};
 
 use support::*;
 
@@ -28,27 +28,39 @@ fn the_command_starts_with_default_signal_dispositions() {
     assert_eq!(ignored & 1 << (libc::SIGPIPE - 1), 0, "SigIgn {ignored:#x}");
 }
 
-/// A reader that went away (`memprof run … | true`) is no error: no panic, every file is
-/// written, and memprof exits as it would have.
-#[test]
-fn a_closed_stdout_still_gets_every_file() {
-    let dir = scratch("closed-stdout");
-    let (json, output) = (dir.join("report.json"), dir.join("out"));
-    let mut child = memprof()
-        .args(["run", "--json"])
-        .arg(&json)
-        .arg("--output")
-        .arg(&output)
-        .args(["--", "true"])
+/// Runs `cmd` with nobody reading its stdout, nor its stderr when `close_stderr`: its exit
+/// status, and its stderr when read.
+fn unread(cmd: &mut Command, close_stderr: bool) -> (ExitStatus, String) {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     drop(child.stdout.take());
+    if close_stderr {
+        drop(child.stderr.take());
+    }
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{}: {stderr}", out.status);
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A reader that went away (`memprof run … | true`) is no error: no panic, every file is
+/// written, and memprof exits as it would have.
+#[test]
+fn a_closed_stdout_still_gets_every_file() {
+    let dir = scratch("closed-stdout");
+    let (json, output) = (dir.join("report.json"), dir.join("out"));
+    let mut cmd = memprof();
+    cmd.args(["run", "--json"])
+        .arg(&json)
+        .arg("--output")
+        .arg(&output);
+    let (status, stderr) = unread(cmd.args(["--", "true"]), false);
+    assert!(status.success(), "{status}: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     read_json(&json);
     read_json(&output.join("report.json"));
@@ -58,20 +70,10 @@ fn a_closed_stdout_still_gets_every_file() {
 /// Nobody reading stderr either (`memprof run … 2>&1 | true`): still no panic, every file.
 #[test]
 fn closed_stdout_and_stderr_still_get_every_file() {
-    let dir = scratch("closed-stderr");
-    let json = dir.join("report.json");
-    let mut child = memprof()
-        .args(["run", "--json"])
-        .arg(&json)
-        .args(["--", "true"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    drop(child.stderr.take());
-    let status = child.wait().unwrap();
+    let json = scratch("closed-stderr").join("report.json");
+    let mut cmd = memprof();
+    cmd.args(["run", "--json"]).arg(&json).args(["--", "true"]);
+    let (status, _) = unread(&mut cmd, true);
     assert!(status.success(), "{status}");
     read_json(&json);
 }

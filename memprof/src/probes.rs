@@ -30,7 +30,7 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// without the kernel formatting a record first. The syscalls are followed on their own exit
 /// tracepoints, by one program, so that other syscalls do not run it (see the kernel side's
 /// syscall.rs).
-const ATTACHMENTS: [(&str, &str, &str); 22] = [
+const ATTACHMENTS: [(&str, &str, &str); 23] = [
     ("syscalls", "sys_exit_mmap", SYSCALL_EXIT),
     ("syscalls", "sys_exit_brk", SYSCALL_EXIT),
     ("syscalls", "sys_exit_munmap", SYSCALL_EXIT),
@@ -45,6 +45,11 @@ const ATTACHMENTS: [(&str, &str, &str); 22] = [
     ("syscalls", "sys_exit_munlockall", SYSCALL_EXIT),
     ("syscalls", "sys_exit_execve", SYSCALL_EXIT),
     ("syscalls", "sys_exit_execveat", SYSCALL_EXIT),
+    (
+        "mmap_lock",
+        "mmap_lock_acquire_returned",
+        "mp_mmap_write_locked",
+    ),
     ("exceptions", "page_fault_user", "mp_page_fault_user"),
     ("exceptions", "page_fault_kernel", "mp_page_fault_kernel"),
     ("sched", "sched_prepare_exec", "mp_prepare_exec"),

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::{
     address_space::{AddressSpace, SiteId},
+    order::InOrder,
     procfs::{MapsEntry, Snapshot, Status},
     sites::SiteFigures,
     unwind::Unwound,
@@ -123,6 +124,15 @@ impl ProcCheck {
     }
 }
 
+/// A memory syscall as the tracker hands it on: the event, the site of the stack that made
+/// it, and the path of the file it mapped (the kernel sends it before the mmap's event).
+#[derive(Debug)]
+pub struct Change {
+    pub event: SyscallEvent,
+    pub site: SiteId,
+    pub path: Option<(u64, String)>,
+}
+
 pub struct Process {
     pub pid: u32,
     pub command: String,
@@ -154,6 +164,8 @@ pub struct Process {
     /// The unwound copies of fault stacks whose frame walk was denied, by stack id: faults
     /// the kernel sent by id before it learnt the verdict stand for them.
     pub copied_stacks: HashMap<u64, Unwound>,
+    /// Its memory syscalls, put back in the kernel's order before they are applied.
+    changes: InOrder<Change>,
     interval_ns: u64,
     next_sample_ns: u64,
 }
@@ -232,6 +244,7 @@ impl Process {
             site_ids: HashMap::new(),
             unwound_sites: HashMap::new(),
             copied_stacks: HashMap::new(),
+            changes: InOrder::default(),
             interval_ns: interval_ns.max(1),
             next_sample_ns: now_ns,
         };
@@ -243,6 +256,7 @@ impl Process {
     /// history goes on); `comm`, the new command name the kernel sent, names it when there is
     /// none.
     pub fn exec(&mut self, snapshot: Option<Snapshot>, comm: &str) {
+        self.apply_held();
         self.events.execs += 1;
         self.site_ids.clear();
         self.unwound_sites.clear();
@@ -281,8 +295,43 @@ impl Process {
         }
     }
 
+    /// Takes a memory syscall: applies it, and the ones it held back, once every change the
+    /// kernel made to the address space before it is applied.
+    pub fn take_change(&mut self, change: Change) {
+        let ready = self
+            .changes
+            .take(change.event.order, change.event.header.ts_ns, change);
+        self.apply_changes(ready);
+    }
+
+    /// Applies the changes that waited in vain for the one before them (see [`InOrder`]).
+    pub fn apply_overdue(&mut self, now_ns: u64) {
+        if self.changes.holds_any() {
+            let ready = self.changes.overdue(now_ns);
+            self.apply_changes(ready);
+        }
+    }
+
+    /// Applies every change held back: before the address space is copied (fork), replaced
+    /// (exec) or gone (exit, end of tracing).
+    pub fn apply_held(&mut self) {
+        if self.changes.holds_any() {
+            let ready = self.changes.drain();
+            self.apply_changes(ready);
+        }
+    }
+
+    fn apply_changes(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            self.apply_syscall(&change.event, change.site);
+            if let Some((address, path)) = change.path {
+                self.space.name_file(address, &path);
+            }
+        }
+    }
+
     /// Applies a memory syscall made from call stack `site`.
-    pub fn apply_syscall(&mut self, event: &SyscallEvent, site: SiteId) {
+    fn apply_syscall(&mut self, event: &SyscallEvent, site: SiteId) {
         let [a0, a1, a2, a3, a4, a5] = event.args;
         let ret = event.ret;
         let counter = match i64::from(event.nr) {
@@ -377,6 +426,7 @@ impl Process {
         if self.ended_ns.is_some() {
             return;
         }
+        self.apply_held();
         self.advance_to(ts_ns);
         self.ended_ns = Some(ts_ns);
         self.exited = exited;

@@ -242,6 +242,7 @@ impl Session {
                 self.probes.record_verdicts(&verdicts);
             }
         }
+        self.tracker.apply_overdue(monotonic_ns());
         self.tracker.name_files();
     }
 

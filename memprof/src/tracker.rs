@@ -13,7 +13,7 @@ use crate::{
     address_space::{SITE_NO_STACK, SiteId},
     events::{self, Event, RawStack},
     probes::Verdict,
-    process::{ProcCheck, Process},
+    process::{Change, ProcCheck, Process},
     procfs::{Proc, ProcSource, Snapshot},
     sites::Sites,
     unwind::{self, Unwinding, Unwound},
@@ -257,14 +257,15 @@ impl<P: ProcSource> Tracker<P> {
                 } else {
                     SITE_NO_STACK
                 };
-                process.apply_syscall(&e, site);
                 // A file mapped: named at once, from the path the kernel sent before.
-                if let Some((address, path)) = self.file_paths.remove(&header.tid)
-                    && i64::from(e.nr) == libc::SYS_mmap
-                    && e.ret == address as i64
-                {
-                    process.space.name_file(address, &path);
-                }
+                let path = self.file_paths.remove(&header.tid).filter(|&(address, _)| {
+                    i64::from(e.nr) == libc::SYS_mmap && e.ret == address as i64
+                });
+                process.take_change(Change {
+                    event: e,
+                    site,
+                    path,
+                });
             }
             Event::Fault(e) => {
                 let stack = (e.stack != NO_STACK).then(|| {
@@ -280,7 +281,9 @@ impl<P: ProcSource> Tracker<P> {
                 if child_known {
                     return;
                 }
-                // The child copies the parent's regions: name them while the parent lives.
+                // The child copies the parent's regions, as the kernel last changed them:
+                // name them while the parent lives.
+                process.apply_held();
                 name_files(&self.proc, process);
                 let status = self.proc.status(e.child_pid);
                 let child = Process::forked(process, e.child_pid, header.ts_ns, status.as_ref());
@@ -413,6 +416,14 @@ impl<P: ProcSource> Tracker<P> {
                 !self.processes.is_empty() && self.processes.values().all(|p| p.exited)
             }
             Origin::All => false,
+        }
+    }
+
+    /// Applies the memory syscalls that waited in vain for an earlier one (its event was
+    /// lost): call now and then while tracing.
+    pub fn apply_overdue(&mut self, now_ns: u64) {
+        for process in self.processes.values_mut() {
+            process.apply_overdue(now_ns);
         }
     }
 

@@ -66,8 +66,8 @@ pub(super) fn unwind(
                     if paths.len() < MAX_FORKS {
                         let mut other = state.clone();
                         other.ip = taken;
-                        // Tried after the fall-through, which `paths.pop` does not see yet.
-                        paths.insert(0, other);
+                        // Tried once the fall-through is given up.
+                        paths.push(other);
                     }
                 }
                 Step::Returned(ret, sp, bp) if machine.returns_to(ret) => {

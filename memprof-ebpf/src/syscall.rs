@@ -50,7 +50,7 @@ fn creates_memory(nr: u64) -> Option<bool> {
 }
 
 /// Per thread, the number of the change its current syscall made to its process's address
-/// space ([`count_change`]), until the syscall's exit sends it.
+/// space ([`count_change`]), until the syscall's exit sends it (0 then).
 #[map]
 static MP_CHANGE_NUMBER: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
@@ -84,8 +84,13 @@ fn try_mmap_write_locked(ctx: &TracePointContext) -> Result<u32, i64> {
     if creates_memory(nr).is_none() {
         return Ok(0);
     }
-    if let Some(number) = count_change(tgid) {
-        MP_CHANGE_NUMBER.insert(tid, number, 0)?;
+    let Some(number) = count_change(tgid) else {
+        return Ok(0);
+    };
+    // Kept per thread, its number 0 between calls: a lookup is cheaper than an insert.
+    match Slot::lru(&MP_CHANGE_NUMBER, tid) {
+        Some(slot) => slot.set(number),
+        None => MP_CHANGE_NUMBER.insert(tid, number, 0)?,
     }
     Ok(0)
 }
@@ -114,14 +119,11 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     // SAFETY: a `struct pt_regs *`; the verifier checks each load against its BTF and the
     // kernel recovers from a bad address.
     let reg = |index: usize| unsafe { *regs.add(index) };
-    let order = match Slot::lru(&MP_CHANGE_NUMBER, tid) {
-        Some(number) => {
-            let number = number.get();
-            let _ = MP_CHANGE_NUMBER.remove(tid);
-            number
-        }
-        None => 0,
-    };
+    let order = Slot::lru(&MP_CHANGE_NUMBER, tid).map_or(0, |slot| {
+        let number = slot.get();
+        slot.set(0);
+        number
+    });
     let mut event = SyscallEvent {
         header: header(EventKind::Syscall, tgid, tid),
         nr: nr as u32,

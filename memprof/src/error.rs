@@ -8,6 +8,13 @@ pub enum Error {
     #[error("pid {pid} cannot be traced: it is {what}")]
     CannotTrace { pid: u32, what: &'static str },
     #[error(
+        "pid {pid} cannot be traced: reading its maps in /proc/{pid} was refused ({why}); memprof \
+         reads a process's maps to know its regions. The process is another user namespace's \
+         or protected by ptrace rules (kernel.yama.ptrace_scope): run memprof where it runs, \
+         as its owner or root of its namespace"
+    )]
+    ProcessUnreadable { pid: u32, why: std::io::Error },
+    #[error(
         "memprof needs root or the CAP_BPF and CAP_PERFMON capabilities to load eBPF programs: \
          run it with sudo (missing: {0})"
     )]
@@ -39,6 +46,8 @@ pub enum Error {
     KernelTypes(#[from] crate::btf::BtfError),
     #[error("command not found: {0}")]
     CommandNotFound(String),
+    #[error("cannot execute {program}: {why}")]
+    CannotExecute { program: String, why: String },
     #[error("no cgroup {path}: {why} (list them with `systemd-cgls` or `ls /sys/fs/cgroup`)")]
     NoSuchCgroup { path: String, why: String },
 }
@@ -46,11 +55,11 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::NoSuchProcess(_) | Self::CannotTrace { .. } => 3,
+            Self::NoSuchProcess(_) | Self::CannotTrace { .. } | Self::ProcessUnreadable { .. } => 3,
             Self::InsufficientPrivileges(_) => 4,
             Self::TracefsUnavailable(_) => 5,
             Self::TracepointMissing(..) | Self::TracepointLayout { .. } | Self::KernelTypes(_) => 6,
-            Self::CommandNotFound(_) => 7,
+            Self::CommandNotFound(_) | Self::CannotExecute { .. } => 7,
             Self::NoSuchCgroup { .. } => 8,
         }
     }

@@ -115,7 +115,7 @@ impl Session {
                 continue;
             }
             self.probes.trace(pid)?;
-            if self.tracker.seed_from_proc(pid, monotonic_ns()) {
+            if self.tracker.seed_from_proc(pid, monotonic_ns()).is_ok() {
                 traced += 1;
             } else {
                 // Gone, or a kernel thread (no address space).

@@ -4,6 +4,7 @@
 //! [`ProcSource`].
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    io,
     time::Duration,
 };
 
@@ -184,16 +185,12 @@ impl<P: ProcSource> Tracker<P> {
         self.processes.insert(pid, process);
     }
 
-    /// [`Tracker::seed`] from /proc; false when the process is gone or has no address
-    /// space (a kernel thread).
-    pub fn seed_from_proc(&mut self, pid: u32, now_ns: u64) -> bool {
-        match self.proc.snapshot(pid) {
-            Ok(snapshot) => {
-                self.seed(pid, snapshot, now_ns);
-                true
-            }
-            Err(_) => false,
-        }
+    /// [`Tracker::seed`] from /proc; fails when the process is gone, has no address space
+    /// (a kernel thread) or /proc refuses to show it.
+    pub fn seed_from_proc(&mut self, pid: u32, now_ns: u64) -> io::Result<()> {
+        let snapshot = self.proc.snapshot(pid)?;
+        self.seed(pid, snapshot, now_ns);
+        Ok(())
     }
 
     /// Decodes and applies one event from the ring buffer; one this build does not know is
@@ -479,7 +476,7 @@ mod tests {
 
     fn attached(proc: FakeProc, pid: u32) -> Tracker<FakeProc> {
         let mut tracker = Tracker::new(proc, pid, Origin::Attached, Duration::from_millis(5), 0);
-        assert!(tracker.seed_from_proc(pid, 0));
+        tracker.seed_from_proc(pid, 0).unwrap();
         tracker
     }
 

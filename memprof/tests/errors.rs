@@ -67,6 +67,34 @@ fn command_not_found() {
     expect_failure(out, 7, "command not found: memprof-no-such-command");
 }
 
+/// A command that is there but cannot run says why, as a shell does: refused before anything
+/// is loaded where a look at the file tells, with the exec's own errno where only the exec
+/// does.
+#[test]
+fn commands_that_cannot_run_say_why() {
+    let dir = scratch("cannot-run");
+    let write = |name: &str, contents: &[u8], mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+        path.display().to_string()
+    };
+    let cases = [
+        (write("data", b"data", 0o644), "permission denied (not executable"),
+        (dir.display().to_string(), "it is a directory"),
+        (write("junk", b"junk", 0o755), "exec format error"),
+        (
+            write("script", b"#!/memprof/no-such-interpreter\n", 0o755),
+            "no such file or directory (a script whose interpreter is missing",
+        ),
+    ];
+    for (command, why) in cases {
+        let out = memprof().args(["run", "--", &command]).output().unwrap();
+        expect_failure(out, 7, &format!("cannot execute {command}: {why}"));
+    }
+}
+
 #[test]
 fn not_root_is_told_to_use_sudo() {
     use std::os::unix::process::CommandExt as _;

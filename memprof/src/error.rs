@@ -25,6 +25,13 @@ pub enum Error {
     )]
     TracefsUnavailable(std::io::Error),
     #[error(
+        "tracefs at /sys/kernel/tracing is root's alone (mode 0700) and this user may not read \
+         it: without root, memprof needs CAP_DAC_READ_SEARCH besides CAP_BPF and CAP_PERFMON \
+         (`sudo setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep $(command -v memprof)`), or \
+         tracefs mounted for a group of this user (`gid=` and `mode=0750`)"
+    )]
+    TracefsUnreadable,
+    #[error(
         "this kernel lacks the tracepoint {0} that memprof needs (no {1}); \
          memprof needs Linux 6.2 or newer built with CONFIG_FTRACE_SYSCALLS"
     )]
@@ -57,7 +64,7 @@ impl Error {
         match self {
             Self::NoSuchProcess(_) | Self::CannotTrace { .. } | Self::ProcessUnreadable { .. } => 3,
             Self::InsufficientPrivileges(_) => 4,
-            Self::TracefsUnavailable(_) => 5,
+            Self::TracefsUnavailable(_) | Self::TracefsUnreadable => 5,
             Self::TracepointMissing(..) | Self::TracepointLayout { .. } | Self::KernelTypes(_) => 6,
             Self::CommandNotFound(_) | Self::CannotExecute { .. } => 7,
             Self::NoSuchCgroup { .. } => 8,

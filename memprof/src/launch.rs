@@ -160,7 +160,11 @@ impl Launched {
             if n == size_of::<libc::c_int>() as isize {
                 // "Exec format error (os error 8)": the words, as a shell says them.
                 let why = io::Error::from_raw_os_error(errno).to_string();
-                let why = why.split(" (os error").next().unwrap_or_default().to_lowercase();
+                let why = why
+                    .split(" (os error")
+                    .next()
+                    .unwrap_or_default()
+                    .to_lowercase();
                 let hint = match errno {
                     libc::ENOEXEC => " (not a program this machine runs, or a script without #!)",
                     libc::ENOENT => " (a script whose interpreter is missing, or a missing loader)",

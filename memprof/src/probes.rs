@@ -93,8 +93,13 @@ pub fn check_privileges() -> Result<(), Error> {
 
 /// Mounts tracefs when it is not there yet (aya attaches tracepoints through it).
 pub fn ensure_tracefs() -> Result<bool, Error> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(false);
+    match fs::metadata(Path::new(TRACEFS).join("events")) {
+        Ok(events) if events.is_dir() => return Ok(false),
+        // Mounted, root's alone (0700): the capability mode without CAP_DAC_READ_SEARCH.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(Error::TracefsUnreadable);
+        }
+        _ => {}
     }
     let status = std::process::Command::new("mount")
         .args(["-t", "tracefs", "nodev", TRACEFS])
@@ -469,8 +474,9 @@ impl PidStates {
     const LEN: usize = PID_LIMIT as usize;
 
     fn map(map: &MapData) -> anyhow::Result<Self> {
-        // The mapping keeps the map alive; this descriptor can go.
-        let fd = map.info()?.fd()?;
+        // The map's own descriptor: asking the kernel for another by id takes CAP_SYS_ADMIN,
+        // which the capability mode (CAP_BPF, CAP_PERFMON) does not have.
+        let fd = map.fd();
         // SAFETY: maps the array's LEN bytes (it is BPF_F_MMAPABLE), shared with the kernel.
         let address = unsafe {
             libc::mmap(

@@ -110,6 +110,10 @@ pub struct Sample {
 pub struct ProcCheck {
     pub vm_size_bytes: u64,
     pub vm_rss_bytes: u64,
+    /// Resident bytes by memprof's own count at the end: the RSS counter changes it followed,
+    /// which leave out the per-CPU parts the kernel had not folded in yet. The headline
+    /// figure then takes the kernel's exact one, `vm_rss_bytes` (set by [`Process::finish`]).
+    pub counted_rss_bytes: u64,
     /// Read by the kernel side as the process exited (its /proc was gone by the end).
     pub at_exit: bool,
 }
@@ -119,6 +123,7 @@ impl ProcCheck {
         Self {
             vm_size_bytes: status.vm_size,
             vm_rss_bytes: status.vm_rss,
+            counted_rss_bytes: 0,
             at_exit: false,
         }
     }
@@ -430,7 +435,16 @@ impl Process {
         self.advance_to(ts_ns);
         self.ended_ns = Some(ts_ns);
         self.exited = exited;
-        self.proc_check = check;
+        // At rest, the kernel's figure is exact (its per-CPU parts summed): the headline
+        // ends on it, and the check keeps what memprof had counted.
+        self.proc_check = check.map(|check| {
+            let counted_rss_bytes = self.resident.end;
+            self.resident.set(check.vm_rss_bytes);
+            ProcCheck {
+                counted_rss_bytes,
+                ..check
+            }
+        });
     }
 
     /// Every region, fault and release charged to the site that reserved the memory, and

@@ -295,6 +295,7 @@ impl<P: ProcSource> Tracker<P> {
                 let check = (e.read != 0).then_some(ProcCheck {
                     vm_size_bytes: e.vm_size_bytes,
                     vm_rss_bytes: e.vm_rss_bytes,
+                    counted_rss_bytes: 0,
                     at_exit: true,
                 });
                 process.finish(header.ts_ns, true, check);

@@ -103,7 +103,6 @@ impl Top {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64()),
             lost_events,
-            refresh_secs: self.refresh.as_secs_f64(),
         };
         self.refreshes += 1;
         self.refreshed_ns = now;
@@ -254,7 +253,6 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
             elapsed_secs: 0.0,
             unix_secs: 0.0,
             lost_events: 0,
-            refresh_secs: args.refresh.as_secs_f64(),
         },
         started_ns: session.tracker.started_ns,
         refresh: args.refresh,
@@ -265,6 +263,11 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
         iterations: args.iterations,
         ended_it: false,
     };
+    if interactive {
+        // At once, rather than a blank screen until the first refresh (rates need a second).
+        top.update(&mut session.tracker, 0);
+        top.draw()?;
+    }
     let result = runtime
         .block_on(session.run(events, stop, args.duration, Some(&mut top)))
         .and_then(|()| top.finish(&mut session.tracker));

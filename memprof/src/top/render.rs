@@ -20,7 +20,6 @@ pub struct Header {
     pub unix_secs: f64,
     /// Events the kernel could not deliver: shown always, since any figure may be off.
     pub lost_events: u64,
-    pub refresh_secs: f64,
 }
 
 /// Right-aligned figure columns after COMMAND and PID: title and width. The widths fit the
@@ -248,8 +247,9 @@ fn counts(rows: &[Row], shown: usize) -> String {
     text
 }
 
-/// The line under the title: how to end filter editing while editing, else the keys, what
-/// the view is filtered by, and which rows are shown when not all fit.
+/// The line under the title: how to end filter editing while editing, else whether the
+/// view is paused, what it is filtered by, which rows are shown when not all fit, and the
+/// keys (last, as the part a narrow screen may cut).
 fn keys_line(view: &View, shown: usize, visible: usize) -> String {
     if view.editing {
         return format!("filter: {}_  (Enter: keep, Esc: clear)", view.filter);
@@ -261,15 +261,14 @@ fn keys_line(view: &View, shown: usize, visible: usize) -> String {
     if !view.filter.is_empty() {
         line += &format!("filter: {}  ", view.filter);
     }
-    line += "? help  / filter  r m f sort  space pause  q quit";
     if shown < visible {
         line += &format!(
-            "  rows {}-{} of {visible}",
+            "rows {}-{} of {visible}  ",
             view.scroll + 1,
             view.scroll + shown
         );
     }
-    line
+    line + "? help  / filter  r m f sort  space pause  q quit"
 }
 
 /// Draws the screen over `area` of `buf`: title, keys, column titles and as many of the
@@ -287,11 +286,10 @@ pub fn screen(view: &mut View, header: &Header, rows: &[Row], area: Rect, buf: &
     let shown = &visible[view.scroll..visible.len().min(view.scroll + room)];
 
     let title = format!(
-        "memprof top  {:.1} s  {}  lost events: {}  refresh {:.1} s",
+        "memprof top  {:.1} s  {}  lost events: {}",
         header.elapsed_secs,
         counts(rows, visible.len()),
         header.lost_events,
-        header.refresh_secs,
     );
     let mut lines = vec![
         Line::from(title),
@@ -539,7 +537,6 @@ mod tests {
             elapsed_secs: 12.0,
             unix_secs: 1_795_000_000.5,
             lost_events: 3,
-            refresh_secs: 1.0,
         }
     }
 

@@ -59,7 +59,7 @@ fn legend_rows(widths: &[f64], left: f64, right: f64) -> Vec<(f64, usize)> {
 }
 
 /// "and 4 more: a (1), b (2), …", cut to `chars`.
-fn left_out(series: &[Series], chars: usize) -> String {
+fn left_out(series: &[&Series], chars: usize) -> String {
     let names: Vec<&str> = series.iter().map(|s| s.name).collect();
     let text = format!("and {} more: {}", names.len(), names.join(", "));
     if text.chars().count() <= chars {
@@ -71,12 +71,16 @@ fn left_out(series: &[Series], chars: usize) -> String {
 }
 
 /// Reserved, committed and resident bytes over time, one line each per process (the first
-/// three of `series`; the others are named under the legend), with labelled axes in bytes
-/// and seconds, the time axis ending at the last sample. A figure holds its value until the
+/// three of `series` with two samples or more; the others are named under the legend), with
+/// labelled axes in bytes and seconds, the time axis ending at the last sample drawn. A figure holds its value until the
 /// next sample (a step, not a ramp). Each line is a `path` with id `FIGURE-INDEX` (e.g.
 /// `reserved-0`).
 pub fn timeline_svg(title: &str, series: &[Series]) -> String {
     let (w, h) = (WIDTH, HEIGHT);
+    // A process seen at one instant only (a shell that ran for a tick) has no line to show:
+    // those with a timeline go first, in the caller's order.
+    let mut series: Vec<&Series> = series.iter().collect();
+    series.sort_by_key(|s| s.samples.len() < 2);
     let (shown, omitted) = series.split_at(series.len().min(TIMELINE_DASHES.len()));
 
     // The legend first: it decides where the plot starts.
@@ -101,8 +105,14 @@ pub fn timeline_svg(title: &str, series: &[Series]) -> String {
         places.last().map_or(0, |&(_, row)| row + 1) + usize::from(!omitted.is_empty());
     let top = 50.0 + LINE_HEIGHT * legend_lines as f64 + 10.0;
 
+    // Time counts from the first sample of any process, the one tracing began with.
+    let t0 = series
+        .iter()
+        .flat_map(|s| s.samples.first())
+        .map(|s| s.monotonic_ns)
+        .min()
+        .unwrap_or(0);
     let samples = || shown.iter().flat_map(|s| s.samples.iter());
-    let t0 = samples().map(|s| s.monotonic_ns).min().unwrap_or(0);
     let end = samples().map(|s| s.monotonic_ns - t0).max().unwrap_or(0) as f64 / 1e9;
     // The axis ends at the last sample; a single instant gets a second.
     let t_max = if end > 0.0 { end } else { 1.0 };
@@ -182,6 +192,13 @@ pub fn timeline_svg(title: &str, series: &[Series]) -> String {
         };
         // The last sample ends the line wherever thinning fell.
         let last = s.samples.last().filter(|&l| !std::ptr::eq(l, thinned_last));
+        // A lone sample shows as a dot: a round cap on a line of no length. Lines keep
+        // square ends, which keep their dashes apart.
+        let cap = if s.samples.len() == 1 {
+            "round"
+        } else {
+            "butt"
+        };
         for (metric, colour, width) in TIMELINE_METRICS {
             let value = |sample: &Sample| match metric {
                 "reserved" => sample.reserved,
@@ -192,7 +209,6 @@ pub fn timeline_svg(title: &str, series: &[Series]) -> String {
             for (i, sample) in points.iter().copied().chain(last).enumerate() {
                 let (px, py) = (x(sample.monotonic_ns), y(value(sample)));
                 if i == 0 {
-                    // A lone sample shows as a dot (a round cap on nothing).
                     let _ = write!(d, "M{px:.1} {py:.1} h0");
                 } else {
                     let _ = write!(d, " H{px:.1} V{py:.1}");
@@ -200,7 +216,7 @@ pub fn timeline_svg(title: &str, series: &[Series]) -> String {
             }
             let _ = writeln!(
                 svg,
-                r#"<path id="{metric}-{index}" d="{d}" fill="none" stroke="{colour}" stroke-width="{width}" stroke-linecap="round" stroke-dasharray="{}"/>"#,
+                r#"<path id="{metric}-{index}" d="{d}" fill="none" stroke="{colour}" stroke-width="{width}" stroke-linecap="{cap}" stroke-dasharray="{}"/>"#,
                 TIMELINE_DASHES[index]
             );
         }
@@ -353,6 +369,33 @@ mod tests {
             assert!((0.0..=WIDTH).contains(&x), "{line}");
         }
         assert_snapshot("export_timeline.svg", &svg);
+    }
+
+    #[test]
+    fn processes_with_a_timeline_come_before_those_seen_once() {
+        let once = [sample(0, 1, 1, 1)];
+        let long = [sample(200, 1, 1, 1), sample(700, 2, 2, 2)];
+        let series = |name, samples| Series { name, samples };
+        let svg = timeline_svg(
+            "t",
+            &[
+                series("a", &once[..]),
+                series("b", &once[..]),
+                series("c", &once[..]),
+                series("d", &long[..]),
+            ],
+        );
+        assert!(element(&svg, "reserved-0").contains(" H"), "{svg}");
+        assert!(!element(&svg, "reserved-1").contains(" H"), "{svg}");
+        assert!(
+            element(&svg, "left-out").contains(">and 1 more: c<"),
+            "{svg}"
+        );
+        // Time counts from the first sample of any process: "d" starts at 0.2 s.
+        let axes = numbers(element(&svg, "axes"), "d");
+        let line = numbers(element(&svg, "reserved-0"), "d");
+        let (x0, x_end, start) = (axes[0], axes[3], line[0]);
+        assert!((start - x0 - 0.2 / 0.7 * (x_end - x0)).abs() < 1.0, "{svg}");
     }
 
     #[test]

@@ -641,6 +641,18 @@ mod tests {
     }
 
     #[test]
+    fn tiny_screens_draw_what_fits() {
+        for (width, height) in [(1, 1), (10, 1), (20, 3), (80, 2), (30, 4)] {
+            for help in [false, true] {
+                let mut view = View::new(SortKey::Reserved);
+                view.help = help;
+                let text = draw(&mut view, &sample_rows(), width, height);
+                assert_eq!(text.lines().count(), usize::from(height));
+            }
+        }
+    }
+
+    #[test]
     fn renders_batch_blocks() {
         let text = batch_text(&sample_header(), &sample_rows(), SortKey::Reserved, 2);
         assert!(text.ends_with("\n\n"));

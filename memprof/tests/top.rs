@@ -46,7 +46,10 @@ fn batch_json_names_the_busiest_process_within_two_refreshes() {
     let cgroup = TestCgroup::new("top-json");
     let idle = cgroup.spawn(&["sleep", "30"]);
     std::thread::sleep(Duration::from_millis(100));
-    let top = top(&cgroup, &["--json", "--delay", "0.5", "--duration", "3.2"]);
+    let top = top(
+        &cgroup,
+        &["--batch", "--json", "--delay", "0.5", "--duration", "3.2"],
+    );
     // Let it trace, then start the busy one: it reserves 4 GiB and faults pages in.
     std::thread::sleep(Duration::from_millis(700));
     let busy = cgroup.spawn(&[WORKLOAD, "--storm", "faults", "--scale", "0.5"]);
@@ -254,12 +257,12 @@ fn interactive_view_at_80x24_names_the_process_shows_help_sorts_and_restores_the
     pane.wait_for("the resident sort", |s| s.contains("▼RESIDENT/s"));
     pane.keys("Space");
     pane.wait_for("the pause", |s| s.contains("PAUSED"));
-    pane.keys("p");
-    pane.wait_for("the end of the pause", |s| !s.contains("PAUSED"));
-
-    // A wider window has room for the cgroup.
+    // A wider window has room for the cgroup: redrawn on the resize itself, as refreshes
+    // draw nothing while paused.
     pane.tmux(&["resize-window", "-t", &session, "-x", "140", "-y", "30"]);
     pane.wait_for("the cgroup column", |s| s.contains("CGROUP"));
+    pane.keys("p");
+    pane.wait_for("the end of the pause", |s| !s.contains("PAUSED"));
 
     pane.keys("q");
     let screen = pane.wait_for("top's exit", |s| s.contains("TOP-EXITED"));

@@ -96,9 +96,15 @@ fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
     // that runs them) and ends in the way in from user space (the syscall and page-fault
     // entry and exit code), the same in every stack: neither says anything.
     let is_probe = |name: &String| {
-        ["bpf_prog_", "bpf_trace_run", "__bpf_trace_", "perf_trace_", "trace_call_bpf"]
-            .iter()
-            .any(|probe| name.starts_with(probe))
+        [
+            "bpf_prog_",
+            "bpf_trace_run",
+            "__bpf_trace_",
+            "perf_trace_",
+            "trace_call_bpf",
+        ]
+        .iter()
+        .any(|probe| name.starts_with(probe))
     };
     let is_entry = |name: &String| {
         [

@@ -339,18 +339,23 @@ fn timeline_svg_shows_the_workloads_phases() {
         .lines()
         .find(|l| l.contains(r#"id="reserved-0""#))
         .expect("a reserved line");
-    let points = line
-        .split(r#"points=""#)
+    // A path of steps: `Mx y`, then `Hx` (time goes on) and `Vy` (the figure changes).
+    let path = line
+        .split(r#" d=""#)
         .nth(1)
-        .unwrap()
+        .expect("a path")
         .split('"')
         .next()
         .unwrap();
+    let mut words = path.split_whitespace();
+    assert!(words.next().is_some_and(|x| x.starts_with('M')), "{path}");
     // SVG y grows downwards: height above the axis is what was reserved.
-    let heights: Vec<f64> = points
-        .split_whitespace()
-        .map(|p| -p.split(',').nth(1).unwrap().parse::<f64>().unwrap())
-        .collect();
+    let mut heights = vec![-words.next().unwrap().parse::<f64>().unwrap()];
+    for word in words {
+        if let Some(y) = word.strip_prefix('V') {
+            heights.push(-y.parse::<f64>().unwrap());
+        }
+    }
     let peak = heights.iter().cloned().fold(f64::MIN, f64::max);
     let first_peak = heights.iter().position(|&h| h == peak).unwrap();
     let (first, last) = (heights[0], *heights.last().unwrap());

@@ -156,3 +156,58 @@ fn numbers_out_of_range_are_usage_errors() {
         expect_failure(out, 2, message);
     }
 }
+
+/// Outputs are checked before anything is loaded or launched: a bad path fails at once and
+/// the command never runs, where it used to run and lose every output at the end.
+#[test]
+fn bad_outputs_are_refused_before_the_command_runs() {
+    let dir = scratch("bad-outputs");
+    let touched = dir.join("F");
+    let started = std::time::Instant::now();
+    let out = memprof()
+        .args(["run", "-o", "/proc/nope", "--", "touch"])
+        .arg(&touched)
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    expect_failure(out, 1, "cannot create /proc/nope");
+    assert!(!touched.exists(), "the command ran");
+
+    // A file's name for the directory: refused, with the fix named, and nothing made.
+    let profile = dir.join("x.pb.gz");
+    let out = memprof()
+        .args(["run", "-o"])
+        .arg(&profile)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    expect_failure(
+        out,
+        1,
+        &format!("give a directory (--output {})", dir.join("x").display()),
+    );
+    assert!(!profile.exists());
+
+    // A file where a directory is meant, and a directory where a file is.
+    let file = dir.join("file");
+    std::fs::write(&file, "").unwrap();
+    let out = memprof()
+        .args(["run", "-o"])
+        .arg(&file)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    expect_failure(out, 1, "is a file: --output takes a directory");
+    let out = memprof()
+        .args(["run", "--json"])
+        .arg(&dir)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    expect_failure(out, 1, "is a directory: give a file");
+    let out = memprof()
+        .args(["run", "--json", "/proc/nope/report.json", "--", "true"])
+        .output()
+        .unwrap();
+    expect_failure(out, 1, "cannot write in /proc/nope");
+}

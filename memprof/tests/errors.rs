@@ -5,7 +5,10 @@
 )]
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+};
 
 use support::*;
 
@@ -173,41 +176,25 @@ fn bad_outputs_are_refused_before_the_command_runs() {
     expect_failure(out, 1, "cannot create /proc/nope");
     assert!(!touched.exists(), "the command ran");
 
-    // A file's name for the directory: refused, with the fix named, and nothing made.
-    let profile = dir.join("x.pb.gz");
-    let out = memprof()
-        .args(["run", "-o"])
-        .arg(&profile)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
-    expect_failure(
-        out,
-        1,
-        &format!("give a directory (--output {})", dir.join("x").display()),
-    );
-    assert!(!profile.exists());
-
-    // A file where a directory is meant, and a directory where a file is.
-    let file = dir.join("file");
+    // A file's name for the directory (refused with the fix named, and nothing made), a file
+    // where a directory is meant, a directory where a file is, and a file nowhere.
+    let (profile, file) = (dir.join("x.pb.gz"), dir.join("file"));
     std::fs::write(&file, "").unwrap();
-    let out = memprof()
-        .args(["run", "-o"])
-        .arg(&file)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
-    expect_failure(out, 1, "is a file: --output takes a directory");
-    let out = memprof()
-        .args(["run", "--json"])
-        .arg(&dir)
-        .args(["--", "true"])
-        .output()
-        .unwrap();
-    expect_failure(out, 1, "is a directory: give a file");
-    let out = memprof()
-        .args(["run", "--json", "/proc/nope/report.json", "--", "true"])
-        .output()
-        .unwrap();
-    expect_failure(out, 1, "cannot write in /proc/nope");
+    let fix = format!("give a directory (--output {})", dir.join("x").display());
+    let nowhere = Path::new("/proc/nope/report.json");
+    for (option, path, message) in [
+        ("-o", profile.as_path(), fix.as_str()),
+        ("-o", &file, "is a file: --output takes a directory"),
+        ("--json", &dir, "is a directory: give a file"),
+        ("--json", nowhere, "cannot write in /proc/nope"),
+    ] {
+        let out = memprof()
+            .args(["run", option])
+            .arg(path)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        expect_failure(out, 1, message);
+    }
+    assert!(!profile.exists());
 }

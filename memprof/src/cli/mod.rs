@@ -1,12 +1,14 @@
 //! The command line: clap's types, one file per subcommand, each turned into the library's
 //! plain options (the library never sees clap).
 mod args;
+mod generate;
 mod run;
 mod top;
 
 use std::{os::unix::process::ExitStatusExt as _, process::ExitStatus};
 
 use clap::{Parser, Subcommand};
+pub(crate) use generate::parse;
 
 #[derive(Debug, Parser)]
 #[command(

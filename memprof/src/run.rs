@@ -235,6 +235,12 @@ fn reap(tracker: &Tracker, note: impl Fn(&str)) -> Option<ExitStatus> {
     // SAFETY: reaping our own child.
     let reaped = unsafe { libc::waitpid(tracker.root as libc::pid_t, &mut status, flags) };
     if reaped != tracker.root as libc::pid_t {
+        // As strace leaves a command it stops tracing: running, as if never traced (a
+        // server traced for a while goes on serving).
+        note(&format!(
+            "memprof: the command (pid {}) keeps running untraced; stop it with `kill {}`",
+            tracker.root, tracker.root
+        ));
         return None;
     }
     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {

@@ -251,3 +251,34 @@ fn files_belong_to_the_sudo_user() {
         );
     }
 }
+
+/// A launched command that outlives `--duration` keeps running, untraced, and memprof says
+/// so with its pid; memprof exits 0 (the command has no status yet).
+#[test]
+fn a_command_outliving_the_trace_keeps_running_and_is_named() {
+    let out = memprof()
+        // Its streams elsewhere: memprof's pipes close when memprof exits.
+        .args(["run", "--duration", "500ms", "--", "sh", "-c"])
+        .arg("exec sleep 30 >/dev/null 2>&1")
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let pid: i32 = stderr
+        .split("memprof: the command (pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no word of the command: {stderr}"));
+    assert!(
+        stderr.contains(&format!("stop it with `kill {pid}`")),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep"),
+        "pid {pid} is not the sleep memprof launched"
+    );
+    // SAFETY: killing the sleep this test launched (through memprof).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}

@@ -6,9 +6,10 @@ use crate::symbolize::Frame;
 
 /// Functions a thread's stack starts in: a stack that ends anywhere else was cut short. Go's
 /// system stack starts where the runtime switched to it from a goroutine's stack
-/// (`systemstack`, `mcall`, `asmcgocall`), as Go's own tracebacks of it do: the goroutine's
-/// part lies on another stack, which the kernel does not copy.
-const STACK_ROOTS: [&str; 11] = [
+/// (`systemstack`, `mcall`, `asmcgocall`, `morestack`: the functions that write the stack
+/// pointer, where Go's own tracebacks of it end): the goroutine's part lies on another stack,
+/// which the kernel does not copy.
+const STACK_ROOTS: [&str; 12] = [
     "_start",
     "__libc_start_main",
     "__libc_start_call_main",
@@ -20,6 +21,7 @@ const STACK_ROOTS: [&str; 11] = [
     "runtime.systemstack",
     "runtime.mcall",
     "runtime.asmcgocall",
+    "runtime.morestack",
 ];
 
 /// Whether a stack's outermost frame is not an entry point: the stack was cut short.

@@ -128,11 +128,12 @@ struct ElfTables {
 /// return address at the stack pointer throughout). Imitating their code follows them where
 /// it can (a call to C on the same stack) and ends the stack where it cannot (a switch from
 /// a goroutine's stack, which the kernel did not copy).
-const MISDESCRIBED: [&str; 4] = [
+const MISDESCRIBED: [&str; 5] = [
     "runtime.asmcgocall",
     "runtime.callCgo",
     "runtime.systemstack",
     "runtime.mcall",
+    "runtime.morestack",
 ];
 
 impl ElfTables {

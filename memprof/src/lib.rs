@@ -4,7 +4,7 @@
 //! probes (memprof-ebpf, loaded by [`probes`]) send events through a ring buffer; the
 //! [`session`] reads them and hands them to the [`tracker`], which keeps every traced
 //! [`process`] (its [`address_space`] and [`sites`]); once tracing ends the [`report`] and
-//! the [`export`]s are built from the tracker. [`run`] and [`top`] are what the commands run;
+//! the [`export`]s are built from the tracker. [`run`], [`top`] and [`agent`] are what the commands run;
 //! the command line itself is the binary's (main.rs and cli/), and the library never sees it.
 
 /// A line on stderr for the person running memprof, as `eprintln!`, but quiet when nobody
@@ -64,6 +64,8 @@ pub mod launch;
 pub mod run;
 /// `memprof top`.
 pub mod top;
+/// `memprof agent`: the host traced for days, served to Prometheus and pprof over HTTP.
+pub mod agent;
 
 #[cfg(test)]
 mod testing;

@@ -27,12 +27,18 @@ pub fn print(mut out: impl Write, text: &str) -> io::Result<()> {
     }
 }
 
+/// The program's name in a command line: its first word without the directory, as the
+/// pprof `comm` label and the agent's metrics name processes.
+pub fn program_name(command: &str) -> &str {
+    let name = command.split_whitespace().next().unwrap_or("?");
+    name.rsplit('/').next().unwrap_or(name)
+}
+
 /// Flame graphs, folded stacks, a pprof profile and the JSON report, in `dir`.
 pub fn write_output_dir(dir: &Path, report: &Report, json: &str) -> anyhow::Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fn name(p: &ProcessReport) -> &str {
-        let name = p.command.split_whitespace().next().unwrap_or("?");
-        name.rsplit('/').next().unwrap_or(name)
+        program_name(&p.command)
     }
     // "name (pid)": with several processes, each stack starts at its process.
     let label = |p: &ProcessReport| format!("{} ({})", name(p), p.pid);

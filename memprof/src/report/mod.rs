@@ -5,6 +5,8 @@ mod build;
 pub mod stacks;
 mod text;
 
+pub use build::symbolize_site;
+
 use serde::Serialize;
 
 use crate::{

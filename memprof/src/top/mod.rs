@@ -38,7 +38,7 @@ pub struct TopOptions {
 }
 
 /// `top` keeps no timeline: one sample per process per year.
-const NO_TIMELINE: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const NO_TIMELINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The view between refreshes.
 struct Top {

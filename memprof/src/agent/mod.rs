@@ -90,7 +90,6 @@ pub struct SiteRow {
     pub pid: u32,
     pub comm: Arc<str>,
     pub cgroup: Arc<str>,
-    pub id: SiteId,
     pub site: Arc<Site>,
     pub reserved: u64,
     pub resident: u64,
@@ -182,7 +181,6 @@ impl Agent {
                     pid: p.pid,
                     comm: group.comm.clone(),
                     cgroup: group.cgroup.clone(),
-                    id,
                     site,
                     reserved: f.reserved,
                     resident: f.resident,
@@ -248,7 +246,7 @@ impl Agent {
                 .entry(group_of(p, &mut names))
                 .or_default() += p.events.page_faults;
         }
-        tracker.processes.retain(|_, p| !p.exited);
+        tracker.forget_exited();
         let live = &snapshot.groups;
         self.forgotten_faults
             .retain(|group, _| live.get(group).is_some_and(|g| g.processes > 0));

@@ -8,9 +8,9 @@ use std::{
 
 use super::{SiteRow, Snapshot};
 use crate::{
-    address_space::SiteId,
     export::{self, Metric, ProfileInfo, SiteSample},
     report::{self, stacks},
+    sites::Site,
     symbolize::{Frame, Symbolizer},
 };
 
@@ -42,27 +42,35 @@ impl Query {
     }
 }
 
+/// A site as the snapshots share it: the tracker gives a forgotten site's id to a new one,
+/// but a site's `Arc` stays the same while it lives, and its address is not reused while a
+/// snapshot or [`Symbols`] holds it.
+fn key(row: &SiteRow) -> *const Site {
+    Arc::as_ptr(&row.site)
+}
+
 /// Symbolized stacks, each site done once while it is live. Not `Send` (the symbolizer is
 /// not): it stays on the server's thread.
 #[derive(Default)]
 pub(super) struct Symbols {
     symbolizer: Symbolizer,
-    frames: HashMap<SiteId, Arc<[Frame]>>,
+    frames: HashMap<*const Site, (Arc<Site>, Arc<[Frame]>)>,
 }
 
 impl Symbols {
     fn frames(&mut self, row: &SiteRow) -> Arc<[Frame]> {
         let Self { symbolizer, frames } = self;
-        frames
-            .entry(row.id)
-            .or_insert_with(|| report::symbolize_site(symbolizer, &row.site).into())
-            .clone()
+        let (_, frames) = frames.entry(key(row)).or_insert_with(|| {
+            let frames = report::symbolize_site(symbolizer, &row.site).into();
+            (row.site.clone(), frames)
+        });
+        frames.clone()
     }
 
     /// Forgets the stacks of sites no longer live: the agent runs for days.
     fn keep_only(&mut self, live: &Snapshot) {
-        let ids: HashSet<SiteId> = live.sites.iter().map(|s| s.id).collect();
-        self.frames.retain(|id, _| ids.contains(id));
+        let live: HashSet<*const Site> = live.sites.iter().map(key).collect();
+        self.frames.retain(|site, _| live.contains(site));
     }
 }
 
@@ -82,11 +90,11 @@ fn figures<'a>(
     query: &Query,
     metric: Metric,
 ) -> Vec<(&'a SiteRow, u64)> {
-    let earlier: HashMap<(u32, SiteId), u64> = before
+    let earlier: HashMap<(u32, *const Site), u64> = before
         .map(|b| {
             b.sites
                 .iter()
-                .map(|s| ((s.pid, s.id), value(s, metric)))
+                .map(|s| ((s.pid, key(s)), value(s, metric)))
                 .collect()
         })
         .unwrap_or_default();
@@ -94,7 +102,7 @@ fn figures<'a>(
         .iter()
         .filter(|row| query.wants(row))
         .map(|row| {
-            let was = earlier.get(&(row.pid, row.id)).copied().unwrap_or(0);
+            let was = earlier.get(&(row.pid, key(row))).copied().unwrap_or(0);
             (row, value(row, metric).saturating_sub(was))
         })
         .filter(|&(_, v)| v > 0)
@@ -161,22 +169,24 @@ pub(super) fn profile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sites::Site;
 
-    fn row(pid: u32, id: SiteId, cgroup: &str, reserved: u64) -> SiteRow {
-        SiteRow {
+    fn site(pid: u32) -> Arc<Site> {
+        Arc::new(Site {
             pid,
+            user: Vec::new(),
+            kernel: Vec::new(),
+            placeholder: Some("[test site]"),
+            complete: None,
+            cut: false,
+        })
+    }
+
+    fn row(site: &Arc<Site>, cgroup: &str, reserved: u64) -> SiteRow {
+        SiteRow {
+            pid: site.pid,
             comm: "app".into(),
             cgroup: cgroup.into(),
-            id,
-            site: Arc::new(Site {
-                pid,
-                user: Vec::new(),
-                kernel: Vec::new(),
-                placeholder: Some("[test site]"),
-                complete: None,
-                cut: false,
-            }),
+            site: site.clone(),
             reserved,
             resident: reserved / 2,
             faults_by_code: 0,
@@ -193,9 +203,9 @@ mod tests {
     #[test]
     fn queries_narrow_by_pid_program_and_cgroup_tree() {
         let now = snapshot(vec![
-            row(1, 5, "/a", 10),
-            row(2, 6, "/a/b", 20),
-            row(3, 7, "/ab", 30),
+            row(&site(1), "/a", 10),
+            row(&site(2), "/a/b", 20),
+            row(&site(3), "/ab", 30),
         ]);
         let pids = |query: Query| -> Vec<u32> {
             figures(&now, None, &query, Metric::Reserved)
@@ -222,20 +232,22 @@ mod tests {
         assert!(pids(comm).is_empty());
     }
 
+    /// Sites are told apart by their stacks' identity, not by their ids, which the tracker
+    /// gives again once a site is forgotten.
     #[test]
     fn a_delta_keeps_only_the_growth() {
-        let before = snapshot(vec![row(1, 5, "/", 10), row(1, 6, "/", 50)]);
+        let (grew, shrank) = (site(1), site(1));
+        let before = snapshot(vec![row(&grew, "/", 10), row(&shrank, "/", 50)]);
         let now = snapshot(vec![
-            row(1, 5, "/", 15),
-            row(1, 6, "/", 40),
-            row(1, 7, "/", 8),
+            row(&grew, "/", 15),
+            row(&shrank, "/", 40),
+            row(&site(1), "/", 8),
         ]);
-        let grown: Vec<(SiteId, u64)> =
-            figures(&now, Some(&before), &Query::default(), Metric::Reserved)
-                .iter()
-                .map(|(r, v)| (r.id, *v))
-                .collect();
-        assert_eq!(grown, [(5, 5), (7, 8)]);
+        let grown: Vec<u64> = figures(&now, Some(&before), &Query::default(), Metric::Reserved)
+            .iter()
+            .map(|&(_, v)| v)
+            .collect();
+        assert_eq!(grown, [5, 8]);
         let debug = Query {
             debug: true,
             ..Query::default()

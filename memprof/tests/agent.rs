@@ -324,6 +324,24 @@ fn profiles_name_the_sites_and_bad_requests_get_400() {
         .sum();
     assert_eq!(big, 256 << 20, "{profile:#?}");
 
+    // What `go tool pprof` reads over HTTP, named by its functions.
+    let url = format!(
+        "http://127.0.0.1:{}/debug/pprof/reserved?pid={pid}",
+        agent.port
+    );
+    let dir = scratch("agent-pprof");
+    // It keeps what it fetched, in PPROF_TMPDIR.
+    let out = run_ok(
+        Command::new("go")
+            .args(["tool", "pprof", "-top", &url])
+            .env("PPROF_TMPDIR", &dir),
+    );
+    let top = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        top.contains("memprof_workload::memprof_reserve_big"),
+        "{top}"
+    );
+
     let (status, content_type, body) =
         agent.get("/debug/pprof/resident?debug=1&comm=memprof-workload");
     assert_eq!(
@@ -363,6 +381,7 @@ fn profiles_name_the_sites_and_bad_requests_get_400() {
     // Still serving after all that.
     assert_eq!(agent.get("/metrics").0, 200);
     kill(workload);
+    let _ = fs::remove_dir_all(&dir);
 }
 
 /// Prometheus's answer to an instant query: the value of its one series.
@@ -447,6 +466,7 @@ fn prometheus_scrapes_the_agent() {
 fn churn_leaves_no_series_and_bounded_memory() {
     let cgroup = TestCgroup::new("agent-churn");
     let agent = Agent::start(&cgroup, &[]);
+    let before = agent.rss();
     let churn = cgroup.spawn(&["sh", "-c", "for i in $(seq 2000); do /bin/true; done"]);
     let out = churn.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -465,6 +485,10 @@ fn churn_leaves_no_series_and_bounded_memory() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let rss = agent.rss();
-    eprintln!("agent RSS after 2,000 processes: {} MiB", rss / MIB);
+    eprintln!(
+        "agent RSS {} MiB before 2,000 processes, {} MiB after",
+        before / MIB,
+        rss / MIB
+    );
     assert!(rss < 150 * MIB, "agent RSS {} MiB", rss / MIB);
 }

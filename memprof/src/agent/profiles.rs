@@ -158,7 +158,7 @@ pub(super) fn profile(
         time_nanos: i64::try_from(start.taken_unix_ns).unwrap_or(0),
         duration_nanos: i64::try_from(duration_ns).unwrap_or(i64::MAX),
         comments: vec![
-            format!("memprof agent: {what}, {} processes", pids.len()),
+            format!("memprof agent: {what}; processes: {}", pids.len()),
             format!("lost events: {}", now.lost_events),
         ],
         drop_frames: stacks::plumbing_pattern(),

@@ -72,17 +72,29 @@ impl Agent {
         sum(&self.metrics(), metric, labels)
     }
 
-    /// Scrapes until two consecutive refreshes agree on `metric` and /proc agrees with it:
+    /// `metric` and the kernel's figure, scraped until `agree` says they do (or 15 s passed):
     /// what the agent serves may be a refresh behind the process.
-    fn settle(&self, metric: &str, labels: &[(&str, &str)], kernel: impl Fn() -> u64) -> u64 {
+    fn settle(
+        &self,
+        metric: &str,
+        labels: &[(&str, &str)],
+        kernel: impl Fn() -> u64,
+        agree: impl Fn(u64, u64) -> bool,
+    ) -> (u64, u64) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let ours = self.sum(metric, labels);
             let theirs = kernel();
-            if ours == Some(theirs) || Instant::now() > deadline {
-                return ours
-                    .unwrap_or_else(|| panic!("no {metric}{labels:?}:\n{}", self.metrics()));
+            if let Some(ours) = ours
+                && (agree(ours, theirs) || Instant::now() > deadline)
+            {
+                return (ours, theirs);
             }
+            assert!(
+                Instant::now() < deadline,
+                "no {metric}{labels:?}:\n{}",
+                self.metrics()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -221,19 +233,29 @@ fn metrics_are_the_kernels_figures_summed_by_program() {
     let sleep_pids: Vec<u32> = sleeps.iter().map(Child::id).collect();
     let pid = workload.id();
     let sleep = [("comm", "sleep"), ("cgroup", cgroup.path.as_str())];
-    let ours = agent.settle("memprof_reserved_bytes", &sleep, || {
-        total(&sleep_pids, "VmSize:")
-    });
-    assert_eq!(ours, total(&sleep_pids, "VmSize:"), "{}", agent.metrics());
+    let equal = |ours, theirs| ours == theirs;
+    let (ours, vm_size) = agent.settle(
+        "memprof_reserved_bytes",
+        &sleep,
+        || total(&sleep_pids, "VmSize:"),
+        equal,
+    );
+    assert_eq!(ours, vm_size, "{}", agent.metrics());
     let workload_labels = [("comm", "memprof-workload")];
-    let ours = agent.settle("memprof_reserved_bytes", &workload_labels, || {
-        status_field(pid, "VmSize:")
-    });
-    assert_eq!(ours, status_field(pid, "VmSize:"));
-    let resident = agent
-        .sum("memprof_resident_bytes", &workload_labels)
-        .unwrap();
-    let vm_rss = status_field(pid, "VmRSS:");
+    let vm = |field| move || status_field(pid, field);
+    let (ours, vm_size) = agent.settle(
+        "memprof_reserved_bytes",
+        &workload_labels,
+        vm("VmSize:"),
+        equal,
+    );
+    assert_eq!(ours, vm_size);
+    let (resident, vm_rss) = agent.settle(
+        "memprof_resident_bytes",
+        &workload_labels,
+        vm("VmRSS:"),
+        resident_close,
+    );
     assert!(
         resident_close(resident, vm_rss),
         "resident {resident} vs VmRSS {vm_rss}"

@@ -27,11 +27,10 @@ use crate::{
     filter::{FilterSpec, ProcessFilter},
     probes::{self, LoadOptions, Probes},
     process::{Process, ResidentSplit},
-    procfs::{Proc, ProcSource},
-    session::{self, Flow, Session, Watch},
+    procfs::ProcSource,
+    session::{Flow, Session, Watch},
     sites::Site,
-    top::NO_TIMELINE,
-    tracker::{Origin, Tracker},
+    tracker::Tracker,
 };
 
 #[derive(Clone, Debug)]
@@ -276,10 +275,7 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
         user_stacks: true,
         layout,
     })?;
-    let tracker = Tracker::new(Proc, 0, Origin::All, NO_TIMELINE, monotonic_ns());
-    let mut session = Session::new(probes, tracker);
-    let (runtime, stop) = session::runtime()?;
-    let running = session.trace_running(&filter)?;
+    let (mut session, runtime, stop, running) = Session::of_host(probes, &filter)?;
     let mut agent = Agent {
         refresh: options.refresh,
         fault_sample,
@@ -310,7 +306,11 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{FakeProc, MIB, exit, faults, mmap};
+    use crate::{
+        session::NO_TIMELINE,
+        testing::{FakeProc, MIB, exit, faults, mmap},
+        tracker::Origin,
+    };
 
     const MAPS: &str = "5000000-5002000 r-xp 00001000 fe:00 7 /opt/memprof-test/app\n";
 

@@ -11,9 +11,8 @@ use crate::{
     events::monotonic_ns,
     filter::{FilterSpec, ProcessFilter},
     probes::{self, LoadOptions, Probes},
-    procfs::Proc,
-    session::{self, Flow, Session, Watch},
-    tracker::{Origin, Tracker},
+    session::{Flow, Session, Watch},
+    tracker::Tracker,
 };
 use terminal::Terminal;
 use view::{Action, Figures, Header, Rates, Row, View};
@@ -36,9 +35,6 @@ pub struct TopOptions {
     /// Size of the kernel-to-memprof ring buffer (a power of two, at least a page).
     pub ring_buffer_bytes: u32,
 }
-
-/// `top` keeps no timeline: one sample per process per year.
-pub(crate) const NO_TIMELINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The view between refreshes.
 struct Top {
@@ -147,10 +143,7 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
         user_stacks: false,
         layout,
     })?;
-    let tracker = Tracker::new(Proc, 0, Origin::All, NO_TIMELINE, monotonic_ns());
-    let mut session = Session::new(probes, tracker);
-    let (runtime, stop) = session::runtime()?;
-    let running = session.trace_running(&filter)?;
+    let (mut session, runtime, stop, running) = Session::of_host(probes, &filter)?;
     crate::note!(
         "memprof: tracing {} ({running} running now); {}",
         filter.describe(),

@@ -184,6 +184,16 @@ fn total(pids: &[u32], field: &str) -> u64 {
     pids.iter().map(|&pid| status_field(pid, field)).sum()
 }
 
+/// A child killed and reaped when dropped, however the test ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn kill(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
@@ -445,17 +455,20 @@ fn prometheus_scrapes_the_agent() {
     )
     .unwrap();
     let port = free_port();
-    let prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .expect("`prometheus` is not installed: `cargo xtask setup` installs Debian's package");
+    // Not in the test's cgroup, whose end kills what a failed test left there: killed on drop.
+    let prometheus = Running(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("`prometheus` is not installed: `cargo xtask setup` installs Debian's package"),
+    );
     wait_for_port(port);
     let query = format!(
         "memprof_reserved_bytes{{comm=\"memprof-workload\",cgroup=\"{}\"}}",
@@ -469,9 +482,7 @@ fn prometheus_scrapes_the_agent() {
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    let mut prometheus = prometheus;
-    let _ = prometheus.kill();
-    let _ = prometheus.wait();
+    drop(prometheus);
     let log = fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
     assert_eq!(
         answer,

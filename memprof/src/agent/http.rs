@@ -15,7 +15,7 @@ use hyper::{
     server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::{
     Shared, Snapshot, metrics,
@@ -78,7 +78,9 @@ async fn accept(listener: TcpListener, config: Config) {
                 let server = server.clone();
                 async move { Ok::<_, Infallible>(server.answer(request).await) }
             });
+            // The timer lets hyper drop a client that sends no request head within 30 s.
             if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

@@ -201,7 +201,7 @@ fn kill(mut child: Child) {
 
 /// Starts the workload's sites (256 MiB and 16 MiB reserved from known functions) in
 /// `cgroup`, and waits until it has made them: it then sleeps a minute.
-fn workload(cgroup: &TestCgroup) -> Child {
+fn start_workload(cgroup: &TestCgroup) -> Child {
     let mut child = cgroup.spawn(&[WORKLOAD, "--sites", "--pause-ms", "60000"]);
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
@@ -239,7 +239,7 @@ fn metrics_are_the_kernels_figures_summed_by_program() {
     let cgroup = TestCgroup::new("agent-metrics");
     let agent = Agent::start(&cgroup, &["--per-pid", "1"]);
     let sleeps: Vec<Child> = (0..2).map(|_| cgroup.spawn(&["sleep", "60"])).collect();
-    let workload = workload(&cgroup);
+    let workload = start_workload(&cgroup);
     let sleep_pids: Vec<u32> = sleeps.iter().map(Child::id).collect();
     let pid = workload.id();
     let sleep = [("comm", "sleep"), ("cgroup", cgroup.path.as_str())];
@@ -331,7 +331,7 @@ fn metrics_are_the_kernels_figures_summed_by_program() {
 fn profiles_name_the_sites_and_bad_requests_get_400() {
     let cgroup = TestCgroup::new("agent-pprof");
     let agent = Agent::start(&cgroup, &[]);
-    let workload = workload(&cgroup);
+    let workload = start_workload(&cgroup);
     let pid = workload.id();
     // Its sites are served from the refresh after it made them.
     std::thread::sleep(Duration::from_millis(600));
@@ -383,12 +383,28 @@ fn profiles_name_the_sites_and_bad_requests_get_400() {
     let text = String::from_utf8(body).unwrap();
     assert!(text.contains("memprof_reserve_and_touch"), "{text}");
 
-    // The growth over one second of an idle process: nothing.
-    let (status, _, body) = agent.get(&format!(
-        "/debug/pprof/reserved?pid={pid}&seconds=1&debug=1"
-    ));
+    // The growth over three seconds in which a second workload made the same sites as the
+    // first, now idle: the second's alone (the two's identical stacks would fold into one
+    // line of twice the bytes).
+    let port = agent.port;
+    let delta = std::thread::spawn(move || {
+        get(
+            port,
+            "/debug/pprof/reserved?comm=memprof-workload&seconds=3&debug=1",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let second = start_workload(&cgroup);
+    let (status, _, body) = delta.join().unwrap();
     assert_eq!(status, 200);
-    assert_eq!(String::from_utf8(body).unwrap(), "");
+    let text = String::from_utf8(body).unwrap();
+    let big: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("memprof_reserve_big"))
+        .collect();
+    assert_eq!(big.len(), 1, "{text}");
+    assert!(big[0].ends_with(&format!(" {}", 256 << 20)), "{text}");
+    kill(second);
 
     let (status, content_type, body) = agent.get("/debug/pprof/");
     assert_eq!(
@@ -441,7 +457,7 @@ fn prometheus_query(port: u16, query: &str) -> Option<u64> {
 fn prometheus_scrapes_the_agent() {
     let cgroup = TestCgroup::new("agent-prometheus");
     let agent = Agent::start(&cgroup, &[]);
-    let workload = workload(&cgroup);
+    let workload = start_workload(&cgroup);
     let pid = workload.id();
     let dir = scratch("agent-prometheus");
     let config = dir.join("prometheus.yml");

@@ -93,7 +93,7 @@ impl Watch for Top {
             .collect();
         self.rows = self.rates.update(now, figures);
         // Shown once as exited, then forgotten: top may run for days.
-        tracker.processes.retain(|_, p| !p.exited);
+        tracker.forget_exited();
         self.header = Header {
             elapsed_secs: (now - self.started_ns) as f64 / 1e9,
             processes: tracker.processes.len(),

@@ -93,7 +93,11 @@ pub struct SyscallEvent {
     pub header: EventHeader,
     /// The architecture's syscall number.
     pub nr: u32,
-    pub _pad: u32,
+    /// This call's place in the order in which the kernel changed the process's address
+    /// space ([`TracedProcess::changes`] when it took the mmap write lock), so that calls of
+    /// threads racing on one address space are applied in that order; 0 when it took no
+    /// write lock (it changed no layout, or failed before).
+    pub order: u32,
     /// The caller's user stack (a [`StackEvent`] id), or [`NO_STACK`].
     pub user_stack: u64,
     /// The kernel stack (with `--kernel-stacks`), or [`NO_STACK`].
@@ -404,11 +408,20 @@ pub struct TracedProcess {
     /// Its mm, once an rss_stat event of its own showed it (0 before and after exec): counter
     /// changes other tasks make on it (reclaim) are charged to the process.
     pub mm: u64,
+    /// How many times its threads took its mmap write lock in a followed syscall: each such
+    /// call's [`SyscallEvent::order`]. Counted while the lock is held, so in the kernel's
+    /// order of changes.
+    pub changes: u32,
+    pub _pad: u32,
 }
-plain_data!(TracedProcess, 8);
+plain_data!(TracedProcess, 16);
 
 impl TracedProcess {
-    pub const NEW: Self = Self { mm: 0 };
+    pub const NEW: Self = Self {
+        mm: 0,
+        changes: 0,
+        _pad: 0,
+    };
 }
 
 /// [`Filter::uid`] matching every user.
@@ -447,6 +460,15 @@ pub mod fields {
     pub const SYSCALL_EXIT_NR: Field = ("syscalls/sys_exit_mmap", "__syscall_nr", 8);
     pub const SYSCALL_EXIT_RET: Field = ("syscalls/sys_exit_mmap", "ret", 16);
 
+    pub const MMAP_LOCK_WRITE: Field = ("mmap_lock/mmap_lock_acquire_returned", "write", 24);
+    pub const MMAP_LOCK_SUCCESS: Field = ("mmap_lock/mmap_lock_acquire_returned", "success", 25);
+
     /// The fields of the other tracepoints.
-    pub const ALL: [Field; 3] = [NEWTASK_PID, NEWTASK_CLONE_FLAGS, EXIT_GROUP_DEAD];
+    pub const ALL: [Field; 5] = [
+        NEWTASK_PID,
+        NEWTASK_CLONE_FLAGS,
+        EXIT_GROUP_DEAD,
+        MMAP_LOCK_WRITE,
+        MMAP_LOCK_SUCCESS,
+    ];
 }

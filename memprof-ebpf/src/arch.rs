@@ -32,6 +32,8 @@ pub(crate) mod regs {
     pub(crate) const DX: usize = 12;
     pub(crate) const SI: usize = 13;
     pub(crate) const DI: usize = 14;
+    /// The number of the syscall the task is in (-1 outside one).
+    pub(crate) const ORIG_AX: usize = 15;
     pub(crate) const IP: usize = 16;
     pub(crate) const SP: usize = 19;
     /// Where the syscall ABI passes arguments one to six.

@@ -68,6 +68,17 @@ pub(crate) fn traced_mm(tgid: u32) -> Option<Slot<u64>> {
     Some(field!(Slot::hash(&MP_TRACED, tgid)?, mm))
 }
 
+/// Counts a change to traced process `tgid`'s address space ([`TracedProcess::changes`]);
+/// returns its number. The caller holds the process's mmap write lock: no other thread of
+/// it counts meanwhile.
+pub(crate) fn count_change(tgid: u32) -> Option<u32> {
+    let changes = field!(Slot::hash(&MP_TRACED, tgid)?, changes);
+    // 0 stands for "no change" in events.
+    let number = changes.get().wrapping_add(1).max(1);
+    changes.set(number);
+    Some(number)
+}
+
 /// `--all`: whether the current task's process is one to trace from now on.
 pub(crate) fn wanted(tgid: u32) -> bool {
     let filter = config::get(&FILTER);

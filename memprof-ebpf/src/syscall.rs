@@ -4,7 +4,8 @@
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
-    macros::tracepoint,
+    macros::{map, tracepoint},
+    maps::LruHashMap,
     programs::TracePointContext,
 };
 use memprof_common::{
@@ -17,9 +18,10 @@ use crate::{
     config::{self, KERNEL_STACKS, USER_STACKS},
     event::{emit, header},
     fault::end_fault_run,
-    filter::{is_traced, set_state, state},
+    filter::{count_change, is_traced, set_state, state},
     kernel::{current_ids, field, ok},
     path::send_file_path,
+    slot::Slot,
     stack::{UserRegs, kernel_stack, mapping_end, user_stack},
 };
 
@@ -35,15 +37,69 @@ fn mp_syscall_exit(ctx: TracePointContext) -> u32 {
     ok(try_syscall_exit(&ctx))
 }
 
+/// For the memory syscalls followed: whether the call creates memory (mmap, brk, shmat),
+/// whose stack is recorded to name a site; the others charge the site that created what they
+/// change. None for the others (exec).
+fn creates_memory(nr: u64) -> Option<bool> {
+    match nr {
+        nr::MMAP | nr::BRK | nr::SHMAT => Some(true),
+        nr::MUNMAP | nr::MREMAP | nr::MPROTECT | nr::MADVISE | nr::SHMDT => Some(false),
+        nr::MLOCK | nr::MLOCK2 | nr::MLOCKALL | nr::MUNLOCKALL => Some(false),
+        _ => None,
+    }
+}
+
+/// Per thread, the number of the change its current syscall made to its process's address
+/// space ([`count_change`]), until the syscall's exit sends it (0 then).
+#[map]
+static MP_CHANGE_NUMBER: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// On mmap_lock:mmap_lock_acquire_returned: a thread of a traced process took its address
+/// space's write lock in a followed syscall. Threads racing on one address space reach their
+/// syscalls' exits in any order; the number counted here, under the lock, is the kernel's
+/// order of their changes, which userspace applies them in. Outside a followed syscall (a
+/// page fault growing the stack, fork copying the address space) nothing is counted: no
+/// event would carry the number, and userspace would wait for it.
+#[tracepoint]
+fn mp_mmap_write_locked(ctx: TracePointContext) -> u32 {
+    ok(try_mmap_write_locked(&ctx))
+}
+
+fn try_mmap_write_locked(ctx: &TracePointContext) -> Result<u32, i64> {
+    let (tgid, tid) = current_ids();
+    if !is_traced(tgid) {
+        return Ok(0);
+    }
+    let write: u8 = field(ctx, fields::MMAP_LOCK_WRITE)?;
+    let success: u8 = field(ctx, fields::MMAP_LOCK_SUCCESS)?;
+    if write == 0 || success == 0 {
+        return Ok(0);
+    }
+    // SAFETY: as in `try_syscall_exit`: the current task's user registers, each load checked
+    // by the verifier against the BTF of `struct pt_regs`.
+    let nr = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u64;
+        *regs.add(regs::ORIG_AX)
+    };
+    if creates_memory(nr).is_none() {
+        return Ok(0);
+    }
+    let Some(number) = count_change(tgid) else {
+        return Ok(0);
+    };
+    // Kept per thread, its number 0 between calls: a lookup is cheaper than an insert.
+    match Slot::lru(&MP_CHANGE_NUMBER, tid) {
+        Some(slot) => slot.set(number),
+        None => MP_CHANGE_NUMBER.insert(tid, number, 0)?,
+    }
+    Ok(0)
+}
+
 fn try_syscall_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     let nr = field::<i32>(ctx, fields::SYSCALL_EXIT_NR)? as u64;
-    // Only the calls that create memory (mmap, brk, shmat) name a site: their stack is
-    // recorded.
-    let creates = match nr {
-        nr::MMAP | nr::BRK | nr::SHMAT => true,
-        nr::MUNMAP | nr::MREMAP | nr::MPROTECT | nr::MADVISE | nr::SHMDT => false,
-        nr::MLOCK | nr::MLOCK2 | nr::MLOCKALL | nr::MUNLOCKALL => false,
-        _ => {
+    let creates = match creates_memory(nr) {
+        Some(creates) => creates,
+        None => {
             // execve or execveat: a failed exec leaves the old image (mp_exec saw the
             // successful ones).
             let tgid = current_ids().0;
@@ -63,9 +119,15 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     // SAFETY: a `struct pt_regs *`; the verifier checks each load against its BTF and the
     // kernel recovers from a bad address.
     let reg = |index: usize| unsafe { *regs.add(index) };
+    let order = Slot::lru(&MP_CHANGE_NUMBER, tid).map_or(0, |slot| {
+        let number = slot.get();
+        slot.set(0);
+        number
+    });
     let mut event = SyscallEvent {
         header: header(EventKind::Syscall, tgid, tid),
         nr: nr as u32,
+        order,
         ret: field(ctx, fields::SYSCALL_EXIT_RET)?,
         ..Default::default()
     };

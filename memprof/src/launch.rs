@@ -19,30 +19,47 @@ use anyhow::{Context as _, bail};
 use crate::{error::Error, procfs::Snapshot};
 
 /// Finds `program` the way a shell would: as a path when it has a slash, else on $PATH.
+/// One that is there but cannot run says why, as a shell does.
 pub fn resolve(program: &str) -> Result<PathBuf, Error> {
     let executable = |p: &Path| {
-        p.is_file() && {
-            let c = CString::new(p.as_os_str().as_bytes()).unwrap_or_default();
-            // SAFETY: valid NUL-terminated path.
-            unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
-        }
+        let c = CString::new(p.as_os_str().as_bytes()).unwrap_or_default();
+        // SAFETY: valid NUL-terminated path.
+        p.is_file() && unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
     };
-    let found = if program.contains('/') {
-        Some(PathBuf::from(program)).filter(|p| executable(p))
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![PathBuf::from(program)]
     } else {
-        env::var_os("PATH").and_then(|path| {
-            env::split_paths(&path)
-                .map(|dir| dir.join(program))
-                .find(|p| executable(p))
-        })
+        env::var_os("PATH")
+            .map(|path| {
+                env::split_paths(&path)
+                    .map(|dir| dir.join(program))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
-    found.ok_or_else(|| Error::CommandNotFound(program.to_string()))
+    if let Some(found) = candidates.iter().find(|p| executable(p)) {
+        return Ok(found.clone());
+    }
+    let cannot = |why: &str| Error::CannotExecute {
+        program: program.to_string(),
+        why: why.to_string(),
+    };
+    match candidates.iter().find(|p| p.exists()) {
+        Some(p) if p.is_dir() => Err(cannot("it is a directory")),
+        Some(_) => Err(cannot(
+            "permission denied (not executable: `chmod +x` it, or run it through its interpreter)",
+        )),
+        None => Err(Error::CommandNotFound(program.to_string())),
+    }
 }
 
 /// A forked child waiting for [`Launched::start`] before it execs.
 pub struct Launched {
     pub pid: u32,
     go: OwnedFd,
+    /// The child's errno when its exec fails; closed by a successful exec (close-on-exec).
+    failed: OwnedFd,
+    program: String,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -73,6 +90,7 @@ impl Launched {
         };
         let (argv_ptrs, envp_ptrs) = (pointers(&argv), pointers(&envp));
         let (wait, go) = pipe().context("pipe")?;
+        let (failed, report_failure) = pipe().context("pipe")?;
 
         // SAFETY: the child only calls async-signal-safe functions before exec or _exit.
         match unsafe { libc::fork() } {
@@ -88,17 +106,30 @@ impl Launched {
                 // The child's copy of the write end would keep the pipe open: memprof failing
                 // before `start` would leave it waiting forever instead of reading EOF.
                 libc::close(go.as_raw_fd());
+                libc::close(failed.as_raw_fd());
                 let mut byte = 0u8;
                 // EOF means memprof gave up: exit without running the command.
                 if libc::read(wait.as_raw_fd(), (&raw mut byte).cast(), 1) == 1 {
                     libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+                    let errno = *libc::__errno_location();
+                    libc::write(
+                        report_failure.as_raw_fd(),
+                        (&raw const errno).cast(),
+                        size_of::<libc::c_int>(),
+                    );
                 }
                 libc::_exit(127)
             },
-            pid => Ok(Self {
-                pid: pid as u32,
-                go,
-            }),
+            pid => {
+                // Only the child writes: its exit (or exec) must leave the pipe at EOF.
+                drop(report_failure);
+                Ok(Self {
+                    pid: pid as u32,
+                    go,
+                    failed,
+                    program: args.first().cloned().unwrap_or_default(),
+                })
+            }
         }
     }
 
@@ -116,6 +147,35 @@ impl Launched {
             return Err(io::Error::last_os_error()).context("waiting for the command to exec");
         }
         if !libc::WIFSTOPPED(status) {
+            let mut errno: libc::c_int = 0;
+            // SAFETY: reading at most an int into one, from our pipe; the child exited, so
+            // its end is closed and this does not block.
+            let n = unsafe {
+                libc::read(
+                    self.failed.as_raw_fd(),
+                    (&raw mut errno).cast(),
+                    size_of::<libc::c_int>(),
+                )
+            };
+            if n == size_of::<libc::c_int>() as isize {
+                // "Exec format error (os error 8)": the words, as a shell says them.
+                let why = io::Error::from_raw_os_error(errno).to_string();
+                let why = why
+                    .split(" (os error")
+                    .next()
+                    .unwrap_or_default()
+                    .to_lowercase();
+                let hint = match errno {
+                    libc::ENOEXEC => " (not a program this machine runs, or a script without #!)",
+                    libc::ENOENT => " (a script whose interpreter is missing, or a missing loader)",
+                    _ => "",
+                };
+                return Err(Error::CannotExecute {
+                    program: self.program,
+                    why: format!("{why}{hint}"),
+                }
+                .into());
+            }
             bail!("the command could not be executed (exit status {status:#x})");
         }
         let snapshot = Snapshot::read(self.pid).context("reading the command's address space");

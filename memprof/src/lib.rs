@@ -43,6 +43,8 @@ pub mod address_space;
 pub mod unwind;
 /// The call stacks that reserve memory and fault it in.
 pub mod sites;
+/// Changes to an address space put back in the kernel's order.
+pub mod order;
 /// One traced process: its address space and figures.
 pub mod process;
 /// Events in, processes out: the testable core, without kernel or runtime.

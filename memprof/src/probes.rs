@@ -30,7 +30,7 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// without the kernel formatting a record first. The syscalls are followed on their own exit
 /// tracepoints, by one program, so that other syscalls do not run it (see the kernel side's
 /// syscall.rs).
-const ATTACHMENTS: [(&str, &str, &str); 22] = [
+const ATTACHMENTS: [(&str, &str, &str); 23] = [
     ("syscalls", "sys_exit_mmap", SYSCALL_EXIT),
     ("syscalls", "sys_exit_brk", SYSCALL_EXIT),
     ("syscalls", "sys_exit_munmap", SYSCALL_EXIT),
@@ -45,6 +45,11 @@ const ATTACHMENTS: [(&str, &str, &str); 22] = [
     ("syscalls", "sys_exit_munlockall", SYSCALL_EXIT),
     ("syscalls", "sys_exit_execve", SYSCALL_EXIT),
     ("syscalls", "sys_exit_execveat", SYSCALL_EXIT),
+    (
+        "mmap_lock",
+        "mmap_lock_acquire_returned",
+        "mp_mmap_write_locked",
+    ),
     ("exceptions", "page_fault_user", "mp_page_fault_user"),
     ("exceptions", "page_fault_kernel", "mp_page_fault_kernel"),
     ("sched", "sched_prepare_exec", "mp_prepare_exec"),
@@ -88,8 +93,13 @@ pub fn check_privileges() -> Result<(), Error> {
 
 /// Mounts tracefs when it is not there yet (aya attaches tracepoints through it).
 pub fn ensure_tracefs() -> Result<bool, Error> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(false);
+    match fs::metadata(Path::new(TRACEFS).join("events")) {
+        Ok(events) if events.is_dir() => return Ok(false),
+        // Mounted, root's alone (0700): the capability mode without CAP_DAC_READ_SEARCH.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(Error::TracefsUnreadable);
+        }
+        _ => {}
     }
     let status = std::process::Command::new("mount")
         .args(["-t", "tracefs", "nodev", TRACEFS])
@@ -464,8 +474,9 @@ impl PidStates {
     const LEN: usize = PID_LIMIT as usize;
 
     fn map(map: &MapData) -> anyhow::Result<Self> {
-        // The mapping keeps the map alive; this descriptor can go.
-        let fd = map.info()?.fd()?;
+        // The map's own descriptor: asking the kernel for another by id takes CAP_SYS_ADMIN,
+        // which the capability mode (CAP_BPF, CAP_PERFMON) does not have.
+        let fd = map.fd();
         // SAFETY: maps the array's LEN bytes (it is BPF_F_MMAPABLE), shared with the kernel.
         let address = unsafe {
             libc::mmap(

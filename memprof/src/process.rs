@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use crate::{
     address_space::{AddressSpace, SiteId},
+    order::InOrder,
     procfs::{MapsEntry, Snapshot, Status},
     sites::SiteFigures,
     unwind::Unwound,
@@ -109,6 +110,10 @@ pub struct Sample {
 pub struct ProcCheck {
     pub vm_size_bytes: u64,
     pub vm_rss_bytes: u64,
+    /// Resident bytes by memprof's own count at the end: the RSS counter changes it followed,
+    /// which leave out the per-CPU parts the kernel had not folded in yet. The headline
+    /// figure then takes the kernel's exact one, `vm_rss_bytes` (set by [`Process::finish`]).
+    pub counted_rss_bytes: u64,
     /// Read by the kernel side as the process exited (its /proc was gone by the end).
     pub at_exit: bool,
 }
@@ -118,9 +123,19 @@ impl ProcCheck {
         Self {
             vm_size_bytes: status.vm_size,
             vm_rss_bytes: status.vm_rss,
+            counted_rss_bytes: 0,
             at_exit: false,
         }
     }
+}
+
+/// A memory syscall as the tracker hands it on: the event, the site of the stack that made
+/// it, and the path of the file it mapped (the kernel sends it before the mmap's event).
+#[derive(Debug)]
+pub struct Change {
+    pub event: SyscallEvent,
+    pub site: SiteId,
+    pub path: Option<(u64, String)>,
 }
 
 pub struct Process {
@@ -154,6 +169,8 @@ pub struct Process {
     /// The unwound copies of fault stacks whose frame walk was denied, by stack id: faults
     /// the kernel sent by id before it learnt the verdict stand for them.
     pub copied_stacks: HashMap<u64, Unwound>,
+    /// Its memory syscalls, put back in the kernel's order before they are applied.
+    changes: InOrder<Change>,
     interval_ns: u64,
     next_sample_ns: u64,
 }
@@ -232,6 +249,7 @@ impl Process {
             site_ids: HashMap::new(),
             unwound_sites: HashMap::new(),
             copied_stacks: HashMap::new(),
+            changes: InOrder::default(),
             interval_ns: interval_ns.max(1),
             next_sample_ns: now_ns,
         };
@@ -243,6 +261,7 @@ impl Process {
     /// history goes on); `comm`, the new command name the kernel sent, names it when there is
     /// none.
     pub fn exec(&mut self, snapshot: Option<Snapshot>, comm: &str) {
+        self.apply_held();
         self.events.execs += 1;
         self.site_ids.clear();
         self.unwound_sites.clear();
@@ -281,8 +300,43 @@ impl Process {
         }
     }
 
+    /// Takes a memory syscall: applies it, and the ones it held back, once every change the
+    /// kernel made to the address space before it is applied.
+    pub fn take_change(&mut self, change: Change) {
+        let ready = self
+            .changes
+            .take(change.event.order, change.event.header.ts_ns, change);
+        self.apply_changes(ready);
+    }
+
+    /// Applies the changes that waited in vain for the one before them (see [`InOrder`]).
+    pub fn apply_overdue(&mut self, now_ns: u64) {
+        if self.changes.holds_any() {
+            let ready = self.changes.overdue(now_ns);
+            self.apply_changes(ready);
+        }
+    }
+
+    /// Applies every change held back: before the address space is copied (fork), replaced
+    /// (exec) or gone (exit, end of tracing).
+    pub fn apply_held(&mut self) {
+        if self.changes.holds_any() {
+            let ready = self.changes.drain();
+            self.apply_changes(ready);
+        }
+    }
+
+    fn apply_changes(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            self.apply_syscall(&change.event, change.site);
+            if let Some((address, path)) = change.path {
+                self.space.name_file(address, &path);
+            }
+        }
+    }
+
     /// Applies a memory syscall made from call stack `site`.
-    pub fn apply_syscall(&mut self, event: &SyscallEvent, site: SiteId) {
+    fn apply_syscall(&mut self, event: &SyscallEvent, site: SiteId) {
         let [a0, a1, a2, a3, a4, a5] = event.args;
         let ret = event.ret;
         let counter = match i64::from(event.nr) {
@@ -377,10 +431,20 @@ impl Process {
         if self.ended_ns.is_some() {
             return;
         }
+        self.apply_held();
         self.advance_to(ts_ns);
         self.ended_ns = Some(ts_ns);
         self.exited = exited;
-        self.proc_check = check;
+        // At rest, the kernel's figure is exact (its per-CPU parts summed): the headline
+        // ends on it, and the check keeps what memprof had counted.
+        self.proc_check = check.map(|check| {
+            let counted_rss_bytes = self.resident.end;
+            self.resident.set(check.vm_rss_bytes);
+            ProcCheck {
+                counted_rss_bytes,
+                ..check
+            }
+        });
     }
 
     /// Every region, fault and release charged to the site that reserved the memory, and

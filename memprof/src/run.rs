@@ -67,12 +67,22 @@ pub struct RunOptions {
     pub ring_buffer_bytes: u32,
 }
 
+/// Why /proc did not show process `pid`: it is gone, or /proc refused.
+fn unreadable(pid: u32, why: std::io::Error) -> Error {
+    match why.kind() {
+        std::io::ErrorKind::PermissionDenied => Error::ProcessUnreadable { pid, why },
+        _ => Error::NoSuchProcess(pid),
+    }
+}
+
 /// The process a pid belongs to: a thread id is taken as its whole process.
 fn process_of(pid: u32) -> Result<u32, Error> {
     let tgid = procfs::read_tgid(pid)
         .ok()
         .flatten()
         .ok_or(Error::NoSuchProcess(pid))?;
+    // Before anything is loaded: a process whose maps /proc will not show cannot be traced.
+    procfs::read_maps(tgid).map_err(|why| unreadable(tgid, why))?;
     let what = if tgid == std::process::id() {
         Some("memprof itself")
     } else {
@@ -129,9 +139,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
         (Some(pid), _) => {
             probes.trace(pid)?;
             let mut tracker = tracker(pid, Origin::Attached);
-            if !tracker.seed_from_proc(pid, monotonic_ns()) {
-                return Err(Error::NoSuchProcess(pid).into());
-            }
+            tracker
+                .seed_from_proc(pid, monotonic_ns())
+                .map_err(|why| unreadable(pid, why))?;
             Session::new(probes, tracker)
         }
         (None, Some(child)) => {

@@ -41,10 +41,11 @@ pub trait Watch {
     /// Called with every event so far applied, and the events lost so far; may drop
     /// processes it is done with.
     fn refresh(&mut self, tracker: &mut Tracker, lost_events: u64) -> anyhow::Result<Flow>;
-    /// Whether keys are read from the terminal on stdin and passed to [`Watch::keys`].
-    fn reads_keys(&self) -> bool;
-    /// Bytes read from the terminal at once (one key, or an escape sequence).
-    fn keys(&mut self, keys: &[u8]) -> anyhow::Result<Flow>;
+    /// Whether it reads the terminal on stdin: then [`Watch::terminal_input`] is called.
+    fn reads_terminal(&self) -> bool;
+    /// Called when the terminal has input or was resized, to read what waits (with
+    /// crossterm's event reader, which decodes keys and sees resizes).
+    fn terminal_input(&mut self) -> anyhow::Result<Flow>;
 }
 
 /// Standard input, for polling the terminal for keys.
@@ -54,17 +55,6 @@ impl AsRawFd for Stdin {
     fn as_raw_fd(&self) -> RawFd {
         libc::STDIN_FILENO
     }
-}
-
-/// Bytes waiting on stdin, once it polled readable.
-fn read_keys() -> std::io::Result<Vec<u8>> {
-    let mut buf = [0u8; 64];
-    // SAFETY: reading into a buffer we own, within its length.
-    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(buf[..n as usize].to_vec())
 }
 
 /// The signals that end tracing with a report: Ctrl-C, SIGTERM, SIGHUP (its terminal closed).
@@ -132,7 +122,7 @@ impl Session {
                 continue;
             }
             self.probes.trace(pid)?;
-            if self.tracker.seed_from_proc(pid, monotonic_ns()) {
+            if self.tracker.seed_from_proc(pid, monotonic_ns()).is_ok() {
                 traced += 1;
             } else {
                 // Gone, or a kernel thread (no address space).
@@ -154,12 +144,13 @@ impl Session {
         // SAFETY: the ring buffer owns its fd and keeps it open while the AsyncFd holds it.
         let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
             .context("polling the ring buffer")?;
-        let keys = match &watch {
+        let mut terminal = match &watch {
             // SAFETY: stdin stays open for as long as memprof runs.
-            Some(w) if w.reads_keys() => Some(
+            Some(w) if w.reads_terminal() => Some((
                 unsafe { AsyncFd::register_with_interest(Stdin, Interest::READABLE) }
                     .context("polling stdin")?,
-            ),
+                signal(SignalKind::window_change())?,
+            )),
             _ => None,
         };
         let every = watch
@@ -195,17 +186,22 @@ impl Session {
                         break;
                     }
                 }
-                guard = async { keys.as_ref()?.readable().await.ok() }, if keys.is_some() => {
-                    let Some(mut guard) = guard else { break };
-                    let bytes = read_keys()?;
-                    guard.clear_ready();
-                    if bytes.is_empty() {
-                        // The terminal went away.
-                        break;
+                input = async {
+                    let (stdin, resized) = terminal.as_mut()?;
+                    tokio::select! {
+                        guard = stdin.readable() => guard.ok(),
+                        _ = resized.recv() => None,
                     }
-                    if let Some(w) = watch.as_deref_mut()
-                        && w.keys(&bytes)? == Flow::Stop
-                    {
+                }, if terminal.is_some() => {
+                    let flow = match watch.as_deref_mut() {
+                        Some(w) => w.terminal_input()?,
+                        None => Flow::Continue,
+                    };
+                    // After the watch read what was there.
+                    if let Some(mut guard) = input {
+                        guard.clear_ready();
+                    }
+                    if flow == Flow::Stop {
                         break;
                     }
                 }
@@ -259,6 +255,7 @@ impl Session {
                 self.probes.record_verdicts(&verdicts);
             }
         }
+        self.tracker.apply_overdue(monotonic_ns());
         self.tracker.name_files();
     }
 

@@ -4,6 +4,7 @@
 //! [`ProcSource`].
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
+    io,
     time::Duration,
 };
 
@@ -13,7 +14,7 @@ use crate::{
     address_space::{SITE_NO_STACK, SiteId},
     events::{self, Event, RawStack},
     probes::Verdict,
-    process::{ProcCheck, Process},
+    process::{Change, ProcCheck, Process},
     procfs::{Proc, ProcSource, Snapshot},
     sites::Sites,
     unwind::{self, Unwinding, Unwound},
@@ -184,16 +185,12 @@ impl<P: ProcSource> Tracker<P> {
         self.processes.insert(pid, process);
     }
 
-    /// [`Tracker::seed`] from /proc; false when the process is gone or has no address
-    /// space (a kernel thread).
-    pub fn seed_from_proc(&mut self, pid: u32, now_ns: u64) -> bool {
-        match self.proc.snapshot(pid) {
-            Ok(snapshot) => {
-                self.seed(pid, snapshot, now_ns);
-                true
-            }
-            Err(_) => false,
-        }
+    /// [`Tracker::seed`] from /proc; fails when the process is gone, has no address space
+    /// (a kernel thread) or /proc refuses to show it.
+    pub fn seed_from_proc(&mut self, pid: u32, now_ns: u64) -> io::Result<()> {
+        let snapshot = self.proc.snapshot(pid)?;
+        self.seed(pid, snapshot, now_ns);
+        Ok(())
     }
 
     /// Decodes and applies one event from the ring buffer; one this build does not know is
@@ -257,14 +254,15 @@ impl<P: ProcSource> Tracker<P> {
                 } else {
                     SITE_NO_STACK
                 };
-                process.apply_syscall(&e, site);
                 // A file mapped: named at once, from the path the kernel sent before.
-                if let Some((address, path)) = self.file_paths.remove(&header.tid)
-                    && i64::from(e.nr) == libc::SYS_mmap
-                    && e.ret == address as i64
-                {
-                    process.space.name_file(address, &path);
-                }
+                let path = self.file_paths.remove(&header.tid).filter(|&(address, _)| {
+                    i64::from(e.nr) == libc::SYS_mmap && e.ret == address as i64
+                });
+                process.take_change(Change {
+                    event: e,
+                    site,
+                    path,
+                });
             }
             Event::Fault(e) => {
                 let stack = (e.stack != NO_STACK).then(|| {
@@ -280,7 +278,9 @@ impl<P: ProcSource> Tracker<P> {
                 if child_known {
                     return;
                 }
-                // The child copies the parent's regions: name them while the parent lives.
+                // The child copies the parent's regions, as the kernel last changed them:
+                // name them while the parent lives.
+                process.apply_held();
                 name_files(&self.proc, process);
                 let status = self.proc.status(e.child_pid);
                 let child = Process::forked(process, e.child_pid, header.ts_ns, status.as_ref());
@@ -295,6 +295,7 @@ impl<P: ProcSource> Tracker<P> {
                 let check = (e.read != 0).then_some(ProcCheck {
                     vm_size_bytes: e.vm_size_bytes,
                     vm_rss_bytes: e.vm_rss_bytes,
+                    counted_rss_bytes: 0,
                     at_exit: true,
                 });
                 process.finish(header.ts_ns, true, check);
@@ -434,6 +435,14 @@ impl<P: ProcSource> Tracker<P> {
         }
     }
 
+    /// Applies the memory syscalls that waited in vain for an earlier one (its event was
+    /// lost): call now and then while tracing.
+    pub fn apply_overdue(&mut self, now_ns: u64) {
+        for process in self.processes.values_mut() {
+            process.apply_overdue(now_ns);
+        }
+    }
+
     /// The processes still running by memprof's account that /proc says are gone.
     pub fn vanished(&self) -> Vec<u32> {
         self.processes
@@ -486,7 +495,7 @@ mod tests {
 
     fn attached(proc: FakeProc, pid: u32) -> Tracker<FakeProc> {
         let mut tracker = Tracker::new(proc, pid, Origin::Attached, Duration::from_millis(5), 0);
-        assert!(tracker.seed_from_proc(pid, 0));
+        tracker.seed_from_proc(pid, 0).unwrap();
         tracker
     }
 
@@ -499,7 +508,8 @@ mod tests {
             .with(7, "app", maps, MIB)
             .with(8, "other", maps, MIB);
         let mut tracker = Tracker::new(proc, 0, Origin::All, Duration::from_secs(1), 0);
-        assert!(tracker.seed_from_proc(7, 0) && tracker.seed_from_proc(8, 0));
+        tracker.seed_from_proc(7, 0).unwrap();
+        tracker.seed_from_proc(8, 0).unwrap();
         let (kept, gone) = (0x7f00_0000_0000, 0x7f00_1000_0000);
         tracker.apply(stack(7, 11, &[0x500_0100]));
         tracker.apply(mmap(7, kept, MIB, 11));

@@ -67,6 +67,37 @@ fn command_not_found() {
     expect_failure(out, 7, "command not found: memprof-no-such-command");
 }
 
+/// A command that is there but cannot run says why, as a shell does: refused before anything
+/// is loaded where a look at the file tells, with the exec's own errno where only the exec
+/// does.
+#[test]
+fn commands_that_cannot_run_say_why() {
+    let dir = scratch("cannot-run");
+    let write = |name: &str, contents: &[u8], mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .unwrap();
+        path.display().to_string()
+    };
+    let cases = [
+        (
+            write("data", b"data", 0o644),
+            "permission denied (not executable",
+        ),
+        (dir.display().to_string(), "it is a directory"),
+        (write("junk", b"junk", 0o755), "exec format error"),
+        (
+            write("script", b"#!/memprof/no-such-interpreter\n", 0o755),
+            "no such file or directory (a script whose interpreter is missing",
+        ),
+    ];
+    for (command, why) in cases {
+        let out = memprof().args(["run", "--", &command]).output().unwrap();
+        expect_failure(out, 7, &format!("cannot execute {command}: {why}"));
+    }
+}
+
 #[test]
 fn not_root_is_told_to_use_sudo() {
     use std::os::unix::process::CommandExt as _;
@@ -81,6 +112,54 @@ fn not_root_is_told_to_use_sudo() {
         .output()
         .unwrap();
     expect_failure(out, 4, "run it with sudo");
+}
+
+/// Without root, with capabilities as the README says: CAP_BPF and CAP_PERFMON, and
+/// CAP_DAC_READ_SEARCH where tracefs is root's alone (as on these machines), which memprof
+/// names when it is missing.
+#[test]
+fn capabilities_instead_of_root_trace_a_launched_command() {
+    let dir = scratch("capabilities");
+    let copy = dir.join("memprof");
+    std::fs::copy(MEMPROF, &copy).unwrap();
+    let json = dir.join("report.json");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let as_nobody_with = |caps: &str| {
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .args(["--inh-caps", caps, "--ambient-caps", caps])
+            .arg(&copy)
+            .args(["run", "--json"])
+            .arg(&json)
+            .args(["--", "/bin/true"])
+            .output()
+            .expect("setpriv (util-linux) runs memprof with capabilities")
+    };
+    let tracefs_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata("/sys/kernel/tracing")
+            .unwrap()
+            .permissions(),
+    );
+    if tracefs_mode & 0o005 == 0 {
+        let out = as_nobody_with("+bpf,+perfmon");
+        expect_failure(
+            out,
+            5,
+            "needs CAP_DAC_READ_SEARCH besides CAP_BPF and CAP_PERFMON",
+        );
+    }
+    let out = as_nobody_with("+bpf,+perfmon,+dac_read_search");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = read_json(&json);
+    let p = &report["processes"][0];
+    assert_eq!(
+        p["reserved_bytes"]["end"], p["proc_check"]["vm_size_bytes"],
+        "{p:#}"
+    );
 }
 
 /// In a private mount namespace: with tracefs unmounted memprof mounts it itself; when it

@@ -73,18 +73,30 @@ __attribute__((noinline)) size_t memprof_c_start_thread(pthread_t *thread) {
     return guard;
 }
 
-__attribute__((noinline)) void *memprof_c_planted_mmap(void) {
-    void *p = mmap(0, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+/* Maps 1 MiB with protection `prot`: the two planted cases differ in it, so that their
+   mappings stay apart. */
+__attribute__((noinline)) void *memprof_c_planted_mmap(int prot) {
+    void *p = mmap(0, 1 << 20, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     __asm__ volatile("" ::: "memory");
     return p;
 }
 
 /* No unwind table for this one: unwinders fall back to its frame pointer, which it points at
    a made-up frame whose return address is a heap address. */
-void *memprof_c_planted(uint64_t *frame);
+void *memprof_c_planted(uint64_t *frame, int prot);
 __asm__(".text\n.globl memprof_c_planted\n.type memprof_c_planted, @function\n"
-        "memprof_c_planted:\n push %rbp\n mov %rdi, %rbp\n call memprof_c_planted_mmap\n"
+        "memprof_c_planted:\n push %rbp\n mov %rdi, %rbp\n mov %esi, %edi\n"
+        " call memprof_c_planted_mmap\n"
         " pop %rbp\n ret\n.size memprof_c_planted, .-memprof_c_planted\n");
+
+/* The same, in code whose unwind table says what a frame-pointer build's would: the caller's
+   frame is where the frame pointer points. The table leads into the heap. */
+void *memprof_c_planted_cfi(uint64_t *frame, int prot);
+__asm__(".text\n.globl memprof_c_planted_cfi\n.type memprof_c_planted_cfi, @function\n"
+        "memprof_c_planted_cfi:\n .cfi_startproc\n push %rbp\n .cfi_def_cfa_offset 16\n"
+        " .cfi_offset %rbp, -16\n mov %rdi, %rbp\n .cfi_def_cfa_register %rbp\n mov %esi, %edi\n"
+        " call memprof_c_planted_mmap\n pop %rbp\n .cfi_def_cfa %rsp, 8\n ret\n"
+        " .cfi_endproc\n.size memprof_c_planted_cfi, .-memprof_c_planted_cfi\n");
 
 /* The bytes glibc maps for a block it maps on its own: the block, and its header. */
 static unsigned long mapped(void *block) { return malloc_usable_size(block) + 16; }
@@ -101,10 +113,12 @@ int main(void) {
     pthread_join(thread, NULL);
     void *heap = malloc(64);
     uint64_t frame[2] = {0, (uint64_t)heap};
-    void *planted = memprof_c_planted(frame);
-    printf("{\"big\":%lu,\"calloc\":%lu,\"thread\":%lu,\"planted\":%lu,\"heap\":%lu}\n",
-           mapped(big), mapped(zeroed), (4ul << 20) + guard,
-           mapping_size(planted), (unsigned long)heap);
+    void *planted = memprof_c_planted(frame, PROT_READ | PROT_WRITE);
+    void *planted_cfi = memprof_c_planted_cfi(frame, PROT_READ);
+    printf("{\"big\":%lu,\"calloc\":%lu,\"thread\":%lu,\"planted\":%lu,"
+           "\"planted_cfi\":%lu,\"heap\":%lu}\n",
+           mapped(big), mapped(zeroed), (4ul << 20) + guard, mapping_size(planted),
+           mapping_size(planted_cfi), (unsigned long)heap);
     fflush(stdout);
     usleep(300000);
     return arena_block == NULL;
@@ -184,14 +198,17 @@ fn code_without_frame_pointers_is_charged_on_complete_stacks() {
         }
     }
 
-    // The planted frame pointer leads nowhere (a heap address is no return address): the
-    // unwinder finds the function's real caller above its frame instead.
-    let planted = folded_lines(&reserved, "memprof_c_planted");
-    assert_eq!(
-        planted.iter().map(|(_, bytes)| bytes).sum::<u64>(),
-        size("planted"),
-        "{reserved}"
-    );
+    // The planted frame pointer leads nowhere (a heap address is no return address). Where
+    // no table describes the function, imitating its code to its `ret` finds its real caller;
+    // where a table follows the frame pointer, the stack ends there, marked truncated.
+    let planted_cfi = folded_lines(&reserved, "memprof_c_planted_cfi");
+    let planted: Vec<_> = folded_lines(&reserved, "memprof_c_planted")
+        .into_iter()
+        .filter(|(stack, _)| !stack.contains("memprof_c_planted_cfi"))
+        .collect();
+    let sum = |lines: &[(&str, u64)]| lines.iter().map(|(_, bytes)| bytes).sum::<u64>();
+    assert_eq!(sum(&planted), size("planted"), "{reserved}");
+    assert_eq!(sum(&planted_cfi), size("planted_cfi"), "{reserved}");
     let heap = format!("{:#x}", size("heap"));
     assert!(
         !reserved.contains(&heap),
@@ -201,17 +218,19 @@ fn code_without_frame_pointers_is_charged_on_complete_stacks() {
         assert!(stack.contains(";main;memprof_c_planted;"), "{stack}");
         assert!(!stack.contains("[unknown]"), "{stack}");
     }
+    for (stack, _) in &planted_cfi {
+        assert!(stack.starts_with("memprof_c_planted_cfi;"), "{stack}");
+    }
     let sites = report["processes"][0]["sites"].as_array().unwrap();
-    let planted_site = sites
-        .iter()
-        .find(|s| names(s).iter().any(|n| n == "memprof_c_planted"))
-        .unwrap();
-    assert_eq!(planted_site["truncated"], false, "{planted_site:#}");
-    let big_site = sites
-        .iter()
-        .find(|s| names(s).iter().any(|n| n == "memprof_c_big_malloc"))
-        .unwrap();
-    assert_eq!(big_site["truncated"], false, "{big_site:#}");
+    let site = |function: &str| {
+        sites
+            .iter()
+            .find(|s| names(s).iter().any(|n| n == function))
+            .unwrap_or_else(|| panic!("no site names {function}"))
+    };
+    assert_eq!(site("memprof_c_planted")["truncated"], false);
+    assert_eq!(site("memprof_c_planted_cfi")["truncated"], true);
+    assert_eq!(site("memprof_c_big_malloc")["truncated"], false);
 }
 
 /// The function names of a JSON site's stack.
@@ -429,10 +448,20 @@ fn a_go_server_with_cgo_is_charged_on_complete_stacks() {
         assert_eq!(site["truncated"], false, "{:?}", names(site));
         assert!(names(site).iter().any(|n| n == "start_thread"));
     }
-    assert!(
-        !through("allocate_stack").is_empty(),
-        "no site reserves a thread stack"
-    );
+    // The cgo threads' stacks, made from cgo's C code called through `asmcgocall` (whose
+    // tables Go's linker writes wrong), reach the start of the thread's system stack.
+    let thread_stacks = through("allocate_stack");
+    assert!(!thread_stacks.is_empty(), "no site reserves a thread stack");
+    for site in thread_stacks {
+        assert_eq!(site["truncated"], false, "{:?}", names(site));
+        assert!(
+            names(site)
+                .iter()
+                .any(|n| n.starts_with("runtime.asmcgocall")),
+            "{:?}",
+            names(site)
+        );
+    }
 }
 
 /// node, with its perf map (`--perf-basic-prof`): the JavaScript functions that allocate

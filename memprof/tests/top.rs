@@ -17,33 +17,39 @@ fn kill(mut child: Child) {
     let _ = child.wait();
 }
 
-/// The first pid of each batch block (the table's top row), in order.
-fn leaders(stdout: &str) -> Vec<Option<u32>> {
-    stdout
-        .split("memprof top ")
-        .skip(1)
-        .map(|block| {
-            block
-                .lines()
-                .nth(2)
-                .and_then(|row| row.split_whitespace().next()?.parse().ok())
-        })
-        .collect()
-}
-
-#[test]
-fn batch_names_the_busiest_process_within_two_refreshes() {
-    let cgroup = TestCgroup::new("top-batch");
-    let idle = cgroup.spawn(&["sleep", "30"]);
-    std::thread::sleep(Duration::from_millis(100));
-    let top = memprof()
-        .args(["top", "--batch", "--refresh", "0.5", "--duration", "3.2"])
+/// `memprof top OPTIONS --cgroup CGROUP`, stdin closed, stdout and stderr piped.
+fn top(cgroup: &TestCgroup, options: &[&str]) -> Child {
+    memprof()
+        .arg("top")
+        .args(options)
         .args(["--cgroup", &cgroup.path])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+fn assert_success(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn batch_json_names_the_busiest_process_within_two_refreshes() {
+    let cgroup = TestCgroup::new("top-json");
+    let idle = cgroup.spawn(&["sleep", "30"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let top = top(
+        &cgroup,
+        &["--batch", "--json", "--delay", "0.5", "--duration", "3.2"],
+    );
     // Let it trace, then start the busy one: it reserves 4 GiB and faults pages in.
     std::thread::sleep(Duration::from_millis(700));
     let busy = cgroup.spawn(&[WORKLOAD, "--storm", "faults", "--scale", "0.5"]);
@@ -51,21 +57,91 @@ fn batch_names_the_busiest_process_within_two_refreshes() {
     let out = top.wait_with_output().unwrap();
     kill(busy);
     kill(idle);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let leaders = leaders(&stdout);
+    let stdout = assert_success(&out);
+    // Every line is one refresh, as JSON.
+    let refreshes: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
     // Refreshes at 0.5 s steps; the busy process started after the first.
-    assert!(leaders.len() >= 5, "{stdout}");
+    assert!(refreshes.len() >= 5, "{stdout}");
+    let leaders: Vec<u64> = refreshes
+        .iter()
+        .map(|r| r["rows"][0]["pid"].as_u64().unwrap_or(0))
+        .collect();
     assert!(
-        leaders[1..3].contains(&Some(busy_pid)),
+        leaders[1..3].contains(&u64::from(busy_pid)),
         "pid {busy_pid} not first within two refreshes of its start:\n{stdout}"
     );
-    assert!(stdout.contains("sleep 30"), "{stdout}");
-    assert!(stdout.contains("lost events: 0"), "{stdout}");
+    let last = refreshes.last().unwrap();
+    let names: Vec<&str> = last["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"sleep"), "{stdout}");
+    assert_eq!(
+        last["rows"].as_array().unwrap().len(),
+        last["processes"].as_u64().unwrap() as usize
+    );
+    assert_eq!(last["lost_events"], 0, "{stdout}");
+    assert_eq!(last["sort"], "reserved");
+}
+
+#[test]
+fn batch_text_stops_after_n_refreshes_and_prints_the_last_one_at_the_duration() {
+    let cgroup = TestCgroup::new("top-batch");
+    let idle = cgroup.spawn(&["sleep", "30"]);
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let out = top(&cgroup, &["--batch", "-d", "0.2", "-n", "3"])
+        .wait_with_output()
+        .unwrap();
+    let stdout = assert_success(&out);
+    assert_eq!(stdout.matches("memprof top ").count(), 3, "{stdout}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(stdout.contains("\nsleep 30 "), "{stdout}");
+    assert!(stdout.contains("1 process  lost events: 0"), "{stdout}");
+
+    // A refresh falls due as the duration ends: printed whichever comes first.
+    for _ in 0..3 {
+        let out = top(&cgroup, &["--batch", "-d", "0.5", "--duration", "1"])
+            .wait_with_output()
+            .unwrap();
+        let stdout = assert_success(&out);
+        let elapsed: Vec<f64> = stdout
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("memprof top  ")?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        assert_eq!(elapsed.len(), 2, "{stdout}");
+        assert!(elapsed[1] >= 0.95, "{stdout}");
+    }
+    kill(idle);
+}
+
+#[test]
+fn a_closed_stdout_ends_batch_mode_quietly() {
+    let cgroup = TestCgroup::new("top-closed");
+    let idle = cgroup.spawn(&["sleep", "30"]);
+    for format in ["--batch", "--json"] {
+        let mut top = top(&cgroup, &[format, "-d", "0.2", "--duration", "20"]);
+        // Nobody reads: the first refresh finds the pipe closed.
+        drop(top.stdout.take());
+        let started = Instant::now();
+        let out = top.wait_with_output().unwrap();
+        assert_success(&out);
+        assert!(started.elapsed() < Duration::from_secs(10), "{format}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("error"), "{format}: {stderr}");
+    }
+    kill(idle);
 }
 
 /// tmux's view of one pane.
@@ -130,14 +206,15 @@ impl Drop for Pane {
 }
 
 #[test]
-fn interactive_view_sorts_on_keys_and_q_restores_the_terminal() {
+fn interactive_view_at_80x24_names_the_process_shows_help_sorts_and_restores_the_terminal() {
     let cgroup = TestCgroup::new("top-tmux");
-    let workload = cgroup.spawn(&[WORKLOAD, "--hold-ms", "60000"]);
+    // Busy for a few seconds (its steps reserve and touch memory), then idle.
+    let workload = cgroup.spawn(&[WORKLOAD, "--pause-ms", "300", "--hold-ms", "60000"]);
     let pid = workload.id().to_string();
     let session = format!("memprof-test-{}", std::process::id());
     // After top, the shell prints the terminal's modes: canonical input and echo must be
     // back on, as they were before top took the terminal raw.
-    let top = format!("{MEMPROF} top --refresh 0.5 --cgroup {}", cgroup.path);
+    let top = format!("{MEMPROF} top --delay 0.5 --cgroup {}", cgroup.path);
     let modes = "stty -a | tr ' ;' '\\n\\n' | grep -x -e icanon -e echo";
     // `read` holds the second run until the first has been looked at.
     let script = format!(
@@ -152,24 +229,40 @@ fn interactive_view_sorts_on_keys_and_q_restores_the_terminal() {
         "-s",
         &session,
         "-x",
-        "160",
+        "80",
         "-y",
-        "30",
+        "24",
         "sh",
         "-c",
         &script,
     ]);
-    let screen = pane.wait_for("the workload", |s| {
+    // Its name starts the row, its pid beside it, on 80 columns.
+    let screen = pane.wait_for("the workload's name", |s| {
         s.lines()
-            .any(|l| l.split_whitespace().next() == Some(pid.as_str()))
+            .any(|l| l.starts_with("memprof-workload") && l.split_whitespace().any(|w| w == pid))
     });
     assert!(screen.contains("▼RESERVED/s"), "{screen}");
     assert!(pane.alternate_screen());
+
+    pane.keys("?");
+    let help = pane.wait_for("the help", |s| s.contains("memprof top: help"));
+    assert!(help.contains("Any key goes back"), "{help}");
+    assert!(!help.contains("memprof-workload"), "{help}");
+    pane.keys("Space");
+    pane.wait_for("the rows again", |s| s.contains("memprof-workload"));
 
     pane.keys("f");
     pane.wait_for("the fault-rate sort", |s| s.contains("▼FAULTS/s"));
     pane.keys("m");
     pane.wait_for("the resident sort", |s| s.contains("▼RESIDENT/s"));
+    pane.keys("Space");
+    pane.wait_for("the pause", |s| s.contains("PAUSED"));
+    // A wider window has room for the cgroup: redrawn on the resize itself, as refreshes
+    // draw nothing while paused.
+    pane.tmux(&["resize-window", "-t", &session, "-x", "140", "-y", "30"]);
+    pane.wait_for("the cgroup column", |s| s.contains("CGROUP"));
+    pane.keys("p");
+    pane.wait_for("the end of the pause", |s| !s.contains("PAUSED"));
 
     pane.keys("q");
     let screen = pane.wait_for("top's exit", |s| s.contains("TOP-EXITED"));

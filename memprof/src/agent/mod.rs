@@ -224,11 +224,11 @@ impl Watch for Agent {
         Ok(Flow::Continue)
     }
 
-    fn reads_keys(&self) -> bool {
+    fn reads_terminal(&self) -> bool {
         false
     }
 
-    fn keys(&mut self, _keys: &[u8]) -> anyhow::Result<Flow> {
+    fn terminal_input(&mut self) -> anyhow::Result<Flow> {
         Ok(Flow::Continue)
     }
 }
@@ -338,7 +338,7 @@ mod tests {
             .with(9, "other", MAPS, MIB);
         let mut tracker = Tracker::new(proc, 0, Origin::All, NO_TIMELINE, 0);
         for pid in [7, 8, 9] {
-            assert!(tracker.seed_from_proc(pid, 0));
+            tracker.seed_from_proc(pid, 0).unwrap();
         }
         tracker.apply(mmap(8, 0x7f00_0000_0000, 8 * MIB, 0));
         let mut agent = agent();

@@ -25,7 +25,8 @@ use std::{
 };
 
 const USAGE: &str = "usage: memprof-workload [--pause-ms N] [--hold-ms N] [--wait-stdin] \
-                     [--sites] [--fault-rounds N] [--storm faults|syscalls|mixed|host] [--scale F]";
+                     [--sites] [--fault-rounds N] [--race ROUNDS] \
+                     [--storm faults|syscalls|mixed|host] [--scale F]";
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 /// The smallest page size Linux uses: writing every 4 KiB touches every page whatever its size.
@@ -44,6 +45,8 @@ struct Options {
     sites: bool,
     /// Only this many rounds of `memprof_fault_storm`, 65536 faults each.
     fault_rounds: usize,
+    /// Only this many rounds of `memprof_race` in each of its threads.
+    race_rounds: usize,
     /// Only this benchmark storm, then its duration.
     storm: Option<Storm>,
     /// Multiplies the storm's sizes and round counts (1.0: the benchmark's full storm).
@@ -98,6 +101,10 @@ fn main() -> Result<()> {
     }
     if options.fault_rounds > 0 {
         memprof_fault_storm(options.fault_rounds)?;
+        return checkpoint("end");
+    }
+    if options.race_rounds > 0 {
+        memprof_race(options.race_rounds)?;
         return checkpoint("end");
     }
 
@@ -281,6 +288,81 @@ fn memprof_storm_syscalls(rounds: usize) -> Result<()> {
     Ok(())
 }
 
+/// Threads racing on one address space: 8 threads, `rounds` times each, pick one of 8 slots
+/// of 64 pages in an arena and map it afresh (MAP_FIXED, populated), make its second half
+/// read-only, or unmap it; then, 32 times at once, pairs of threads race to map afresh and
+/// to unmap one slot each. What is left where depends on the order in which the kernel made
+/// the threads' changes, which a model must follow to end where the kernel did.
+#[inline(never)]
+fn memprof_race(rounds: usize) -> Result<()> {
+    const THREADS: usize = 8;
+    const SLOTS: usize = 8;
+    const SLOT: usize = 64 * PAGE;
+    let arena = mmap(SLOTS * SLOT, libc::PROT_NONE, ANON, -1)? as usize;
+    // The last races' slots: each raced for by one pair of threads, once.
+    const LAST_RACES: usize = 32;
+    const PAIRS: usize = THREADS / 2;
+    let last_arena = mmap(LAST_RACES * PAIRS * SLOT, libc::PROT_NONE, ANON, -1)? as usize;
+    let last = std::sync::Arc::new(std::sync::Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|i| {
+            let last = last.clone();
+            thread::spawn(move || -> Result<()> {
+                // xorshift: a different, repeatable walk over the slots in each thread.
+                let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ (i as u64 + 1);
+                for _ in 0..rounds {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let slot = (arena + (state as usize % SLOTS) * SLOT) as *mut u8;
+                    // SAFETY: `slot` lies in the arena this program reserved, which holds no
+                    // Rust values and is never read or written: only mapped, protected and
+                    // unmapped.
+                    unsafe {
+                        match (state >> 40) % 4 {
+                            // Populated: the kernel faults the pages in after it made the
+                            // mapping and let go of the address space, so another thread's
+                            // change to the slot often reaches its syscall's exit first.
+                            0 | 1 => {
+                                let flags = ANON | libc::MAP_FIXED | libc::MAP_POPULATE;
+                                let made = libc::mmap(slot.cast(), SLOT, RW, flags, -1, 0);
+                                check(made == libc::MAP_FAILED, "mmap")?;
+                            }
+                            // Fails (ENOMEM) where another thread unmapped the slot: fine.
+                            2 => {
+                                let half = slot.wrapping_add(SLOT / 2).cast();
+                                libc::mprotect(half, SLOT / 2, libc::PROT_READ);
+                            }
+                            _ => munmap(slot, SLOT)?,
+                        }
+                    }
+                }
+                // Last, at once, in pairs: one thread maps a slot afresh, the other unmaps it;
+                // which stays is the kernel's order's, and no later change hides it.
+                for race in 0..LAST_RACES {
+                    last.wait();
+                    let slot = (last_arena + (race * PAIRS + i / 2) * SLOT) as *mut u8;
+                    // SAFETY: as above, in the last races' arena.
+                    unsafe {
+                        if i % 2 == 0 {
+                            mmap_fixed(slot, SLOT)?;
+                        } else {
+                            munmap(slot, SLOT)?;
+                        }
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| anyhow!("a racing thread panicked"))??;
+    }
+    Ok(())
+}
+
 /// `rounds` times: reads one byte of /dev/zero, writes it to /dev/null.
 fn copy_bytes(rounds: usize) -> Result<()> {
     let mut zero = File::open("/dev/zero").context("opening /dev/zero")?;
@@ -315,6 +397,7 @@ fn parse_args() -> Result<Options> {
         wait_stdin: false,
         sites: false,
         fault_rounds: 0,
+        race_rounds: 0,
         storm: None,
         scale: 1.0,
     };
@@ -337,6 +420,10 @@ fn parse_args() -> Result<Options> {
             "--fault-rounds" => {
                 let value = args.next().context("--fault-rounds needs a value")?;
                 options.fault_rounds = value.parse().context("--fault-rounds: not a number")?;
+            }
+            "--race" => {
+                let value = args.next().context("--race needs a value")?;
+                options.race_rounds = value.parse().context("--race: not a number")?;
             }
             "--storm" => {
                 let value = args.next().context("--storm needs a value")?;

@@ -52,11 +52,13 @@ enum Command {
     /// or page faults per second.
     #[command(
         after_help = "Keys: r sort by reserved growth, m by resident growth, f by faults per \
-        second; / filter by command, cgroup or pid (Enter keeps it, Esc clears it); q or Ctrl-C \
-        quits.\n\nWith --batch, or when stdout is not a terminal, prints the table every refresh \
-        as plain text instead.\n\nExamples:\n  sudo memprof top\n  \
+        second; / filter by command, cgroup or pid (Enter keeps it, Esc clears it); arrows, \
+        PgUp, PgDn scroll; space or p pauses; ? or h shows the help; q or Ctrl-C quits.\n\nWith \
+        --batch, or when stdout is not a terminal, prints the table every refresh as plain text \
+        instead; with --json, a line of JSON.\n\nExamples:\n  sudo memprof top\n  \
         sudo memprof top --cgroup /system.slice/nginx.service --sort resident\n  \
-        sudo memprof top --batch --duration 10 > memory.log"
+        sudo memprof top --batch --duration 10 > memory.log\n  \
+        sudo memprof top --json -n 5 | jq '.rows[0].name'"
     )]
     Top(top::TopArgs),
     /// Trace the host (or the processes --comm, --cgroup and --uid choose) until stopped, and

@@ -37,22 +37,30 @@ pub(crate) struct TopArgs {
     #[arg(short, long, value_enum, default_value_t = Sort::Reserved)]
     sort: Sort,
 
-    /// Time between refreshes, from 100ms to 1h.
-    #[arg(short, long, value_name = "DURATION", default_value = "1s", value_parser = args::refresh)]
-    refresh: Duration,
+    /// Delay between refreshes, from 100ms to 1h (as top's -d).
+    #[arg(short, long, visible_alias = "refresh", value_name = "DURATION", default_value = "1s",
+          value_parser = args::refresh)]
+    delay: Duration,
 
     /// Print plain text every refresh instead of the interactive view (the default when
     /// stdout is not a terminal).
     #[arg(short, long)]
     batch: bool,
 
-    /// Processes printed per refresh with --batch.
-    #[arg(short = 'n', long, value_name = "N", default_value = "20",
-          value_parser = args::positive::<usize>)]
+    /// Print a line of JSON every refresh (implies --batch).
+    #[arg(long)]
+    json: bool,
+
+    /// Stop after N refreshes (as top's -n).
+    #[arg(short = 'n', long, value_name = "N", value_parser = args::positive::<u64>)]
+    iterations: Option<u64>,
+
+    /// Processes printed per refresh with --batch or --json.
+    #[arg(long, value_name = "N", default_value = "20", value_parser = args::positive::<usize>)]
     limit: usize,
 
-    /// Stop after this long (at most 8760h, a year).
-    #[arg(short, long, value_name = "DURATION", value_parser = args::duration)]
+    /// Stop after this long (at most 8760h, a year); the last refresh is printed then.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
     duration: Option<Duration>,
 
     /// Size of the kernel-to-memprof ring buffer (a power of two from 4K to 1G).
@@ -65,9 +73,11 @@ impl TopArgs {
         TopOptions {
             filter: self.filter.spec(),
             sort: self.sort.into(),
-            refresh: self.refresh,
+            refresh: self.delay,
             batch: self.batch,
+            json: self.json,
             limit: self.limit,
+            iterations: self.iterations,
             duration: self.duration,
             ring_buffer_bytes: self.ring_buffer_size,
         }

@@ -225,7 +225,7 @@ mod tests {
         let proc = FakeProc::default().with(7, "app --serve", APP_MAPS, 3 * MIB);
         let interval = Duration::from_millis(10);
         let mut tracker = Tracker::new(proc, 7, Origin::Attached, interval, 0);
-        assert!(tracker.seed_from_proc(7, 0));
+        tracker.seed_from_proc(7, 0).unwrap();
         tracker.apply(stack(7, 1, &[0x500_0100, 0x500_0200]));
         tracker.apply(stack(7, 3, &[0x500_0300, 0x9999_0000]));
         tracker.apply(mmap(7, 0x7f00_0000_0000, 8 * MIB, 1));

@@ -4,8 +4,11 @@
 //! plumbing that carries a request for memory to the kernel.
 use crate::symbolize::Frame;
 
-/// Functions a thread's stack starts in: a stack that ends anywhere else was cut short.
-const STACK_ROOTS: [&str; 8] = [
+/// Functions a thread's stack starts in: a stack that ends anywhere else was cut short. Go's
+/// system stack starts where the runtime switched to it from a goroutine's stack
+/// (`systemstack`, `mcall`, `asmcgocall`), as Go's own tracebacks of it do: the goroutine's
+/// part lies on another stack, which the kernel does not copy.
+const STACK_ROOTS: [&str; 11] = [
     "_start",
     "__libc_start_main",
     "__libc_start_call_main",
@@ -14,6 +17,9 @@ const STACK_ROOTS: [&str; 8] = [
     "runtime.goexit",
     "runtime.rt0_go",
     "runtime.mstart",
+    "runtime.systemstack",
+    "runtime.mcall",
+    "runtime.asmcgocall",
 ];
 
 /// Whether a stack's outermost frame is not an entry point: the stack was cut short.
@@ -91,8 +97,14 @@ const PLUMBING: &[&str] = &[
     // The Go runtime, and cgo's C trampolines (named by their section when the C code has no
     // symbol of its own).
     "runtime.mmap*",
-    "runtime.callCgoMmap",
+    "runtime.callCgo*",
+    "runtime.asmcgocall*",
     "runtime/cgo(.text)",
+    "x_cgo_thread_start",
+    "_cgo_sys_thread_start",
+    "_cgo_try_pthread_create",
+    "runtime.newosproc*",
+    "runtime.newm1",
     "x_cgo_mmap",
     "_cgo_mmap",
     "runtime.sysMmap",

@@ -311,13 +311,13 @@ impl ProcessReport {
             "/proc"
         };
         format!(
-            "reserved {} vs {whose} VmSize {} ({}); resident {} vs VmRSS {} ({})",
+            "reserved {} vs {whose} VmSize {} ({}); resident counted {} vs VmRSS {} ({})",
             bytes(self.reserved_bytes.end),
             bytes(check.vm_size_bytes),
             diff(self.reserved_bytes.end, check.vm_size_bytes),
-            bytes(self.resident_bytes.end),
+            bytes(check.counted_rss_bytes),
             bytes(check.vm_rss_bytes),
-            diff(self.resident_bytes.end, check.vm_rss_bytes),
+            diff(check.counted_rss_bytes, check.vm_rss_bytes),
         )
     }
 }
@@ -408,6 +408,7 @@ mod tests {
                 proc_check: Some(ProcCheck {
                     vm_size_bytes: 1 << 30,
                     vm_rss_bytes: (64 << 20) + 8192,
+                    counted_rss_bytes: 64 << 20,
                     at_exit: false,
                 }),
                 incomplete: None,

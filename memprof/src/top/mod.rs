@@ -1,11 +1,14 @@
 //! `memprof top`: a live view of every traced process, sorted by what grows fastest.
+pub mod render;
 pub mod terminal;
 pub mod view;
 
 use std::{
-    io::{IsTerminal as _, Write as _},
-    time::Duration,
+    io::{self, IsTerminal as _, Write as _},
+    time::{Duration, SystemTime},
 };
+
+use crossterm::event::Event;
 
 use crate::{
     events::monotonic_ns,
@@ -14,8 +17,9 @@ use crate::{
     session::{Flow, Session, Watch},
     tracker::Tracker,
 };
+use render::Header;
 use terminal::Terminal;
-use view::{Action, Figures, Header, Rates, Row, View};
+use view::{Action, Figures, Rates, Row, View};
 
 pub use view::SortKey;
 
@@ -28,12 +32,25 @@ pub struct TopOptions {
     pub refresh: Duration,
     /// Plain text every refresh instead of the interactive view.
     pub batch: bool,
+    /// A line of JSON every refresh instead of the interactive view or plain text.
+    pub json: bool,
     /// Processes printed per refresh in batch mode.
     pub limit: usize,
+    /// Stop after this many refreshes.
+    pub iterations: Option<u64>,
     /// Stop after this long.
     pub duration: Option<Duration>,
     /// Size of the kernel-to-memprof ring buffer (a power of two, at least a page).
     pub ring_buffer_bytes: u32,
+}
+
+/// Where refreshes go.
+enum Output {
+    Screen(Terminal),
+    /// Plain-text blocks on stdout.
+    Text,
+    /// JSON lines on stdout.
+    Json,
 }
 
 /// The view between refreshes.
@@ -45,38 +62,20 @@ struct Top {
     header: Header,
     started_ns: u64,
     refresh: Duration,
-    /// None in batch mode.
-    terminal: Option<Terminal>,
+    output: Output,
     limit: usize,
+    /// Refreshes shown so far, and when the last one was taken (monotonic ns).
+    refreshes: u64,
+    refreshed_ns: u64,
+    iterations: Option<u64>,
+    /// Tracing ended because of this view (its iterations done, stdout closed): nothing is
+    /// left to print.
+    ended_it: bool,
 }
 
 impl Top {
-    fn draw(&mut self) -> anyhow::Result<()> {
-        view::sort(&mut self.rows, self.view.sort);
-        match &mut self.terminal {
-            Some(terminal) => {
-                let (width, height) = terminal::size();
-                let frame =
-                    view::render_screen(&self.view, &self.header, &self.rows, width, height);
-                terminal.draw(&frame)?;
-            }
-            None => {
-                let text = view::render_batch(&self.header, &self.rows, self.view.sort, self.limit);
-                let mut stdout = std::io::stdout().lock();
-                stdout.write_all(text.as_bytes())?;
-                stdout.flush()?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Watch for Top {
-    fn refresh_every(&self) -> Duration {
-        self.refresh
-    }
-
-    fn refresh(&mut self, tracker: &mut Tracker, lost_events: u64) -> anyhow::Result<Flow> {
+    /// Takes the tracker's figures as the rows.
+    fn update(&mut self, tracker: &mut Tracker, lost_events: u64) {
         let now = monotonic_ns();
         let figures = tracker
             .processes
@@ -96,33 +95,109 @@ impl Watch for Top {
         tracker.forget_exited();
         self.header = Header {
             elapsed_secs: (now - self.started_ns) as f64 / 1e9,
-            processes: tracker.processes.len(),
+            unix_secs: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
             lost_events,
-            refresh_secs: self.refresh.as_secs_f64(),
         };
-        self.draw()?;
-        Ok(Flow::Continue)
+        self.refreshes += 1;
+        self.refreshed_ns = now;
     }
 
-    fn reads_keys(&self) -> bool {
-        self.terminal.is_some()
+    /// Shows the rows; stops when nobody reads stdout any more (`memprof top -b | head`).
+    fn draw(&mut self) -> anyhow::Result<Flow> {
+        view::sort(&mut self.rows, self.view.sort);
+        let text = match &mut self.output {
+            Output::Screen(terminal) => {
+                terminal.draw(|frame| {
+                    let area = frame.area();
+                    render::screen(
+                        &mut self.view,
+                        &self.header,
+                        &self.rows,
+                        area,
+                        frame.buffer_mut(),
+                    );
+                })?;
+                return Ok(Flow::Continue);
+            }
+            Output::Text => {
+                render::batch_text(&self.header, &self.rows, self.view.sort, self.limit)
+            }
+            Output::Json => {
+                render::batch_json(&self.header, &self.rows, self.view.sort, self.limit)
+            }
+        };
+        let mut stdout = io::stdout().lock();
+        match stdout
+            .write_all(text.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            Ok(()) => Ok(Flow::Continue),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(Flow::Stop),
+            Err(e) => Err(e.into()),
+        }
     }
 
-    fn keys(&mut self, keys: &[u8]) -> anyhow::Result<Flow> {
-        // An escape sequence (an arrow key, say) is not a key of ours; a lone Esc is.
-        if keys.len() > 1 && keys[0] == 0x1b {
+    /// In batch mode, a last refresh when tracing ended (--duration, Ctrl-C) well after
+    /// the previous one, so that a log ends with the final figures; none when a refresh
+    /// just showed them.
+    fn finish(&mut self, tracker: &mut Tracker) -> anyhow::Result<()> {
+        let since = monotonic_ns().saturating_sub(self.refreshed_ns);
+        if self.ended_it
+            || matches!(self.output, Output::Screen(_))
+            || (self.refreshes > 0 && u128::from(since) < self.refresh.as_nanos() / 2)
+        {
+            return Ok(());
+        }
+        self.update(tracker, tracker.lost_events);
+        self.draw().map(drop)
+    }
+}
+
+impl Watch for Top {
+    fn refresh_every(&self) -> Duration {
+        self.refresh
+    }
+
+    fn refresh(&mut self, tracker: &mut Tracker, lost_events: u64) -> anyhow::Result<Flow> {
+        // Paused, the rows stay; the tracker keeps counting, so rates resume over the pause.
+        if self.view.paused {
             return Ok(Flow::Continue);
         }
+        self.update(tracker, lost_events);
+        let flow = self.draw()?;
+        self.ended_it = flow == Flow::Stop || Some(self.refreshes) == self.iterations;
+        Ok(if self.ended_it {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        })
+    }
+
+    fn reads_terminal(&self) -> bool {
+        matches!(self.output, Output::Screen(_))
+    }
+
+    fn terminal_input(&mut self) -> anyhow::Result<Flow> {
+        let Some(events) = terminal::events()? else {
+            // The terminal went away.
+            return Ok(Flow::Stop);
+        };
         let mut redraw = false;
-        for &key in keys {
-            match self.view.key(key) {
-                Action::Quit => return Ok(Flow::Stop),
-                Action::Redraw => redraw = true,
-                Action::None => {}
+        for event in events {
+            match event {
+                Event::Key(key) => match self.view.key(key) {
+                    Action::Quit => return Ok(Flow::Stop),
+                    Action::Redraw => redraw = true,
+                    Action::None => {}
+                },
+                Event::Resize(..) => redraw = true,
+                _ => {}
             }
         }
         if redraw {
-            self.draw()?;
+            return self.draw();
         }
         Ok(Flow::Continue)
     }
@@ -131,8 +206,10 @@ impl Watch for Top {
 pub fn run(args: TopOptions) -> anyhow::Result<()> {
     let filter = ProcessFilter::new(&args.filter)?;
     let layout = probes::check_machine()?;
-    let interactive =
-        !args.batch && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    let interactive = !args.batch
+        && !args.json
+        && std::io::stdout().is_terminal()
+        && std::io::stdin().is_terminal();
     let (probes, events) = Probes::load(&LoadOptions {
         ring_buffer_bytes: args.ring_buffer_bytes,
         // No stacks: top shows processes, not call sites.
@@ -153,11 +230,13 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
             "Ctrl-C to stop"
         }
     );
-    let terminal = if interactive {
+    let output = if interactive {
         terminal::restore_on_panic();
-        Some(Terminal::enter()?)
+        Output::Screen(Terminal::enter()?)
+    } else if args.json {
+        Output::Json
     } else {
-        None
+        Output::Text
     };
     let mut top = Top {
         view: View::new(args.sort),
@@ -165,16 +244,26 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
         rows: Vec::new(),
         header: Header {
             elapsed_secs: 0.0,
-            processes: session.tracker.processes.len(),
+            unix_secs: 0.0,
             lost_events: 0,
-            refresh_secs: args.refresh.as_secs_f64(),
         },
         started_ns: session.tracker.started_ns,
         refresh: args.refresh,
-        terminal,
+        output,
         limit: args.limit,
+        refreshes: 0,
+        refreshed_ns: session.tracker.started_ns,
+        iterations: args.iterations,
+        ended_it: false,
     };
-    let result = runtime.block_on(session.run(events, stop, args.duration, Some(&mut top)));
+    if interactive {
+        // At once, rather than a blank screen until the first refresh (rates need a second).
+        top.update(&mut session.tracker, 0);
+        top.draw()?;
+    }
+    let result = runtime
+        .block_on(session.run(events, stop, args.duration, Some(&mut top)))
+        .and_then(|()| top.finish(&mut session.tracker));
     // Leave the alternate screen before anything more is printed.
     drop(top);
     result?;

@@ -1,12 +1,11 @@
 //! The interactive terminal of `memprof top`: raw mode and the alternate screen, left clean on
-//! every way out. Keys are read by the caller from stdin, not here.
-use std::io::{self, Write};
+//! every way out, drawn with ratatui; and the keys and resizes read with crossterm.
+use std::io::{self, Stdout};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use crossterm::{
-    cursor, execute, queue,
-    terminal::{self, ClearType},
-};
+use crossterm::{cursor, event, execute, terminal};
+use ratatui::{Frame, backend::CrosstermBackend};
 
 /// Whether the terminal is in raw mode on the alternate screen, so that it is restored once
 /// (by the panic hook or by Drop, whichever comes first) and never when it was not entered,
@@ -15,44 +14,25 @@ static ENTERED: AtomicBool = AtomicBool::new(false);
 
 /// The terminal in raw mode on the alternate screen, cursor hidden, until dropped.
 pub struct Terminal {
-    out: io::Stdout,
+    screen: ratatui::Terminal<CrosstermBackend<Stdout>>,
 }
 
 impl Terminal {
     /// Enables raw mode, enters the alternate screen and hides the cursor.
     pub fn enter() -> io::Result<Terminal> {
+        let screen = ratatui::Terminal::new(CrosstermBackend::new(io::stdout()))?;
         terminal::enable_raw_mode()?;
         ENTERED.store(true, Ordering::SeqCst);
         // Built before the next step can fail, so that Drop undoes raw mode then too.
-        let mut entered = Terminal { out: io::stdout() };
-        execute!(entered.out, terminal::EnterAlternateScreen, cursor::Hide)?;
+        let entered = Terminal { screen };
+        execute!(io::stdout(), terminal::EnterAlternateScreen, cursor::Hide)?;
         Ok(entered)
     }
 
-    /// Draws a frame of lines joined with "\r\n" from the top left corner, clearing whatever
-    /// the previous frame left, and flushes it in one write so that it does not flicker.
-    pub fn draw(&mut self, frame: &str) -> io::Result<()> {
-        let mut buffer = Vec::with_capacity(frame.len() + 1024);
-        let lines: Vec<&str> = frame.split("\r\n").collect();
-        // Below the frame first: clearing after writing a full-width line would erase its
-        // last char on terminals that keep the cursor on it.
-        let below = u16::try_from(lines.len()).unwrap_or(u16::MAX);
-        queue!(
-            buffer,
-            cursor::MoveTo(0, below),
-            terminal::Clear(ClearType::FromCursorDown)
-        )?;
-        for (row, line) in (0..=u16::MAX).zip(&lines) {
-            queue!(
-                buffer,
-                cursor::MoveTo(0, row),
-                terminal::Clear(ClearType::CurrentLine)
-            )?;
-            buffer.extend_from_slice(line.as_bytes());
-        }
-        let mut out = self.out.lock();
-        out.write_all(&buffer)?;
-        out.flush()
+    /// Draws a frame: ratatui writes only the cells that changed since the last one, and
+    /// after a resize clears the screen and fits the frame to its new size.
+    pub fn draw(&mut self, render: impl FnOnce(&mut Frame)) -> io::Result<()> {
+        self.screen.draw(render).map(drop)
     }
 }
 
@@ -71,14 +51,6 @@ fn restore() {
     }
 }
 
-/// The terminal's width and height in chars; 80x24 when it cannot be told.
-pub fn size() -> (u16, u16) {
-    match terminal::size() {
-        Ok((width, height)) if width > 0 && height > 0 => (width, height),
-        _ => (80, 24),
-    }
-}
-
 /// Restores the terminal before a panic message is printed: on the alternate screen in raw
 /// mode it would be lost or garbled.
 pub fn restore_on_panic() {
@@ -87,4 +59,31 @@ pub fn restore_on_panic() {
         restore();
         print(info);
     }));
+}
+
+/// Whether the terminal on stdin hung up. crossterm's reader retries a read that fails
+/// for ever, so it must not be asked then.
+fn hung_up() -> bool {
+    let mut stdin = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own, no waiting.
+    let ready = unsafe { libc::poll(&mut stdin, 1, 0) };
+    ready > 0 && stdin.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
+/// The keys and resizes waiting, read without blocking; None when the terminal is gone.
+pub fn events() -> io::Result<Option<Vec<event::Event>>> {
+    let mut events = Vec::new();
+    loop {
+        if hung_up() {
+            return Ok(None);
+        }
+        if !event::poll(Duration::ZERO)? {
+            return Ok(Some(events));
+        }
+        events.push(event::read()?);
+    }
 }

@@ -1,9 +1,9 @@
-//! What `memprof top` shows, as pure functions of the figures and the keys pressed, so that
-//! it is unit- and snapshot-tested without a terminal.
+//! What `memprof top` knows between refreshes: rows with their rates, their order, and the
+//! user's choices made with keys; pure, so that it is tested without a terminal.
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
-use crate::units::bytes;
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use serde::Serialize;
 
 /// One process's figures at one refresh, as the session knows them.
 #[derive(Clone, Debug)]
@@ -38,7 +38,8 @@ pub struct Row {
 }
 
 /// What the rows are sorted by, fastest first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SortKey {
     /// By reserved (address space) growth
     Reserved,
@@ -49,7 +50,7 @@ pub enum SortKey {
 }
 
 impl SortKey {
-    fn describe(self) -> &'static str {
+    pub(super) fn describe(self) -> &'static str {
         match self {
             SortKey::Reserved => "reserved growth",
             SortKey::Resident => "resident growth",
@@ -160,19 +161,22 @@ pub enum Action {
     None,
 }
 
-const CTRL_C: u8 = 0x03;
-const BACKSPACE: u8 = 0x08;
-const DELETE: u8 = 0x7f;
-const ESC: u8 = 0x1b;
-
-/// The user's choices: sort key and filter, changed by keys read from a raw-mode terminal.
+/// The user's choices: sort key, filter, help, pause and scrolling, changed by keys.
 #[derive(Clone, Debug)]
 pub struct View {
     pub sort: SortKey,
     /// Case-insensitive substring of the command, cgroup or pid; empty shows every row.
     pub filter: String,
     /// Keys go to the filter text rather than being commands.
-    editing: bool,
+    pub editing: bool,
+    /// The help screen is shown instead of the rows.
+    pub help: bool,
+    /// Refreshes leave the rows as they are, so they can be read.
+    pub paused: bool,
+    /// Index of the first visible row shown; kept within the rows when drawn.
+    pub scroll: usize,
+    /// Rows the last frame had room for: how far PgUp and PgDn move.
+    pub page: usize,
 }
 
 impl View {
@@ -182,39 +186,69 @@ impl View {
             sort,
             filter: String::new(),
             editing: false,
+            help: false,
+            paused: false,
+            scroll: 0,
+            page: 1,
         }
     }
 
-    /// Handles one byte read from the terminal in raw mode.
-    pub fn key(&mut self, key: u8) -> Action {
-        if key == CTRL_C {
+    /// Handles one key read from the terminal.
+    pub fn key(&mut self, key: KeyEvent) -> Action {
+        if key.kind == KeyEventKind::Release {
+            return Action::None;
+        }
+        let control = key.modifiers.contains(KeyModifiers::CONTROL);
+        if control && key.code == KeyCode::Char('c') {
             return Action::Quit;
         }
+        if self.help {
+            // Any key goes back, as in top(1).
+            self.help = false;
+            return Action::Redraw;
+        }
         if self.editing {
-            match key {
-                b'\r' | b'\n' => self.editing = false,
-                ESC => {
+            match key.code {
+                KeyCode::Enter => self.editing = false,
+                KeyCode::Esc => {
                     self.editing = false;
                     self.filter.clear();
                 }
-                BACKSPACE | DELETE => {
+                KeyCode::Backspace => {
                     self.filter.pop();
                 }
-                // Bytes of multibyte characters are dropped rather than pushed one by one,
-                // which would make mojibake; commands are ASCII in practice.
-                b' '..=b'~' => self.filter.push(char::from(key)),
+                KeyCode::Char(c) if !control => self.filter.push(c),
                 _ => return Action::None,
             }
+            // Whatever the filter leaves starts at the top.
+            self.scroll = 0;
             return Action::Redraw;
         }
-        match key {
-            b'q' => return Action::Quit,
-            b'r' => self.sort = SortKey::Reserved,
-            b'm' | b'M' => self.sort = SortKey::Resident,
-            b'f' => self.sort = SortKey::Faults,
+        match key.code {
+            KeyCode::Char('q') => return Action::Quit,
+            KeyCode::Char(sort @ ('r' | 'm' | 'M' | 'f')) => {
+                self.sort = match sort {
+                    'r' => SortKey::Reserved,
+                    'f' => SortKey::Faults,
+                    _ => SortKey::Resident,
+                };
+                self.scroll = 0;
+            }
             // The current filter is kept, so it can be refined rather than typed again.
-            b'/' => self.editing = true,
-            ESC if !self.filter.is_empty() => self.filter.clear(),
+            KeyCode::Char('/') => self.editing = true,
+            KeyCode::Char('?' | 'h') => self.help = true,
+            KeyCode::Char(' ' | 'p') => self.paused = !self.paused,
+            KeyCode::Esc if !self.filter.is_empty() => {
+                self.filter.clear();
+                self.scroll = 0;
+            }
+            KeyCode::Down | KeyCode::Char('j') => self.scroll = self.scroll.saturating_add(1),
+            KeyCode::Up | KeyCode::Char('k') => self.scroll = self.scroll.saturating_sub(1),
+            KeyCode::PageDown => self.scroll = self.scroll.saturating_add(self.page),
+            KeyCode::PageUp => self.scroll = self.scroll.saturating_sub(self.page),
+            KeyCode::Home => self.scroll = 0,
+            // Brought back to the last page when drawn.
+            KeyCode::End => self.scroll = usize::MAX,
             _ => return Action::None,
         }
         Action::Redraw
@@ -232,276 +266,12 @@ impl View {
     }
 }
 
-/// The figures about the whole session shown above the rows.
-#[derive(Clone, Debug)]
-pub struct Header {
-    pub elapsed_secs: f64,
-    /// Processes traced now (exited ones excluded).
-    pub processes: usize,
-    /// Events the kernel could not deliver: shown always, since any figure may be off.
-    pub lost_events: u64,
-    pub refresh_secs: f64,
-}
-
-/// Right-aligned figure columns after COMMAND and CGROUP: title and width. The widths fit the
-/// widest values: "1023.9 KiB" and "+1023.9 KiB/s".
-const NUMBER_COLUMNS: [(&str, usize); 5] = [
-    ("RESERVED", 10),
-    ("RESERVED/s", 13),
-    ("RESIDENT", 10),
-    ("RESIDENT/s", 13),
-    ("FAULTS/s", 9),
-];
-const PID_WIDTH: usize = 7;
-const COMMAND_MIN_WIDTH: usize = 8;
-/// Below this leftover width CGROUP is left out, so that COMMAND stays readable on 80 columns.
-const CGROUP_MIN_LEFTOVER: usize = 24;
-const BATCH_COMMAND_WIDTH: usize = 32;
-const BATCH_CGROUP_WIDTH: usize = 32;
-const EXITED: &str = " (exited)";
-
-/// Widths of the text columns; no CGROUP column when `cgroup` is None.
-struct Widths {
-    command: usize,
-    cgroup: Option<usize>,
-}
-
-impl Widths {
-    fn for_screen(width: usize) -> Self {
-        let fixed = PID_WIDTH + 1 + NUMBER_COLUMNS.iter().map(|(_, w)| w + 1).sum::<usize>();
-        let leftover = width.saturating_sub(fixed);
-        if leftover < CGROUP_MIN_LEFTOVER {
-            return Widths {
-                command: leftover.max(COMMAND_MIN_WIDTH),
-                cgroup: None,
-            };
-        }
-        // Two spaces between COMMAND and CGROUP; commands get the larger share, as they tell
-        // processes apart.
-        let cgroup = (leftover - 2) * 2 / 5;
-        Widths {
-            command: leftover - 2 - cgroup,
-            cgroup: Some(cgroup),
-        }
-    }
-}
-
-/// Replaces control characters: a process chooses its own command name, and escape codes in
-/// it would garble the terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
-/// At most `width` chars, ending with an ellipsis when cut.
-fn cut_end(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        return text.to_string();
-    }
-    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
-    if width > 0 {
-        cut.push('…');
-    }
-    cut
-}
-
-/// At most `width` chars, starting with an ellipsis when cut: the end of a cgroup path names
-/// the service or container.
-fn cut_start(text: &str, width: usize) -> String {
-    let count = text.chars().count();
-    if count <= width {
-        return text.to_string();
-    }
-    let mut cut = String::from(if width > 0 { "…" } else { "" });
-    cut.extend(text.chars().skip(count + 1 - width.max(1)));
-    cut
-}
-
-/// The command cut to `width`, keeping the exited mark visible.
-fn command_cell(row: &Row, width: usize) -> String {
-    let command = printable(&row.command);
-    if !row.exited {
-        return cut_end(&command, width);
-    }
-    match width.checked_sub(EXITED.len()) {
-        Some(room) if room > 0 => cut_end(&command, room) + EXITED,
-        _ => cut_end(&format!("{command}{EXITED}"), width),
-    }
-}
-
-/// A signed rate in binary units: "+1.5 MiB/s", "-4.0 KiB/s", "0 B/s".
-fn bytes_rate(rate: f64) -> String {
-    let magnitude = rate.abs().round() as u64;
-    if magnitude == 0 {
-        return "0 B/s".to_string();
-    }
-    let sign = if rate < 0.0 { '-' } else { '+' };
-    format!("{sign}{}/s", bytes(magnitude))
-}
-
-/// One table line: cells already cut to their widths.
-fn table_line(
-    widths: &Widths,
-    pid: &str,
-    command: &str,
-    cgroup: &str,
-    numbers: &[String],
-) -> String {
-    let mut line = format!("{pid:>PID_WIDTH$} {command:<w$}", w = widths.command);
-    if let Some(w) = widths.cgroup {
-        let _ = write!(line, "  {cgroup:<w$}");
-    }
-    for (number, (_, w)) in numbers.iter().zip(NUMBER_COLUMNS) {
-        let _ = write!(line, " {number:>w$}");
-    }
-    line
-}
-
-/// The column titles, the sorted one marked when `sorted` is given.
-fn column_titles(widths: &Widths, sorted: Option<SortKey>) -> String {
-    let sorted = sorted.map(|key| match key {
-        SortKey::Reserved => "RESERVED/s",
-        SortKey::Resident => "RESIDENT/s",
-        SortKey::Faults => "FAULTS/s",
-    });
-    let numbers: Vec<String> = NUMBER_COLUMNS
-        .iter()
-        .map(|&(title, _)| {
-            if sorted == Some(title) {
-                format!("▼{title}")
-            } else {
-                title.to_string()
-            }
-        })
-        .collect();
-    table_line(widths, "PID", "COMMAND", "CGROUP", &numbers)
-}
-
-fn row_line(widths: &Widths, row: &Row) -> String {
-    let cgroup = cut_start(&printable(&row.cgroup), widths.cgroup.unwrap_or(0));
-    let numbers = [
-        bytes(row.reserved),
-        bytes_rate(row.reserved_rate),
-        bytes(row.resident),
-        bytes_rate(row.resident_rate),
-        format!("{:.0}", row.faults_rate),
-    ];
-    table_line(
-        widths,
-        &row.pid.to_string(),
-        &command_cell(row, widths.command),
-        &cgroup,
-        &numbers,
-    )
-}
-
-fn processes(n: usize) -> String {
-    format!("{n} process{}", if n == 1 { "" } else { "es" })
-}
-
-/// One whole frame for a `width` x `height` terminal: title, keys, column titles and as many
-/// of the rows (sorted by the caller, filtered here) as fit. Lines are joined with "\r\n" for
-/// raw mode, with no escape codes: clearing and positioning are the terminal's job.
-pub fn render_screen(
-    view: &View,
-    header: &Header,
-    rows: &[Row],
-    width: u16,
-    height: u16,
-) -> String {
-    let width = usize::from(width);
-    let widths = Widths::for_screen(width);
-    let visible: Vec<&Row> = view.visible(rows).collect();
-
-    let mut title = format!(
-        "memprof top  {:.1} s  {}  lost events: {}  refresh {:.1} s",
-        header.elapsed_secs,
-        processes(header.processes),
-        header.lost_events,
-        header.refresh_secs,
-    );
-    if !view.filter.is_empty() {
-        let _ = write!(title, "  {} shown", visible.len());
-    }
-
-    // While editing, keys are filter text: the sort keys do not apply, so they make room
-    // for how to end editing.
-    let keys = if view.editing {
-        format!(
-            "filter: {}_  (Enter: keep, Esc: clear, Ctrl-C: quit)",
-            view.filter
-        )
-    } else {
-        let mut keys = String::from("sort:");
-        for (sort, label) in [
-            (SortKey::Reserved, "[r]eserved growth"),
-            (SortKey::Resident, "[m] resident growth"),
-            (SortKey::Faults, "[f]aults/s"),
-        ] {
-            let mark = if view.sort == sort { '▼' } else { ' ' };
-            let _ = write!(keys, " {mark}{label}");
-        }
-        if view.filter.is_empty() {
-            keys.push_str("   [/] filter  [q]uit");
-        } else {
-            let _ = write!(keys, "   [/] filter: {}  [q]uit", view.filter);
-        }
-        keys
-    };
-
-    let mut lines = vec![title, keys, column_titles(&widths, Some(view.sort))];
-    let room = usize::from(height).saturating_sub(lines.len());
-    if visible.is_empty() && room > 0 {
-        lines.push(if view.filter.is_empty() {
-            "  (no traced process)".to_string()
-        } else {
-            format!("  (no process matches \"{}\")", view.filter)
-        });
-    }
-    lines.extend(visible.iter().take(room).map(|row| row_line(&widths, row)));
-    lines.truncate(usize::from(height));
-    lines
-        .iter()
-        .map(|line| cut_end(line, width))
-        .collect::<Vec<_>>()
-        .join("\r\n")
-}
-
-/// One plain-text block for logs and scripts: a title line, the column titles and the first
-/// `limit` rows (in the caller's order, unfiltered), then an empty line. Commands and cgroups
-/// are cut at fixed widths so that the columns line up.
-pub fn render_batch(header: &Header, rows: &[Row], key: SortKey, limit: usize) -> String {
-    let widths = Widths {
-        command: BATCH_COMMAND_WIDTH,
-        cgroup: Some(BATCH_CGROUP_WIDTH),
-    };
-    let mut out = format!(
-        "memprof top  {:.1} s  {}  lost events: {}  sorted by {}\n",
-        header.elapsed_secs,
-        processes(header.processes),
-        header.lost_events,
-        key.describe(),
-    );
-    // Unmarked, so that scripts find the same titles whatever the sort: the first line
-    // says it.
-    out += &column_titles(&widths, None);
-    out.push('\n');
-    for row in rows.iter().take(limit) {
-        out += &row_line(&widths, row);
-        out.push('\n');
-    }
-    out.push('\n');
-    out
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
-    use crate::testing::assert_snapshot;
 
     const SEC: u64 = 1_000_000_000;
-    const MIB: u64 = 1 << 20;
+    pub(in crate::top) const MIB: u64 = 1 << 20;
 
     fn figures(pid: u32, reserved: u64, resident: u64, faults: u64) -> Figures {
         Figures {
@@ -515,7 +285,12 @@ mod tests {
         }
     }
 
-    fn row(pid: u32, reserved_rate: f64, resident_rate: f64, faults_rate: f64) -> Row {
+    pub(in crate::top) fn row(
+        pid: u32,
+        reserved_rate: f64,
+        resident_rate: f64,
+        faults_rate: f64,
+    ) -> Row {
         Row {
             pid,
             command: format!("cmd{pid}"),
@@ -611,65 +386,126 @@ mod tests {
         assert_eq!(pids(&rows), [4, 3, 1, 2, 5]);
     }
 
+    fn press(view: &mut View, keys: &str) -> Action {
+        keys.chars()
+            .map(|c| view.key(KeyEvent::from(KeyCode::Char(c))))
+            .last()
+            .unwrap()
+    }
+
+    fn code(view: &mut View, code: KeyCode) -> Action {
+        view.key(KeyEvent::from(code))
+    }
+
+    const CTRL_C: KeyEvent = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+
     #[test]
     fn keys_choose_the_sort_and_quit() {
         let mut view = View::new(SortKey::Reserved);
-        assert_eq!(view.key(b'm'), Action::Redraw);
+        assert_eq!(press(&mut view, "m"), Action::Redraw);
         assert_eq!(view.sort, SortKey::Resident);
-        assert_eq!(view.key(b'f'), Action::Redraw);
+        assert_eq!(press(&mut view, "f"), Action::Redraw);
         assert_eq!(view.sort, SortKey::Faults);
-        view.key(b'r');
+        press(&mut view, "r");
         assert_eq!(view.sort, SortKey::Reserved);
-        view.key(b'M');
+        press(&mut view, "M");
         assert_eq!(view.sort, SortKey::Resident);
-        assert_eq!(view.key(b'x'), Action::None);
-        assert_eq!(view.key(b'q'), Action::Quit);
+        assert_eq!(press(&mut view, "x"), Action::None);
+        assert_eq!(code(&mut view, KeyCode::F(5)), Action::None);
+        assert_eq!(press(&mut view, "q"), Action::Quit);
         assert_eq!(view.key(CTRL_C), Action::Quit);
     }
 
     #[test]
     fn filter_editing_takes_text_until_enter() {
         let mut view = View::new(SortKey::Reserved);
-        assert_eq!(view.key(b'/'), Action::Redraw);
-        for &key in b"qrmx" {
-            assert_eq!(view.key(key), Action::Redraw);
-        }
-        assert_eq!(view.filter, "qrmx");
+        assert_eq!(press(&mut view, "/"), Action::Redraw);
+        assert_eq!(press(&mut view, "qrmx ?hé"), Action::Redraw);
+        assert_eq!(view.filter, "qrmx ?hé");
         assert_eq!(view.sort, SortKey::Reserved);
-        view.key(DELETE);
-        view.key(BACKSPACE);
+        assert!(!view.help && !view.paused);
+        for _ in 0..6 {
+            code(&mut view, KeyCode::Backspace);
+        }
         assert_eq!(view.filter, "qr");
-        assert_eq!(view.key(0xc3), Action::None);
-        assert_eq!(view.key(b'\r'), Action::Redraw);
+        // An arrow is one key, not an Esc that clears the filter and then text.
+        assert_eq!(code(&mut view, KeyCode::Left), Action::None);
+        assert_eq!(view.filter, "qr");
+        assert_eq!(code(&mut view, KeyCode::Enter), Action::Redraw);
         assert_eq!(view.filter, "qr");
         // Keys are commands again.
-        assert_eq!(view.key(b'f'), Action::Redraw);
+        assert_eq!(press(&mut view, "f"), Action::Redraw);
         assert_eq!(view.sort, SortKey::Faults);
         assert_eq!(view.filter, "qr");
         // Editing again refines the filter kept.
-        view.key(b'/');
-        view.key(b'z');
-        view.key(b'\n');
+        press(&mut view, "/z");
+        code(&mut view, KeyCode::Enter);
         assert_eq!(view.filter, "qrz");
     }
 
     #[test]
     fn esc_clears_the_filter_and_ctrl_c_quits_while_editing() {
         let mut view = View::new(SortKey::Reserved);
-        view.key(b'/');
-        view.key(b'a');
-        assert_eq!(view.key(ESC), Action::Redraw);
+        press(&mut view, "/a");
+        assert_eq!(code(&mut view, KeyCode::Esc), Action::Redraw);
         assert_eq!(view.filter, "");
-        assert_eq!(view.key(b'q'), Action::Quit);
+        assert_eq!(press(&mut view, "q"), Action::Quit);
 
-        view.key(b'/');
-        view.key(b'a');
+        press(&mut view, "/a");
         assert_eq!(view.key(CTRL_C), Action::Quit);
 
-        view.key(b'\r');
-        assert_eq!(view.key(ESC), Action::Redraw);
+        code(&mut view, KeyCode::Enter);
+        assert_eq!(code(&mut view, KeyCode::Esc), Action::Redraw);
         assert_eq!(view.filter, "");
-        assert_eq!(view.key(ESC), Action::None);
+        assert_eq!(code(&mut view, KeyCode::Esc), Action::None);
+    }
+
+    #[test]
+    fn help_shows_until_any_key_and_space_pauses() {
+        let mut view = View::new(SortKey::Reserved);
+        for open in ["?", "h"] {
+            assert_eq!(press(&mut view, open), Action::Redraw);
+            assert!(view.help);
+            // The key that closes the help does nothing else.
+            assert_eq!(press(&mut view, "f"), Action::Redraw);
+            assert!(!view.help);
+            assert_eq!(view.sort, SortKey::Reserved);
+        }
+        press(&mut view, "?");
+        assert_eq!(view.key(CTRL_C), Action::Quit);
+
+        let mut view = View::new(SortKey::Reserved);
+        press(&mut view, " ");
+        assert!(view.paused);
+        press(&mut view, "p");
+        assert!(!view.paused);
+    }
+
+    #[test]
+    fn arrows_and_pages_scroll() {
+        let mut view = View::new(SortKey::Reserved);
+        view.page = 10;
+        code(&mut view, KeyCode::Up);
+        assert_eq!(view.scroll, 0);
+        code(&mut view, KeyCode::Down);
+        press(&mut view, "j");
+        assert_eq!(view.scroll, 2);
+        code(&mut view, KeyCode::PageDown);
+        assert_eq!(view.scroll, 12);
+        press(&mut view, "k");
+        code(&mut view, KeyCode::PageUp);
+        assert_eq!(view.scroll, 1);
+        code(&mut view, KeyCode::End);
+        assert_eq!(view.scroll, usize::MAX);
+        code(&mut view, KeyCode::Home);
+        assert_eq!(view.scroll, 0);
+        // A new sort or filter starts at the top.
+        view.scroll = 5;
+        press(&mut view, "f");
+        assert_eq!(view.scroll, 0);
+        view.scroll = 5;
+        press(&mut view, "/x");
+        assert_eq!(view.scroll, 0);
     }
 
     #[test]
@@ -689,103 +525,5 @@ mod tests {
         assert_eq!(pids(view.visible(&rows)), [22]);
         view.filter = "nothing".into();
         assert_eq!(view.visible(&rows).count(), 0);
-    }
-
-    #[test]
-    fn cuts_are_char_aware() {
-        assert_eq!(cut_end("héllo wörld", 6), "héllo…");
-        assert_eq!(cut_end("héllo", 5), "héllo");
-        assert_eq!(cut_end("héllo", 0), "");
-        assert_eq!(cut_start("/a/bé/c.scope", 8), "…c.scope");
-        assert_eq!(cut_start("/a/bé/c.scope", 8).chars().count(), 8);
-        assert_eq!(cut_start("abc", 0), "");
-        assert_eq!(printable("evil\x1b[2J"), "evil?[2J");
-    }
-
-    #[test]
-    fn formats_signed_rates() {
-        assert_eq!(bytes_rate(1.5 * MIB as f64), "+1.5 MiB/s");
-        assert_eq!(bytes_rate(-4096.0), "-4.0 KiB/s");
-        assert_eq!(bytes_rate(0.2), "0 B/s");
-        assert_eq!(bytes_rate(-0.2), "0 B/s");
-        assert_eq!(bytes_rate(512.0), "+512 B/s");
-    }
-
-    fn sample_rows() -> Vec<Row> {
-        let mut grower = row(4242, 12.5 * MIB as f64, 3.0 * MIB as f64, 768.0);
-        grower.command = "postgres".into();
-        grower.cgroup = "/system.slice/postgresql@16-main.service".into();
-        grower.reserved = 3 * (1 << 30) / 2;
-        grower.resident = 412 * MIB;
-        let mut long = row(1, 4096.0, 0.0, 1.4);
-        long.command = "java -Xmx8g -jar /opt/some/very/long/path/application.jar".into();
-        long.cgroup = "/user.slice/user-1000.slice/session-2.scope".into();
-        long.reserved = 8 << 30;
-        long.resident = 900 * MIB;
-        let mut gone = row(31337, 0.0, -((210 * MIB) as f64), 0.0);
-        gone.command = "cc1plus".into();
-        gone.cgroup = "/".into();
-        gone.reserved = 0;
-        gone.resident = 0;
-        gone.exited = true;
-        vec![grower, long, gone]
-    }
-
-    fn sample_header() -> Header {
-        Header {
-            elapsed_secs: 12.0,
-            processes: 2,
-            lost_events: 3,
-            refresh_secs: 1.0,
-        }
-    }
-
-    #[test]
-    fn renders_a_screen() {
-        let view = View::new(SortKey::Reserved);
-        let text = render_screen(&view, &sample_header(), &sample_rows(), 100, 12);
-        for line in text.split("\r\n") {
-            assert!(line.chars().count() <= 100, "{line:?}");
-        }
-        assert_snapshot("top-screen.txt", &text);
-    }
-
-    #[test]
-    fn renders_a_narrow_short_screen_while_editing_the_filter() {
-        let mut view = View::new(SortKey::Resident);
-        for &key in b"/pOS" {
-            view.key(key);
-        }
-        let text = render_screen(&view, &sample_header(), &sample_rows(), 80, 5);
-        let lines: Vec<&str> = text.split("\r\n").collect();
-        assert_eq!(lines.len(), 4, "{text}");
-        for line in &lines {
-            assert!(line.chars().count() <= 80, "{line:?}");
-        }
-        assert_snapshot("top-screen-narrow.txt", &text);
-    }
-
-    #[test]
-    fn a_screen_says_when_nothing_matches() {
-        let mut view = View::new(SortKey::Faults);
-        view.filter = "zzz".into();
-        let text = render_screen(&view, &sample_header(), &sample_rows(), 120, 24);
-        assert!(text.ends_with("(no process matches \"zzz\")"), "{text}");
-        assert!(text.contains("[/] filter: zzz  [q]uit"), "{text}");
-        assert!(text.contains("0 shown"), "{text}");
-        assert_eq!(
-            render_screen(&view, &sample_header(), &[], 120, 2)
-                .split("\r\n")
-                .count(),
-            2
-        );
-    }
-
-    #[test]
-    fn renders_batch_blocks() {
-        let text = render_batch(&sample_header(), &sample_rows(), SortKey::Reserved, 2);
-        assert!(text.ends_with("\n\n"));
-        assert!(!text.contains('\x1b'));
-        assert_snapshot("top-batch.txt", &text);
     }
 }

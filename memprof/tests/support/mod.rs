@@ -371,3 +371,36 @@ pub(crate) fn wait_for_port(port: u16) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Both CPUs of the machine kept busy until dropped: races show when a traced program's
+/// threads are preempted, which is when people profile.
+pub(crate) struct BusyCpus {
+    busy: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    loops: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BusyCpus {
+    pub(crate) fn start() -> Self {
+        let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let loops = (0..2)
+            .map(|_| {
+                let busy = busy.clone();
+                std::thread::spawn(move || {
+                    while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Self { busy, loops }
+    }
+}
+
+impl Drop for BusyCpus {
+    fn drop(&mut self) {
+        self.busy.store(false, std::sync::atomic::Ordering::Relaxed);
+        for spin in self.loops.drain(..) {
+            let _ = spin.join();
+        }
+    }
+}

@@ -14,6 +14,7 @@
 mod frameless;
 mod measure;
 mod report;
+mod server;
 mod storm;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -42,12 +43,15 @@ project's workload; frameless, a C program without frame pointers that the bench
 with gcc) untraced, under memprof, under memprof --fault-stacks, and under the peers that
 are installed (bpftrace, perf record, strace, strace -k), N times interleaved; and the host
 storm, a syscall-bound process memprof does not trace, alone and beside memprof tracing
-another process. Prints a markdown table per storm and memprof's budgets with PASS or OVER.
+another process; then redis, Debian's redis-server under redis-benchmark, untraced and
+launched under memprof (throughput and p99 latency ratios). Prints a markdown table per
+storm and memprof's budgets with PASS or OVER.
 
   --quick        Scale the storms by 0.25
   --runs N       Runs of each configuration (default 5)
   --scale F      Scale the storms' sizes and round counts by F (default 1, in (0, 4])
-  --storm NAME   Only this storm (repeatable): faults, syscalls, mixed, frameless or host
+  --storm NAME   Only this storm (repeatable): faults, syscalls, mixed, frameless, host
+                 or redis
   --json PATH    Also write every run's raw figures to PATH
 ";
 
@@ -56,6 +60,8 @@ struct Options {
     scale: f64,
     runs: usize,
     storms: Vec<Storm>,
+    /// The real-server bench (redis).
+    server: bool,
     json: Option<PathBuf>,
     /// Internal: already set up and built, binaries in this target directory (the re-run
     /// through sudo).
@@ -67,6 +73,7 @@ fn parse(args: &[OsString]) -> Result<Options> {
         scale: 1.0,
         runs: 5,
         storms: Vec::new(),
+        server: false,
         json: None,
         prebuilt: None,
     };
@@ -95,11 +102,17 @@ fn parse(args: &[OsString]) -> Result<Options> {
             }
             "--storm" => {
                 let v = value()?;
+                if v == "redis" {
+                    options.server = true;
+                    continue;
+                }
                 let storm = Storm::ALL
                     .into_iter()
                     .find(|s| s.name() == v)
                     .with_context(|| {
-                        format!("--storm {v}: not faults, syscalls, mixed, frameless or host")
+                        format!(
+                            "--storm {v}: not faults, syscalls, mixed, frameless, host or redis"
+                        )
                     })?;
                 if !options.storms.contains(&storm) {
                     options.storms.push(storm);
@@ -114,8 +127,9 @@ fn parse(args: &[OsString]) -> Result<Options> {
             _ => bail!("unknown bench argument `{arg}`\n\n{USAGE}"),
         }
     }
-    if options.storms.is_empty() {
+    if options.storms.is_empty() && !options.server {
         options.storms = Storm::ALL.to_vec();
+        options.server = true;
     }
     Ok(options)
 }
@@ -190,6 +204,15 @@ impl Bench {
         let result = self.run_all();
         fs::remove_dir_all(self.commands.dir()).ok();
         result?;
+        let server_runs = if self.options.server && server::available() {
+            server::run(self.commands.memprof(), self.options.runs)?
+        } else {
+            if self.options.server {
+                self.notes
+                    .push("skipped: redis (redis-server or redis-benchmark not installed)".into());
+            }
+            Vec::new()
+        };
         let report = Report {
             scale: self.options.scale,
             runs_per_configuration: self.options.runs,
@@ -199,7 +222,14 @@ impl Bench {
             runs: &self.runs,
         };
         let machine = machine_line();
-        print!("{}", report.text(&machine));
+        if self.options.storms.is_empty() {
+            println!("memprof overhead on a server: {machine}");
+        } else {
+            print!("{}", report.text(&machine));
+        }
+        if !server_runs.is_empty() {
+            print!("\n{}", server::text(&server_runs));
+        }
         if let Some(path) = &self.options.json {
             let unix_time = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -288,6 +318,7 @@ mod tests {
                 scale: 1.0,
                 runs: 5,
                 storms: Storm::ALL.to_vec(),
+                server: true,
                 json: None,
                 prebuilt: None,
             }
@@ -341,8 +372,12 @@ mod tests {
         assert!(error(&["--scale", "0"]).contains("not in (0, 4]"));
         assert!(error(&["--scale", "4.5"]).contains("not in (0, 4]"));
         assert!(
-            error(&["--storm", "brk"]).contains("not faults, syscalls, mixed, frameless or host")
+            error(&["--storm", "brk"])
+                .contains("not faults, syscalls, mixed, frameless, host or redis")
         );
+        // redis alone runs no storm.
+        let redis = parse_words(&["--storm", "redis"]).unwrap();
+        assert!(redis.server && redis.storms.is_empty());
         assert!(error(&["--json"]).starts_with("--json needs a value"));
         assert!(error(&["--fast"]).starts_with("unknown bench argument `--fast`"));
     }

@@ -212,6 +212,11 @@ impl Commands {
         &self.dir
     }
 
+    /// memprof's release build.
+    pub(super) fn memprof(&self) -> &Path {
+        &self.memprof
+    }
+
     /// Where memprof writes its JSON report.
     pub(super) fn report_json(&self) -> PathBuf {
         self.dir.join("report.json")

@@ -2,12 +2,15 @@
 //! binaries' own unwind tables (`.eh_frame`, else `.debug_frame`) by framehop, as
 //! `perf --call-graph dwarf` does. Code built without frame pointers (a distribution's C
 //! library and most of its programs) leaves a frame-pointer walk short or wrong; the tables
-//! describe every frame. Where a binary has no tables (JIT code, Go's own), framehop follows
-//! the frame pointers.
+//! describe every frame. Where they say nothing (JIT code, cgo's C code), framehop follows
+//! the frame pointers, and where those lead nowhere the frame's code is imitated to its
+//! return ([`epilogue`]), else the stack above it scanned.
 //!
 //! Also here: the kernel's frame-pointer walk done again on the copy, and the id it names a
 //! stack by, so that userspace can vouch for a walk whose frames the tables confirm (the
 //! kernel then sends such a stack by id alone).
+mod epilogue;
+
 use std::{
     collections::HashMap,
     ops::Range,
@@ -20,7 +23,9 @@ use framehop::{
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
 use memprof_common::MAX_STACK_DEPTH;
-use object::{Object as _, ObjectSection as _, ObjectSegment as _, SegmentFlags};
+use object::{
+    Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _, SegmentFlags,
+};
 
 use crate::{
     address_space::{AddressSpace, PROT_EXEC, RegionKind},
@@ -112,8 +117,23 @@ struct ElfTables {
     /// The code the tables describe (virtual addresses, sorted): other code of the file has
     /// no rule to unwind it by.
     described: Vec<Range<u64>>,
+    /// Code the tables describe wrongly (virtual addresses): [`MISDESCRIBED`].
+    misdescribed: Vec<Range<u64>>,
     file: memmap2::Mmap,
 }
+
+/// Functions whose unwind tables are known to be wrong (by the start of their names): Go's
+/// assembly that moves to another stack, or to an aligned one, to call C or run on the
+/// system stack, which the `.debug_frame` Go's linker writes does not say (it claims the
+/// return address at the stack pointer throughout). Imitating their code follows them where
+/// it can (a call to C on the same stack) and ends the stack where it cannot (a switch from
+/// a goroutine's stack, which the kernel did not copy).
+const MISDESCRIBED: [&str; 4] = [
+    "runtime.asmcgocall",
+    "runtime.callCgo",
+    "runtime.systemstack",
+    "runtime.mcall",
+];
 
 impl ElfTables {
     fn read(path: &Path) -> Option<Self> {
@@ -157,10 +177,19 @@ impl ElfTables {
             })
             .collect();
         let described = described_code(&sections).unwrap_or_default();
+        let misdescribed = elf
+            .symbols()
+            .filter(|s| {
+                s.name()
+                    .is_ok_and(|name| MISDESCRIBED.iter().any(|m| name.starts_with(m)))
+            })
+            .map(|s| s.address()..s.address() + s.size())
+            .collect();
         Some(Self {
             sections,
             code_segments,
             described,
+            misdescribed,
             file: map,
         })
     }
@@ -181,6 +210,16 @@ impl ElfTables {
         };
         let i = self.described.partition_point(|r| r.start <= address);
         i > 0 && self.described[i - 1].contains(&address)
+    }
+
+    /// The function [`MISDESCRIBED`] names that holds file offset `offset`: its virtual
+    /// addresses.
+    fn misdescribed_at(&self, offset: u64) -> Option<Range<u64>> {
+        let address = self.vaddr(offset)?;
+        self.misdescribed
+            .iter()
+            .find(|r| r.contains(&address))
+            .cloned()
     }
 
     fn nop_precedes(&self, offset: u64) -> bool {
@@ -317,31 +356,49 @@ impl Unwinding {
         while unwound.frames.len() < MAX_STACK_DEPTH {
             unwound.frames.push(frame.address());
             let at = regs;
-            match modules
-                .unwinder
-                .unwind_frame(frame, &mut regs, cache, &mut read_stack)
-            {
-                Ok(None) => {
+            let lookup = frame.address_for_lookup();
+            let undescribed = code.undescribed(lookup);
+            let misdescribed = code.misdescribed(lookup);
+            // framehop follows the tables; where they say nothing (`undescribed`), the frame
+            // pointers, which code that keeps them (V8's builtins, JIT code) leaves right
+            // and other code leaves pointing anywhere: a return address that follows no call
+            // tells.
+            let step = match misdescribed {
+                Some(_) => None,
+                None => Some(modules.unwinder.unwind_frame(
+                    frame,
+                    &mut regs,
+                    cache,
+                    &mut read_stack,
+                )),
+            };
+            let next = match step {
+                // The tables mark the outermost frame; a frame pointer guessed at says nothing.
+                Some(Ok(None)) if !undescribed => {
                     unwound.complete = true;
                     break;
                 }
-                Ok(Some(ret)) if code.is_return_address(ret, false) => {
-                    frame = FrameAddress::from_return_address(ret).expect("not 0");
+                Some(Ok(Some(ret))) if code.is_return_address(ret, false) => {
+                    Some((ret, regs.sp(), regs.bp()))
                 }
-                // The frame's code has no unwind tables (cgo's C code in a Go binary, code
-                // written in assembly) and its frame pointer led nowhere: look above it for
-                // the return address it was called with.
-                _ if code.undescribed(frame.address_for_lookup()) => match code.scan(&at, raw) {
-                    Some((ret, sp)) => {
-                        regs = UnwindRegsX86_64::new(ret, sp, at.bp());
-                        frame = FrameAddress::from_return_address(ret).expect("not 0");
-                    }
-                    None => break,
-                },
+                // No rule to trust: imitate the code to its return, else (where the tables
+                // say nothing at all) look above the frame for the return address it was
+                // called with.
+                _ if undescribed || misdescribed.is_some() => {
+                    let machine = Imitation { code: &code, raw };
+                    epilogue::unwind(&machine, misdescribed, frame.address(), at.sp(), at.bp())
+                        .or_else(|| {
+                            let (ret, sp) = code.scan(&at, raw).filter(|_| undescribed)?;
+                            Some((ret, sp, at.bp()))
+                        })
+                }
                 // The tables describe the frame and still end the walk: what came before
                 // holds.
-                _ => break,
-            }
+                _ => None,
+            };
+            let Some((ret, sp, bp)) = next else { break };
+            regs = UnwindRegsX86_64::new(ret, sp, bp);
+            frame = FrameAddress::from_return_address(ret).expect("not 0");
         }
         unwound
     }
@@ -386,15 +443,26 @@ impl Code<'_> {
         }
     }
 
+    /// The tables of the file mapped at `address`, and the file offset it maps there.
+    fn tables_at(&self, address: u64) -> Option<(&ElfTables, u64)> {
+        let region = self.space.region_at(address)?;
+        let tables = self.files.get(region.path.as_ref()?)?.as_ref()?;
+        Some((tables, address - region.start + region.offset))
+    }
+
     /// Whether `address` lies in a file memprof read whose unwind tables do not describe it.
     fn undescribed(&self, address: u64) -> bool {
-        let Some(region) = self.space.region_at(address) else {
-            return false;
-        };
-        let tables = region.path.as_ref().and_then(|path| self.files.get(path));
-        tables
-            .and_then(Option::as_ref)
-            .is_some_and(|t| !t.describes(address - region.start + region.offset))
+        self.tables_at(address)
+            .is_some_and(|(tables, offset)| !tables.describes(offset))
+    }
+
+    /// The function whose tables are known to be wrong that holds `address`: its addresses
+    /// in the process.
+    fn misdescribed(&self, address: u64) -> Option<Range<u64>> {
+        let (tables, offset) = self.tables_at(address)?;
+        let function = tables.misdescribed_at(offset)?;
+        let shift = address - tables.vaddr(offset)?;
+        Some(function.start.wrapping_add(shift)..function.end.wrapping_add(shift))
     }
 
     /// The first word above the stack pointer of `regs` that is a return address into code
@@ -407,6 +475,27 @@ impl Code<'_> {
                 let word = raw.word(at)?;
                 self.is_return_address(word, true).then_some((word, at + 8))
             })
+    }
+}
+
+/// A frame's code and the stack copy, for [`epilogue::unwind`].
+struct Imitation<'a> {
+    code: &'a Code<'a>,
+    raw: &'a RawStack<'a>,
+}
+
+impl epilogue::Machine for Imitation<'_> {
+    fn code(&self, address: u64) -> Option<&[u8]> {
+        let (tables, offset) = self.code.tables_at(address)?;
+        tables.file.get(usize::try_from(offset).ok()?..)
+    }
+
+    fn stack_word(&self, address: u64) -> Option<u64> {
+        self.raw.word(address)
+    }
+
+    fn returns_to(&self, address: u64) -> bool {
+        self.code.is_return_address(address, true)
     }
 }
 

@@ -75,4 +75,4 @@ mod testing;
 
 // The binary's own dependencies (main.rs and cli/): a package's dependencies are shared by
 // its targets, and the library itself never uses these.
-use {clap as _, env_logger as _};
+use {clap as _, clap_complete as _, clap_mangen as _, env_logger as _};

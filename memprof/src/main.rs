@@ -8,11 +8,10 @@ mod cli;
 
 use std::{io::Write as _, process::ExitCode};
 
-use clap::Parser as _;
 use memprof::error::Error;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     cli.init_logging();
     match cli.run() {
         Ok(code) => ExitCode::from(code),

@@ -39,9 +39,14 @@ impl Extent {
 /// Resident bytes by kind, as the kernel's RSS counters split them.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct ResidentSplit {
+    // The JSON contract names every byte figure `…_bytes` (docs/report-json.md).
+    #[serde(rename = "anon_bytes")]
     pub anon: u64,
+    #[serde(rename = "file_bytes")]
     pub file: u64,
+    #[serde(rename = "shmem_bytes")]
     pub shmem: u64,
+    #[serde(rename = "swap_bytes")]
     pub swap: u64,
 }
 
@@ -99,8 +104,11 @@ pub struct EventCounts {
 pub struct Sample {
     /// CLOCK_MONOTONIC nanoseconds.
     pub monotonic_ns: u64,
+    #[serde(rename = "reserved_bytes")]
     pub reserved: u64,
+    #[serde(rename = "committed_bytes")]
     pub committed: u64,
+    #[serde(rename = "resident_bytes")]
     pub resident: u64,
 }
 
@@ -147,6 +155,7 @@ pub struct Process {
     pub resident_split: ResidentSplit,
     pub resident_split_start: ResidentSplit,
     pub reserved: Extent,
+    pub committed: Extent,
     pub resident: Extent,
     pub events: EventCounts,
     pub timeline: Vec<Sample>,
@@ -233,6 +242,7 @@ impl Process {
             command,
             cgroup: String::new(),
             reserved: Extent::new(space.reserved()),
+            committed: Extent::new(space.committed()),
             resident: Extent::new(resident_split.total()),
             space,
             resident_split,
@@ -411,6 +421,7 @@ impl Process {
 
     fn update_figures(&mut self) {
         self.reserved.set(self.space.reserved());
+        self.committed.set(self.space.committed());
         self.resident.set(self.resident_split.total());
     }
 

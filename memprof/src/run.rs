@@ -65,6 +65,8 @@ pub struct RunOptions {
     pub stack_cache_slots: u32,
     /// Size of the kernel-to-memprof ring buffer (a power of two, at least a page).
     pub ring_buffer_bytes: u32,
+    /// No report on stdout and no notes on stderr: only the files, and errors.
+    pub quiet: bool,
 }
 
 /// Why /proc did not show process `pid`: it is gone, or /proc refused.
@@ -104,6 +106,19 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
         Target::Command(command) => (None, None, Some(launch::resolve(&command[0])?)),
     };
     let layout = probes::check_machine()?;
+    // Outputs that could not be written at the end are refused now, before the command runs.
+    if let Some(JsonTo::File(path)) = &options.json {
+        export::check_json_path(path)?;
+    }
+    if let Some(dir) = &options.output {
+        export::prepare_output_dir(dir)?;
+    }
+    let quiet = options.quiet;
+    let note = |message: &str| {
+        if !quiet {
+            crate::note!("{message}");
+        }
+    };
 
     // Fork before anything else starts a thread; the child waits until it is traced.
     let launched = match (&options.target, program) {
@@ -130,10 +145,10 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
         _ if let Some(filter) = &filter => {
             let mut session = Session::new(probes, tracker(0, Origin::All));
             let running = session.trace_running(filter)?;
-            crate::note!(
+            note(&format!(
                 "memprof: tracing {} ({running} running now); Ctrl-C to stop and report",
                 filter.describe()
-            );
+            ));
             session
         }
         (Some(pid), _) => {
@@ -153,15 +168,15 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
         (None, None) => unreachable!("a target is a pid, a command or --all"),
     };
     if filter.is_none() {
-        crate::note!(
+        note(&format!(
             "memprof: tracing pid {}; Ctrl-C to stop and report",
             session.tracker.root
-        );
+        ));
     }
 
     runtime.block_on(session.run(events, stop, options.duration, None))?;
     let ended = launched_command(&options.target)
-        .then(|| reap(&session.tracker))
+        .then(|| reap(&session.tracker, note))
         .flatten();
 
     let report = Report::new(&session.tracker, fault_sample);
@@ -172,16 +187,31 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
     };
     let text = report.render(options.regions, detailed);
     let json = serde_json::to_string_pretty(&report)?;
-    let printed = match &options.json {
-        Some(JsonTo::Stdout) => export::print(io::stderr().lock(), &text)
-            .and_then(|()| export::print(io::stdout().lock(), &format!("{json}\n"))),
-        _ => export::print(io::stdout().lock(), &text),
+    // `--json -`: stdout is the JSON's alone, and the text report goes to stderr.
+    let json_on_stdout = matches!(options.json, Some(JsonTo::Stdout));
+    let printed = if quiet {
+        Ok(())
+    } else if json_on_stdout {
+        export::print(io::stderr().lock(), &text)
+    } else {
+        export::print(io::stdout().lock(), &text)
     };
+    let printed = printed.and_then(|()| match json_on_stdout {
+        true => export::print(io::stdout().lock(), &format!("{json}\n")),
+        false => Ok(()),
+    });
     if let Some(JsonTo::File(path)) = &options.json {
         export::write_file(path, json.as_bytes())?;
+        note(&format!("memprof: wrote {}", path.display()));
     }
     if let Some(dir) = &options.output {
-        export::write_output_dir(dir, &report, &json)?;
+        let written = export::write_output_dir(dir, &report, &json)?;
+        let dir = dir.display();
+        note(&format!(
+            "memprof: wrote {} in {dir}\nmemprof: to explore them: go tool pprof -http=: \
+             {dir}/profile.pb.gz, or open {dir}/reserved.svg in a browser",
+            written.join(", ")
+        ));
     }
     printed.context("writing the report to stdout")?;
     Ok(ended)
@@ -194,7 +224,7 @@ fn launched_command(target: &Target) -> bool {
 /// Reaps the launched command if it exited, so it does not linger as a zombie, and says how
 /// it ended when that was not a success (its own output may have scrolled away). None: it
 /// still runs.
-fn reap(tracker: &Tracker) -> Option<ExitStatus> {
+fn reap(tracker: &Tracker, note: impl Fn(&str)) -> Option<ExitStatus> {
     let mut status = 0;
     // Its exit event comes just before it becomes a zombie: wait for that when it exited.
     let exited = tracker
@@ -205,18 +235,24 @@ fn reap(tracker: &Tracker) -> Option<ExitStatus> {
     // SAFETY: reaping our own child.
     let reaped = unsafe { libc::waitpid(tracker.root as libc::pid_t, &mut status, flags) };
     if reaped != tracker.root as libc::pid_t {
+        // As strace leaves a command it stops tracing: running, as if never traced (a
+        // server traced for a while goes on serving).
+        note(&format!(
+            "memprof: the command (pid {}) keeps running untraced; stop it with `kill {}`",
+            tracker.root, tracker.root
+        ));
         return None;
     }
     if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) != 0 {
-        crate::note!(
+        note(&format!(
             "memprof: the command exited with status {}",
             libc::WEXITSTATUS(status)
-        );
+        ));
     } else if libc::WIFSIGNALED(status) {
-        crate::note!(
+        note(&format!(
             "memprof: the command was killed by signal {}",
             libc::WTERMSIG(status)
-        );
+        ));
     }
     Some(ExitStatus::from_raw(status))
 }

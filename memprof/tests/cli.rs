@@ -149,7 +149,136 @@ fn json_dash_is_stdout() {
         )
     });
     assert!(report["processes"][0]["pid"].is_u64(), "{report}");
+    assert_eq!(report["version"], 1);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("reserved"), "{stderr}");
     assert!(!dir.join("-").exists());
+}
+
+/// `-q`: no report and no notes, only the files; a device is written in place
+/// (`--json /dev/stdout`), not replaced.
+#[test]
+fn quiet_writes_only_the_files() {
+    let output = scratch("quiet").join("out");
+    let out = run_ok(
+        memprof()
+            .args(["run", "-q", "--json", "/dev/stdout", "-o"])
+            .arg(&output)
+            .args(["--", "true"]),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not the JSON alone ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(report["version"], 1);
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    read_json(&output.join("report.json"));
+}
+
+/// A reused --output directory keeps no file of an earlier run that this one does not
+/// write (an old faults.folded would pass for this run's); each file is written whole, by a
+/// rename, leaving no temporary file; and memprof says what to run next.
+#[test]
+fn a_reused_output_directory_loses_stale_files() {
+    let output = scratch("reused").join("out");
+    let run = |options: &[&str]| {
+        run_ok(
+            memprof()
+                .args(["run", "-o"])
+                .arg(&output)
+                .args(options)
+                .args(["--", "true"]),
+        )
+    };
+    run(&["--fault-stacks"]);
+    for name in ["faults.folded", "faults.svg"] {
+        assert!(output.join(name).exists(), "no {name}");
+    }
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("go tool pprof -http=: "), "{stderr}");
+    let mut names: Vec<String> = std::fs::read_dir(&output)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "profile.pb.gz",
+            "report.json",
+            "reserved.folded",
+            "reserved.svg",
+            "resident.folded",
+            "resident.svg",
+            "timeline.svg"
+        ]
+    );
+}
+
+/// Under sudo (root with SUDO_UID and SUDO_GID set), the files and the directories memprof
+/// makes belong to the user who ran sudo.
+#[test]
+fn files_belong_to_the_sudo_user() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = scratch("sudo");
+    let (output, json) = (dir.join("out/deeper"), dir.join("report.json"));
+    run_ok(
+        memprof()
+            .env("SUDO_UID", "65534")
+            .env("SUDO_GID", "65534")
+            .args(["run", "--json"])
+            .arg(&json)
+            .arg("-o")
+            .arg(&output)
+            .args(["--", "true"]),
+    );
+    let mut made = vec![json, dir.join("out"), output.clone()];
+    made.extend(
+        std::fs::read_dir(&output)
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    for path in made {
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (65534, 65534),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+/// A launched command that outlives `--duration` keeps running, untraced, and memprof says
+/// so with its pid; memprof exits 0 (the command has no status yet).
+#[test]
+fn a_command_outliving_the_trace_keeps_running_and_is_named() {
+    let out = memprof()
+        // Its streams elsewhere: memprof's pipes close when memprof exits.
+        .args(["run", "--duration", "500ms", "--", "sh", "-c"])
+        .arg("exec sleep 30 >/dev/null 2>&1")
+        .stdout(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let pid: i32 = stderr
+        .split("memprof: the command (pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no word of the command: {stderr}"));
+    assert!(
+        stderr.contains(&format!("stop it with `kill {pid}`")),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep"),
+        "pid {pid} is not the sleep memprof launched"
+    );
+    // SAFETY: killing the sleep this test launched (through memprof).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }

@@ -5,7 +5,10 @@
 )]
 mod support;
 
-use std::process::{Command, Output, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Output, Stdio},
+};
 
 use support::*;
 
@@ -234,4 +237,43 @@ fn numbers_out_of_range_are_usage_errors() {
         let out = memprof().args(args).output().unwrap();
         expect_failure(out, 2, message);
     }
+}
+
+/// Outputs are checked before anything is loaded or launched: a bad path fails at once and
+/// the command never runs, where it used to run and lose every output at the end.
+#[test]
+fn bad_outputs_are_refused_before_the_command_runs() {
+    let dir = scratch("bad-outputs");
+    let touched = dir.join("F");
+    let started = std::time::Instant::now();
+    let out = memprof()
+        .args(["run", "-o", "/proc/nope", "--", "touch"])
+        .arg(&touched)
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    expect_failure(out, 1, "cannot create /proc/nope");
+    assert!(!touched.exists(), "the command ran");
+
+    // A file's name for the directory (refused with the fix named, and nothing made), a file
+    // where a directory is meant, a directory where a file is, and a file nowhere.
+    let (profile, file) = (dir.join("x.pb.gz"), dir.join("file"));
+    std::fs::write(&file, "").unwrap();
+    let fix = format!("give a directory (--output {})", dir.join("x").display());
+    let nowhere = Path::new("/proc/nope/report.json");
+    for (option, path, message) in [
+        ("-o", profile.as_path(), fix.as_str()),
+        ("-o", &file, "is a file: --output takes a directory"),
+        ("--json", &dir, "is a directory: give a file"),
+        ("--json", nowhere, "cannot write in /proc/nope"),
+    ] {
+        let out = memprof()
+            .args(["run", option])
+            .arg(path)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        expect_failure(out, 1, message);
+    }
+    assert!(!profile.exists());
 }

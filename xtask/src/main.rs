@@ -3,7 +3,7 @@
 
 mod bench;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use std::{
     env,
     ffi::OsString,
@@ -27,6 +27,12 @@ Commands:
                `sudo -E` when not root)
   run [ARGS]   setup, build memprof (release), then run `target/release/memprof ARGS` as
                root (through sudo when not root); a leading `--` is dropped
+  completions DIR
+               setup, build memprof (debug), then write its shell completions in DIR
+               (memprof.bash, _memprof for zsh, memprof.fish, memprof.elv,
+               _memprof.ps1), made with clap_complete
+  man DIR      setup, build memprof (debug), then write its man pages in DIR
+               (memprof.1, memprof-run.1, memprof-top.1), made with clap_mangen
   bench [--quick] [--runs N] [--storm NAME]... [--json PATH]
                setup, build memprof (release), then measure its overhead: storms of page
                faults, of mmap/munmap, and of malloc/free in C without frame pointers (built
@@ -67,6 +73,7 @@ fn cli() -> Result<()> {
         }
         Some("test") => test(&args),
         Some("run") => run_memprof(&args),
+        Some(what @ ("completions" | "man")) => generate(what, &args),
         Some("bench") => bench::bench(&args),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
@@ -275,18 +282,44 @@ fn test(args: &[OsString]) -> Result<()> {
     exit(exit_code(status(&mut cargo)?))
 }
 
-fn run_memprof(args: &[OsString]) -> Result<()> {
-    let setup = setup()?;
-    let build = ["build", "--release", "--package", "memprof", "--bins"];
-    run(setup.cargo().args(build))?;
+/// Builds memprof, in release or debug (the tests' build); returns its binary.
+fn build_memprof(setup: &Setup, release: bool) -> Result<PathBuf> {
+    let mut build = setup.cargo();
+    build.args(["build", "--package", "memprof", "--bins"]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
     // The build ran in the workspace root, so a relative CARGO_TARGET_DIR is relative to it.
     let target = env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into());
-    let target = workspace_root().join(target);
+    let profile = if release { "release" } else { "debug" };
+    Ok(workspace_root().join(target).join(profile).join("memprof"))
+}
+
+fn run_memprof(args: &[OsString]) -> Result<()> {
+    let setup = setup()?;
+    let binary = build_memprof(&setup, true)?;
     let args = args.strip_prefix(&["--".into()]).unwrap_or(args);
-    let mut memprof = setup.as_root(target.join("release/memprof"));
+    let mut memprof = setup.as_root(binary);
     memprof.args(args);
     // exec: Ctrl-C then reaches memprof alone (which reports and exits), and its exit code is ours.
     Err(memprof.exec()).with_context(|| format!("cannot run {}", show(&memprof)))
+}
+
+/// Completions or man pages, written by memprof's hidden `generate` subcommand: the command
+/// line they describe lives in memprof's binary, which xtask cannot depend on (it sets up the
+/// eBPF build that binary needs).
+fn generate(what: &str, args: &[OsString]) -> Result<()> {
+    let [dir] = args else {
+        bail!("usage: cargo xtask {what} DIR");
+    };
+    let setup = setup()?;
+    // Text made from the command line's description: the tests' build will do.
+    let memprof = build_memprof(&setup, false)?;
+    run(Command::new(memprof).args(["generate", what]).arg(dir))?;
+    let what = if what == "man" { "man pages" } else { what };
+    eprintln!("xtask: wrote the {what} in {}", Path::new(dir).display());
+    Ok(())
 }
 
 /// The cargo that runs xtask, so that its commands use the same toolchain.

@@ -2,12 +2,14 @@
 //! plain options (the library never sees clap).
 mod agent;
 mod args;
+mod generate;
 mod run;
 mod top;
 
 use std::{os::unix::process::ExitStatusExt as _, process::ExitStatus};
 
 use clap::{Parser, Subcommand};
+pub(crate) use generate::parse;
 
 #[derive(Debug, Parser)]
 #[command(

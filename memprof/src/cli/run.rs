@@ -43,11 +43,17 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 15)]
     regions: usize,
 
-    /// Write flame graphs and profiles here: reserved.folded, resident.folded (faults.folded
-    /// with --fault-stacks), reserved.svg, resident.svg, timeline.svg, profile.pb.gz (pprof)
-    /// and report.json.
+    /// Write flame graphs and profiles in this directory (made if missing): reserved.folded,
+    /// resident.folded, reserved.svg, resident.svg (faults.folded and faults.svg with
+    /// --fault-stacks), timeline.svg, profile.pb.gz (pprof), report.json, and lost.txt when
+    /// the kernel lost events. Files of an earlier run that this one does not write are
+    /// removed.
     #[arg(short, long, value_name = "DIR")]
     output: Option<PathBuf>,
+
+    /// No report on stdout and no notes on stderr: only the files and errors.
+    #[arg(short, long)]
+    quiet: bool,
 
     /// Also record the kernel stack of each reservation.
     #[arg(long)]
@@ -108,6 +114,7 @@ impl RunArgs {
             fault_stacks: self.fault_stacks.then_some(self.fault_sample),
             stack_cache_slots: self.stack_cache_slots,
             ring_buffer_bytes: self.ring_buffer_size,
+            quiet: self.quiet,
         }
     }
 }

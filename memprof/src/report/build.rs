@@ -27,9 +27,43 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+/// One instant on both clocks, to place the tracker's CLOCK_MONOTONIC instants on the wall
+/// clock.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    pub unix_ns: u64,
+    pub monotonic_ns: u64,
+}
+
+impl WallClock {
+    pub fn now() -> Self {
+        let unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+            });
+        Self {
+            unix_ns,
+            monotonic_ns: events::monotonic_ns(),
+        }
+    }
+
+    /// The wall-clock time of a CLOCK_MONOTONIC instant, in nanoseconds since the epoch.
+    fn unix_ns(self, monotonic_ns: u64) -> u64 {
+        let unix =
+            i128::from(self.unix_ns) + i128::from(monotonic_ns) - i128::from(self.monotonic_ns);
+        u64::try_from(unix.max(0)).unwrap_or(u64::MAX)
+    }
+}
+
 impl Report {
     /// Symbolizes the sites of every process, so this reads binaries from disk.
     pub fn new(tracker: &Tracker<impl ProcSource>, fault_sample: u32) -> Self {
+        Self::at(tracker, fault_sample, WallClock::now())
+    }
+
+    /// [`Report::new`] with the wall clock read at `clock`, which tests fix.
+    pub fn at(tracker: &Tracker<impl ProcSource>, fault_sample: u32, clock: WallClock) -> Self {
         let mut stacks = Stacks {
             symbolizer: Symbolizer::new(),
             memo: HashMap::new(),
@@ -41,25 +75,19 @@ impl Report {
             .map(|p| ProcessReport::new(p, &mut stacks, u64::from(fault_sample.max(1))))
             .collect();
         Self {
+            version: Self::VERSION,
+            started_unix_ns: clock.unix_ns(tracker.started_ns),
+            // A report of a trace not finished yet ends when it started.
+            ended_unix_ns: clock.unix_ns(tracker.ended_ns.max(tracker.started_ns)),
+            started_monotonic_ns: tracker.started_ns,
+            duration_secs: secs(tracker.ended_ns.saturating_sub(tracker.started_ns)),
             lost_events: tracker.lost_events,
             lost_stacks: tracker.lost_stacks,
             stacks_over_budget: tracker.stacks_over_budget,
             fault_sample: u64::from(fault_sample),
-            started_unix_ns: unix_ns(tracker.started_ns),
-            duration_secs: secs(tracker.ended_ns.saturating_sub(tracker.started_ns)),
             processes,
         }
     }
-}
-
-/// The wall-clock time of a CLOCK_MONOTONIC instant, in nanoseconds since the Unix epoch.
-fn unix_ns(monotonic_ns: u64) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-        });
-    now.saturating_sub(events::monotonic_ns().saturating_sub(monotonic_ns))
 }
 
 /// Symbolized sites, each done once.
@@ -93,18 +121,40 @@ pub fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
     if let Some(name) = site.placeholder {
         return vec![placeholder_frame(name)];
     }
-    // The kernel's walk starts in memprof's own probe: its programs and the tracepoint code
-    // that runs them.
+    // The kernel's walk starts in memprof's own probe (its programs and the tracepoint code
+    // that runs them) and ends in the way in from user space (the syscall and page-fault
+    // entry and exit code), the same in every stack: neither says anything.
     let is_probe = |name: &String| {
-        ["bpf_prog_", "bpf_trace_run", "__bpf_trace_"]
-            .iter()
-            .any(|probe| name.starts_with(probe))
+        [
+            "bpf_prog_",
+            "bpf_trace_run",
+            "__bpf_trace_",
+            "perf_trace_",
+            "trace_call_bpf",
+        ]
+        .iter()
+        .any(|probe| name.starts_with(probe))
+    };
+    let is_entry = |name: &String| {
+        [
+            "entry_SYSCALL",
+            "do_syscall_",
+            "syscall_exit_",
+            "syscall_trace_",
+            "exit_to_user_mode",
+            "asm_exc_page_fault",
+            "exc_page_fault",
+            "irqentry_",
+        ]
+        .iter()
+        .any(|entry| name.starts_with(entry))
     };
     let kernel = site
         .kernel
         .iter()
         .map(|&address| symbolize::kernel_symbol(address))
         .skip_while(is_probe)
+        .filter(|name| !is_entry(name))
         .map(|name| placeholder_frame(&name));
     let user: Vec<Frame> = site
         .user
@@ -145,7 +195,8 @@ impl ProcessReport {
                 path: r.path.as_deref().map(str::to_string),
                 reserved_bytes: r.size(),
                 resident_bytes: p.space.region_resident(r),
-                site: stacks::site_name(stacks.frames(r.site)),
+                site_id: r.site,
+                site_name: stacks::site_name(stacks.frames(r.site)),
             })
             .collect();
         regions.sort_by(|a, b| {
@@ -162,7 +213,7 @@ impl ProcessReport {
             traced_secs: secs(p.traced_ns()),
             exited: p.exited,
             reserved_bytes: p.reserved,
-            committed_bytes: p.space.committed(),
+            committed_bytes: p.committed,
             resident_bytes: p.resident,
             resident_split: SplitReport {
                 start: p.resident_split_start,
@@ -185,6 +236,7 @@ impl ProcessReport {
                         && !unwound_whole
                         && stacks::looks_truncated(&stack);
                     SiteReport {
+                        id,
                         truncated,
                         stack,
                         reserved_bytes: f.reserved,
@@ -203,10 +255,12 @@ impl ProcessReport {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{collections::BTreeSet, time::Duration};
+
+    use serde_json::Value;
 
     use crate::{
-        report::Report,
+        report::{Report, WallClock},
         testing::{FakeProc, MIB, assert_snapshot, faults, mmap, stack},
         tracker::{KernelCounts, Origin, Tracker},
     };
@@ -218,10 +272,15 @@ mod tests {
 7ff000000000-7ff000021000 rw-p 00000000 00:00 0 [stack]
 ";
 
-    /// The report a made-up trace gives, as JSON: figures per process, region and site, and
-    /// every site's stack pinned to its module and offset.
-    #[test]
-    fn builds_the_report_of_a_made_up_trace() {
+    /// The end of the made-up trace below is 2026-11-28 12:00 UTC.
+    const CLOCK: WallClock = WallClock {
+        unix_ns: 1_795_867_200_000_000_000,
+        monotonic_ns: 25_000_000,
+    };
+
+    /// The report of a made-up trace: figures per process, region and site, and every
+    /// site's stack pinned to its module and offset.
+    fn made_up_report() -> Report {
         let proc = FakeProc::default().with(7, "app --serve", APP_MAPS, 3 * MIB);
         let interval = Duration::from_millis(10);
         let mut tracker = Tracker::new(proc, 7, Origin::Attached, interval, 0);
@@ -232,8 +291,59 @@ mod tests {
         tracker.apply(mmap(7, 0x7f00_1000_0000, MIB, 3));
         tracker.apply(faults(7, 0x7f00_0000_0000, 512));
         tracker.finish(25_000_000, KernelCounts::default());
-        let report = Report::new(&tracker, 0);
-        let json = serde_json::to_string_pretty(&report).unwrap();
+        Report::at(&tracker, 0, CLOCK)
+    }
+
+    #[test]
+    fn builds_the_report_of_a_made_up_trace() {
+        let json = serde_json::to_string_pretty(&made_up_report()).unwrap();
         assert_snapshot("report-build.json", &format!("{json}\n"));
+    }
+
+    /// Every field the JSON has is in docs/report-json.md's table, and every field there is
+    /// in the JSON: the contract and its documentation cannot drift apart.
+    #[test]
+    fn the_json_has_exactly_the_documented_fields() {
+        let doc = include_str!("../../../docs/report-json.md");
+        let documented: BTreeSet<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .map(str::to_string)
+            .collect();
+        let mut fields = BTreeSet::new();
+        field_paths(
+            &serde_json::to_value(made_up_report()).unwrap(),
+            "",
+            &mut fields,
+        );
+        let undocumented: Vec<_> = fields.difference(&documented).collect();
+        let gone: Vec<_> = documented.difference(&fields).collect();
+        assert!(
+            undocumented.is_empty() && gone.is_empty(),
+            "fields not in docs/report-json.md: {undocumented:?}; documented but not in the \
+             JSON: {gone:?}"
+        );
+    }
+
+    /// Every field's path, `processes[].sites[].id` for a field of an array's objects.
+    fn field_paths(value: &Value, path: &str, out: &mut BTreeSet<String>) {
+        match value {
+            Value::Object(fields) => {
+                for (name, value) in fields {
+                    let path = match path {
+                        "" => name.clone(),
+                        _ => format!("{path}.{name}"),
+                    };
+                    field_paths(value, &path, out);
+                    out.insert(path);
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    field_paths(item, &format!("{path}[]"), out);
+                }
+            }
+            _ => {}
+        }
     }
 }

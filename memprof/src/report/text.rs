@@ -40,7 +40,7 @@ impl Report {
             render_process_table(&mut out, &order);
         }
         for p in order.iter().take(max_processes) {
-            p.render(&mut out, max_regions, self.fault_sample);
+            p.render(&mut out, max_regions, self);
         }
         if order.len() > max_processes {
             let _ = writeln!(
@@ -106,7 +106,7 @@ fn render_process_table(out: &mut String, order: &[&ProcessReport]) {
 }
 
 impl ProcessReport {
-    fn render(&self, out: &mut String, max_regions: usize, fault_sample: u64) {
+    fn render(&self, out: &mut String, max_regions: usize, report: &Report) {
         let state = if self.exited {
             "exited while traced"
         } else {
@@ -125,13 +125,16 @@ impl ProcessReport {
         if let Some(why) = &self.incomplete {
             let _ = writeln!(out, "  warning: figures incomplete: {why}");
         }
+        // Which process a lost event was about is lost with it: every process is marked.
+        if report.lost_events > 0 {
+            let _ = writeln!(
+                out,
+                "  warning: figures may be off: memprof lost {} events",
+                report.lost_events
+            );
+        }
         extent_line(out, "reserved", &self.reserved_bytes);
-        let _ = writeln!(
-            out,
-            "  {:<11}{} at end",
-            "committed",
-            bytes(self.committed_bytes)
-        );
+        extent_line(out, "committed", &self.committed_bytes);
         extent_line(out, "resident", &self.resident_bytes);
         let (s, e) = (&self.resident_split.start, &self.resident_split.end);
         let _ = writeln!(
@@ -152,8 +155,8 @@ impl ProcessReport {
         );
         self.render_regions(out, max_regions);
         self.render_sites(out);
-        if fault_sample > 0 {
-            self.render_fault_stacks(out, fault_sample);
+        if report.fault_sample > 0 {
+            self.render_fault_stacks(out, report.fault_sample);
         }
         let ev = &self.events;
         let _ = writeln!(
@@ -198,7 +201,7 @@ impl ProcessReport {
                 r.perms,
                 bytes(r.reserved_bytes),
                 bytes(r.resident_bytes),
-                shorten(&r.site, 30),
+                shorten(&r.site_name, 30),
                 r.path.as_deref().unwrap_or("")
             );
             let _ = writeln!(out, "{}", row.trim_end());
@@ -341,7 +344,23 @@ mod tests {
             path: None,
             reserved_bytes: end - start,
             resident_bytes: resident,
-            site: "workload::reserve".into(),
+            site_id: 2,
+            site_name: "workload::reserve".into(),
+        }
+    }
+
+    fn report_of(fault_sample: u64, lost_events: u64, processes: Vec<ProcessReport>) -> Report {
+        Report {
+            version: Report::VERSION,
+            started_unix_ns: 0,
+            ended_unix_ns: 2_000_000_000,
+            started_monotonic_ns: 0,
+            duration_secs: 2.0,
+            lost_events,
+            lost_stacks: 0,
+            stacks_over_budget: 0,
+            fault_sample,
+            processes,
         }
     }
 
@@ -354,14 +373,10 @@ mod tests {
 
     #[test]
     fn renders_a_fixed_report() {
-        let report = Report {
-            lost_events: 0,
-            lost_stacks: 0,
-            stacks_over_budget: 0,
-            fault_sample: 4,
-            started_unix_ns: 0,
-            duration_secs: 2.0,
-            processes: vec![ProcessReport {
+        let report = report_of(
+            4,
+            0,
+            vec![ProcessReport {
                 pid: 42,
                 command: "./workload --pause-ms 10".into(),
                 cgroup: "/system.slice/workload.service".into(),
@@ -372,7 +387,11 @@ mod tests {
                     end: 1 << 30,
                     peak: (1 << 30) + (4 << 20),
                 },
-                committed_bytes: 256 << 20,
+                committed_bytes: Extent {
+                    start: 8 << 20,
+                    end: 256 << 20,
+                    peak: 260 << 20,
+                },
                 resident_bytes: Extent {
                     start: 1 << 20,
                     end: 64 << 20,
@@ -414,6 +433,7 @@ mod tests {
                 incomplete: None,
                 sites: vec![
                     SiteReport {
+                        id: 2,
                         stack: vec![
                             frame("__mmap64", "/usr/lib/libc.so.6"),
                             frame("workload::reserve", "/bin/workload"),
@@ -429,6 +449,7 @@ mod tests {
                         faults_by_code: 0,
                     },
                     SiteReport {
+                        id: 3,
                         stack: vec![frame("runtime.sysMmap", "/bin/go-program")],
                         truncated: true,
                         reserved_bytes: 1 << 20,
@@ -441,7 +462,7 @@ mod tests {
                 ],
                 timeline: vec![],
             }],
-        };
+        );
         assert_snapshot("report.txt", &report.render(2, usize::MAX));
     }
 
@@ -456,7 +477,7 @@ mod tests {
             traced_secs: 0.05,
             exited,
             reserved_bytes: reserved,
-            committed_bytes: reserved.end,
+            committed_bytes: reserved,
             resident_bytes: Extent {
                 start: 1 << 20,
                 end: 2 << 20,
@@ -474,14 +495,10 @@ mod tests {
             timeline: vec![],
         };
         let extent = |start: u64, end: u64, peak: u64| Extent { start, end, peak };
-        let report = Report {
-            lost_events: 3,
-            lost_stacks: 0,
-            stacks_over_budget: 0,
-            fault_sample: 0,
-            started_unix_ns: 0,
-            duration_secs: 2.0,
-            processes: vec![
+        let report = report_of(
+            0,
+            3,
+            vec![
                 process(
                     7,
                     "/usr/bin/sleep 0.05",
@@ -491,7 +508,7 @@ mod tests {
                 process(9, "./server", extent(16 << 20, 1 << 30, 1 << 30), false),
                 process(11, "[short]", extent(0, 0, 0), true),
             ],
-        };
+        );
         assert_snapshot("report-processes.txt", &report.render(2, 1));
     }
 }

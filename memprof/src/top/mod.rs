@@ -68,6 +68,9 @@ struct Top {
     refreshes: u64,
     refreshed_ns: u64,
     iterations: Option<u64>,
+    /// `--duration`: when tracing ends by it, the end is the duration's, however long the
+    /// probes then take to come off.
+    duration: Option<Duration>,
     /// Tracing ended because of this view (its iterations done, stdout closed): nothing is
     /// left to print.
     ended_it: bool,
@@ -143,7 +146,13 @@ impl Top {
     /// the previous one, so that a log ends with the final figures; none when a refresh
     /// just showed them.
     fn finish(&mut self, tracker: &mut Tracker) -> anyhow::Result<()> {
-        let since = monotonic_ns().saturating_sub(self.refreshed_ns);
+        let now = monotonic_ns();
+        let ended = self
+            .duration
+            .map(|d| self.started_ns.saturating_add(d.as_nanos() as u64))
+            .filter(|&end| end <= now)
+            .unwrap_or(now);
+        let since = ended.saturating_sub(self.refreshed_ns);
         if self.ended_it
             || matches!(self.output, Output::Screen(_))
             || (self.refreshes > 0 && u128::from(since) < self.refresh.as_nanos() / 2)
@@ -254,6 +263,7 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
         refreshes: 0,
         refreshed_ns: session.tracker.started_ns,
         iterations: args.iterations,
+        duration: args.duration,
         ended_it: false,
     };
     if interactive {

@@ -205,9 +205,7 @@ impl State {
                     OpKind::Memory => self
                         .address(instruction)
                         .and_then(|a| self.read(machine, a)),
-                    OpKind::Immediate32to64 | OpKind::Immediate64 => {
-                        Some(instruction.immediate64())
-                    }
+                    OpKind::Immediate32to64 | OpKind::Immediate64 => Some(instruction.immediate(1)),
                     _ => None,
                 };
                 self.set(op0_reg?, value)?;
@@ -235,7 +233,8 @@ impl State {
                     && instruction.op1_kind() != OpKind::Register
                     && instruction.op1_kind() != OpKind::Memory =>
             {
-                let imm = instruction.immediate64();
+                // Sign-extended to 64 bits whatever its encoding (imm8, imm32).
+                let imm = instruction.immediate(1);
                 let value = self.reg(op0_reg?).map(|v| match instruction.mnemonic() {
                     Mnemonic::Add => v.wrapping_add(imm),
                     _ => v.wrapping_sub(imm),
@@ -402,6 +401,20 @@ mod tests {
         );
         let mcall = Some(0x40_0000..0x40_0005);
         assert_eq!(unwind(&machine, mcall, 0x40_0002, SP, BP), None);
+    }
+
+    #[test]
+    fn immediates_of_every_width_take_the_frame_down() {
+        // add rsp,8 (imm8); sub rsp,-8 (imm8, sign-extended: adds 8); mov rax,imm32; ret
+        let code = [
+            0x48, 0x83, 0xc4, 0x08, 0x48, 0x83, 0xec, 0xf8, 0x48, 0xc7, 0xc0, 0x01, 0x00, 0x00,
+            0x00, 0xc3,
+        ];
+        let machine = fake(&code, &[(SP + 16, CALLER)]);
+        assert_eq!(
+            unwind(&machine, None, 0x40_0000, SP, BP),
+            Some((CALLER, SP + 24, BP))
+        );
     }
 
     #[test]

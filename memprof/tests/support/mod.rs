@@ -120,8 +120,8 @@ pub(crate) fn assert_checkpoints_match(process: &Value, checkpoints: &[Checkpoin
             c.name
         );
         for s in samples {
-            let reserved = s["reserved"].as_u64().unwrap();
-            let resident = s["resident"].as_u64().unwrap();
+            let reserved = s["reserved_bytes"].as_u64().unwrap();
+            let resident = s["resident_bytes"].as_u64().unwrap();
             assert_eq!(
                 reserved,
                 c.vm_size,

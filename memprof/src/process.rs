@@ -481,6 +481,18 @@ impl Process {
         figures
     }
 
+    /// Every site this process's figures and caches name, for [`crate::sites::Sites::forget`].
+    pub fn sites_used(&self) -> impl Iterator<Item = SiteId> + '_ {
+        self.space
+            .regions()
+            .map(|r| r.site)
+            .chain(self.space.released_by_site().map(|(site, _)| site))
+            .chain(self.faults_in_regions.keys().copied())
+            .chain(self.faults_by_code.keys().copied())
+            .chain(self.site_ids.values().copied())
+            .chain(self.unwound_sites.values().copied())
+    }
+
     pub fn traced_ns(&self) -> u64 {
         // Events are stamped to the kernel's tick, its start when memprof saw it: an exit
         // can carry a stamp a tick before that start.

@@ -18,8 +18,11 @@ use crate::{
     filter::ProcessFilter,
     probes::Probes,
     procfs,
-    tracker::{KernelCounts, Tracker},
+    tracker::{KernelCounts, Origin, Tracker},
 };
+
+/// `top` and the agent keep no timeline: one sample per process per year.
+pub(crate) const NO_TIMELINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How often events sent without a wake-up are read.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
@@ -92,6 +95,20 @@ pub struct Session {
 impl Session {
     pub fn new(probes: Probes, tracker: Tracker) -> Self {
         Self { probes, tracker }
+    }
+
+    /// `top` and the agent: a session of the host's processes that pass `filter`, those
+    /// running now added, with the runtime that runs it and the signals that end it, and how
+    /// many were running.
+    pub fn of_host(
+        probes: Probes,
+        filter: &ProcessFilter,
+    ) -> anyhow::Result<(Self, Runtime, StopSignals, usize)> {
+        let tracker = Tracker::new(procfs::Proc, 0, Origin::All, NO_TIMELINE, monotonic_ns());
+        let mut session = Self::new(probes, tracker);
+        let (runtime, stop) = runtime()?;
+        let running = session.trace_running(filter)?;
+        Ok((session, runtime, stop, running))
     }
 
     /// `--all` and `top`: adds the running processes that pass `filter` (new ones the kernel

@@ -2,7 +2,10 @@
 //! kernel sent (once) or userspace vouched for, or unwound from a raw stack; the first event
 //! using it pins it to modules and file offsets with the region model as it is at that
 //! moment, so it can be symbolized after the process is gone.
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use memprof_common::{NO_STACK, StackEvent};
 
@@ -57,14 +60,28 @@ pub struct Site {
 struct Stack {
     frames: Vec<u64>,
     complete: Option<bool>,
+    /// The process it was captured in (its id hashes the process id: no other uses it).
+    pid: u32,
 }
 
 pub struct Sites {
     sites: Vec<Site>,
-    /// Every stack the kernel sent, and every user stack userspace vouched for, by id. Kept:
-    /// the kernel does not send one twice.
+    /// Every stack the kernel sent, and every user stack userspace vouched for, by id. Kept
+    /// while its process lives: the kernel does not send one twice.
     stacks: HashMap<u64, Stack>,
+    /// Ids of sites forgotten ([`Sites::forget`]), for new sites to take.
+    free: Vec<SiteId>,
 }
+
+/// What a forgotten site's slot holds until a new site takes it.
+const FORGOTTEN: Site = Site {
+    pid: 0,
+    user: Vec::new(),
+    kernel: Vec::new(),
+    placeholder: Some("[forgotten]"),
+    complete: None,
+    cut: false,
+};
 
 impl Default for Sites {
     fn default() -> Self {
@@ -82,6 +99,7 @@ impl Default for Sites {
         Self {
             sites,
             stacks: HashMap::new(),
+            free: Vec::new(),
         }
     }
 }
@@ -95,16 +113,18 @@ impl Sites {
         let stack = Stack {
             frames,
             complete: None,
+            pid: event.header.tgid,
         };
         self.stacks.insert(event.id, stack);
     }
 
     /// Keeps the unwound frames of a user stack whose frame walk userspace vouched for: the
-    /// kernel names it by `id` from now on.
-    pub fn add_vouched(&mut self, id: u64, unwound: &Unwound) {
+    /// kernel names it by `id` from now on. `pid` is the process it was captured in.
+    pub fn add_vouched(&mut self, id: u64, pid: u32, unwound: &Unwound) {
         let stack = Stack {
             frames: unwound.frames.clone(),
             complete: Some(unwound.complete),
+            pid,
         };
         self.stacks.insert(id, stack);
     }
@@ -165,16 +185,38 @@ impl Sites {
             }
         }
         let cut = user.len() < frames.len();
-        let id = self.sites.len() as SiteId;
-        self.sites.push(Site {
+        let site = Site {
             pid,
             user,
             kernel,
             placeholder: None,
             complete,
             cut,
-        });
-        id
+        };
+        match self.free.pop() {
+            Some(id) => {
+                self.sites[id as usize] = site;
+                id
+            }
+            None => {
+                self.sites.push(site);
+                self.sites.len() as SiteId - 1
+            }
+        }
+    }
+
+    /// Forgets the sites no process uses any more (`used` are those the live ones use), and
+    /// the stacks of processes no longer in `live`: a trace of the host may run for days.
+    /// Their ids go to new sites, so that ids stay as few as the sites in use.
+    pub fn forget(&mut self, live: &HashSet<u32>, used: &HashSet<SiteId>) {
+        for (id, site) in self.sites.iter_mut().enumerate() {
+            let id = id as SiteId;
+            if site.placeholder.is_none() && !used.contains(&id) {
+                *site = FORGOTTEN;
+                self.free.push(id);
+            }
+        }
+        self.stacks.retain(|_, stack| live.contains(&stack.pid));
     }
 
     /// Whether either stack was captured (and sent).

@@ -63,10 +63,10 @@ pub struct Tracker<P = Proc> {
     /// What the unwinding found of the kernel's frame walks, for the kernel (see
     /// [`Tracker::take_verdicts`]).
     verdicts: Vec<Verdict>,
-    /// Stacks given a verdict: a later copy needs none, unless the kernel asks again (its
-    /// slot was taken by another stack meanwhile). A stack whose first copy was lost is
-    /// judged at its next copy.
-    judged: HashSet<u64>,
+    /// Stacks given a verdict, with their process: a later copy needs none, unless the
+    /// kernel asks again (its slot was taken by another stack meanwhile). A stack whose first
+    /// copy was lost is judged at its next copy.
+    judged: HashMap<u64, u32>,
 }
 
 /// What the kernel could not send, counted at the end.
@@ -173,7 +173,7 @@ impl<P: ProcSource> Tracker<P> {
             unwound: HashMap::new(),
             file_paths: HashMap::new(),
             verdicts: Vec::new(),
-            judged: HashSet::new(),
+            judged: HashMap::new(),
         }
     }
 
@@ -325,13 +325,13 @@ impl<P: ProcSource> Tracker<P> {
             unwound.frames,
             unwound.complete
         );
-        let judged_before = !self.judged.insert(raw.id);
+        let judged_before = self.judged.insert(raw.id, pid).is_some();
         if !raw.awaits_verdict && judged_before {
             // Denied already: the kernel copies each of the stack's events.
         } else if unwind::stack_id(pid, &walk) == raw.id
             && unwind::walk_is_whole(&walk, &unwound, &process.space)
         {
-            self.sites.add_vouched(raw.id, &unwound);
+            self.sites.add_vouched(raw.id, pid, &unwound);
             self.verdicts.push(Verdict::Vouched(raw.id));
         } else {
             self.verdicts.push(Verdict::Denied(raw.id));
@@ -403,6 +403,24 @@ impl<P: ProcSource> Tracker<P> {
         for process in self.processes.values_mut() {
             name_files(&self.proc, process);
         }
+    }
+
+    /// Forgets the processes that exited, and the sites and stacks only they used: `top` and
+    /// the agent trace the host for as long as they run.
+    pub fn forget_exited(&mut self) {
+        let before = self.processes.len();
+        self.processes.retain(|_, p| !p.exited);
+        if self.processes.len() == before {
+            return;
+        }
+        let live: HashSet<u32> = self.processes.keys().copied().collect();
+        let used: HashSet<SiteId> = self
+            .processes
+            .values()
+            .flat_map(Process::sites_used)
+            .collect();
+        self.sites.forget(&live, &used);
+        self.judged.retain(|_, pid| live.contains(pid));
     }
 
     /// Whether tracing ends on its own: the traced process, or the launched command and all
@@ -479,6 +497,46 @@ mod tests {
         let mut tracker = Tracker::new(proc, pid, Origin::Attached, Duration::from_millis(5), 0);
         tracker.seed_from_proc(pid, 0).unwrap();
         tracker
+    }
+
+    /// A process that exited is forgotten with the sites and stacks only it used, while a
+    /// child it forked keeps the sites its copied regions name; new sites take the ids.
+    #[test]
+    fn exited_processes_are_forgotten_with_what_only_they_used() {
+        let maps = "5000000-5002000 r-xp 00001000 fe:00 7 /opt/memprof-test/app\n";
+        let proc = FakeProc::default()
+            .with(7, "app", maps, MIB)
+            .with(8, "other", maps, MIB);
+        let mut tracker = Tracker::new(proc, 0, Origin::All, Duration::from_secs(1), 0);
+        tracker.seed_from_proc(7, 0).unwrap();
+        tracker.seed_from_proc(8, 0).unwrap();
+        let (kept, gone) = (0x7f00_0000_0000, 0x7f00_1000_0000);
+        tracker.apply(stack(7, 11, &[0x500_0100]));
+        tracker.apply(mmap(7, kept, MIB, 11));
+        tracker.apply(new_process(7, 9, "app"));
+        tracker.apply(stack(7, 12, &[0x500_0200]));
+        tracker.apply(mmap(7, gone, MIB, 12));
+        let site = |tracker: &Tracker<FakeProc>, pid, at| {
+            tracker.processes[&pid].space.region_at(at).unwrap().site
+        };
+        let (kept_site, gone_site) = (site(&tracker, 7, kept), site(&tracker, 7, gone));
+        tracker.apply(exit(7));
+        tracker.forget_exited();
+        assert_eq!(
+            tracker.processes.keys().copied().collect::<Vec<_>>(),
+            [8, 9]
+        );
+        assert_eq!(site(&tracker, 9, kept), kept_site);
+        assert_eq!(tracker.sites.get(kept_site).user.len(), 1);
+        assert_eq!(
+            tracker.sites.get(gone_site).placeholder,
+            Some("[forgotten]")
+        );
+        assert!(!tracker.sites.captured(11, NO_STACK));
+        tracker.apply(stack(8, 13, &[0x500_0300]));
+        tracker.apply(mmap(8, gone, MIB, 13));
+        assert_eq!(site(&tracker, 8, gone), gone_site);
+        assert_eq!(tracker.sites.get(gone_site).pid, 8);
     }
 
     #[test]

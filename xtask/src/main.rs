@@ -21,7 +21,7 @@ Commands:
                component of the eBPF toolchain (nightly; nightly-2026-05-20 when there is
                no nightly), bpf-linker 0.10.4 (cargo install), and the test tools from
                Debian's packages (apt-get): golang-go, tmux, redis-server, redis-tools,
-               nginx and golang-github-gin-gonic-gin-dev
+               nginx, prometheus and golang-github-gin-gonic-gin-dev
   test [ARGS]  setup, then `cargo test --workspace ARGS` (every crate but memprof-ebpf,
                which only builds for BPF), the test binaries run as root (through
                `sudo -E` when not root)
@@ -221,13 +221,15 @@ fn bpf_linker() -> Result<Option<PathBuf>> {
 }
 
 /// What integration tests run, from Debian's packages: a program on PATH, or a file.
-const TEST_TOOLS: [(&str, &str); 6] = [
+const TEST_TOOLS: [(&str, &str); 7] = [
     ("go", "golang-go"),
     ("tmux", "tmux"),
     ("redis-server", "redis-server"),
     ("redis-benchmark", "redis-tools"),
     // Not on PATH for users without sbin in it.
     ("/usr/sbin/nginx", "nginx"),
+    // The agent's test scrapes it with a real Prometheus and checks it with promtool.
+    ("prometheus", "prometheus"),
     // The gin web framework's source, for the Go server tests build (GOPATH mode).
     (
         "/usr/share/gocode/src/github.com/gin-gonic/gin/gin.go",

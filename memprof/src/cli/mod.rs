@@ -1,5 +1,6 @@
 //! The command line: clap's types, one file per subcommand, each turned into the library's
 //! plain options (the library never sees clap).
+mod agent;
 mod args;
 mod generate;
 mod run;
@@ -62,6 +63,23 @@ enum Command {
         sudo memprof top --json -n 5 | jq '.rows[0].name'"
     )]
     Top(top::TopArgs),
+    /// Trace the host (or the processes --comm, --cgroup and --uid choose) until stopped, and
+    /// serve Prometheus metrics and pprof profiles of the live sites over HTTP.
+    #[command(after_help = "Endpoints:\n  \
+        /metrics                 Prometheus text exposition: memprof_reserved_bytes, \
+        memprof_committed_bytes, memprof_resident_bytes{kind}, memprof_page_faults_total, \
+        memprof_processes, memprof_lost_events_total, by comm and cgroup\n  \
+        /debug/pprof/reserved    gzipped pprof of the live sites' reserved bytes\n  \
+        /debug/pprof/resident    the same, resident bytes\n  \
+        /debug/pprof/faults      page faults by the code that made them (--fault-stacks)\n\n\
+        Profiles take pid=N, comm=NAME, cgroup=PATH, seconds=N (the growth over the next N \
+        seconds) and debug=1 (folded stacks as text).\n\n\
+        A process that exits is served once more, then forgotten, so memory stays bounded \
+        however long the agent runs. Stops on Ctrl-C, SIGTERM or SIGHUP.\n\n\
+        Examples:\n  sudo memprof agent\n  \
+        sudo memprof agent --cgroup /system.slice --listen 127.0.0.1:9464\n  \
+        go tool pprof http://127.0.0.1:6060/debug/pprof/resident")]
+    Agent(agent::AgentArgs),
 }
 
 impl Cli {
@@ -85,6 +103,7 @@ impl Cli {
                 memprof::run::run(args.into_options()).map(|ended| ended.map_or(0, exit_code))
             }
             Command::Top(args) => memprof::top::run(args.into_options()).map(|()| 0),
+            Command::Agent(args) => memprof::agent::run(args.into_options()).map(|()| 0),
         }
     }
 }

@@ -12,7 +12,9 @@ mod timeline;
 
 pub use flamegraph::flamegraph_svg;
 pub use folded::folded;
-pub use output::{check_json_path, prepare_output_dir, print, write_file, write_output_dir};
+pub use output::{
+    check_json_path, prepare_output_dir, print, program_name, write_file, write_output_dir,
+};
 pub use pprof::{COMM_LABEL, PID_LABEL, ProfileInfo, pprof, pprof_profile, proto};
 pub use timeline::{Series, timeline_svg};
 

@@ -179,6 +179,13 @@ pub fn print(mut out: impl Write, text: &str) -> io::Result<()> {
     }
 }
 
+/// The program's name in a command line: its first word without the directory, as the
+/// pprof `comm` label and the agent's metrics name processes.
+pub fn program_name(command: &str) -> &str {
+    let name = command.split_whitespace().next().unwrap_or("?");
+    name.rsplit('/').next().unwrap_or(name)
+}
+
 /// Flame graphs, folded stacks, a pprof profile, the timeline and the JSON report, in
 /// `dir` (made by [`prepare_output_dir`]); the files of an earlier run that this one does
 /// not write are removed. Returns the names of the files written.
@@ -188,8 +195,7 @@ pub fn write_output_dir(
     json: &str,
 ) -> anyhow::Result<Vec<&'static str>> {
     fn name(p: &ProcessReport) -> &str {
-        let name = p.command.split_whitespace().next().unwrap_or("?");
-        name.rsplit('/').next().unwrap_or(name)
+        program_name(&p.command)
     }
     let mut written = Vec::new();
     let mut write = |name: &'static str, contents: &[u8]| {

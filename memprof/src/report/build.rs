@@ -116,7 +116,8 @@ pub(super) fn placeholder_frame(name: &str) -> Frame {
     }
 }
 
-fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
+/// A site's stack symbolized, leaf first (the agent symbolizes the live sites as asked).
+pub fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
     if let Some(name) = site.placeholder {
         return vec![placeholder_frame(name)];
     }

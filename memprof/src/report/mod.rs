@@ -6,6 +6,8 @@ mod build;
 pub mod stacks;
 mod text;
 
+pub use build::symbolize_site;
+
 use serde::{Serialize, Serializer};
 
 use crate::{

@@ -14,9 +14,8 @@ use crate::{
     events::monotonic_ns,
     filter::{FilterSpec, ProcessFilter},
     probes::{self, LoadOptions, Probes},
-    procfs::Proc,
-    session::{self, Flow, Session, Watch},
-    tracker::{Origin, Tracker},
+    session::{Flow, Session, Watch},
+    tracker::Tracker,
 };
 use render::Header;
 use terminal::Terminal;
@@ -44,9 +43,6 @@ pub struct TopOptions {
     /// Size of the kernel-to-memprof ring buffer (a power of two, at least a page).
     pub ring_buffer_bytes: u32,
 }
-
-/// `top` keeps no timeline: one sample per process per year.
-const NO_TIMELINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Where refreshes go.
 enum Output {
@@ -99,7 +95,7 @@ impl Top {
             .collect();
         self.rows = self.rates.update(now, figures);
         // Shown once as exited, then forgotten: top may run for days.
-        tracker.processes.retain(|_, p| !p.exited);
+        tracker.forget_exited();
         self.header = Header {
             elapsed_secs: (now - self.started_ns) as f64 / 1e9,
             unix_secs: SystemTime::now()
@@ -233,10 +229,7 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
         user_stacks: false,
         layout,
     })?;
-    let tracker = Tracker::new(Proc, 0, Origin::All, NO_TIMELINE, monotonic_ns());
-    let mut session = Session::new(probes, tracker);
-    let (runtime, stop) = session::runtime()?;
-    let running = session.trace_running(&filter)?;
+    let (mut session, runtime, stop, running) = Session::of_host(probes, &filter)?;
     crate::note!(
         "memprof: tracing {} ({running} running now); {}",
         filter.describe(),

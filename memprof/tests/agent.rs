@@ -1,0 +1,543 @@
+//! `memprof agent`: its metrics checked against /proc, read by a real Prometheus (Debian's
+//! package) and promtool, its profiles decoded, its bad requests answered, and its memory
+//! through a churn of short processes.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a test crate sees every dependency of the package"
+)]
+mod support;
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use memprof::export::proto;
+use prost::Message as _;
+use serde_json::Value;
+use support::*;
+
+/// How often the agent under test takes its figures.
+const REFRESH: &str = "200ms";
+
+/// An agent tracing one test cgroup, killed (and reaped) at the end.
+struct Agent {
+    child: Child,
+    port: u16,
+}
+
+impl Agent {
+    fn start(cgroup: &TestCgroup, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut child = memprof()
+            .args(["agent", "--cgroup", &cgroup.path, "--refresh", REFRESH])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Tracing once it says so; then its server is up.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("serving http://") {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "the agent ended before serving"
+            );
+        }
+        // Keep draining its stderr so that it never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        wait_for_port(port);
+        Self { child, port }
+    }
+
+    fn get(&self, path: &str) -> (u16, String, Vec<u8>) {
+        get(self.port, path)
+    }
+
+    fn metrics(&self) -> String {
+        let (status, _, body) = self.get("/metrics");
+        assert_eq!(status, 200);
+        String::from_utf8(body).unwrap()
+    }
+
+    /// The sum of `metric`'s series whose labels include every one of `labels`.
+    fn sum(&self, metric: &str, labels: &[(&str, &str)]) -> Option<u64> {
+        sum(&self.metrics(), metric, labels)
+    }
+
+    /// `metric` and the kernel's figure, scraped until `agree` says they do (or 15 s passed):
+    /// what the agent serves may be a refresh behind the process.
+    fn settle(
+        &self,
+        metric: &str,
+        labels: &[(&str, &str)],
+        kernel: impl Fn() -> u64,
+        agree: impl Fn(u64, u64) -> bool,
+    ) -> (u64, u64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let ours = self.sum(metric, labels);
+            let theirs = kernel();
+            if let Some(ours) = ours
+                && (agree(ours, theirs) || Instant::now() > deadline)
+            {
+                return (ours, theirs);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {metric}{labels:?}:\n{}",
+                self.metrics()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn rss(&self) -> u64 {
+        status_field(self.child.id(), "VmRSS:")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        signal(&self.child, libc::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// A GET over HTTP/1.1: status, content type and body.
+fn get(port: u16, path: &str) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (status, content_type, raw[split + 4..].to_vec())
+}
+
+/// The labels of a series line (`name{a="b",c="d"} value`), and its value.
+fn series<'a>(line: &'a str, metric: &str) -> Option<(Vec<(&'a str, &'a str)>, u64)> {
+    let rest = line.strip_prefix(metric)?;
+    let (labels, value) = match rest.strip_prefix('{') {
+        Some(rest) => rest.split_once("} ")?,
+        None => ("", rest.strip_prefix(' ')?),
+    };
+    let labels = labels
+        .split("\",")
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.split_once("=\"")?;
+            Some((key, value.trim_end_matches('"')))
+        })
+        .collect();
+    Some((labels, value.parse().ok()?))
+}
+
+fn sum(exposition: &str, metric: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    let values: Vec<u64> = exposition
+        .lines()
+        .filter_map(|line| series(line, metric))
+        .filter(|(have, _)| labels.iter().all(|l| have.contains(l)))
+        .map(|(_, value)| value)
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// A field of /proc/PID/status in bytes (`VmSize:`, `VmRSS:`).
+fn status_field(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} for pid {pid}"))
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap();
+    kb * 1024
+}
+
+fn total(pids: &[u32], field: &str) -> u64 {
+    pids.iter().map(|&pid| status_field(pid, field)).sum()
+}
+
+/// A child killed and reaped when dropped, however the test ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Starts the workload's sites (256 MiB and 16 MiB reserved from known functions) in
+/// `cgroup`, and waits until it has made them: it then sleeps a minute.
+fn start_workload(cgroup: &TestCgroup) -> Child {
+    let mut child = cgroup.spawn(&[WORKLOAD, "--sites", "--pause-ms", "60000"]);
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("\"checkpoint\":\"end\""), "{line}");
+    child
+}
+
+fn decode(gzipped: &[u8]) -> proto::Profile {
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(gzipped)
+        .read_to_end(&mut bytes)
+        .unwrap();
+    proto::Profile::decode(bytes.as_slice()).unwrap()
+}
+
+/// The function names of a sample's stack, leaf first.
+fn functions(profile: &proto::Profile, sample: &proto::Sample) -> Vec<String> {
+    let name = |i: i64| profile.string_table[i as usize].clone();
+    sample
+        .location_id
+        .iter()
+        .flat_map(|id| {
+            let location = &profile.location[*id as usize - 1];
+            location.line.iter().map(|line| {
+                let function = &profile.function[line.function_id as usize - 1];
+                name(function.name)
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_are_the_kernels_figures_summed_by_program() {
+    let cgroup = TestCgroup::new("agent-metrics");
+    let agent = Agent::start(&cgroup, &["--per-pid", "1"]);
+    let sleeps: Vec<Child> = (0..2).map(|_| cgroup.spawn(&["sleep", "60"])).collect();
+    let workload = start_workload(&cgroup);
+    let sleep_pids: Vec<u32> = sleeps.iter().map(Child::id).collect();
+    let pid = workload.id();
+    let sleep = [("comm", "sleep"), ("cgroup", cgroup.path.as_str())];
+    let equal = |ours, theirs| ours == theirs;
+    let (ours, vm_size) = agent.settle(
+        "memprof_reserved_bytes",
+        &sleep,
+        || total(&sleep_pids, "VmSize:"),
+        equal,
+    );
+    assert_eq!(ours, vm_size, "{}", agent.metrics());
+    let workload_labels = [("comm", "memprof-workload")];
+    let vm = |field| move || status_field(pid, field);
+    let (ours, vm_size) = agent.settle(
+        "memprof_reserved_bytes",
+        &workload_labels,
+        vm("VmSize:"),
+        equal,
+    );
+    assert_eq!(ours, vm_size);
+    let (resident, vm_rss) = agent.settle(
+        "memprof_resident_bytes",
+        &workload_labels,
+        vm("VmRSS:"),
+        resident_close,
+    );
+    assert!(
+        resident_close(resident, vm_rss),
+        "resident {resident} vs VmRSS {vm_rss}"
+    );
+    let metrics = agent.metrics();
+    assert_eq!(
+        sum(&metrics, "memprof_processes", &sleep),
+        Some(2),
+        "{metrics}"
+    );
+    assert_eq!(sum(&metrics, "memprof_lost_events_total", &[]), Some(0));
+    // The workload faulted 40 MiB in, page by page or in huge pages.
+    let faults = sum(&metrics, "memprof_page_faults_total", &workload_labels).unwrap();
+    assert!(faults >= 20, "{metrics}");
+    // --per-pid 1: the workload, which reserved most, alone; the sleeps counted.
+    let pid_label = pid.to_string();
+    assert_eq!(
+        sum(&metrics, "memprof_process_reserved_bytes", &[]),
+        sum(
+            &metrics,
+            "memprof_process_reserved_bytes",
+            &[("pid", &pid_label)]
+        ),
+        "{metrics}"
+    );
+    assert_eq!(sum(&metrics, "memprof_processes_not_listed", &[]), Some(2));
+
+    // promtool reads the exposition as Prometheus does.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("`promtool` is not installed: `cargo xtask setup` installs Debian's prometheus");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for child in sleeps {
+        kill(child);
+    }
+    // Exited: no series left for them after a refresh or two.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.sum("memprof_processes", &sleep).is_some() {
+        assert!(Instant::now() < deadline, "{}", agent.metrics());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kill(workload);
+}
+
+#[test]
+fn profiles_name_the_sites_and_bad_requests_get_400() {
+    let cgroup = TestCgroup::new("agent-pprof");
+    let agent = Agent::start(&cgroup, &[]);
+    let workload = start_workload(&cgroup);
+    let pid = workload.id();
+    // Its sites are served from the refresh after it made them.
+    std::thread::sleep(Duration::from_millis(600));
+    let (status, content_type, body) = agent.get(&format!("/debug/pprof/reserved?pid={pid}"));
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/octet-stream")
+    );
+    let profile = decode(&body);
+    let name = |i: i64| profile.string_table[i as usize].as_str();
+    assert_eq!(name(profile.default_sample_type), "reserved");
+    assert!(profile.mapping.iter().all(|m| m.has_functions));
+    let big: i64 = profile
+        .sample
+        .iter()
+        .filter(|s| {
+            functions(&profile, s)
+                .iter()
+                .any(|f| f.contains("memprof_reserve_big"))
+        })
+        .map(|s| s.value[0])
+        .sum();
+    assert_eq!(big, 256 << 20, "{profile:#?}");
+
+    // What `go tool pprof` reads over HTTP, named by its functions.
+    let url = format!(
+        "http://127.0.0.1:{}/debug/pprof/reserved?pid={pid}",
+        agent.port
+    );
+    let dir = scratch("agent-pprof");
+    // It keeps what it fetched, in PPROF_TMPDIR.
+    let out = run_ok(
+        Command::new("go")
+            .args(["tool", "pprof", "-top", &url])
+            .env("PPROF_TMPDIR", &dir),
+    );
+    let top = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        top.contains("memprof_workload::memprof_reserve_big"),
+        "{top}"
+    );
+
+    let (status, content_type, body) =
+        agent.get("/debug/pprof/resident?debug=1&comm=memprof-workload");
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "text/plain; charset=utf-8")
+    );
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("memprof_reserve_and_touch"), "{text}");
+
+    // The growth over three seconds in which a second workload made the same sites as the
+    // first, now idle: the second's alone (the two's identical stacks would fold into one
+    // line of twice the bytes).
+    let port = agent.port;
+    let delta = std::thread::spawn(move || {
+        get(
+            port,
+            "/debug/pprof/reserved?comm=memprof-workload&seconds=3&debug=1",
+        )
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let second = start_workload(&cgroup);
+    let (status, _, body) = delta.join().unwrap();
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    let big: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("memprof_reserve_big"))
+        .collect();
+    assert_eq!(big.len(), 1, "{text}");
+    assert!(big[0].ends_with(&format!(" {}", 256 << 20)), "{text}");
+    kill(second);
+
+    let (status, content_type, body) = agent.get("/debug/pprof/");
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "text/html; charset=utf-8")
+    );
+    assert!(String::from_utf8(body).unwrap().contains("resident"));
+    for (path, expected, says) in [
+        ("/debug/pprof/reserved?pid=abc", 400, "not a whole number"),
+        ("/debug/pprof/reserved?seconds=0", 400, "give 1 to"),
+        ("/debug/pprof/reserved?nonsense=1", 400, "unknown parameter"),
+        ("/metrics?x=1", 400, "no parameters"),
+        ("/debug/pprof/heap", 404, "no profile heap"),
+        ("/debug/pprof/faults", 404, "--fault-stacks"),
+        ("/nowhere", 404, "no such page"),
+    ] {
+        let (status, _, body) = agent.get(path);
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(status, expected, "{path}: {body}");
+        assert!(body.contains(says), "{path}: {body}");
+    }
+    // Still serving after all that.
+    assert_eq!(agent.get("/metrics").0, 200);
+    kill(workload);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Prometheus's answer to an instant query: the value of its one series.
+fn prometheus_query(port: u16, query: &str) -> Option<u64> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, _, body) = get(port, &format!("/api/v1/query?query={encoded}"));
+    if status != 200 {
+        return None;
+    }
+    let answer: Value = serde_json::from_slice(&body).ok()?;
+    let result = answer["data"]["result"].as_array()?;
+    let [series] = result.as_slice() else {
+        return None;
+    };
+    series["value"][1].as_str()?.parse().ok()
+}
+
+#[test]
+fn prometheus_scrapes_the_agent() {
+    let cgroup = TestCgroup::new("agent-prometheus");
+    let agent = Agent::start(&cgroup, &[]);
+    let workload = start_workload(&cgroup);
+    let pid = workload.id();
+    let dir = scratch("agent-prometheus");
+    let config = dir.join("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: memprof\n    \
+             static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+            agent.port
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    // Not in the test's cgroup, whose end kills what a failed test left there: killed on drop.
+    let prometheus = Running(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("`prometheus` is not installed: `cargo xtask setup` installs Debian's package"),
+    );
+    wait_for_port(port);
+    let query = format!(
+        "memprof_reserved_bytes{{comm=\"memprof-workload\",cgroup=\"{}\"}}",
+        cgroup.path
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let answer = loop {
+        let answer = prometheus_query(port, &query);
+        if answer == Some(status_field(pid, "VmSize:")) || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    drop(prometheus);
+    let log = fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+    assert_eq!(
+        answer,
+        Some(status_field(pid, "VmSize:")),
+        "Prometheus's answer to {query}; its log:\n{log}"
+    );
+    kill(workload);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Two thousand short processes come and go: none is left in the metrics, and the agent's
+/// memory stays bounded.
+#[test]
+fn churn_leaves_no_series_and_bounded_memory() {
+    let cgroup = TestCgroup::new("agent-churn");
+    let agent = Agent::start(&cgroup, &[]);
+    let before = agent.rss();
+    let churn = cgroup.spawn(&["sh", "-c", "for i in $(seq 2000); do /bin/true; done"]);
+    let out = churn.wait_with_output().unwrap();
+    assert!(out.status.success());
+    // Their faults are counted in one more refresh, then nothing is left of them.
+    let labels = format!("cgroup=\"{}\"", cgroup.path);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = agent.metrics();
+        if !metrics.contains(&labels) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "series left after the churn:\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let rss = agent.rss();
+    eprintln!(
+        "agent RSS {} MiB before 2,000 processes, {} MiB after",
+        before / MIB,
+        rss / MIB
+    );
+    assert!(rss < 150 * MIB, "agent RSS {} MiB", rss / MIB);
+}

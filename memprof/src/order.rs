@@ -32,37 +32,39 @@ impl<T> Default for InOrder<T> {
 }
 
 impl<T> InOrder<T> {
-    /// Takes change number `number` (0: not numbered, applied at once), sent at `sent_ns`;
-    /// returns the changes now due, in order.
-    pub fn take(&mut self, number: u32, sent_ns: u64, change: T) -> Vec<T> {
+    /// Takes change number `number` (0: not numbered), sent at `sent_ns`: returns it when it
+    /// is due now (then [`InOrder::next_due`] gives the held ones it freed), else holds it.
+    pub fn take(&mut self, number: u32, sent_ns: u64, change: T) -> Option<T> {
         if number == 0 {
-            return vec![change];
+            return Some(change);
         }
         // A number below the one expected: its wait was given up.
         if self.next.is_some_and(|next| number > next) {
             self.held.insert(number, (sent_ns, change));
-            return Vec::new();
+            return None;
         }
-        let mut ready = vec![change];
         self.next = Some(self.next.unwrap_or(0).max(number.saturating_add(1)));
-        self.release_following(&mut ready);
-        ready
+        Some(change)
     }
 
-    /// The held changes whose predecessor did not come within [`HOLD_NS`] of their
-    /// sending, and those that follow them.
-    pub fn overdue(&mut self, now_ns: u64) -> Vec<T> {
-        let mut ready = Vec::new();
-        while let Some(entry) = self.held.first_entry() {
-            if entry.get().0.saturating_add(HOLD_NS) > now_ns {
-                break;
-            }
-            let (number, (_, change)) = entry.remove_entry();
-            ready.push(change);
-            self.next = Some(number.saturating_add(1));
-            self.release_following(&mut ready);
+    /// The held change that is due: the one expected next.
+    pub fn next_due(&mut self) -> Option<T> {
+        let next = self.next?;
+        let (_, change) = self.held.remove(&next)?;
+        self.next = Some(next.saturating_add(1));
+        Some(change)
+    }
+
+    /// The first held change, when its predecessor did not come within [`HOLD_NS`] of its
+    /// sending (the event was lost): the wait is given up.
+    pub fn next_overdue(&mut self, now_ns: u64) -> Option<T> {
+        let entry = self.held.first_entry()?;
+        if entry.get().0.saturating_add(HOLD_NS) > now_ns {
+            return None;
         }
-        ready
+        let (number, (_, change)) = entry.remove_entry();
+        self.next = Some(number.saturating_add(1));
+        Some(change)
     }
 
     /// Every held change, in order: the address space's last changes, when tracing or the
@@ -76,66 +78,67 @@ impl<T> InOrder<T> {
             .map(|(_, change)| change)
             .collect()
     }
-
-    pub fn holds_any(&self) -> bool {
-        !self.held.is_empty()
-    }
-
-    fn release_following(&mut self, ready: &mut Vec<T>) {
-        while let Some(next) = self.next {
-            let Some((_, change)) = self.held.remove(&next) else {
-                break;
-            };
-            ready.push(change);
-            self.next = Some(next.saturating_add(1));
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// What taking one change makes due: it, and the held ones it frees.
+    fn take<T>(order: &mut InOrder<T>, number: u32, sent_ns: u64, change: T) -> Vec<T> {
+        let mut due: Vec<T> = order.take(number, sent_ns, change).into_iter().collect();
+        if !due.is_empty() {
+            due.extend(std::iter::from_fn(|| order.next_due()));
+        }
+        due
+    }
+
+    fn overdue<T>(order: &mut InOrder<T>, now_ns: u64) -> Vec<T> {
+        std::iter::from_fn(|| order.next_due().or_else(|| order.next_overdue(now_ns))).collect()
+    }
+
     #[test]
     fn a_change_that_overtook_the_one_before_waits_for_it() {
         let mut order = InOrder::default();
-        assert_eq!(order.take(1, 0, "map A"), ["map A"]);
+        assert_eq!(take(&mut order, 1, 0, "map A"), ["map A"]);
         // The unmap (2) is slower to its exit than the map that reused its range (3).
-        assert!(order.take(3, 10, "map B over A").is_empty());
-        assert!(order.holds_any());
-        assert_eq!(order.take(2, 20, "unmap A"), ["unmap A", "map B over A"]);
-        assert!(!order.holds_any());
-        assert_eq!(order.take(0, 30, "madvise"), ["madvise"]);
-        assert_eq!(order.take(4, 40, "unmap B"), ["unmap B"]);
+        assert!(take(&mut order, 3, 10, "map B over A").is_empty());
+        assert_eq!(
+            take(&mut order, 2, 20, "unmap A"),
+            ["unmap A", "map B over A"]
+        );
+        assert_eq!(take(&mut order, 0, 30, "madvise"), ["madvise"]);
+        assert_eq!(take(&mut order, 4, 40, "unmap B"), ["unmap B"]);
+        assert!(order.drain().is_empty());
     }
 
     #[test]
     fn the_first_change_seen_sets_the_count_and_a_late_one_is_applied_at_once() {
         let mut order = InOrder::default();
-        assert_eq!(order.take(41, 0, "a"), ["a"]);
-        assert_eq!(order.take(40, 1, "late"), ["late"]);
-        assert_eq!(order.take(42, 2, "b"), ["b"]);
+        assert_eq!(take(&mut order, 41, 0, "a"), ["a"]);
+        assert_eq!(take(&mut order, 40, 1, "late"), ["late"]);
+        assert_eq!(take(&mut order, 42, 2, "b"), ["b"]);
     }
 
     #[test]
     fn a_change_whose_predecessor_never_comes_is_applied_when_overdue() {
         let mut order = InOrder::default();
-        assert_eq!(order.take(1, 0, "a"), ["a"]);
+        assert_eq!(take(&mut order, 1, 0, "a"), ["a"]);
         // 2's event was lost.
-        assert!(order.take(3, 100, "c").is_empty());
-        assert!(order.take(4, 200, "d").is_empty());
-        assert!(order.overdue(100 + HOLD_NS - 1).is_empty());
-        assert_eq!(order.overdue(100 + HOLD_NS), ["c", "d"]);
-        assert_eq!(order.take(5, 300, "e"), ["e"]);
+        assert!(take(&mut order, 3, 100, "c").is_empty());
+        assert!(take(&mut order, 4, 200, "d").is_empty());
+        assert!(overdue(&mut order, 100 + HOLD_NS - 1).is_empty());
+        assert_eq!(overdue(&mut order, 100 + HOLD_NS), ["c", "d"]);
+        assert_eq!(take(&mut order, 5, 300, "e"), ["e"]);
     }
 
     #[test]
     fn draining_gives_every_held_change_in_order() {
         let mut order = InOrder::default();
-        order.take(1, 0, 1);
-        order.take(4, 0, 4);
-        order.take(3, 0, 3);
+        take(&mut order, 1, 0, 1);
+        take(&mut order, 4, 0, 4);
+        take(&mut order, 3, 0, 3);
         assert_eq!(order.drain(), [3, 4]);
-        assert_eq!(order.take(5, 0, 5), [5]);
+        assert_eq!(take(&mut order, 5, 0, 5), [5]);
     }
 }

@@ -313,35 +313,38 @@ impl Process {
     /// Takes a memory syscall: applies it, and the ones it held back, once every change the
     /// kernel made to the address space before it is applied.
     pub fn take_change(&mut self, change: Change) {
-        let ready = self
-            .changes
-            .take(change.event.order, change.event.header.ts_ns, change);
-        self.apply_changes(ready);
+        let (number, sent_ns) = (change.event.order, change.event.header.ts_ns);
+        if let Some(change) = self.changes.take(number, sent_ns, change) {
+            self.apply_change(change);
+            while let Some(freed) = self.changes.next_due() {
+                self.apply_change(freed);
+            }
+        }
     }
 
     /// Applies the changes that waited in vain for the one before them (see [`InOrder`]).
     pub fn apply_overdue(&mut self, now_ns: u64) {
-        if self.changes.holds_any() {
-            let ready = self.changes.overdue(now_ns);
-            self.apply_changes(ready);
+        while let Some(change) = self
+            .changes
+            .next_due()
+            .or_else(|| self.changes.next_overdue(now_ns))
+        {
+            self.apply_change(change);
         }
     }
 
     /// Applies every change held back: before the address space is copied (fork), replaced
     /// (exec) or gone (exit, end of tracing).
     pub fn apply_held(&mut self) {
-        if self.changes.holds_any() {
-            let ready = self.changes.drain();
-            self.apply_changes(ready);
+        for change in self.changes.drain() {
+            self.apply_change(change);
         }
     }
 
-    fn apply_changes(&mut self, changes: Vec<Change>) {
-        for change in changes {
-            self.apply_syscall(&change.event, change.site);
-            if let Some((address, path)) = change.path {
-                self.space.name_file(address, &path);
-            }
+    fn apply_change(&mut self, change: Change) {
+        self.apply_syscall(&change.event, change.site);
+        if let Some((address, path)) = change.path {
+            self.space.name_file(address, &path);
         }
     }
 

@@ -4,6 +4,9 @@
 //! shared memory, a thread, stack growth), each followed by a checkpoint: one JSON line on stdout with the kernel's own
 //! VmSize and VmRSS at that moment, then a pause without memory operations.
 //!
+//! With `--race ROUNDS` it instead runs threads racing on one address space (see
+//! `memprof_race`), then the checkpoint "end".
+//!
 //! With `--storm faults|syscalls|mixed|host` it instead runs one of the benchmark's storms (see
 //! `cargo xtask bench`) and prints only `{"storm":"NAME","elapsed_ns":N}`, the storm's own
 //! CLOCK_MONOTONIC duration, so that start-up and a tracer's attach time are not counted.
@@ -303,11 +306,16 @@ fn memprof_race(rounds: usize) -> Result<()> {
     const LAST_RACES: usize = 32;
     const PAIRS: usize = THREADS / 2;
     let last_arena = mmap(LAST_RACES * PAIRS * SLOT, libc::PROT_NONE, ANON, -1)? as usize;
+    // Every thread is made before any slot is unmapped: the kernel would put a new thread's
+    // mappings (its signal stack) in a hole of the arena, where another's MAP_FIXED would
+    // replace them.
+    let first = std::sync::Arc::new(std::sync::Barrier::new(THREADS));
     let last = std::sync::Arc::new(std::sync::Barrier::new(THREADS));
     let threads: Vec<_> = (0..THREADS)
         .map(|i| {
-            let last = last.clone();
+            let (first, last) = (first.clone(), last.clone());
             thread::spawn(move || -> Result<()> {
+                first.wait();
                 // xorshift: a different, repeatable walk over the slots in each thread.
                 let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ (i as u64 + 1);
                 for _ in 0..rounds {

@@ -75,13 +75,7 @@ fn try_mmap_write_locked(ctx: &TracePointContext) -> Result<u32, i64> {
     if write == 0 || success == 0 {
         return Ok(0);
     }
-    // SAFETY: as in `try_syscall_exit`: the current task's user registers, each load checked
-    // by the verifier against the BTF of `struct pt_regs`.
-    let nr = unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u64;
-        *regs.add(regs::ORIG_AX)
-    };
-    if creates_memory(nr).is_none() {
+    if creates_memory(PtRegs::current().get(regs::ORIG_AX)).is_none() {
         return Ok(0);
     }
     let Some(number) = count_change(tgid) else {
@@ -93,6 +87,25 @@ fn try_mmap_write_locked(ctx: &TracePointContext) -> Result<u32, i64> {
         None => MP_CHANGE_NUMBER.insert(tid, number, 0)?,
     }
     Ok(0)
+}
+
+/// The current task's user registers (`struct pt_regs`, by word): the syscall's number and
+/// arguments, the caller's stack.
+#[derive(Clone, Copy)]
+struct PtRegs(*const u64);
+
+impl PtRegs {
+    fn current() -> Self {
+        // SAFETY: the helpers take the current task, which the verifier knows to be valid, and
+        // return its user registers.
+        Self(unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64)
+    }
+
+    fn get(self, index: usize) -> u64 {
+        // SAFETY: a `struct pt_regs *`; the verifier checks each load against its BTF and the
+        // kernel recovers from a bad address.
+        unsafe { *self.0.add(index) }
+    }
 }
 
 fn try_syscall_exit(ctx: &TracePointContext) -> Result<u32, i64> {
@@ -113,12 +126,8 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     if !is_traced(tgid) {
         return Ok(0);
     }
-    // SAFETY: the helpers take the current task, which the verifier knows to be valid, and
-    // return its user registers (the syscall's arguments, the caller's stack).
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
-    // SAFETY: a `struct pt_regs *`; the verifier checks each load against its BTF and the
-    // kernel recovers from a bad address.
-    let reg = |index: usize| unsafe { *regs.add(index) };
+    let registers = PtRegs::current();
+    let reg = |index| registers.get(index);
     let order = Slot::lru(&MP_CHANGE_NUMBER, tid).map_or(0, |slot| {
         let number = slot.get();
         slot.set(0);

@@ -30,23 +30,8 @@ pub(crate) struct AgentArgs {
     #[arg(long, value_name = "N", value_parser = args::positive::<usize>)]
     per_pid: Option<usize>,
 
-    /// Also record the stack of the code that faulted each page in, served at
-    /// /debug/pprof/faults. Costs a stack walk and an event per fault.
-    #[arg(long)]
-    fault_stacks: bool,
-
-    /// With --fault-stacks, record the stack of one fault in N (figures scaled by N).
-    #[arg(long, value_name = "N", default_value = "1", requires = "fault_stacks",
-          value_parser = args::positive::<u32>)]
-    fault_sample: u32,
-
-    /// Slots of the kernel's cache of the stacks it sent (a power of two).
-    #[arg(long, value_name = "N", default_value = "65536", value_parser = args::stack_cache_slots)]
-    stack_cache_slots: u32,
-
-    /// Size of the kernel-to-memprof ring buffer (a power of two from 4K to 1G).
-    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = args::ring_buffer_size)]
-    ring_buffer_size: u32,
+    #[command(flatten)]
+    probes: args::ProbeArgs,
 }
 
 impl AgentArgs {
@@ -56,9 +41,9 @@ impl AgentArgs {
             listen: self.listen,
             refresh: self.refresh,
             per_pid: self.per_pid,
-            fault_stacks: self.fault_stacks.then_some(self.fault_sample),
-            stack_cache_slots: self.stack_cache_slots,
-            ring_buffer_bytes: self.ring_buffer_size,
+            fault_stacks: self.probes.fault_stacks(),
+            stack_cache_slots: self.probes.stack_cache_slots,
+            ring_buffer_bytes: self.probes.ring_buffer_size,
         }
     }
 }

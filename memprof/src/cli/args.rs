@@ -33,6 +33,39 @@ impl FilterArgs {
     }
 }
 
+/// What the kernel side records and how it sends it: `run` and `agent` alike.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct ProbeArgs {
+    /// Also record the stack of the code that faulted each page in ("made resident by"; the
+    /// agent serves them at /debug/pprof/faults). Costs a stack walk and an event per fault;
+    /// without it a thread's faults on consecutive pages cross to memprof as one event.
+    #[arg(long)]
+    fault_stacks: bool,
+
+    /// With --fault-stacks, record the stack of one fault in N (figures scaled by N and
+    /// labelled as estimates).
+    #[arg(long, value_name = "N", default_value = "1", requires = "fault_stacks",
+          value_parser = positive::<u32>)]
+    fault_sample: u32,
+
+    /// Slots of the kernel's cache of the stacks it sent, so that each crosses to memprof
+    /// once (a power of two, 8 bytes of kernel memory each); a stack whose slot another one
+    /// took is sent again.
+    #[arg(long, value_name = "N", default_value = "65536", value_parser = stack_cache_slots)]
+    pub(crate) stack_cache_slots: u32,
+
+    /// Size of the kernel-to-memprof ring buffer (a power of two from 4K to 1G).
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = ring_buffer_size)]
+    pub(crate) ring_buffer_size: u32,
+}
+
+impl ProbeArgs {
+    /// One fault in this many has its stack recorded; None: no fault stacks.
+    pub(crate) fn fault_stacks(&self) -> Option<u32> {
+        self.fault_stacks.then_some(self.fault_sample)
+    }
+}
+
 const MILLISECOND: Duration = Duration::from_millis(1);
 const HOUR: Duration = Duration::from_secs(3600);
 

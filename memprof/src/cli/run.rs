@@ -59,27 +59,8 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     kernel_stacks: bool,
 
-    /// Also record the stack of the code that faulted each page in ("made resident by"). Costs
-    /// a stack walk and an event per fault; without it a thread's faults on consecutive pages
-    /// cross to memprof as one event.
-    #[arg(long)]
-    fault_stacks: bool,
-
-    /// With --fault-stacks, record the stack of one fault in N (figures scaled by N and
-    /// labelled as estimates).
-    #[arg(long, value_name = "N", default_value = "1", requires = "fault_stacks",
-          value_parser = args::positive::<u32>)]
-    fault_sample: u32,
-
-    /// Slots of the kernel's cache of the stacks it sent, so that each crosses to memprof
-    /// once (a power of two, 8 bytes of kernel memory each); a stack whose slot another one
-    /// took is sent again.
-    #[arg(long, value_name = "N", default_value = "65536", value_parser = args::stack_cache_slots)]
-    stack_cache_slots: u32,
-
-    /// Size of the kernel-to-memprof ring buffer (a power of two from 4K to 1G).
-    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = args::ring_buffer_size)]
-    ring_buffer_size: u32,
+    #[command(flatten)]
+    probes: args::ProbeArgs,
 
     /// The command to launch and trace, after `--`.
     #[arg(last = true, value_name = "CMD", required_unless_present_any = ["pid", "all"])]
@@ -111,9 +92,9 @@ impl RunArgs {
             regions: self.regions,
             output: self.output,
             kernel_stacks: self.kernel_stacks,
-            fault_stacks: self.fault_stacks.then_some(self.fault_sample),
-            stack_cache_slots: self.stack_cache_slots,
-            ring_buffer_bytes: self.ring_buffer_size,
+            fault_stacks: self.probes.fault_stacks(),
+            stack_cache_slots: self.probes.stack_cache_slots,
+            ring_buffer_bytes: self.probes.ring_buffer_size,
             quiet: self.quiet,
         }
     }

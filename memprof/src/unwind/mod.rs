@@ -178,14 +178,18 @@ impl ElfTables {
             })
             .collect();
         let described = described_code(&sections).unwrap_or_default();
-        let misdescribed = elf
-            .symbols()
-            .filter(|s| {
-                s.name()
-                    .is_ok_and(|name| MISDESCRIBED.iter().any(|m| name.starts_with(m)))
-            })
-            .map(|s| s.address()..s.address() + s.size())
-            .collect();
+        // Only a Go binary has them: the symbols of the others (libjvm's are many) stay unread.
+        let misdescribed = match section(".go.buildinfo") {
+            Some(_) => elf
+                .symbols()
+                .filter(|s| {
+                    s.name()
+                        .is_ok_and(|name| MISDESCRIBED.iter().any(|m| name.starts_with(m)))
+                })
+                .map(|s| s.address()..s.address() + s.size())
+                .collect(),
+            None => Vec::new(),
+        };
         Some(Self {
             sections,
             code_segments,

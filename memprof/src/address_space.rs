@@ -20,6 +20,7 @@ const PROT_MASK: u64 = 7;
 const HEAP_PROT: u32 = PROT_READ | PROT_WRITE;
 
 const MAP_SHARED: u64 = 0x01; // also set in MAP_SHARED_VALIDATE (0x03)
+const MAP_FIXED: u64 = 0x10;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_GROWSDOWN: u64 = 0x0100;
 const MAP_LOCKED: u64 = 0x2000;
@@ -137,6 +138,10 @@ pub struct Region {
     pub offset: u64,
     /// The call stack that reserved this region ("reserved at").
     pub site: SiteId,
+    /// The site of the reservation it was carved from: its own, or for a mapping placed
+    /// with MAP_FIXED over an earlier one (a runtime committing part of the address space
+    /// it reserved), that one's. It says what the memory is for.
+    pub reservation: SiteId,
 }
 
 impl Region {
@@ -155,6 +160,7 @@ impl Region {
             huge: false,
             offset: 0,
             site,
+            reservation: site,
         }
     }
 
@@ -395,6 +401,7 @@ impl AddressSpace {
                 huge: e.huge,
                 offset: e.offset,
                 site: SITE_BEFORE_TRACING,
+                reservation: SITE_BEFORE_TRACING,
             });
         }
         // The heap's end stands in for brk: both round up to the same page.
@@ -490,6 +497,66 @@ impl AddressSpace {
         }
     }
 
+    /// Takes each region's resident bytes from the kernel's own per-mapping figures
+    /// (/proc/PID/smaps `Rss`), read with the process at rest: exact where memprof's count
+    /// of faults is not (pages a fork did or did not copy, huge pages, readahead). Where a
+    /// mapping of the kernel spans several regions (it merged what memprof keeps apart), its
+    /// pages are shared among them as memprof counted them, whole pages, none beyond a
+    /// region's size. Returns the resident bytes of all regions.
+    pub fn settle_resident(&mut self, entries: &[MapsEntry]) -> u64 {
+        let mut settled: BTreeMap<u64, u64> = BTreeMap::new();
+        for e in entries.iter().filter(|e| e.rss_bytes > 0) {
+            self.split_at(e.start);
+            self.split_at(e.end);
+            let parts: Vec<(u64, u64, u64)> = self
+                .regions
+                .range(e.start..e.end)
+                .map(|(&start, r)| {
+                    let pages = r.size() / PAGE_SIZE;
+                    (start, pages, self.region_resident(r) / PAGE_SIZE)
+                })
+                .collect();
+            let resident = e.rss_bytes / PAGE_SIZE;
+            let counted: u128 = parts
+                .iter()
+                .map(|&(_, _, counted)| u128::from(counted))
+                .sum();
+            // As counted (whole pages, the largest remainders first), then what is left into
+            // the room each region has.
+            let mut shares: Vec<(u64, u64, u64, u128)> = parts
+                .iter()
+                .map(|&(start, pages, counted_here)| {
+                    let exact = u128::from(resident) * u128::from(counted_here);
+                    let (share, rest) = match counted {
+                        0 => (0, 0),
+                        _ => (exact / counted, exact % counted),
+                    };
+                    (start, pages, (share as u64).min(pages), rest)
+                })
+                .collect();
+            let mut left = resident - shares.iter().map(|s| s.2).sum::<u64>().min(resident);
+            shares.sort_by_key(|&(start, .., rest)| (std::cmp::Reverse(rest), start));
+            for one_more in [true, false] {
+                for (_, pages, take, _) in &mut shares {
+                    let room = (*pages - *take).min(if one_more { 1 } else { u64::MAX });
+                    let more = room.min(left);
+                    *take += more;
+                    left -= more;
+                }
+            }
+            for (start, _, take, _) in shares {
+                *settled.entry(start).or_default() += take;
+            }
+        }
+        self.touched = PageSet::default();
+        let mut total = 0;
+        for (start, r) in &mut self.regions {
+            r.seeded_resident = settled.get(start).copied().unwrap_or(0) * PAGE_SIZE;
+            total += r.seeded_resident;
+        }
+        total
+    }
+
     /// Names the file mapping that starts at `start` (the kernel sent its path when it was
     /// mapped).
     pub fn name_file(&mut self, start: u64, path: &str) {
@@ -532,9 +599,14 @@ impl AddressSpace {
         };
         let prot = (prot & PROT_MASK) as u32;
         let shared = flags & MAP_SHARED != 0;
+        let reservation = match self.region_at(addr) {
+            Some(r) if flags & MAP_FIXED != 0 => r.reservation,
+            _ => site,
+        };
         self.assign(Region {
             growsdown: flags & MAP_GROWSDOWN != 0,
             offset,
+            reservation,
             ..Region::made(addr, end, prot, shared, kind, site)
         });
         if flags & (MAP_POPULATE | MAP_LOCKED) != 0 || self.lock_future {
@@ -1369,6 +1441,46 @@ mod tests {
         s.fault(B + 4 * P, WRITE_FAULT);
         assert_eq!(s.touched_bytes(), 4 * P);
         check(&s);
+    }
+
+    /// At the end the regions take the kernel's resident bytes: one mapping each where the
+    /// two agree, shared as counted where the kernel merged what memprof keeps apart.
+    #[test]
+    fn resident_settles_on_the_kernels_figures() {
+        let mut s = AddressSpace::new();
+        // Two sites' mappings side by side, which the kernel keeps as one VMA.
+        s.mmap(A, 8 * P, RW, PRIVATE_ANON, -1, 0, 2);
+        s.mmap(A + 8 * P, 8 * P, RW, PRIVATE_ANON, -1, 0, 3);
+        s.mmap(B, 4 * P, RW, PRIVATE_ANON, -1, 0, 4);
+        for page in [0, 1, 2, 9] {
+            s.fault(A + page * P, WRITE_FAULT);
+        }
+        // memprof missed a fork's copies: the kernel says 7 pages, not 4, and B has 2.
+        let smaps = |start: u64, end: u64, rss: u64| MapsEntry {
+            start,
+            end,
+            perms: Perms {
+                read: true,
+                write: true,
+                ..Perms::default()
+            },
+            rss_bytes: rss,
+            ..MapsEntry::default()
+        };
+        let total = s.settle_resident(&[smaps(A, A + 16 * P, 7 * P), smaps(B, B + 4 * P, 2 * P)]);
+        check(&s);
+        let resident: Vec<u64> = s.regions().map(|r| s.region_resident(r) / P).collect();
+        assert_eq!(
+            resident,
+            [5, 2, 2],
+            "7 pages shared 3:1 as counted, whole pages"
+        );
+        assert_eq!(total, 9 * P);
+        // More than a region holds goes to the others; a mapping the kernel has no more of
+        // ends with nothing.
+        let total = s.settle_resident(&[smaps(A, A + 16 * P, 12 * P)]);
+        let resident: Vec<u64> = s.regions().map(|r| s.region_resident(r) / P).collect();
+        assert_eq!((resident, total), (vec![8, 4, 0], 12 * P));
     }
 
     #[test]

@@ -461,6 +461,14 @@ impl Process {
         });
     }
 
+    /// Ends on the kernel's own resident bytes of each mapping (see
+    /// [`AddressSpace::settle_resident`]): the headline is their sum, so that it, the sites
+    /// and the categories add up to one figure.
+    pub fn settle_resident(&mut self, smaps: &[MapsEntry]) {
+        let resident = self.space.settle_resident(smaps);
+        self.resident.set(resident);
+    }
+
     /// Every region, fault and release charged to the site that reserved the memory, and
     /// the sampled faults to the stack of the code that made them (scaled by
     /// `fault_sample`).
@@ -488,7 +496,7 @@ impl Process {
     pub fn sites_used(&self) -> impl Iterator<Item = SiteId> + '_ {
         self.space
             .regions()
-            .map(|r| r.site)
+            .flat_map(|r| [r.site, r.reservation])
             .chain(self.space.released_by_site().map(|(site, _)| site))
             .chain(self.faults_in_regions.keys().copied())
             .chain(self.faults_by_code.keys().copied())

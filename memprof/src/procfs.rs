@@ -14,6 +14,8 @@ pub trait ProcSource {
     fn snapshot(&self, pid: u32) -> io::Result<Snapshot>;
     /// Its /proc/PID/maps, to name the files it mapped.
     fn maps(&self, pid: u32) -> io::Result<Vec<MapsEntry>>;
+    /// Its /proc/PID/smaps: the maps with each mapping's resident bytes.
+    fn smaps(&self, pid: u32) -> io::Result<Vec<MapsEntry>>;
     /// Its memory figures; None for a process without an address space.
     fn status(&self, pid: u32) -> Option<Status>;
     /// Whether the process is gone: no such pid, or a zombie.
@@ -33,6 +35,10 @@ impl ProcSource for Proc {
 
     fn maps(&self, pid: u32) -> io::Result<Vec<MapsEntry>> {
         read_maps(pid)
+    }
+
+    fn smaps(&self, pid: u32) -> io::Result<Vec<MapsEntry>> {
+        read_smaps(pid)
     }
 
     fn status(&self, pid: u32) -> Option<Status> {

@@ -46,6 +46,8 @@ pub(crate) struct FakeProc {
     pub(crate) gone: HashSet<u32>,
     /// Maps reads, to check files are named while a process lives.
     pub(crate) maps_reads: std::cell::Cell<usize>,
+    /// What smaps says of a pid at the end; unreadable when not given.
+    pub(crate) smaps: HashMap<u32, Vec<MapsEntry>>,
 }
 
 impl FakeProc {
@@ -82,6 +84,14 @@ impl ProcSource for FakeProc {
     fn maps(&self, pid: u32) -> io::Result<Vec<MapsEntry>> {
         self.maps_reads.set(self.maps_reads.get() + 1);
         Ok(self.snapshot(pid)?.maps)
+    }
+
+    fn smaps(&self, pid: u32) -> io::Result<Vec<MapsEntry>> {
+        self.snapshot(pid)?;
+        self.smaps
+            .get(&pid)
+            .cloned()
+            .ok_or_else(|| io::ErrorKind::PermissionDenied.into())
     }
 
     fn status(&self, pid: u32) -> Option<Status> {

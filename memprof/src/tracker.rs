@@ -472,10 +472,18 @@ impl<P: ProcSource> Tracker<P> {
             if process.ended_ns.is_some() {
                 continue;
             }
-            name_files(&self.proc, process);
+            // At rest the kernel's per-mapping figures are exact: the regions end on them.
+            let smaps = self.proc.smaps(process.pid).ok();
+            match &smaps {
+                Some(smaps) => process.name_files(smaps),
+                None => name_files(&self.proc, process),
+            }
             refresh_command(&self.proc, process);
             let status = self.proc.status(process.pid);
             process.finish(now_ns, false, status.as_ref().map(ProcCheck::of_status));
+            if let Some(smaps) = smaps {
+                process.settle_resident(&smaps);
+            }
         }
         self.lost_events = kernel.lost_events + self.undecodable;
         self.lost_stacks = kernel.lost_stacks;

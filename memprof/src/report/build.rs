@@ -2,7 +2,11 @@
 //! and site, with every site's stack symbolized (which reads the binaries from disk).
 use std::collections::HashMap;
 
-use super::{ProcessReport, RegionReport, Report, SiteReport, SplitReport, stacks};
+use super::{
+    BreakdownRow, ProcessReport, RegionReport, Report, SiteReport, SplitReport,
+    category::{self, SiteFrames},
+    stacks,
+};
 use crate::{
     address_space::{Region, SiteId},
     events,
@@ -97,7 +101,7 @@ struct Stacks<'a> {
     sites: &'a Sites,
 }
 
-impl Stacks<'_> {
+impl SiteFrames for Stacks<'_> {
     fn frames(&mut self, id: SiteId) -> &[Frame] {
         let Self {
             symbolizer,
@@ -184,15 +188,32 @@ impl ProcessReport {
         let figures = p.site_figures(fault_sample);
         let mut sites: Vec<(SiteId, SiteFigures)> = figures.into_iter().collect();
         sites.sort_by_key(|&(id, f)| (std::cmp::Reverse((f.reserved, f.resident)), id));
-        let mut regions: Vec<RegionReport> = p
+        let code_files = category::code_files(&p.space);
+        let categorized: Vec<_> = p
             .space
             .regions()
-            .map(|r| RegionReport {
+            .map(|r| (r, category::categorize(&p.space, r, &code_files, stacks)))
+            .collect();
+        let mut breakdown: Vec<BreakdownRow> = category::breakdown(&p.space, categorized.clone())
+            .into_iter()
+            .map(|(category, figures)| BreakdownRow {
+                category,
+                figures,
+                description: category.describe(),
+            })
+            .collect();
+        breakdown.sort_by_key(|row| {
+            std::cmp::Reverse((row.figures.reserved_bytes, row.figures.resident_bytes))
+        });
+        let mut regions: Vec<RegionReport> = categorized
+            .into_iter()
+            .map(|(r, category)| RegionReport {
                 start: r.start,
                 end: r.end,
                 kind: p.space.region_label(r),
                 perms: perms(r),
                 path: r.path.as_deref().map(str::to_string),
+                category,
                 reserved_bytes: r.size(),
                 resident_bytes: p.space.region_resident(r),
                 site_id: r.site,
@@ -219,6 +240,7 @@ impl ProcessReport {
                 start: p.resident_split_start,
                 end: p.resident_split,
             },
+            breakdown,
             regions,
             events: p.events,
             proc_check: p.proc_check,

@@ -3,6 +3,7 @@
 //! [`build`] makes a report from the tracker, [`text`] renders it for the terminal, and
 //! [`stacks`] names call stacks for people.
 mod build;
+pub mod category;
 pub mod stacks;
 mod text;
 
@@ -10,6 +11,7 @@ pub use build::symbolize_site;
 
 use serde::{Serialize, Serializer};
 
+use self::category::{Category, CategoryFigures};
 use crate::{
     address_space::SiteId,
     process::{EventCounts, Extent, ProcCheck, ResidentSplit, Sample},
@@ -59,6 +61,9 @@ pub struct ProcessReport {
     pub committed_bytes: Extent,
     pub resident_bytes: Extent,
     pub resident_split: SplitReport,
+    /// What the memory is for: reserved, committed and resident bytes by category, most
+    /// reserved first, adding up to the process's figures at the end.
+    pub breakdown: Vec<BreakdownRow>,
     pub regions: Vec<RegionReport>,
     pub events: EventCounts,
     /// /proc/PID/status read at the end, when the process was still alive.
@@ -91,6 +96,15 @@ pub struct SiteReport {
 }
 
 #[derive(Debug, Serialize)]
+pub struct BreakdownRow {
+    pub category: Category,
+    #[serde(flatten)]
+    pub figures: CategoryFigures,
+    /// What the category is, in plain words.
+    pub description: &'static str,
+}
+
+#[derive(Debug, Serialize)]
 pub struct SplitReport {
     pub start: ResidentSplit,
     pub end: ResidentSplit,
@@ -103,6 +117,8 @@ pub struct RegionReport {
     pub kind: &'static str,
     pub perms: String,
     pub path: Option<String>,
+    /// What it is for (see `breakdown`).
+    pub category: Category,
     pub reserved_bytes: u64,
     /// Pages memprof saw made resident (faults, populate) plus what smaps said at attach.
     pub resident_bytes: u64,

@@ -151,17 +151,23 @@ const PLUMBING: &[&str] = &[
 /// `sysmalloc.part.0`, `_int_malloc.constprop.0`: GCC's clones of one function.
 const CLONES: [&str; 5] = [".part.", ".constprop.", ".isra.", ".cold", ".lto_priv."];
 
-/// Whether a function is allocator or runtime plumbing (see [`PLUMBING`]).
-fn is_plumbing(function: &str) -> bool {
+/// Whether `function` is named by `entry`: whole, or by its start where the entry ends in
+/// `*`, leaving out GCC's clone suffixes (see [`CLONES`]).
+pub fn name_matches(entry: &str, function: &str) -> bool {
     let name = CLONES
         .iter()
         .filter_map(|clone| function.find(clone))
         .min()
         .map_or(function, |at| &function[..at]);
-    PLUMBING.iter().any(|entry| match entry.strip_suffix('*') {
+    match entry.strip_suffix('*') {
         Some(prefix) => name.starts_with(prefix),
-        None => name == *entry,
-    })
+        None => name == entry,
+    }
+}
+
+/// Whether a function is allocator or runtime plumbing (see [`PLUMBING`]).
+fn is_plumbing(function: &str) -> bool {
+    PLUMBING.iter().any(|entry| name_matches(entry, function))
 }
 
 /// A site's frames from the first one past the plumbing (leaf first); all of them when every

@@ -1,7 +1,9 @@
 //! The terminal report: a pure function of the report, snapshot-tested.
-use std::fmt::Write as _;
+use std::{collections::HashSet, fmt::Write as _};
 
-use super::{ProcessReport, Report, SiteReport, stacks::short_stack};
+use super::{
+    BreakdownRow, ProcessReport, Report, SiteReport, category::Category, stacks::short_stack,
+};
 use crate::process::Extent;
 use crate::{
     address_space::PAGE_SIZE,
@@ -153,6 +155,7 @@ impl ProcessReport {
                 String::new()
             }
         );
+        self.render_breakdown(out);
         self.render_regions(out, max_regions);
         self.render_sites(out);
         if report.fault_sample > 0 {
@@ -178,6 +181,81 @@ impl ProcessReport {
         );
         let _ = writeln!(out, "  check      {}", self.check_line());
         out.push('\n');
+    }
+
+    /// What the memory is for: the categories as a table, then the biggest in words.
+    fn render_breakdown(&self, out: &mut String) {
+        const IN_WORDS: usize = 5;
+        if self.breakdown.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "  breakdown  what the memory is for, most reserved first\n    {:<16} {:>10} {:>10} {:>10} {:>9}",
+            "CATEGORY", "RESERVED", "COMMITTED", "RESIDENT", "RES/RES"
+        );
+        let share = |part: u64, whole: u64| match whole {
+            0 => String::from("-"),
+            _ => format!("{:.0}%", 100.0 * part as f64 / whole as f64),
+        };
+        for row in &self.breakdown {
+            let f = &row.figures;
+            let _ = writeln!(
+                out,
+                "    {:<16} {:>10} {:>10} {:>10} {:>9}",
+                row.category.id(),
+                bytes(f.reserved_bytes),
+                bytes(f.committed_bytes),
+                bytes(f.resident_bytes),
+                share(f.resident_bytes, f.reserved_bytes),
+            );
+        }
+        // The largest by reserved, and any of the largest by resident they leave out.
+        let mut by_resident: Vec<&BreakdownRow> = self.breakdown.iter().collect();
+        by_resident.sort_by_key(|row| std::cmp::Reverse(row.figures.resident_bytes));
+        let mut biggest: HashSet<Category> = self
+            .breakdown
+            .iter()
+            .take(IN_WORDS)
+            .map(|row| row.category)
+            .collect();
+        biggest.extend(
+            by_resident
+                .iter()
+                .take(3)
+                .filter(|row| row.figures.resident_bytes > 0)
+                .map(|row| row.category),
+        );
+        let _ = writeln!(out, "  in words");
+        for row in self
+            .breakdown
+            .iter()
+            .filter(|r| biggest.contains(&r.category))
+        {
+            let f = &row.figures;
+            let state = if f.committed_bytes == 0 {
+                "reserved only (PROT_NONE): none of it usable yet".to_string()
+            } else if f.resident_bytes == 0 {
+                format!("{} committed, none of it touched", bytes(f.committed_bytes))
+            } else {
+                format!(
+                    "{} committed, {} resident ({} of what it reserved)",
+                    bytes(f.committed_bytes),
+                    bytes(f.resident_bytes),
+                    share(f.resident_bytes, f.reserved_bytes)
+                )
+            };
+            let regions = match f.regions {
+                1 => String::new(),
+                n => format!(" in {n} regions"),
+            };
+            let _ = writeln!(
+                out,
+                "    {:>10}{regions}: {}; {state}",
+                bytes(f.reserved_bytes),
+                row.description,
+            );
+        }
     }
 
     fn render_regions(&self, out: &mut String, max_regions: usize) {
@@ -330,7 +408,7 @@ mod tests {
     use super::*;
     use crate::{
         process::{EventCounts, Extent, ProcCheck, ResidentSplit},
-        report::{RegionReport, SplitReport},
+        report::{RegionReport, SplitReport, category::CategoryFigures},
         symbolize::Frame,
         testing::assert_snapshot,
     };
@@ -342,10 +420,30 @@ mod tests {
             kind,
             perms: "rw-p".into(),
             path: None,
+            category: Category::Other,
             reserved_bytes: end - start,
             resident_bytes: resident,
             site_id: 2,
             site_name: "workload::reserve".into(),
+        }
+    }
+
+    fn row(
+        category: Category,
+        reserved: u64,
+        committed: u64,
+        resident: u64,
+        regions: u64,
+    ) -> BreakdownRow {
+        BreakdownRow {
+            category,
+            figures: CategoryFigures {
+                reserved_bytes: reserved,
+                committed_bytes: committed,
+                resident_bytes: resident,
+                regions,
+            },
+            description: category.describe(),
         }
     }
 
@@ -409,6 +507,11 @@ mod tests {
                         ..Default::default()
                     },
                 },
+                breakdown: vec![
+                    row(Category::GoRuntime, 768 << 20, 0, 0, 3),
+                    row(Category::GoHeap, 256 << 20, 256 << 20, 60 << 20, 2),
+                    row(Category::MallocHeap, 1 << 20, 1 << 20, 4096, 1),
+                ],
                 regions: vec![
                     region(
                         0x7f00_0000_0000,
@@ -487,6 +590,7 @@ mod tests {
                 start: ResidentSplit::default(),
                 end: ResidentSplit::default(),
             },
+            breakdown: vec![],
             regions: vec![],
             events: EventCounts::default(),
             proc_check: None,

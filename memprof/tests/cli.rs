@@ -207,6 +207,8 @@ fn a_reused_output_directory_loses_stale_files() {
     assert_eq!(
         names,
         [
+            "breakdown.folded",
+            "breakdown.svg",
             "profile.pb.gz",
             "report.json",
             "reserved.folded",

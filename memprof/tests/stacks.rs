@@ -372,31 +372,14 @@ fn redis_attached_is_charged_on_complete_stacks() {
 #[test]
 fn a_go_server_with_cgo_is_charged_on_complete_stacks() {
     let dir = scratch("stacks-gin");
-    fs::write(
-        dir.join("main.go"),
-        "package main\n\nimport (\n\t\"os\"\n\n\t\"github.com/gin-gonic/gin\"\n)\n\n\
-         func main() {\n\tgin.SetMode(gin.ReleaseMode)\n\tr := gin.New()\n\
-         \tr.GET(\"/\", func(c *gin.Context) { c.String(200, \"hello\") })\n\
-         \tr.Run(\"127.0.0.1:\" + os.Args[1])\n}\n",
-    )
-    .unwrap();
-    let go = which("go").expect("`cargo xtask setup` installs Debian's golang-go");
-    run_ok(
-        Command::new(go)
-            .args(["build", "-o", "gin-hello", "main.go"])
-            .current_dir(&dir)
-            .env("GO111MODULE", "off")
-            .env("GOPATH", "/usr/share/gocode")
-            .env("GOCACHE", dir.join("cache"))
-            .env("CGO_ENABLED", "1"),
-    );
+    let gin = build_gin_server(&dir);
     let port = free_port();
     let out = dir.join("out");
     let mut memprof = memprof()
         .args(["run", "--output"])
         .arg(&out)
         .arg("--")
-        .arg(dir.join("gin-hello"))
+        .arg(&gin)
         .arg(port.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

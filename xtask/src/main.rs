@@ -21,7 +21,8 @@ Commands:
                component of the eBPF toolchain (nightly; nightly-2026-05-20 when there is
                no nightly), bpf-linker 0.10.4 (cargo install), and the test tools from
                Debian's packages (apt-get): golang-go, tmux, redis-server, redis-tools,
-               nginx, prometheus and golang-github-gin-gonic-gin-dev
+               nginx, prometheus, openjdk-17-jdk-headless, nodejs and
+               golang-github-gin-gonic-gin-dev
   test [ARGS]  setup, then `cargo test --workspace ARGS` (every crate but memprof-ebpf,
                which only builds for BPF), the test binaries run as root (through
                `sudo -E` when not root)
@@ -221,7 +222,7 @@ fn bpf_linker() -> Result<Option<PathBuf>> {
 }
 
 /// What integration tests run, from Debian's packages: a program on PATH, or a file.
-const TEST_TOOLS: [(&str, &str); 7] = [
+const TEST_TOOLS: [(&str, &str); 9] = [
     ("go", "golang-go"),
     ("tmux", "tmux"),
     ("redis-server", "redis-server"),
@@ -230,6 +231,9 @@ const TEST_TOOLS: [(&str, &str); 7] = [
     ("/usr/sbin/nginx", "nginx"),
     // The agent's test scrapes it with a real Prometheus and checks it with promtool.
     ("prometheus", "prometheus"),
+    // The breakdown's tests run a JVM (compiling its class) and node.
+    ("javac", "openjdk-17-jdk-headless"),
+    ("node", "nodejs"),
     // The gin web framework's source, for the Go server tests build (GOPATH mode).
     (
         "/usr/share/gocode/src/github.com/gin-gonic/gin/gin.go",

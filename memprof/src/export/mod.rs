@@ -4,6 +4,7 @@
 //! directory that holds them.
 //!
 //! The formats are pure: symbolized stacks and their figures in, bytes or text out.
+mod breakdown;
 mod flamegraph;
 mod folded;
 mod output;

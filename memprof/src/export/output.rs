@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{Metric, ProfileInfo, Series, SiteSample, flamegraph_svg, folded, pprof, timeline_svg};
+use super::{
+    Metric, ProfileInfo, Series, SiteSample, breakdown::category_stacks, flamegraph_svg, folded,
+    pprof, timeline_svg,
+};
 use crate::report::{ProcessReport, Report, stacks};
 
 /// Says what memprof lost, beside the files it makes up for: flamegraph.pl, inferno and
@@ -20,13 +23,15 @@ const LOST_NOTE: &str = "lost.txt";
 
 /// Every file memprof writes in an `--output` directory. A reused directory loses those
 /// this run does not write: an old `faults.folded` would pass for this run's.
-const OUTPUT_FILES: [&str; 10] = [
+const OUTPUT_FILES: [&str; 12] = [
     "reserved.folded",
     "resident.folded",
     "faults.folded",
     "reserved.svg",
     "resident.svg",
     "faults.svg",
+    "breakdown.folded",
+    "breakdown.svg",
     "timeline.svg",
     "profile.pb.gz",
     "report.json",
@@ -263,6 +268,36 @@ pub fn write_output_dir(
         let svg = flamegraph_svg(&folded, &format!("{title}: {who}"), &lost, unit)?;
         write(svg_name, svg.as_bytes())?;
     }
+    // Reserved bytes with each category as a root: what the address space is for first.
+    let by_category: Vec<_> = report
+        .processes
+        .iter()
+        .map(|p| (p, category_stacks(p)))
+        .collect();
+    let category_samples: Vec<SiteSample> = by_category
+        .iter()
+        .zip(&roots)
+        .flat_map(|((p, stacks), root)| {
+            stacks.iter().map(move |s| SiteSample {
+                frames: &s.frames,
+                root: root.as_deref(),
+                pid: p.pid,
+                comm: name(p),
+                reserved: s.reserved,
+                resident: s.resident,
+                faults_by_code: 0,
+            })
+        })
+        .collect();
+    let folded_categories = folded(&category_samples, Metric::Reserved);
+    write("breakdown.folded", folded_categories.as_bytes())?;
+    let svg = flamegraph_svg(
+        &folded_categories,
+        &format!("reserved bytes by what they are for: {who}"),
+        &lost,
+        "bytes",
+    )?;
+    write("breakdown.svg", svg.as_bytes())?;
     let info = ProfileInfo {
         metrics,
         time_nanos: i64::try_from(report.started_unix_ns).unwrap_or(0),

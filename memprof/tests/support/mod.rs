@@ -286,6 +286,31 @@ pub(crate) fn build_go_program(dir: &Path) -> PathBuf {
     dir.join("prog")
 }
 
+/// Builds the gin hello world (Debian's gin, in GOPATH mode, with cgo) in `dir`: a server
+/// on 127.0.0.1 at the port given as its argument. Returns its path.
+pub(crate) fn build_gin_server(dir: &Path) -> PathBuf {
+    std::fs::write(
+        dir.join("main.go"),
+        "package main\n\nimport (\n\t\"os\"\n\n\t\"github.com/gin-gonic/gin\"\n)\n\n\
+         func main() {\n\tgin.SetMode(gin.ReleaseMode)\n\tr := gin.New()\n\
+         \tr.GET(\"/\", func(c *gin.Context) { c.String(200, \"hello\") })\n\
+         \tr.Run(\"127.0.0.1:\" + os.Args[1])\n}\n",
+    )
+    .unwrap();
+    let go = which("go").expect("`cargo xtask setup` installs Debian's golang-go");
+    run_ok(
+        Command::new(go)
+            .args(["build", "-o", "gin-hello", "main.go"])
+            .current_dir(dir)
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            // Shared by the tests that build it: the second build takes a second.
+            .env("GOCACHE", std::env::temp_dir().join("memprof-test-gocache"))
+            .env("CGO_ENABLED", "1"),
+    );
+    dir.join("gin-hello")
+}
+
 pub(crate) fn which(program: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .chain(["/usr/lib/go/bin".into(), "/usr/local/go/bin".into()])

@@ -282,3 +282,46 @@ fn a_command_outliving_the_trace_keeps_running_and_is_named() {
     // SAFETY: killing the sleep this test launched (through memprof).
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }
+
+/// A run killed mid-write (SIGKILL: no chance to clean up) leaves its temporary file; the
+/// next run writing to the same place removes those whose memprof is gone, and nothing else.
+#[test]
+fn temporary_files_of_killed_runs_are_removed_by_the_next() {
+    let dir = scratch("stale-temps");
+    let output = dir.join("out");
+    std::fs::create_dir(&output).unwrap();
+    // A pid no process has once this one is reaped.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let gone = gone.id();
+    let stale = [
+        dir.join(format!(".report.json.memprof-{gone}.tmp")),
+        output.join(format!(".profile.pb.gz.memprof-{gone}.tmp")),
+        // Of a file this run does not write.
+        output.join(format!(".faults.folded.memprof-{gone}.tmp")),
+    ];
+    let kept = [
+        // Init's: a live process's.
+        dir.join(".report.json.memprof-1.tmp"),
+        dir.join(".report.json.swp"),
+        dir.join(format!(".notes.txt.memprof-{gone}.tmp")),
+    ];
+    for file in stale.iter().chain(&kept) {
+        std::fs::write(file, "half a file").unwrap();
+    }
+    run_ok(
+        memprof()
+            .args(["run", "-q", "--json"])
+            .arg(dir.join("report.json"))
+            .arg("-o")
+            .arg(&output)
+            .args(["--", "true"]),
+    );
+    for file in &stale {
+        assert!(!file.exists(), "{} left", file.display());
+    }
+    for file in &kept {
+        assert!(file.exists(), "{} removed", file.display());
+    }
+    read_json(&dir.join("report.json"));
+}

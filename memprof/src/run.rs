@@ -1,7 +1,15 @@
 //! `memprof run`: check, load, attach or launch, trace, report. The command line hands it a
 //! [`RunOptions`] in plain types.
 use std::{
-    io, os::unix::process::ExitStatusExt as _, path::PathBuf, process::ExitStatus, time::Duration,
+    fs::{self, File},
+    io,
+    os::{
+        fd::AsFd as _,
+        unix::{fs::MetadataExt as _, process::ExitStatusExt as _},
+    },
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -39,7 +47,8 @@ pub enum Target {
 /// Where the JSON report goes.
 #[derive(Clone, Debug)]
 pub enum JsonTo {
-    /// Stdout, alone: the text report goes to stderr instead.
+    /// Stdout, alone: the text report goes to stderr instead. A file that is stdout's
+    /// (`/dev/stdout`) is taken as this.
     Stdout,
     File(PathBuf),
 }
@@ -96,9 +105,30 @@ fn process_of(pid: u32) -> Result<u32, Error> {
     }
 }
 
+/// Whether `path` is the file stdout writes to already (`/dev/stdout`, `/dev/fd/1`, the file
+/// stdout was redirected to): writing the JSON there as a file would mix it with the text
+/// report, so it is taken as `--json -`.
+fn is_stdout(path: &Path) -> bool {
+    let Ok(named) = fs::metadata(path) else {
+        return false;
+    };
+    // fstat of fd 1, through a duplicate: std has no metadata for a borrowed descriptor.
+    let Ok(stdout) = io::stdout().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    File::from(stdout)
+        .metadata()
+        .is_ok_and(|out| (out.dev(), out.ino()) == (named.dev(), named.ino()))
+}
+
 /// Traces and reports; returns how the launched command ended when it did while traced,
 /// for memprof to exit with its status as strace and time do.
-pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
+pub fn run(mut options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
+    if let Some(JsonTo::File(path)) = &options.json
+        && is_stdout(path)
+    {
+        options.json = Some(JsonTo::Stdout);
+    }
     // Everything that can be refused without loading anything is checked first.
     let (attach_to, filter, program) = match &options.target {
         Target::Pid(pid) => (Some(process_of(*pid)?), None, None),

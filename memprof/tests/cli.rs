@@ -283,6 +283,37 @@ fn a_command_outliving_the_trace_keeps_running_and_is_named() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
+/// `--json` naming the file stdout writes to (`/dev/stdout`, or the file stdout was
+/// redirected to) is `--json -`: stdout holds the JSON alone (`| jq .version` works), the
+/// text report goes to stderr.
+#[test]
+fn json_to_the_file_stdout_writes_is_stdout() {
+    let out = run_ok(memprof().args(["run", "--json", "/dev/stdout", "--", "true"]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not the JSON alone ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(report["version"], 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reserved"), "no report on stderr: {stderr}");
+
+    // `memprof run --json out.json -- true > out.json`: the report is not lost in a file
+    // the JSON replaced.
+    let json = scratch("json-redirected").join("out.json");
+    let out = run_ok(
+        memprof()
+            .args(["run", "--json"])
+            .arg(&json)
+            .args(["--", "true"])
+            .stdout(std::fs::File::create(&json).unwrap()),
+    );
+    assert_eq!(read_json(&json)["version"], 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reserved"), "no report on stderr: {stderr}");
+}
+
 /// A run killed mid-write (SIGKILL: no chance to clean up) leaves its temporary file; the
 /// next run writing to the same place removes those whose memprof is gone, and nothing else.
 #[test]

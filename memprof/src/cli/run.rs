@@ -34,8 +34,9 @@ pub(crate) struct RunArgs {
           value_parser = args::interval)]
     interval: Duration,
 
-    /// Also write the report as JSON to this file; `-` writes it to stdout, alone (the
-    /// text report then goes to stderr; the command's own output still goes to stdout).
+    /// Also write the report as JSON to this file; `-` (or any path of the file stdout
+    /// writes to, as /dev/stdout) writes it to stdout, alone (the text report then goes to
+    /// stderr; the command's own output still goes to stdout).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
 

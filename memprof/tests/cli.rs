@@ -6,7 +6,10 @@
 )]
 mod support;
 
-use std::process::{Command, ExitStatus, Stdio};
+use std::{
+    process::{Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
 
 use support::*;
 
@@ -355,4 +358,106 @@ fn temporary_files_of_killed_runs_are_removed_by_the_next() {
         assert!(file.exists(), "{} removed", file.display());
     }
     read_json(&dir.join("report.json"));
+}
+
+/// What tmux shows of `session`'s pane.
+fn pane(session: &str) -> String {
+    let out = Command::new("tmux")
+        .args(["capture-pane", "-p", "-t", session])
+        .output()
+        .expect("tmux (Debian's tmux) drives a real terminal");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The status line's elapsed time on `screen`, when it shows one.
+fn status_elapsed(screen: &str) -> Option<String> {
+    let line = screen.lines().find(|l| l.starts_with("memprof: traced "))?;
+    Some(line.split(':').nth(1)?.trim_start_matches(" traced ").into())
+}
+
+/// Ends the tmux session when the test does, passed or not.
+struct Session(String);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .output();
+    }
+}
+
+/// On a terminal, `run --pid` redraws a status line on stderr every few seconds (elapsed,
+/// processes, events, lost) and clears it before the report; with -q, in launch mode (the
+/// command writes on the terminal) and when stderr is no terminal, there is none.
+#[test]
+fn a_status_line_shows_on_a_terminal_while_tracing_and_is_cleared() {
+    let dir = scratch("status-line");
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = sleeper.id();
+    let run = |options: &str, file: &str| {
+        format!(
+            "{MEMPROF} run {options} > {}",
+            dir.join(file).to_str().unwrap()
+        )
+    };
+    let script = [
+        run(&format!("--pid {pid} --duration 7"), "first.txt"),
+        "echo FIRST-DONE".into(),
+        run(&format!("-q --pid {pid} --duration 3"), "quiet.txt"),
+        "echo QUIET-DONE".into(),
+        run("-- sleep 3", "launched.txt"),
+        "echo LAUNCHED-DONE; sleep 60".into(),
+    ]
+    .join("; ");
+    let session = Session(format!("memprof-status-{}", std::process::id()));
+    let started = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &session.0, "-x", "80", "-y", "24"])
+        .args(["sh", "-c", &script])
+        .status()
+        .unwrap();
+    assert!(started.success());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let mut screen = String::new();
+    // Redrawn in place: one line at a time, its time going on.
+    while !screen.contains("FIRST-DONE") {
+        assert!(Instant::now() < deadline, "memprof never ended:\n{screen}");
+        screen = pane(&session.0);
+        let lines = screen.lines().filter(|l| l.starts_with("memprof: traced "));
+        assert!(lines.count() <= 1, "{screen}");
+        if let Some(elapsed) = status_elapsed(&screen) {
+            let line = screen.lines().find(|l| l.starts_with("memprof: traced "));
+            assert!(line.unwrap().contains(" 1 process, "), "{screen}");
+            assert!(line.unwrap().contains(" lost"), "{screen}");
+            if seen.last() != Some(&elapsed) {
+                seen.push(elapsed);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen.len() >= 2, "status seen {seen:?}:\n{screen}");
+    assert_eq!(status_elapsed(&screen), None, "not cleared:\n{screen}");
+    assert!(screen.contains(&format!("tracing pid {pid}")), "{screen}");
+    let report = std::fs::read_to_string(dir.join("first.txt")).unwrap();
+    assert!(!report.contains("memprof: traced"), "{report}");
+
+    while !screen.contains("LAUNCHED-DONE") {
+        assert!(Instant::now() < deadline, "memprof never ended:\n{screen}");
+        screen = pane(&session.0);
+        assert_eq!(status_elapsed(&screen), None, "-q or launched:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Not a terminal: nothing of the kind.
+    let out = run_ok(
+        memprof()
+            .args(["run", "--pid", &pid.to_string(), "--duration", "3"])
+            .stderr(Stdio::piped()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("memprof: traced"), "{stderr}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
 }

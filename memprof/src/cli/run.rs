@@ -52,7 +52,8 @@ pub(crate) struct RunArgs {
     #[arg(short, long, value_name = "DIR")]
     output: Option<PathBuf>,
 
-    /// No report on stdout and no notes on stderr: only the files and errors.
+    /// No report on stdout, and no notes or status line on stderr: only the files and
+    /// errors.
     #[arg(short, long)]
     quiet: bool,
 

@@ -416,7 +416,10 @@ mod tests {
         );
         tracker.apply(exit(7));
         let text = status_text(&tracker, Duration::from_secs(66), 2);
-        assert!(text.contains(": 0 processes, 5 events, 2 lost; 0 B reserved, 0 B resident"), "{text}");
+        assert!(
+            text.contains(": 0 processes, 5 events, 2 lost; 0 B reserved, 0 B resident"),
+            "{text}"
+        );
     }
 
     #[test]

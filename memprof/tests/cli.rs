@@ -370,10 +370,9 @@ fn pane(session: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The status line's elapsed time on `screen`, when it shows one.
-fn status_elapsed(screen: &str) -> Option<String> {
-    let line = screen.lines().find(|l| l.starts_with("memprof: traced "))?;
-    Some(line.split(':').nth(1)?.trim_start_matches(" traced ").into())
+/// The status line on `screen`, when it shows one.
+fn status_line(screen: &str) -> Option<&str> {
+    screen.lines().find(|l| l.starts_with("memprof: traced "))
 }
 
 /// Ends the tmux session when the test does, passed or not.
@@ -412,8 +411,8 @@ fn a_status_line_shows_on_a_terminal_while_tracing_and_is_cleared() {
     .join("; ");
     let session = Session(format!("memprof-status-{}", std::process::id()));
     let started = Command::new("tmux")
-        .args(["new-session", "-d", "-s", &session.0, "-x", "80", "-y", "24"])
-        .args(["sh", "-c", &script])
+        .args(["new-session", "-d", "-s", &session.0])
+        .args(["-x", "80", "-y", "24", "sh", "-c", &script])
         .status()
         .unwrap();
     assert!(started.success());
@@ -425,12 +424,15 @@ fn a_status_line_shows_on_a_terminal_while_tracing_and_is_cleared() {
     while !screen.contains("FIRST-DONE") {
         assert!(Instant::now() < deadline, "memprof never ended:\n{screen}");
         screen = pane(&session.0);
-        let lines = screen.lines().filter(|l| l.starts_with("memprof: traced "));
+        let lines = screen.lines().filter(|l| status_line(l).is_some());
         assert!(lines.count() <= 1, "{screen}");
-        if let Some(elapsed) = status_elapsed(&screen) {
-            let line = screen.lines().find(|l| l.starts_with("memprof: traced "));
-            assert!(line.unwrap().contains(" 1 process, "), "{screen}");
-            assert!(line.unwrap().contains(" lost"), "{screen}");
+        if let Some(line) = status_line(&screen) {
+            assert!(
+                line.contains(" 1 process, ") && line.contains(" lost"),
+                "{screen}"
+            );
+            // "memprof: traced 4s: ...": its time.
+            let elapsed = line.split(':').nth(1).unwrap().to_string();
             if seen.last() != Some(&elapsed) {
                 seen.push(elapsed);
             }
@@ -438,7 +440,7 @@ fn a_status_line_shows_on_a_terminal_while_tracing_and_is_cleared() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(seen.len() >= 2, "status seen {seen:?}:\n{screen}");
-    assert_eq!(status_elapsed(&screen), None, "not cleared:\n{screen}");
+    assert_eq!(status_line(&screen), None, "not cleared:\n{screen}");
     assert!(screen.contains(&format!("tracing pid {pid}")), "{screen}");
     let report = std::fs::read_to_string(dir.join("first.txt")).unwrap();
     assert!(!report.contains("memprof: traced"), "{report}");
@@ -446,7 +448,7 @@ fn a_status_line_shows_on_a_terminal_while_tracing_and_is_cleared() {
     while !screen.contains("LAUNCHED-DONE") {
         assert!(Instant::now() < deadline, "memprof never ended:\n{screen}");
         screen = pane(&session.0);
-        assert_eq!(status_elapsed(&screen), None, "-q or launched:\n{screen}");
+        assert_eq!(status_line(&screen), None, "-q or launched:\n{screen}");
         std::thread::sleep(Duration::from_millis(100));
     }
 

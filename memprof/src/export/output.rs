@@ -352,7 +352,11 @@ mod tests {
         assert_eq!(temp_owner(path, &name), Some(4321));
         // Another file's, or not memprof's.
         assert_eq!(temp_owner(Path::new("json"), &name), None);
-        for other in [".report.json.memprof-x.tmp", ".report.json.swp", "report.json"] {
+        for other in [
+            ".report.json.memprof-x.tmp",
+            ".report.json.swp",
+            "report.json",
+        ] {
             assert_eq!(temp_owner(path, OsStr::new(other)), None, "{other}");
         }
     }

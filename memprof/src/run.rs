@@ -67,8 +67,6 @@ pub struct RunOptions {
     pub regions: usize,
     /// Write flame graphs, folded stacks, pprof, the timeline and the JSON here.
     pub output: Option<PathBuf>,
-    /// Also record the kernel stack of each reservation.
-    pub kernel_stacks: bool,
     /// Record the stack of one fault in this many; None: no fault stacks.
     pub fault_stacks: Option<u32>,
     /// Slots of the kernel's cache of stacks it sent (a power of two).
@@ -161,7 +159,9 @@ pub fn run(mut options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
     let (mut probes, events) = Probes::load(&LoadOptions {
         ring_buffer_bytes: options.ring_buffer_bytes,
         stack_cache_slots: options.stack_cache_slots,
-        kernel_stacks: options.kernel_stacks,
+        // A reservation's kernel stack holds only frames every syscall shares (README, Call
+        // stacks): run no longer offers it.
+        kernel_stacks: false,
         fault_stack_sample: fault_sample,
         filter: filter
             .as_ref()

@@ -57,10 +57,6 @@ pub(crate) struct RunArgs {
     #[arg(short, long)]
     quiet: bool,
 
-    /// Also record the kernel stack of each reservation.
-    #[arg(long)]
-    kernel_stacks: bool,
-
     #[command(flatten)]
     probes: args::ProbeArgs,
 
@@ -93,7 +89,6 @@ impl RunArgs {
             }),
             regions: self.regions,
             output: self.output,
-            kernel_stacks: self.kernel_stacks,
             fault_stacks: self.probes.fault_stacks(),
             stack_cache_slots: self.probes.stack_cache_slots,
             ring_buffer_bytes: self.probes.ring_buffer_size,

@@ -12,7 +12,8 @@ use memprof_common::{ANY_UID, Filter, KernelLayout};
 #[unsafe(no_mangle)]
 pub(crate) static USER_STACKS: u32 = 1;
 
-/// `--kernel-stacks`: also record the kernel stack of those syscalls.
+/// Also record the kernel stack of those syscalls (`LoadOptions::kernel_stacks`; no command
+/// asks for it: it holds only the frames every syscall shares).
 #[unsafe(no_mangle)]
 pub(crate) static KERNEL_STACKS: u32 = 0;
 

@@ -3,8 +3,8 @@
 //! binaries' unwind tables, to the same frames), the name alone goes out. Otherwise a copy of
 //! the stack goes out (a raw stack), for userspace to unwind: code built without frame
 //! pointers (most of a distribution's C libraries and programs) leaves a walk by frame
-//! pointers short or wrong. Kernel stacks (`--kernel-stacks`, a kernel-mode fault's user
-//! stack) are walked by the kernel's unwinder and sent once, by name.
+//! pointers short or wrong. Kernel stacks (a reservation's when asked, a kernel-mode fault's
+//! user stack) are walked by the kernel's unwinder and sent once, by name.
 
 use aya_ebpf::{
     EbpfContext,

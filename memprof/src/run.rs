@@ -1,7 +1,15 @@
 //! `memprof run`: check, load, attach or launch, trace, report. The command line hands it a
 //! [`RunOptions`] in plain types.
 use std::{
-    io, os::unix::process::ExitStatusExt as _, path::PathBuf, process::ExitStatus, time::Duration,
+    fs::{self, File},
+    io::{self, IsTerminal as _, Write as _},
+    os::{
+        fd::AsFd as _,
+        unix::{fs::MetadataExt as _, process::ExitStatusExt as _},
+    },
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -16,8 +24,9 @@ use crate::{
     probes::{self, LoadOptions, Probes},
     procfs::{self, Proc},
     report::Report,
-    session::{self, Session},
+    session::{self, Flow, Session, Watch},
     tracker::{Origin, Tracker},
+    units,
 };
 
 /// Processes shown in detail in the terminal report of `--all` (the JSON has every one).
@@ -39,7 +48,8 @@ pub enum Target {
 /// Where the JSON report goes.
 #[derive(Clone, Debug)]
 pub enum JsonTo {
-    /// Stdout, alone: the text report goes to stderr instead.
+    /// Stdout, alone: the text report goes to stderr instead. A file that is stdout's
+    /// (`/dev/stdout`) is taken as this.
     Stdout,
     File(PathBuf),
 }
@@ -57,8 +67,6 @@ pub struct RunOptions {
     pub regions: usize,
     /// Write flame graphs, folded stacks, pprof, the timeline and the JSON here.
     pub output: Option<PathBuf>,
-    /// Also record the kernel stack of each reservation.
-    pub kernel_stacks: bool,
     /// Record the stack of one fault in this many; None: no fault stacks.
     pub fault_stacks: Option<u32>,
     /// Slots of the kernel's cache of stacks it sent (a power of two).
@@ -96,9 +104,30 @@ fn process_of(pid: u32) -> Result<u32, Error> {
     }
 }
 
+/// Whether `path` is the file stdout writes to already (`/dev/stdout`, `/dev/fd/1`, the file
+/// stdout was redirected to): writing the JSON there as a file would mix it with the text
+/// report, so it is taken as `--json -`.
+fn is_stdout(path: &Path) -> bool {
+    let Ok(named) = fs::metadata(path) else {
+        return false;
+    };
+    // fstat of fd 1, through a duplicate: std has no metadata for a borrowed descriptor.
+    let Ok(stdout) = io::stdout().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    File::from(stdout)
+        .metadata()
+        .is_ok_and(|out| (out.dev(), out.ino()) == (named.dev(), named.ino()))
+}
+
 /// Traces and reports; returns how the launched command ended when it did while traced,
 /// for memprof to exit with its status as strace and time do.
-pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
+pub fn run(mut options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
+    if let Some(JsonTo::File(path)) = &options.json
+        && is_stdout(path)
+    {
+        options.json = Some(JsonTo::Stdout);
+    }
     // Everything that can be refused without loading anything is checked first.
     let (attach_to, filter, program) = match &options.target {
         Target::Pid(pid) => (Some(process_of(*pid)?), None, None),
@@ -130,7 +159,9 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
     let (mut probes, events) = Probes::load(&LoadOptions {
         ring_buffer_bytes: options.ring_buffer_bytes,
         stack_cache_slots: options.stack_cache_slots,
-        kernel_stacks: options.kernel_stacks,
+        // A reservation's kernel stack holds only frames every syscall shares (README, Call
+        // stacks): run no longer offers it.
+        kernel_stacks: false,
         fault_stack_sample: fault_sample,
         filter: filter
             .as_ref()
@@ -174,7 +205,14 @@ pub fn run(options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
         ));
     }
 
-    runtime.block_on(session.run(events, stop, options.duration, None))?;
+    // A sign of life on the terminal where nothing else writes: the command launched
+    // writes there itself, and a line redrawn in place would garble its output.
+    let mut status = (!quiet && !launched_command(&options.target) && io::stderr().is_terminal())
+        .then(StatusLine::default);
+    let watch = status.as_mut().map(|s| s as &mut dyn Watch);
+    runtime.block_on(session.run(events, stop, options.duration, watch))?;
+    // Cleared before anything else is said.
+    drop(status);
     let ended = launched_command(&options.target)
         .then(|| reap(&session.tracker, note))
         .flatten();
@@ -255,4 +293,141 @@ fn reap(tracker: &Tracker, note: impl Fn(&str)) -> Option<ExitStatus> {
         ));
     }
     Some(ExitStatus::from_raw(status))
+}
+
+/// How often the status line is redrawn.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+/// A line on stderr (a terminal), redrawn in place every [`STATUS_EVERY`] while tracing runs
+/// and cleared when it ends: a long trace otherwise looks hung.
+#[derive(Default)]
+struct StatusLine {
+    drawn: bool,
+}
+
+impl Watch for StatusLine {
+    fn refresh_every(&self) -> Duration {
+        STATUS_EVERY
+    }
+
+    fn refresh(&mut self, tracker: &mut Tracker, lost_events: u64) -> anyhow::Result<Flow> {
+        let elapsed = Duration::from_nanos(monotonic_ns().saturating_sub(tracker.started_ns));
+        let line = status_text(tracker, elapsed, lost_events);
+        // Kept to one row: `\r` goes back to the start of the last row only.
+        let width = crossterm::terminal::size().map_or(80, |(columns, _)| usize::from(columns));
+        let line: String = line.chars().take(width.saturating_sub(1)).collect();
+        // Not a failure of the trace when nobody can read it.
+        let _ = write!(io::stderr(), "\r{line}\x1b[K");
+        self.drawn = true;
+        Ok(Flow::Continue)
+    }
+
+    fn reads_terminal(&self) -> bool {
+        false
+    }
+
+    fn terminal_input(&mut self) -> anyhow::Result<Flow> {
+        Ok(Flow::Continue)
+    }
+}
+
+impl Drop for StatusLine {
+    fn drop(&mut self) {
+        if self.drawn {
+            let _ = write!(io::stderr(), "\r\x1b[K");
+        }
+    }
+}
+
+/// What the status line says: how long tracing has run, the processes traced now and their
+/// memory, the events followed and those lost.
+fn status_text<P>(tracker: &Tracker<P>, elapsed: Duration, lost_events: u64) -> String {
+    let live: Vec<_> = tracker.processes.values().filter(|p| !p.exited).collect();
+    let reserved: u64 = live.iter().map(|p| p.reserved.end).sum();
+    let resident: u64 = live.iter().map(|p| p.resident.end).sum();
+    let events: u64 = tracker
+        .processes
+        .values()
+        .map(|p| {
+            let e = &p.events;
+            e.mmap
+                + e.munmap
+                + e.mremap
+                + e.brk
+                + e.mprotect
+                + e.madvise
+                + e.shmat
+                + e.shmdt
+                + e.mlock
+                + e.page_faults
+                + e.rss_updates
+                + e.forks
+                + e.execs
+        })
+        .sum();
+    let processes = match live.len() {
+        1 => "1 process".to_string(),
+        n => format!("{n} processes"),
+    };
+    // Memory last: a narrow terminal cuts the line's end.
+    format!(
+        "memprof: traced {}: {processes}, {events} events, {lost_events} lost; {} reserved, \
+         {} resident",
+        elapsed_text(elapsed),
+        units::bytes(reserved),
+        units::bytes(resident),
+    )
+}
+
+/// Whole seconds as a clock would say them: "7s", "2m05s", "1h02m05s".
+fn elapsed_text(elapsed: Duration) -> String {
+    let secs = elapsed.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s:02}s"),
+        _ => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memprof_common::NO_STACK;
+
+    use crate::testing::*;
+
+    #[test]
+    fn the_status_counts_live_processes_their_memory_and_every_event() {
+        let proc = FakeProc::default().with(7, "bash", BASH_MAPS, 3 * MIB);
+        let mut tracker = Tracker::new(proc, 7, Origin::Attached, Duration::from_secs(1), 0);
+        tracker.seed_from_proc(7, 0).unwrap();
+        tracker.apply(mmap(7, 0x7f10_0000_0000, MIB, NO_STACK));
+        tracker.apply(faults(7, 0x7f10_0000_0000, 4));
+        tracker.apply_overdue(u64::MAX);
+        let text = status_text(&tracker, Duration::from_secs(65), 2);
+        let reserved = units::bytes(BASH_RESERVED + MIB);
+        assert_eq!(
+            text,
+            format!(
+                "memprof: traced 1m05s: 1 process, 5 events, 2 lost; {reserved} reserved, \
+                 3.0 MiB resident"
+            )
+        );
+        tracker.apply(exit(7));
+        let text = status_text(&tracker, Duration::from_secs(66), 2);
+        assert!(
+            text.contains(": 0 processes, 5 events, 2 lost; 0 B reserved, 0 B resident"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn elapsed_time_reads_as_a_clock() {
+        let text = |secs| elapsed_text(Duration::from_secs(secs));
+        assert_eq!(text(0), "0s");
+        assert_eq!(text(59), "59s");
+        assert_eq!(text(125), "2m05s");
+        assert_eq!(text(3725), "1h02m05s");
+    }
 }

@@ -6,7 +6,10 @@
 )]
 mod support;
 
-use std::process::{Command, ExitStatus, Stdio};
+use std::{
+    process::{Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
 
 use support::*;
 
@@ -283,4 +286,182 @@ fn a_command_outliving_the_trace_keeps_running_and_is_named() {
     );
     // SAFETY: killing the sleep this test launched (through memprof).
     unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// `--json` naming the file stdout writes to (`/dev/stdout`, or the file stdout was
+/// redirected to) is `--json -`: stdout holds the JSON alone (`| jq .version` works), the
+/// text report goes to stderr.
+#[test]
+fn json_to_the_file_stdout_writes_is_stdout() {
+    let out = run_ok(memprof().args(["run", "--json", "/dev/stdout", "--", "true"]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not the JSON alone ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(report["version"], 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reserved"), "no report on stderr: {stderr}");
+
+    // `memprof run --json out.json -- true > out.json`: the report is not lost in a file
+    // the JSON replaced.
+    let json = scratch("json-redirected").join("out.json");
+    let out = run_ok(
+        memprof()
+            .args(["run", "--json"])
+            .arg(&json)
+            .args(["--", "true"])
+            .stdout(std::fs::File::create(&json).unwrap()),
+    );
+    assert_eq!(read_json(&json)["version"], 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("reserved"), "no report on stderr: {stderr}");
+}
+
+/// A run killed mid-write (SIGKILL: no chance to clean up) leaves its temporary file; the
+/// next run writing to the same place removes those whose memprof is gone, and nothing else.
+#[test]
+fn temporary_files_of_killed_runs_are_removed_by_the_next() {
+    let dir = scratch("stale-temps");
+    let output = dir.join("out");
+    std::fs::create_dir(&output).unwrap();
+    // A pid no process has once this one is reaped.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let gone = gone.id();
+    let stale = [
+        dir.join(format!(".report.json.memprof-{gone}.tmp")),
+        output.join(format!(".profile.pb.gz.memprof-{gone}.tmp")),
+        // Of a file this run does not write.
+        output.join(format!(".faults.folded.memprof-{gone}.tmp")),
+    ];
+    let kept = [
+        // Init's: a live process's.
+        dir.join(".report.json.memprof-1.tmp"),
+        dir.join(".report.json.swp"),
+        dir.join(format!(".notes.txt.memprof-{gone}.tmp")),
+    ];
+    for file in stale.iter().chain(&kept) {
+        std::fs::write(file, "half a file").unwrap();
+    }
+    run_ok(
+        memprof()
+            .args(["run", "-q", "--json"])
+            .arg(dir.join("report.json"))
+            .arg("-o")
+            .arg(&output)
+            .args(["--", "true"]),
+    );
+    for file in &stale {
+        assert!(!file.exists(), "{} left", file.display());
+    }
+    for file in &kept {
+        assert!(file.exists(), "{} removed", file.display());
+    }
+    read_json(&dir.join("report.json"));
+}
+
+/// What tmux shows of `session`'s pane.
+fn pane(session: &str) -> String {
+    let out = Command::new("tmux")
+        .args(["capture-pane", "-p", "-t", session])
+        .output()
+        .expect("tmux (Debian's tmux) drives a real terminal");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The status line on `screen`, when it shows one.
+fn status_line(screen: &str) -> Option<&str> {
+    screen.lines().find(|l| l.starts_with("memprof: traced "))
+}
+
+/// Ends the tmux session when the test does, passed or not.
+struct Session(String);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .output();
+    }
+}
+
+/// On a terminal, `run --pid` redraws a status line on stderr every few seconds (elapsed,
+/// processes, events, lost) and clears it before the report; with -q, in launch mode (the
+/// command writes on the terminal) and when stderr is no terminal, there is none.
+#[test]
+fn a_status_line_shows_on_a_terminal_while_tracing_and_is_cleared() {
+    let dir = scratch("status-line");
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let pid = sleeper.id();
+    let run = |options: &str, file: &str| {
+        format!(
+            "{MEMPROF} run {options} > {}",
+            dir.join(file).to_str().unwrap()
+        )
+    };
+    let script = [
+        run(&format!("--pid {pid} --duration 7"), "first.txt"),
+        "echo FIRST-DONE".into(),
+        run(&format!("-q --pid {pid} --duration 3"), "quiet.txt"),
+        "echo QUIET-DONE".into(),
+        run("-- sleep 3", "launched.txt"),
+        "echo LAUNCHED-DONE; sleep 60".into(),
+    ]
+    .join("; ");
+    let session = Session(format!("memprof-status-{}", std::process::id()));
+    let started = Command::new("tmux")
+        .args(["new-session", "-d", "-s", &session.0])
+        .args(["-x", "80", "-y", "24", "sh", "-c", &script])
+        .status()
+        .unwrap();
+    assert!(started.success());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    let mut screen = String::new();
+    // Redrawn in place: one line at a time, its time going on.
+    while !screen.contains("FIRST-DONE") {
+        assert!(Instant::now() < deadline, "memprof never ended:\n{screen}");
+        screen = pane(&session.0);
+        let lines = screen.lines().filter(|l| status_line(l).is_some());
+        assert!(lines.count() <= 1, "{screen}");
+        if let Some(line) = status_line(&screen) {
+            assert!(
+                line.contains(" 1 process, ") && line.contains(" lost"),
+                "{screen}"
+            );
+            // "memprof: traced 4s: ...": its time.
+            let elapsed = line.split(':').nth(1).unwrap().to_string();
+            if seen.last() != Some(&elapsed) {
+                seen.push(elapsed);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(seen.len() >= 2, "status seen {seen:?}:\n{screen}");
+    assert_eq!(status_line(&screen), None, "not cleared:\n{screen}");
+    assert!(screen.contains(&format!("tracing pid {pid}")), "{screen}");
+    let report = std::fs::read_to_string(dir.join("first.txt")).unwrap();
+    assert!(!report.contains("memprof: traced"), "{report}");
+
+    while !screen.contains("LAUNCHED-DONE") {
+        assert!(Instant::now() < deadline, "memprof never ended:\n{screen}");
+        screen = pane(&session.0);
+        assert_eq!(status_line(&screen), None, "-q or launched:\n{screen}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Not a terminal: nothing of the kind.
+    let out = run_ok(
+        memprof()
+            .args(["run", "--pid", &pid.to_string(), "--duration", "3"])
+            .stderr(Stdio::piped()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("memprof: traced"), "{stderr}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
 }

@@ -224,45 +224,6 @@ fn sampled_fault_stacks_estimate_a_million_faults() {
     );
 }
 
-/// With --kernel-stacks, a reservation's stack leaves out memprof's own probe and the syscall
-/// entry and exit code every stack shares (all a stack taken at the syscall's exit holds):
-/// the user's functions lead the report as without the option.
-#[test]
-fn kernel_stacks_leave_out_the_frames_every_stack_shares() {
-    let dir = scratch("kstacks");
-    let out = dir.join("out");
-    run_ok(
-        memprof()
-            .args(["run", "--kernel-stacks", "--output"])
-            .arg(&out)
-            .args(["--", WORKLOAD, "--sites", "--pause-ms", "0"]),
-    );
-    let reserved = fs::read_to_string(out.join("reserved.folded")).unwrap();
-    let line = reserved
-        .lines()
-        .find(|l| l.contains("memprof_reserve_big"))
-        .expect("the site");
-    let stack = line.rsplit_once(' ').expect("folded stack, count").0;
-    for frame in stack.split(';') {
-        assert!(
-            ![
-                "do_syscall_",
-                "entry_SYSCALL",
-                "syscall_exit_",
-                "bpf_",
-                "__bpf_"
-            ]
-            .iter()
-            .any(|shared| frame.starts_with(shared)),
-            "{frame} in {line}"
-        );
-    }
-    assert!(
-        stack.ends_with("mmap") || stack.ends_with("mmap64"),
-        "{line}"
-    );
-}
-
 /// A stack seen again is the same site: 4,000 mmaps from one loop make one site, not 4,000.
 #[test]
 fn a_stack_seen_again_is_the_same_site() {

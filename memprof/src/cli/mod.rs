@@ -40,7 +40,9 @@ enum Command {
     /// instruction; print a report when tracing ends.
     #[command(
         after_help = "Tracing ends on Ctrl-C, SIGTERM, SIGHUP, --duration, or when the traced process \
-        (in launch mode: the command and all its descendants) has exited.\n\nExit status: \
+        (in launch mode: the command and all its descendants) has exited. While --pid or --all \
+        traces, a status line on stderr, when it is a terminal, says every 2 seconds how it \
+        goes (not with -q).\n\nExit status: \
         in launch mode the command's, after the report (128 + N when signal N killed it; 0 \
         when it still runs); memprof's own errors have their own codes (1 to 8, listed in the \
         README).\n\nDurations take \

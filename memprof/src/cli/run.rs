@@ -34,8 +34,9 @@ pub(crate) struct RunArgs {
           value_parser = args::interval)]
     interval: Duration,
 
-    /// Also write the report as JSON to this file; `-` writes it to stdout, alone (the
-    /// text report then goes to stderr; the command's own output still goes to stdout).
+    /// Also write the report as JSON to this file; `-` (or any path of the file stdout
+    /// writes to, as /dev/stdout) writes it to stdout, alone (the text report then goes to
+    /// stderr; the command's own output still goes to stdout).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
 
@@ -51,13 +52,10 @@ pub(crate) struct RunArgs {
     #[arg(short, long, value_name = "DIR")]
     output: Option<PathBuf>,
 
-    /// No report on stdout and no notes on stderr: only the files and errors.
+    /// No report on stdout, and no notes or status line on stderr: only the files and
+    /// errors.
     #[arg(short, long)]
     quiet: bool,
-
-    /// Also record the kernel stack of each reservation.
-    #[arg(long)]
-    kernel_stacks: bool,
 
     #[command(flatten)]
     probes: args::ProbeArgs,
@@ -91,7 +89,6 @@ impl RunArgs {
             }),
             regions: self.regions,
             output: self.output,
-            kernel_stacks: self.kernel_stacks,
             fault_stacks: self.probes.fault_stacks(),
             stack_cache_slots: self.probes.stack_cache_slots,
             ring_buffer_bytes: self.probes.ring_buffer_size,

@@ -2,7 +2,7 @@
 //! checked before tracing starts; the `--output` directory with every format of one trace
 //! side by side; and the report on stdout.
 use std::{
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     fs::{self, File, OpenOptions},
     io::{self, Write},
     os::unix::fs::OpenOptionsExt as _,
@@ -68,12 +68,48 @@ fn dir_of(path: &Path) -> &Path {
 }
 
 /// The file `path` is written to before it is renamed to `path`: in the same directory, so
-/// that the rename is atomic.
+/// that the rename is atomic. Named `.NAME.memprof-PID.tmp`, which says whose it is.
 fn temp_path(path: &Path) -> PathBuf {
+    dir_of(path).join(temp_name(path, std::process::id()))
+}
+
+fn temp_name(path: &Path, pid: u32) -> OsString {
     let mut name = OsString::from(".");
     name.push(path.file_name().unwrap_or_default());
-    name.push(format!(".memprof-{}.tmp", std::process::id()));
-    dir_of(path).join(name)
+    name.push(format!(".memprof-{pid}.tmp"));
+    name
+}
+
+/// The pid of the memprof whose temporary file for `path` is named `name`.
+fn temp_owner(path: &Path, name: &OsStr) -> Option<u32> {
+    let prefix = temp_name(path, 0);
+    let prefix = prefix.to_str()?.strip_suffix("0.tmp")?;
+    name.to_str()?
+        .strip_prefix(prefix)?
+        .strip_suffix(".tmp")?
+        .parse()
+        .ok()
+}
+
+/// Removes the temporary files for `path` left by runs killed mid-write (SIGKILL gives no
+/// chance to clean up): those whose memprof is gone. One whose pid another process has
+/// taken since stays until that one is gone too; a live memprof's is its own to rename.
+/// Called before each write, when this run has no temporary file of its own.
+/// Best effort: a directory memprof may write in but not list still gets its outputs.
+fn remove_stale_temps(path: &Path) {
+    let dir = dir_of(path);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for name in entries.filter_map(|e| Some(e.ok()?.file_name())) {
+        // memprof's own pid too: a run killed earlier had it, as this one writes its files
+        // one after another and has none open now.
+        if let Some(pid) = temp_owner(path, &name)
+            && (pid == std::process::id() || !Path::new("/proc").join(pid.to_string()).exists())
+        {
+            let _ = fs::remove_file(dir.join(&name));
+        }
+    }
 }
 
 fn create_temp(temp: &Path) -> io::Result<File> {
@@ -98,6 +134,7 @@ fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
         Ok(_) => fs::canonicalize(path)?,
         Err(_) => path.to_path_buf(),
     };
+    remove_stale_temps(&path);
     let temp = temp_path(&path);
     let written = create_temp(&temp).and_then(|mut file| {
         file.write_all(contents)?;
@@ -116,6 +153,7 @@ fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
 /// Creates in `dir` the file [`write_file`] would write `name` through, and removes it:
 /// whether the file can be written, found before tracing rather than after.
 fn probe_writable(path: &Path) -> io::Result<()> {
+    remove_stale_temps(path);
     let temp = temp_path(path);
     create_temp(&temp)?;
     fs::remove_file(&temp)
@@ -326,6 +364,7 @@ pub fn write_output_dir(
     write("timeline.svg", svg.as_bytes())?;
     write("report.json", json.as_bytes())?;
     for stale in OUTPUT_FILES.iter().filter(|f| !written.contains(f)) {
+        remove_stale_temps(&dir.join(stale));
         match fs::remove_file(dir.join(stale)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(e).with_context(|| format!("removing {}", dir.join(stale).display()));
@@ -334,4 +373,52 @@ pub fn write_output_dir(
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_temporary_file_names_its_file_and_its_writer() {
+        let path = Path::new("/some/dir/report.json");
+        let name = temp_name(path, 4321);
+        assert_eq!(name, ".report.json.memprof-4321.tmp");
+        assert_eq!(temp_owner(path, &name), Some(4321));
+        // Another file's, or not memprof's.
+        assert_eq!(temp_owner(Path::new("json"), &name), None);
+        for other in [
+            ".report.json.memprof-x.tmp",
+            ".report.json.swp",
+            "report.json",
+        ] {
+            assert_eq!(temp_owner(path, OsStr::new(other)), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn stale_temporary_files_of_gone_writers_are_removed() {
+        let dir = std::env::temp_dir().join(format!("memprof-stale-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        let path = dir.join("report.json");
+        // A pid nobody has once this child is reaped (until the kernel hands it out again).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id();
+        child.wait().unwrap();
+        let stale = dir.join(temp_name(&path, gone));
+        // Init never ends; a run killed earlier with this run's pid left the other one.
+        let live = dir.join(temp_name(&path, 1));
+        let mine = dir.join(temp_name(&path, std::process::id()));
+        let other = dir.join(temp_name(&dir.join("resident.svg"), gone));
+        for file in [&stale, &live, &mine, &other] {
+            fs::write(file, "partial").unwrap();
+        }
+        remove_stale_temps(&path);
+        assert!(!stale.exists());
+        assert!(!mine.exists());
+        assert!(live.exists(), "a live writer's file was removed");
+        assert!(other.exists(), "another file's was removed");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

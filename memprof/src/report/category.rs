@@ -258,7 +258,7 @@ fn stack_matches(pattern: &str, frames: &[Frame]) -> bool {
 }
 
 /// The category [`FRAME_RULES`] give a stack, if any.
-pub fn by_frames(frames: &[Frame]) -> Option<Category> {
+fn by_frames(frames: &[Frame]) -> Option<Category> {
     FRAME_RULES
         .iter()
         .find(|(_, patterns)| patterns.iter().any(|p| stack_matches(p, frames)))
@@ -318,9 +318,39 @@ fn is_bss(space: &AddressSpace, region: &Region, code_files: &HashSet<&str>) -> 
             })
 }
 
-/// The symbolized stack of a site, for [`categorize`].
+/// The symbolized stack of a site.
 pub trait SiteFrames {
     fn frames(&mut self, site: SiteId) -> &[Frame];
+}
+
+/// What a site's stack says of the memory it reserved, for [`categorize`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackSays {
+    /// The category [`FRAME_RULES`] give it.
+    pub category: Option<Category>,
+    /// Nothing of who asked (see [`says_nothing`]).
+    pub nothing: bool,
+}
+
+impl StackSays {
+    pub fn of(frames: &[Frame]) -> Self {
+        Self {
+            category: by_frames(frames),
+            nothing: says_nothing(frames),
+        }
+    }
+}
+
+/// What sites' stacks say, for [`categorize`]: from their frames, or remembered (`top`
+/// works it out once per site).
+pub trait SiteStacks {
+    fn says(&mut self, site: SiteId) -> StackSays;
+}
+
+impl<T: SiteFrames> SiteStacks for T {
+    fn says(&mut self, site: SiteId) -> StackSays {
+        StackSays::of(self.frames(site))
+    }
 }
 
 /// The files a process maps executable somewhere: its program and libraries, whose other
@@ -338,20 +368,20 @@ pub fn categorize(
     space: &AddressSpace,
     region: &Region,
     code_files: &HashSet<&str>,
-    sites: &mut impl SiteFrames,
+    sites: &mut impl SiteStacks,
 ) -> Category {
     if let Some(category) = by_kind(region) {
         return category;
     }
-    let by_stack = by_frames(sites.frames(region.reservation))
-        .or_else(|| by_frames(sites.frames(region.site)));
+    let reservation = sites.says(region.reservation);
+    let by_stack = reservation
+        .category
+        .or_else(|| sites.says(region.site).category);
     match by_stack {
         Some(Category::MallocMmap) if in_arena_heap(space, region) => Category::MallocArena,
         Some(category) => category,
         // An arena's shape says what it is when its stack does not (attach mode).
-        None if says_nothing(sites.frames(region.reservation)) && in_arena_heap(space, region) => {
-            Category::MallocArena
-        }
+        None if reservation.nothing && in_arena_heap(space, region) => Category::MallocArena,
         None => by_region(space, region, code_files),
     }
 }

@@ -245,13 +245,9 @@ impl ProcessReport {
                     share(f.resident_bytes, f.reserved_bytes)
                 )
             };
-            let regions = match f.regions {
-                1 => String::new(),
-                n => format!(" in {n} regions"),
-            };
             let _ = writeln!(
                 out,
-                "    {:>10}{regions}: {}; {state}",
+                "    {:>10}: {}; {state}",
                 bytes(f.reserved_bytes),
                 row.description,
             );

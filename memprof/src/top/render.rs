@@ -10,7 +10,7 @@ use ratatui::{
 use serde::Serialize;
 
 use super::view::{Row, SortKey, View};
-use crate::units::bytes;
+use crate::{report::category::Category, units::bytes};
 
 /// The figures about the whole session shown above the rows.
 #[derive(Clone, Debug)]
@@ -37,6 +37,8 @@ const PID_WIDTH: u16 = 7;
 /// the name tells the process, and at 80 columns, where every figure shows, it holds
 /// "memprof-workload" whole.
 const COMMAND_MIN_WIDTH: u16 = 16;
+/// MOST IN: the longest category, "jvm_code_cache".
+const MOST_IN_WIDTH: u16 = 14;
 /// CGROUP, the last column, is left out with less room than this.
 const CGROUP_MIN_WIDTH: u16 = 12;
 const BATCH_COMMAND_WIDTH: u16 = 32;
@@ -45,10 +47,11 @@ const EXITED: &str = " (exited)";
 const SCREEN_HEADER_LINES: u16 = 3;
 
 /// Widths of the columns shown: COMMAND, then the leading `numbers` of [`NUMBER_COLUMNS`],
-/// then CGROUP when it has a width.
+/// then MOST IN when there is room, then CGROUP when it has a width.
 struct Widths {
     command: u16,
     numbers: usize,
+    most_in: bool,
     cgroup: Option<u16>,
 }
 
@@ -65,6 +68,10 @@ impl Widths {
             used += 1 + w;
             numbers += 1;
         }
+        let most_in = numbers == NUMBER_COLUMNS.len() && width >= used + 1 + MOST_IN_WIDTH;
+        if most_in {
+            used += 1 + MOST_IN_WIDTH;
+        }
         let spare = width.saturating_sub(used);
         // Commands get the larger share, as they tell processes apart.
         let cgroup = (spare * 2 / 5)
@@ -73,6 +80,7 @@ impl Widths {
         Widths {
             command: COMMAND_MIN_WIDTH + spare - cgroup.map_or(0, |w| w + 1),
             numbers,
+            most_in,
             cgroup,
         }
     }
@@ -84,6 +92,7 @@ impl Widths {
         Widths {
             command: BATCH_COMMAND_WIDTH,
             numbers: NUMBER_COLUMNS.len(),
+            most_in: true,
             cgroup: Some(u16::try_from(cgroup.unwrap_or(0).max(6)).unwrap_or(u16::MAX)),
         }
     }
@@ -91,6 +100,7 @@ impl Widths {
     fn columns(&self) -> Vec<u16> {
         let mut widths = vec![self.command, PID_WIDTH];
         widths.extend(NUMBER_COLUMNS[..self.numbers].iter().map(|&(_, w)| w));
+        widths.extend(self.most_in.then_some(MOST_IN_WIDTH));
         widths.extend(self.cgroup);
         widths
     }
@@ -187,13 +197,17 @@ fn column_titles(widths: &Widths, sorted: Option<SortKey>) -> TableRow<'static> 
             title.to_string()
         })
     }));
+    if widths.most_in {
+        cells.push(Cell::from("MOST IN"));
+    }
     if widths.cgroup.is_some() {
         cells.push(Cell::from("CGROUP"));
     }
     TableRow::new(cells)
 }
 
-fn table_row(widths: &Widths, row: &Row) -> TableRow<'static> {
+/// A row; MOST IN names the category of the figure `key` sorts by.
+fn table_row(widths: &Widths, key: SortKey, row: &Row) -> TableRow<'static> {
     let numbers = [
         bytes(row.reserved),
         bytes_rate(row.reserved_rate),
@@ -206,6 +220,9 @@ fn table_row(widths: &Widths, row: &Row) -> TableRow<'static> {
         right(row.pid.to_string()),
     ];
     cells.extend(numbers.into_iter().take(widths.numbers).map(right));
+    if widths.most_in {
+        cells.push(Cell::from(row.most_in.by(key).map_or("", Category::id)));
+    }
     if let Some(w) = widths.cgroup {
         cells.push(Cell::from(cut_start(
             &printable(&row.cgroup),
@@ -220,9 +237,11 @@ fn table_row(widths: &Widths, row: &Row) -> TableRow<'static> {
     TableRow::new(cells).style(style)
 }
 
-fn table<'a>(widths: &Widths, sorted: Option<SortKey>, rows: &[&Row]) -> Table<'a> {
+/// The rows under their titles, the sorted column's marked when `marked`.
+fn table<'a>(widths: &Widths, key: SortKey, marked: bool, rows: &[&Row]) -> Table<'a> {
+    let sorted = marked.then_some(key);
     Table::new(
-        rows.iter().map(|row| table_row(widths, row)),
+        rows.iter().map(|row| table_row(widths, key, row)),
         widths.columns().into_iter().map(Constraint::Length),
     )
     .header(column_titles(widths, sorted).style(Style::new().add_modifier(Modifier::REVERSED)))
@@ -301,7 +320,7 @@ pub fn screen(view: &mut View, header: &Header, rows: &[Row], area: Rect, buf: &
         height: area.height.saturating_sub(2),
         ..area
     };
-    table(&widths, Some(view.sort), shown).render(rows_area, buf);
+    table(&widths, view.sort, true, shown).render(rows_area, buf);
     if visible.is_empty() {
         lines.push(Line::default());
         lines.push(Line::from(if view.filter.is_empty() {
@@ -332,6 +351,8 @@ Columns
   RESERVED       address space (VSZ); RESERVED/s, its growth per second
   RESIDENT       resident set (RSS); RESIDENT/s, its growth per second
   FAULTS/s       page faults per second
+  MOST IN        the category holding most of it: reserved, or resident when
+                 sorted by resident or faults (go_heap, malloc_arena, ...)
   CGROUP         the cgroup v2 path, cut at the start
 
 Rows marked (exited): processes gone since the previous refresh.
@@ -376,7 +397,7 @@ pub fn batch_text(header: &Header, rows: &[Row], key: SortKey, limit: usize) -> 
     let mut buf = Buffer::empty(Rect::new(0, 0, widths.total(), height));
     // Unmarked, so that scripts find the same titles whatever the sort: the first line
     // says it.
-    table(&widths, None, &shown).render(buf.area, &mut buf);
+    table(&widths, key, false, &shown).render(buf.area, &mut buf);
     format!(
         "memprof top  {:.1} s  {}  lost events: {}  sorted by {}\n{}\n",
         header.elapsed_secs,
@@ -400,6 +421,9 @@ struct JsonRow<'a> {
     resident_bytes: u64,
     resident_bytes_per_sec: f64,
     faults_per_sec: f64,
+    /// The categories holding most of its reserved and of its resident bytes.
+    reserved_most_in: Option<Category>,
+    resident_most_in: Option<Category>,
     exited: bool,
 }
 
@@ -439,6 +463,8 @@ pub fn batch_json(header: &Header, rows: &[Row], key: SortKey, limit: usize) -> 
                 resident_bytes: row.resident,
                 resident_bytes_per_sec: row.resident_rate,
                 faults_per_sec: row.faults_rate,
+                reserved_most_in: row.most_in.reserved,
+                resident_most_in: row.most_in.resident,
                 exited: row.exited,
             })
             .collect(),
@@ -453,7 +479,10 @@ mod tests {
 
     use super::*;
     use crate::testing::assert_snapshot;
-    use crate::top::view::tests::{MIB, row};
+    use crate::top::view::{
+        MostIn,
+        tests::{MIB, row},
+    };
 
     #[test]
     fn cuts_are_char_aware() {
@@ -508,8 +537,12 @@ mod tests {
         assert_eq!(Widths::for_screen(80).command, COMMAND_MIN_WIDTH);
         assert!(Widths::for_screen(60).numbers < NUMBER_COLUMNS.len());
         assert!(Widths::for_screen(80).cgroup.is_none());
-        assert!(Widths::for_screen(120).cgroup.is_some());
-        assert_eq!(Widths::for_screen(120).total(), 120);
+        assert!(!Widths::for_screen(80).most_in);
+        // MOST IN before CGROUP, which needs more room.
+        assert!(Widths::for_screen(100).most_in);
+        assert!(Widths::for_screen(120).cgroup.is_none());
+        assert!(Widths::for_screen(140).cgroup.is_some());
+        assert_eq!(Widths::for_screen(140).total(), 140);
     }
 
     fn sample_rows() -> Vec<Row> {
@@ -518,16 +551,25 @@ mod tests {
         grower.cgroup = "/system.slice/postgresql@16-main.service".into();
         grower.reserved = 3 * (1 << 30) / 2;
         grower.resident = 412 * MIB;
+        grower.most_in = MostIn {
+            reserved: Some(Category::SharedMemory),
+            resident: Some(Category::SharedMemory),
+        };
         let mut long = row(1, 4096.0, 0.0, 1.4);
         long.command = "java -Xmx8g -jar /opt/some/very/long/path/application.jar".into();
         long.cgroup = "/user.slice/user-1000.slice/session-2.scope".into();
         long.reserved = 8 << 30;
         long.resident = 900 * MIB;
+        long.most_in = MostIn {
+            reserved: Some(Category::JvmHeap),
+            resident: Some(Category::JvmHeap),
+        };
         let mut gone = row(31337, 0.0, -((210 * MIB) as f64), 0.0);
         gone.command = "cc1plus".into();
         gone.cgroup = "/".into();
         gone.reserved = 0;
         gone.resident = 0;
+        gone.most_in = MostIn::default();
         gone.exited = true;
         vec![grower, long, gone]
     }
@@ -549,10 +591,11 @@ mod tests {
     #[test]
     fn renders_a_wide_screen() {
         let mut view = View::new(SortKey::Reserved);
-        let text = draw(&mut view, &sample_rows(), 120, 8);
+        let text = draw(&mut view, &sample_rows(), 140, 8);
         assert!(text.contains("3 processes (1 exited)"), "{text}");
         assert!(text.contains("cc1plus (exited)"), "{text}");
         assert!(text.contains("CGROUP"), "{text}");
+        assert!(text.contains("MOST IN"), "{text}");
         assert_snapshot("top-screen.txt", &text);
     }
 

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use serde::Serialize;
 
+use crate::report::category::Category;
+
 /// One process's figures at one refresh, as the session knows them.
 #[derive(Clone, Debug)]
 pub struct Figures {
@@ -17,7 +19,26 @@ pub struct Figures {
     pub resident: u64,
     /// Page faults since the process was first traced (cumulative).
     pub faults: u64,
+    pub most_in: MostIn,
     pub exited: bool,
+}
+
+/// The categories holding most of a process's reserved and of its resident bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MostIn {
+    pub reserved: Option<Category>,
+    pub resident: Option<Category>,
+}
+
+impl MostIn {
+    /// The one of the figure a view sorted by `key` is about: resident for faults, which
+    /// make pages resident.
+    pub fn by(self, key: SortKey) -> Option<Category> {
+        match key {
+            SortKey::Reserved => self.reserved,
+            SortKey::Resident | SortKey::Faults => self.resident,
+        }
+    }
 }
 
 /// A process's row: levels and rates since the previous refresh.
@@ -34,6 +55,7 @@ pub struct Row {
     pub resident_rate: f64,
     /// Page faults per second.
     pub faults_rate: f64,
+    pub most_in: MostIn,
     pub exited: bool,
 }
 
@@ -130,6 +152,7 @@ impl Rates {
                     reserved_rate,
                     resident_rate,
                     faults_rate,
+                    most_in: f.most_in,
                     exited: f.exited,
                 }
             })
@@ -281,6 +304,7 @@ pub(super) mod tests {
             reserved,
             resident,
             faults,
+            most_in: MostIn::default(),
             exited: false,
         }
     }
@@ -300,6 +324,10 @@ pub(super) mod tests {
             reserved_rate,
             resident_rate,
             faults_rate,
+            most_in: MostIn {
+                reserved: Some(Category::GoRuntime),
+                resident: Some(Category::GoHeap),
+            },
             exited: false,
         }
     }

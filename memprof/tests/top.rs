@@ -87,6 +87,18 @@ fn batch_json_names_the_busiest_process_within_two_refreshes() {
     );
     assert_eq!(last["lost_events"], 0, "{stdout}");
     assert_eq!(last["sort"], "reserved");
+    // While it holds its 4 GiB, mapped by the program itself, they are most of what it
+    // reserved.
+    let busy = refreshes
+        .iter()
+        .flat_map(|r| r["rows"].as_array().unwrap())
+        .find(|row| {
+            row["pid"].as_u64() == Some(u64::from(busy_pid))
+                && row["reserved_bytes"].as_u64().unwrap() >= 4 << 30
+        })
+        .unwrap_or_else(|| panic!("pid {busy_pid} never held its 4 GiB:\n{stdout}"));
+    assert_eq!(busy["reserved_most_in"], "other", "{stdout}");
+    assert!(busy["resident_most_in"].is_string(), "{stdout}");
 }
 
 #[test]

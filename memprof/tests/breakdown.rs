@@ -281,6 +281,26 @@ fn a_go_server_by_the_runtime_and_glibc() {
     let report = read_json(&out.join("report.json"));
     let process = process(&report, u64::from(pid));
     assert_adds_up(process);
+    // Idle at the end: the headline is the kernel's, and the sites and the folded stacks
+    // hold all of it.
+    let resident = process["resident_bytes"]["end"].as_u64().unwrap();
+    let vm_rss = process["proc_check"]["vm_rss_bytes"].as_u64().unwrap();
+    assert!(
+        resident.abs_diff(vm_rss) <= 64 << 10,
+        "{resident} vs {vm_rss}"
+    );
+    let by_sites: u64 = process["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["resident_bytes"].as_u64().unwrap())
+        .sum();
+    let folded: u64 = fs::read_to_string(out.join("resident.folded"))
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum();
+    assert_eq!((by_sites, folded), (resident, resident));
     let sites: HashMap<u64, Vec<&str>> = process["sites"]
         .as_array()
         .unwrap()

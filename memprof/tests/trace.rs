@@ -496,6 +496,19 @@ fn nginx_workers_are_named_by_their_titles_and_exact() {
             "{}: {counted} vs {kernel}",
             p["command"]
         );
+        // Each region as the kernel has it (the pages fork copied to a worker and those it
+        // did not): together the process's VmRSS within 1%.
+        let regions: u64 = p["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["resident_bytes"].as_u64().unwrap())
+            .sum();
+        assert!(
+            regions.abs_diff(kernel) <= kernel / 100,
+            "{}: regions {regions} vs VmRSS {kernel}",
+            p["command"]
+        );
     }
 }
 

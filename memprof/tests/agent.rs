@@ -238,11 +238,23 @@ fn functions(profile: &proto::Profile, sample: &proto::Sample) -> Vec<String> {
 fn metrics_are_the_kernels_figures_summed_by_program() {
     let cgroup = TestCgroup::new("agent-metrics");
     let agent = Agent::start(&cgroup, &["--per-pid", "1"]);
-    let sleeps: Vec<Child> = (0..2).map(|_| cgroup.spawn(&["sleep", "60"])).collect();
+    // The sleeps in a cgroup shaped as docker's systemd driver makes them: their series
+    // name the unit and the container.
+    let id: String = (0..64)
+        .map(|i| b"0123456789abcdef"[i % 16] as char)
+        .collect();
+    let unit = format!("docker-{id}.scope");
+    let container = cgroup.child(&unit);
+    let sleeps: Vec<Child> = (0..2).map(|_| container.spawn(&["sleep", "60"])).collect();
     let workload = start_workload(&cgroup);
     let sleep_pids: Vec<u32> = sleeps.iter().map(Child::id).collect();
     let pid = workload.id();
-    let sleep = [("comm", "sleep"), ("cgroup", cgroup.path.as_str())];
+    let sleep = [
+        ("comm", "sleep"),
+        ("cgroup", container.path.as_str()),
+        ("unit", unit.as_str()),
+        ("container", id.as_str()),
+    ];
     let equal = |ours, theirs| ours == theirs;
     let (ours, vm_size) = agent.settle(
         "memprof_reserved_bytes",
@@ -251,7 +263,11 @@ fn metrics_are_the_kernels_figures_summed_by_program() {
         equal,
     );
     assert_eq!(ours, vm_size, "{}", agent.metrics());
-    let workload_labels = [("comm", "memprof-workload")];
+    let workload_labels = [
+        ("comm", "memprof-workload"),
+        ("unit", ""),
+        ("container", ""),
+    ];
     let vm = |field| move || status_field(pid, field);
     let (ours, vm_size) = agent.settle(
         "memprof_reserved_bytes",

@@ -13,30 +13,36 @@ use crate::process::ResidentSplit;
 
 pub(super) use prometheus_text::CONTENT_TYPE;
 
+/// A program in a cgroup; `unit` and `container` are read from the cgroup's path ("" when
+/// it names none), so they add no series of their own.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct GroupLabels {
     comm: String,
     cgroup: String,
+    unit: String,
+    container: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabels {
-    comm: String,
-    cgroup: String,
+    #[prometheus(flatten)]
+    group: GroupLabels,
     kind: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PidLabels {
     pid: u32,
-    comm: String,
-    cgroup: String,
+    #[prometheus(flatten)]
+    group: GroupLabels,
 }
 
 fn labels(group: &Group) -> GroupLabels {
     GroupLabels {
         comm: group.comm.to_string(),
         cgroup: group.cgroup.to_string(),
+        unit: group.unit.to_string(),
+        container: group.container.to_string(),
     }
 }
 
@@ -114,8 +120,7 @@ pub(super) fn encode(snapshot: &Snapshot, per_pid: Option<usize>) -> String {
         set(&processes, l.clone(), figures.processes);
         for (kind, bytes) in kinds(&figures.resident) {
             let l = KindLabels {
-                comm: l.comm.clone(),
-                cgroup: l.cgroup.clone(),
+                group: l.clone(),
                 kind,
             };
             set(&resident, l, bytes);
@@ -163,8 +168,7 @@ fn per_process(registry: &mut Registry, snapshot: &Snapshot, limit: usize) {
     for p in order.iter().take(limit) {
         let l = PidLabels {
             pid: p.pid,
-            comm: p.group.comm.to_string(),
-            cgroup: p.group.cgroup.to_string(),
+            group: labels(&p.group),
         };
         set(&reserved, l.clone(), p.reserved);
         set(&committed, l.clone(), p.committed);
@@ -183,10 +187,7 @@ mod tests {
     use crate::agent::{GroupFigures, ProcessFigures};
 
     fn group(comm: &str) -> Group {
-        Group {
-            comm: comm.into(),
-            cgroup: "/system.slice/x.service".into(),
-        }
+        Group::new(comm, "/system.slice/x.service")
     }
 
     fn snapshot() -> Snapshot {
@@ -241,7 +242,7 @@ mod tests {
     #[test]
     fn groups_are_exposed_with_prometheus_names() {
         let text = encode(&snapshot(), None);
-        let labels = r#"comm="app",cgroup="/system.slice/x.service""#;
+        let labels = r#"comm="app",cgroup="/system.slice/x.service",unit="x.service",container="""#;
         assert!(
             text.contains("# TYPE memprof_reserved_bytes gauge\n"),
             "{text}"
@@ -277,7 +278,7 @@ mod tests {
         assert_eq!(
             line(&text, "memprof_process_reserved_bytes{"),
             [format!(
-                r#"memprof_process_reserved_bytes{{pid="2",comm="db",cgroup="/system.slice/x.service"}} {}"#,
+                r#"memprof_process_reserved_bytes{{pid="2",comm="db",cgroup="/system.slice/x.service",unit="x.service",container=""}} {}"#,
                 300 << 20
             )]
         );

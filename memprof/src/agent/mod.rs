@@ -8,6 +8,7 @@
 //! touching the tracker. Symbolizing is left to the server, on request: it reads binaries
 //! from disk, which must not hold up the ring buffer.
 mod http;
+mod labels;
 mod metrics;
 mod profiles;
 
@@ -57,6 +58,22 @@ pub struct Group {
     pub comm: Arc<str>,
     /// Its cgroup v2 path ("" when /proc did not say).
     pub cgroup: Arc<str>,
+    /// The systemd unit the cgroup is (or is in), "" when none: derived from the cgroup,
+    /// as is `container`, so neither adds series.
+    pub unit: Arc<str>,
+    /// The container id the cgroup names, "" when none.
+    pub container: Arc<str>,
+}
+
+impl Group {
+    pub fn new(comm: &str, cgroup: &str) -> Self {
+        Self {
+            comm: comm.into(),
+            cgroup: cgroup.into(),
+            unit: labels::unit(cgroup).into(),
+            container: labels::container(cgroup).into(),
+        }
+    }
 }
 
 /// One process's figures when the snapshot was taken.
@@ -87,8 +104,7 @@ pub struct GroupFigures {
 #[derive(Clone, Debug)]
 pub struct SiteRow {
     pub pid: u32,
-    pub comm: Arc<str>,
-    pub cgroup: Arc<str>,
+    pub group: Group,
     pub site: Arc<Site>,
     pub reserved: u64,
     pub resident: u64,
@@ -121,10 +137,7 @@ fn group_of(p: &Process, names: &mut HashMap<(String, String), Group>) -> Group 
     let key = (program_name(&p.command).to_string(), p.cgroup.clone());
     names
         .entry(key)
-        .or_insert_with_key(|(comm, cgroup)| Group {
-            comm: comm.as_str().into(),
-            cgroup: cgroup.as_str().into(),
-        })
+        .or_insert_with_key(|(comm, cgroup)| Group::new(comm, cgroup))
         .clone()
 }
 
@@ -178,8 +191,7 @@ impl Agent {
                 stacks.insert(id, site.clone());
                 sites.push(SiteRow {
                     pid: p.pid,
-                    comm: group.comm.clone(),
-                    cgroup: group.cgroup.clone(),
+                    group: group.clone(),
                     site,
                     reserved: f.reserved,
                     resident: f.resident,

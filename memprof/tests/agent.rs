@@ -237,7 +237,8 @@ fn functions(profile: &proto::Profile, sample: &proto::Sample) -> Vec<String> {
 #[test]
 fn metrics_are_the_kernels_figures_summed_by_program() {
     let cgroup = TestCgroup::new("agent-metrics");
-    let agent = Agent::start(&cgroup, &["--per-pid", "1"]);
+    // Two sites per process apart: the workload's others are folded, and counted.
+    let agent = Agent::start(&cgroup, &["--per-pid", "1", "--max-sites-per-process", "2"]);
     // The sleeps in a cgroup shaped as docker's systemd driver makes them: their series
     // name the unit and the container.
     let id: String = (0..64)
@@ -308,6 +309,27 @@ fn metrics_are_the_kernels_figures_summed_by_program() {
         "{metrics}"
     );
     assert_eq!(sum(&metrics, "memprof_processes_not_listed", &[]), Some(2));
+    // Its profile keeps every byte: the two largest sites and one `[other sites]`, which
+    // stands for as many sites as memprof_sites_folded says.
+    let (_, _, body) = agent.get(&format!("/debug/pprof/reserved?pid={pid}&debug=1"));
+    let folded = String::from_utf8(body).unwrap();
+    let lines: Vec<(&str, u64)> = folded
+        .lines()
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(stack, bytes)| (stack, bytes.parse().unwrap()))
+        .collect();
+    assert_eq!(lines.len(), 3, "{folded}");
+    assert!(
+        lines.iter().any(|(stack, _)| *stack == "[other sites]"),
+        "{folded}"
+    );
+    assert_eq!(
+        lines.iter().map(|(_, bytes)| bytes).sum::<u64>(),
+        sum(&metrics, "memprof_reserved_bytes", &workload_labels).unwrap(),
+        "{folded}"
+    );
+    let sites_folded = sum(&metrics, "memprof_sites_folded", &workload_labels).unwrap();
+    assert!(sites_folded >= 2, "{metrics}");
 
     // promtool reads the exposition as Prometheus does.
     let mut promtool = Command::new("promtool")

@@ -102,6 +102,12 @@ pub(super) fn encode(snapshot: &Snapshot, per_pid: Option<usize>) -> String {
         "memprof_processes",
         "Live traced processes of a program and cgroup",
     );
+    let folded = gauges(
+        &mut registry,
+        "memprof_sites_folded",
+        "Live sites of a program and cgroup's processes that the profiles fold into one \
+         [other sites] frame per process (over --max-sites-per-process)",
+    );
     let faults = Family::<GroupLabels, Counter>::default();
     registry.register(
         "memprof_page_faults",
@@ -118,6 +124,7 @@ pub(super) fn encode(snapshot: &Snapshot, per_pid: Option<usize>) -> String {
         set(&reserved, l.clone(), figures.reserved);
         set(&committed, l.clone(), figures.committed);
         set(&processes, l.clone(), figures.processes);
+        set(&folded, l.clone(), figures.sites_folded);
         for (kind, bytes) in kinds(&figures.resident) {
             let l = KindLabels {
                 group: l.clone(),
@@ -219,6 +226,7 @@ mod tests {
                 committed: 50 << 20,
                 resident: split,
                 page_faults: 10,
+                sites_folded: 3,
             },
         );
         // Exited since the last snapshot: its faults only.
@@ -269,6 +277,10 @@ mod tests {
         assert_eq!(line(&text, "memprof_page_faults_total{").len(), 2);
         assert!(text.contains("memprof_lost_events_total 2\n"), "{text}");
         assert!(text.contains(&format!("memprof_processes{{{labels}}} 1\n")));
+        assert_eq!(
+            line(&text, "memprof_sites_folded{"),
+            [format!("memprof_sites_folded{{{labels}}} 3")]
+        );
         assert!(!text.contains("memprof_process_reserved_bytes"));
     }
 

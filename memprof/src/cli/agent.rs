@@ -30,6 +30,11 @@ pub(crate) struct AgentArgs {
     #[arg(long, value_name = "N", value_parser = args::positive::<usize>)]
     per_pid: Option<usize>,
 
+    /// The sites (call stacks) of a process its profiles show apart, the largest; the rest
+    /// are folded into one `[other sites]` frame, and memprof_sites_folded counts them.
+    #[arg(long, value_name = "N", default_value = "2000", value_parser = args::positive::<usize>)]
+    max_sites_per_process: usize,
+
     #[command(flatten)]
     probes: args::ProbeArgs,
 }
@@ -41,6 +46,7 @@ impl AgentArgs {
             listen: self.listen,
             refresh: self.refresh,
             per_pid: self.per_pid,
+            max_sites_per_process: self.max_sites_per_process,
             fault_stacks: self.probes.fault_stacks(),
             stack_cache_slots: self.probes.stack_cache_slots,
             ring_buffer_bytes: self.probes.ring_buffer_size,

@@ -547,35 +547,90 @@ fn prometheus_scrapes_the_agent() {
     let _ = fs::remove_dir_all(&dir);
 }
 
-/// Two thousand short processes come and go: none is left in the metrics, and the agent's
-/// memory stays bounded.
+/// The label sets of every series of `exposition` that has a `cgroup` label under `cgroup`.
+fn label_sets_in<'a>(exposition: &'a str, cgroup: &str) -> Vec<Vec<(&'a str, &'a str)>> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (name, _) = l.split_once('{')?;
+            series(l, name)
+        })
+        .map(|(labels, _)| labels)
+        .filter(|labels| {
+            labels
+                .iter()
+                .any(|&(k, v)| k == "cgroup" && v.starts_with(cgroup))
+        })
+        .collect()
+}
+
+/// Five thousand short processes come and go beside a long one: the agent sees them, then
+/// keeps series only for the label sets and pids still live, and its memory stays bounded.
 #[test]
-fn churn_leaves_no_series_and_bounded_memory() {
+fn churn_of_5000_processes_leaves_series_of_the_live_alone_and_bounded_memory() {
+    const PROCESSES: usize = 5000;
     let cgroup = TestCgroup::new("agent-churn");
-    let agent = Agent::start(&cgroup, &[]);
+    let agent = Agent::start(&cgroup, &["--per-pid", "50"]);
     let before = agent.rss();
-    let churn = cgroup.spawn(&["sh", "-c", "for i in $(seq 2000); do /bin/true; done"]);
-    let out = churn.wait_with_output().unwrap();
-    assert!(out.status.success());
-    // Their faults are counted in one more refresh, then nothing is left of them.
-    let labels = format!("cgroup=\"{}\"", cgroup.path);
+    let sleep = Running(cgroup.spawn(&["sleep", "120"]));
+    let sleep_pid = sleep.0.id().to_string();
+    let started = Instant::now();
+    let mut churn = cgroup.spawn(&[
+        "sh",
+        "-c",
+        &format!("for i in $(seq {PROCESSES}); do /bin/true; done"),
+    ]);
+    // Scraped throughout: an exited process's faults are served once, so the churn shows.
+    let mut peak = before;
+    let mut saw_true = false;
+    let status = loop {
+        if let Some(status) = churn.try_wait().unwrap() {
+            break status;
+        }
+        saw_true |= agent.metrics().contains("comm=\"true\"");
+        peak = peak.max(agent.rss());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let churned = started.elapsed();
+    assert!(status.success());
+    assert!(saw_true, "no /bin/true was ever served");
+    // Their faults are counted in one more refresh, then nothing is left of them: every
+    // series of the cgroup is the sleep's.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let metrics = loop {
         let metrics = agent.metrics();
-        if !metrics.contains(&labels) {
-            break;
+        let sets = label_sets_in(&metrics, &cgroup.path);
+        let live = |labels: &Vec<(&str, &str)>| {
+            labels.contains(&("comm", "sleep"))
+                && labels
+                    .iter()
+                    .all(|&(k, v)| k != "pid" || v == sleep_pid.as_str())
+        };
+        if !sets.is_empty() && sets.iter().all(live) {
+            break metrics;
         }
         assert!(
             Instant::now() < deadline,
-            "series left after the churn:\n{metrics}"
+            "series of exited processes left after the churn:\n{metrics}"
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
-    let rss = agent.rss();
-    eprintln!(
-        "agent RSS {} MiB before 2,000 processes, {} MiB after",
-        before / MIB,
-        rss / MIB
+    };
+    assert_eq!(
+        sum(&metrics, "memprof_process_reserved_bytes", &[]),
+        Some(status_field(sleep.0.id(), "VmSize:")),
+        "{metrics}"
     );
-    assert!(rss < 150 * MIB, "agent RSS {} MiB", rss / MIB);
+    assert_eq!(sum(&metrics, "memprof_processes_not_listed", &[]), Some(0));
+    let rss = agent.rss();
+    peak = peak.max(rss);
+    eprintln!(
+        "agent RSS {:.1} MB before {PROCESSES} processes (run in {:.1} s), {:.1} MB at most \
+         during, {:.1} MB after",
+        before as f64 / 1e6,
+        churned.as_secs_f64(),
+        peak as f64 / 1e6,
+        rss as f64 / 1e6,
+    );
+    assert!(peak <= 150_000_000, "agent RSS peaked at {peak} bytes");
 }

@@ -634,3 +634,180 @@ fn churn_of_5000_processes_leaves_series_of_the_live_alone_and_bounded_memory() 
     );
     assert!(peak <= 150_000_000, "agent RSS peaked at {peak} bytes");
 }
+
+/// Pyroscope's push API as its `push.proto` declares it, decoded here independently of
+/// memprof's own types.
+mod pyroscope {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct PushRequest {
+        #[prost(message, repeated, tag = "1")]
+        pub(crate) series: Vec<RawProfileSeries>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct RawProfileSeries {
+        #[prost(message, repeated, tag = "1")]
+        pub(crate) labels: Vec<LabelPair>,
+        #[prost(message, repeated, tag = "2")]
+        pub(crate) samples: Vec<RawSample>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct LabelPair {
+        #[prost(string, tag = "1")]
+        pub(crate) name: String,
+        #[prost(string, tag = "2")]
+        pub(crate) value: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub(crate) struct RawSample {
+        #[prost(bytes = "vec", tag = "1")]
+        pub(crate) raw_profile: Vec<u8>,
+        #[prost(string, tag = "2")]
+        pub(crate) id: String,
+    }
+}
+
+/// One request a receiver got: its request line, content type and body.
+struct Received {
+    request_line: String,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+/// A tiny HTTP receiver in Pyroscope's place: answers the first request with a Connect
+/// error (503), the others with an empty `PushResponse`, and hands each over.
+fn receiver(listener: std::net::TcpListener) -> std::sync::mpsc::Receiver<Received> {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut head = Vec::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                head.push(std::mem::take(&mut line));
+            }
+            let header = |name: &str| {
+                head.iter().find_map(|l| {
+                    let (key, value) = l.split_once(':')?;
+                    key.eq_ignore_ascii_case(name)
+                        .then(|| value.trim().to_string())
+                })
+            };
+            let length: usize = header("content-length")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let answer: &[u8] = if n == 0 {
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+                  Content-Length: 48\r\n\r\n{\"code\":\"unavailable\",\"message\":\"starting up!!\"}"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/proto\r\nContent-Length: 0\r\n\r\n"
+            };
+            let _ = reader.get_mut().write_all(answer);
+            let received = Received {
+                request_line: head.first().cloned().unwrap_or_default(),
+                content_type: header("content-type").unwrap_or_default(),
+                body,
+            };
+            if send.send(received).is_err() {
+                return;
+            }
+        }
+    });
+    receive
+}
+
+/// `--push-url`: the profiles arrive at a Pyroscope-shaped receiver every `--push-interval`
+/// as Connect's unary protobuf, one series per profile, and decode to the workload's sites;
+/// a refused push is counted and the next one made.
+#[test]
+fn profiles_are_pushed_to_pyroscopes_api() {
+    let cgroup = TestCgroup::new("agent-push");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let pushes = receiver(listener);
+    let agent = Agent::start(&cgroup, &["--push-url", &url, "--push-interval", "1s"]);
+    let workload = start_workload(&cgroup);
+    let pid = workload.id().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let big = loop {
+        let push = pushes
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("no push with the workload's sites arrived in 30 s");
+        assert_eq!(
+            push.request_line.trim(),
+            "POST /push.v1.PusherService/Push HTTP/1.1"
+        );
+        assert_eq!(push.content_type, "application/proto");
+        let request = pyroscope::PushRequest::decode(push.body.as_slice()).unwrap();
+        let labels: Vec<Vec<(String, String)>> = request
+            .series
+            .iter()
+            .map(|s| {
+                s.labels
+                    .iter()
+                    .map(|l| (l.name.clone(), l.value.clone()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(labels.len(), 2, "reserved and resident: {labels:?}");
+        for series in &labels {
+            assert!(
+                series.contains(&("__name__".into(), "memprof".into())),
+                "{series:?}"
+            );
+            assert!(
+                series.iter().any(|(k, _)| k == "service_name"),
+                "{series:?}"
+            );
+        }
+        let reserved = decode(&request.series[0].samples[0].raw_profile);
+        let name = |i: i64| reserved.string_table[i as usize].as_str();
+        assert_eq!(name(reserved.sample_type[0].r#type), "reserved");
+        // The workload's 256 MiB site, once it has made it.
+        let big: i64 = reserved
+            .sample
+            .iter()
+            .filter(|s| {
+                s.label
+                    .iter()
+                    .any(|l| name(l.key) == "pid" && l.num.to_string() == pid)
+            })
+            .filter(|s| {
+                functions(&reserved, s)
+                    .iter()
+                    .any(|f| f.contains("memprof_reserve_big"))
+            })
+            .map(|s| s.value[0])
+            .sum();
+        if big > 0 {
+            break big;
+        }
+    };
+    assert_eq!(big, 256 << 20);
+    // Counted once the receiver's answer is read, which may be after the test got the push.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let metrics = agent.metrics();
+        if sum(&metrics, "memprof_pushes_total", &[]).unwrap() >= 1 || Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        sum(&metrics, "memprof_pushes_total", &[]).unwrap() >= 1,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum(&metrics, "memprof_push_failures_total", &[]),
+        Some(1),
+        "{metrics}"
+    );
+    kill(workload);
+}

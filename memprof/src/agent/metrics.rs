@@ -8,7 +8,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{Group, Snapshot};
+use super::{Group, Snapshot, http::PushCounts};
 use crate::process::ResidentSplit;
 
 pub(super) use prometheus_text::CONTENT_TYPE;
@@ -79,7 +79,11 @@ fn kinds(split: &ResidentSplit) -> [(&'static str, u64); 3] {
 
 /// The exposition of `snapshot`; with `per_pid`, per-process series for the most reserved
 /// processes, and how many were left out.
-pub(super) fn encode(snapshot: &Snapshot, per_pid: Option<usize>) -> String {
+pub(super) fn encode(
+    snapshot: &Snapshot,
+    per_pid: Option<usize>,
+    pushes: Option<PushCounts>,
+) -> String {
     let mut registry = Registry::default();
     let reserved = gauges(
         &mut registry,
@@ -147,6 +151,22 @@ pub(super) fn encode(snapshot: &Snapshot, per_pid: Option<usize>) -> String {
     );
     if let Some(limit) = per_pid {
         per_process(&mut registry, snapshot, limit);
+    }
+    if let Some(pushes) = pushes {
+        let pushed = Counter::<u64>::default();
+        pushed.inc_by(pushes.pushed);
+        registry.register(
+            "memprof_pushes",
+            "Pushes of the profiles to --push-url that it accepted",
+            pushed,
+        );
+        let failed = Counter::<u64>::default();
+        failed.inc_by(pushes.failed);
+        registry.register(
+            "memprof_push_failures",
+            "Pushes of the profiles to --push-url that failed (memprof said why on stderr)",
+            failed,
+        );
     }
     let mut text = String::new();
     prometheus_text::encode(&mut text, &registry).expect("writing to a String cannot fail");
@@ -249,7 +269,7 @@ mod tests {
 
     #[test]
     fn groups_are_exposed_with_prometheus_names() {
-        let text = encode(&snapshot(), None);
+        let text = encode(&snapshot(), None, None);
         let labels = r#"comm="app",cgroup="/system.slice/x.service",unit="x.service",container="""#;
         assert!(
             text.contains("# TYPE memprof_reserved_bytes gauge\n"),
@@ -286,7 +306,7 @@ mod tests {
 
     #[test]
     fn per_pid_series_are_capped_and_the_rest_counted() {
-        let text = encode(&snapshot(), Some(1));
+        let text = encode(&snapshot(), Some(1), None);
         assert_eq!(
             line(&text, "memprof_process_reserved_bytes{"),
             [format!(

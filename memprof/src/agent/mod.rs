@@ -11,6 +11,7 @@ mod http;
 mod labels;
 mod metrics;
 mod profiles;
+mod push;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -45,6 +46,9 @@ pub struct AgentOptions {
     pub per_pid: Option<usize>,
     /// The sites of a process served apart; the rest are folded into one.
     pub max_sites_per_process: usize,
+    /// Push the profiles to Pyroscope at this URL (`http://HOST:PORT`) every `push_interval`.
+    pub push_url: Option<String>,
+    pub push_interval: Duration,
     /// Record the stack of one fault in this many; None: no fault stacks.
     pub fault_stacks: Option<u32>,
     /// Slots of the kernel's cache of stacks it sent (a power of two).
@@ -350,6 +354,13 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
     let listener = TcpListener::bind(options.listen)
         .with_context(|| format!("listening on {}", options.listen))?;
     let listen = listener.local_addr()?;
+    let push = options
+        .push_url
+        .as_deref()
+        .map(push::PushTarget::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .map(|target| (target, options.push_interval));
     let layout = probes::check_machine()?;
     let fault_sample = options.fault_stacks.unwrap_or(0);
     let (probes, events) = Probes::load(&LoadOptions {
@@ -379,6 +390,7 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
         http::Config {
             shared: agent.shared.clone(),
             per_pid: options.per_pid,
+            push,
         },
     )?;
     crate::note!(

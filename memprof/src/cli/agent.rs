@@ -35,8 +35,21 @@ pub(crate) struct AgentArgs {
     #[arg(long, value_name = "N", default_value = "2000", value_parser = args::positive::<usize>)]
     max_sites_per_process: usize,
 
+    /// Also push the profiles to Grafana Pyroscope's push API at this URL
+    /// (http://HOST:PORT, its /push.v1.PusherService/Push), every --push-interval.
+    #[arg(long, value_name = "URL")]
+    push_url: Option<String>,
+
+    /// How often the profiles are pushed to --push-url, from 1s to 1h.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = push_interval)]
+    push_interval: Duration,
+
     #[command(flatten)]
     probes: args::ProbeArgs,
+}
+
+fn push_interval(s: &str) -> Result<Duration, String> {
+    memprof::units::parse_duration_within(s, Duration::from_secs(1), Duration::from_secs(3600))
 }
 
 impl AgentArgs {
@@ -47,6 +60,8 @@ impl AgentArgs {
             refresh: self.refresh,
             per_pid: self.per_pid,
             max_sites_per_process: self.max_sites_per_process,
+            push_url: self.push_url,
+            push_interval: self.push_interval,
             fault_stacks: self.probes.fault_stacks(),
             stack_cache_slots: self.probes.stack_cache_slots,
             ring_buffer_bytes: self.probes.ring_buffer_size,

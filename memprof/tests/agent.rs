@@ -234,6 +234,25 @@ fn functions(profile: &proto::Profile, sample: &proto::Sample) -> Vec<String> {
         .collect()
 }
 
+/// The first value of the samples whose stack passes through `function` (of process `pid`
+/// alone, when given).
+fn value_through(profile: &proto::Profile, function: &str, pid: Option<u32>) -> i64 {
+    let name = |i: i64| profile.string_table[i as usize].as_str();
+    profile
+        .sample
+        .iter()
+        .filter(|s| {
+            pid.is_none_or(|pid| {
+                s.label
+                    .iter()
+                    .any(|l| name(l.key) == "pid" && l.num == i64::from(pid))
+            })
+        })
+        .filter(|s| functions(profile, s).iter().any(|f| f.contains(function)))
+        .map(|s| s.value[0])
+        .sum()
+}
+
 #[test]
 fn metrics_are_the_kernels_figures_summed_by_program() {
     let cgroup = TestCgroup::new("agent-metrics");
@@ -382,16 +401,7 @@ fn profiles_name_the_sites_and_bad_requests_get_400() {
     let name = |i: i64| profile.string_table[i as usize].as_str();
     assert_eq!(name(profile.default_sample_type), "reserved");
     assert!(profile.mapping.iter().all(|m| m.has_functions));
-    let big: i64 = profile
-        .sample
-        .iter()
-        .filter(|s| {
-            functions(&profile, s)
-                .iter()
-                .any(|f| f.contains("memprof_reserve_big"))
-        })
-        .map(|s| s.value[0])
-        .sum();
+    let big = value_through(&profile, "memprof_reserve_big", None);
     assert_eq!(big, 256 << 20, "{profile:#?}");
 
     // What `go tool pprof` reads over HTTP, named by its functions.
@@ -635,40 +645,6 @@ fn churn_of_5000_processes_leaves_series_of_the_live_alone_and_bounded_memory() 
     assert!(peak <= 150_000_000, "agent RSS peaked at {peak} bytes");
 }
 
-/// Pyroscope's push API as its `push.proto` declares it, decoded here independently of
-/// memprof's own types.
-mod pyroscope {
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(crate) struct PushRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub(crate) series: Vec<RawProfileSeries>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(crate) struct RawProfileSeries {
-        #[prost(message, repeated, tag = "1")]
-        pub(crate) labels: Vec<LabelPair>,
-        #[prost(message, repeated, tag = "2")]
-        pub(crate) samples: Vec<RawSample>,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(crate) struct LabelPair {
-        #[prost(string, tag = "1")]
-        pub(crate) name: String,
-        #[prost(string, tag = "2")]
-        pub(crate) value: String,
-    }
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub(crate) struct RawSample {
-        #[prost(bytes = "vec", tag = "1")]
-        pub(crate) raw_profile: Vec<u8>,
-        #[prost(string, tag = "2")]
-        pub(crate) id: String,
-    }
-}
-
 /// One request a receiver got: its request line, content type and body.
 struct Received {
     request_line: String,
@@ -734,7 +710,7 @@ fn profiles_are_pushed_to_pyroscopes_api() {
     let pushes = receiver(listener);
     let agent = Agent::start(&cgroup, &["--push-url", &url, "--push-interval", "1s"]);
     let workload = start_workload(&cgroup);
-    let pid = workload.id().to_string();
+    let pid = workload.id();
     let deadline = Instant::now() + Duration::from_secs(30);
     let big = loop {
         let push = pushes
@@ -745,7 +721,7 @@ fn profiles_are_pushed_to_pyroscopes_api() {
             "POST /push.v1.PusherService/Push HTTP/1.1"
         );
         assert_eq!(push.content_type, "application/proto");
-        let request = pyroscope::PushRequest::decode(push.body.as_slice()).unwrap();
+        let request = memprof::agent::PushRequest::decode(push.body.as_slice()).unwrap();
         let labels: Vec<Vec<(String, String)>> = request
             .series
             .iter()
@@ -771,21 +747,7 @@ fn profiles_are_pushed_to_pyroscopes_api() {
         let name = |i: i64| reserved.string_table[i as usize].as_str();
         assert_eq!(name(reserved.sample_type[0].r#type), "reserved");
         // The workload's 256 MiB site, once it has made it.
-        let big: i64 = reserved
-            .sample
-            .iter()
-            .filter(|s| {
-                s.label
-                    .iter()
-                    .any(|l| name(l.key) == "pid" && l.num.to_string() == pid)
-            })
-            .filter(|s| {
-                functions(&reserved, s)
-                    .iter()
-                    .any(|f| f.contains("memprof_reserve_big"))
-            })
-            .map(|s| s.value[0])
-            .sum();
+        let big = value_through(&reserved, "memprof_reserve_big", Some(pid));
         if big > 0 {
             break big;
         }

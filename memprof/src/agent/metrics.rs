@@ -52,6 +52,12 @@ fn gauge(bytes: u64) -> Gauge {
     gauge
 }
 
+fn counter(count: u64) -> Counter {
+    let counter = Counter::default();
+    counter.inc_by(count);
+    counter
+}
+
 /// A gauge family, registered under `name`.
 fn gauges<L>(registry: &mut Registry, name: &str, help: &str) -> Family<L, Gauge>
 where
@@ -137,12 +143,10 @@ pub(super) fn encode(
             set(&resident, l, bytes);
         }
     }
-    let lost = Counter::<u64>::default();
-    lost.inc_by(snapshot.lost_events);
     registry.register(
         "memprof_lost_events",
         "Events the kernel could not deliver to memprof (a full ring buffer): figures may be off when not 0",
-        lost,
+        counter(snapshot.lost_events),
     );
     registry.register(
         "memprof_traced_seconds",
@@ -153,19 +157,15 @@ pub(super) fn encode(
         per_process(&mut registry, snapshot, limit);
     }
     if let Some(pushes) = pushes {
-        let pushed = Counter::<u64>::default();
-        pushed.inc_by(pushes.pushed);
         registry.register(
             "memprof_pushes",
             "Pushes of the profiles to --push-url that it accepted",
-            pushed,
+            counter(pushes.pushed),
         );
-        let failed = Counter::<u64>::default();
-        failed.inc_by(pushes.failed);
         registry.register(
             "memprof_push_failures",
             "Pushes of the profiles to --push-url that failed (memprof said why on stderr)",
-            failed,
+            counter(pushes.failed),
         );
     }
     let mut text = String::new();

@@ -13,6 +13,9 @@ mod metrics;
 mod profiles;
 mod push;
 
+/// Pyroscope's push messages, as memprof sends them.
+pub use push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
+
 use std::{
     collections::{BTreeMap, HashMap},
     net::{SocketAddr, TcpListener},

@@ -18,34 +18,34 @@ use crate::export::Metric;
 
 /// Pyroscope's push API, as `api/push/v1/push.proto` declares it.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct PushRequest {
+pub struct PushRequest {
     #[prost(message, repeated, tag = "1")]
-    pub(crate) series: Vec<RawProfileSeries>,
+    pub series: Vec<RawProfileSeries>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct RawProfileSeries {
+pub struct RawProfileSeries {
     #[prost(message, repeated, tag = "1")]
-    pub(crate) labels: Vec<LabelPair>,
+    pub labels: Vec<LabelPair>,
     #[prost(message, repeated, tag = "2")]
-    pub(crate) samples: Vec<RawSample>,
+    pub samples: Vec<RawSample>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct LabelPair {
+pub struct LabelPair {
     #[prost(string, tag = "1")]
-    pub(crate) name: String,
+    pub name: String,
     #[prost(string, tag = "2")]
-    pub(crate) value: String,
+    pub value: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct RawSample {
+pub struct RawSample {
     /// A pprof profile, gzipped or not.
     #[prost(bytes = "vec", tag = "1")]
-    pub(crate) raw_profile: Vec<u8>,
+    pub raw_profile: Vec<u8>,
     #[prost(string, tag = "2")]
-    pub(crate) id: String,
+    pub id: String,
 }
 
 /// The path of the push method, after the URL's own.

@@ -776,3 +776,20 @@ fn profiles_are_pushed_to_pyroscopes_api() {
     );
     kill(workload);
 }
+
+/// A push URL memprof cannot push to is a usage error, said before anything loads.
+#[test]
+fn a_bad_push_url_is_a_usage_error() {
+    for (url, says) in [
+        ("https://pyroscope:4040", "https is not supported"),
+        ("http://pyroscope:port", "`port` is not a port"),
+    ] {
+        let out = memprof()
+            .args(["agent", "--push-url", url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains(says), "{url}: {stderr}");
+    }
+}

@@ -14,7 +14,7 @@ mod profiles;
 mod push;
 
 /// Pyroscope's push messages, as memprof sends them.
-pub use push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
+pub use push::{LabelPair, PushRequest, PushTarget, RawProfileSeries, RawSample};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -357,13 +357,13 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
     let listener = TcpListener::bind(options.listen)
         .with_context(|| format!("listening on {}", options.listen))?;
     let listen = listener.local_addr()?;
-    let push = options
-        .push_url
-        .as_deref()
-        .map(push::PushTarget::parse)
-        .transpose()
-        .map_err(anyhow::Error::msg)?
-        .map(|target| (target, options.push_interval));
+    let push = match &options.push_url {
+        Some(url) => Some((
+            PushTarget::parse(url).map_err(|e| anyhow::anyhow!("--push-url {url}: {e}"))?,
+            options.push_interval,
+        )),
+        None => None,
+    };
     let layout = probes::check_machine()?;
     let fault_sample = options.fault_stacks.unwrap_or(0);
     let (probes, events) = Probes::load(&LoadOptions {

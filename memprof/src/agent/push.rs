@@ -55,31 +55,32 @@ pub(crate) const PROFILE_NAME: &str = "memprof";
 
 /// Where to push: an `http://` URL's parts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct PushTarget {
+pub struct PushTarget {
     /// `host:port` as the URL gave it (the Host header).
-    pub(crate) authority: String,
-    pub(crate) port: u16,
-    pub(crate) host: String,
+    pub authority: String,
+    pub port: u16,
+    pub host: String,
     /// The URL's path (Pyroscope behind a prefix) and the push method's.
-    pub(crate) path: String,
+    pub path: String,
 }
 
 impl PushTarget {
     /// `http://HOST[:PORT][/PREFIX]`; https needs TLS, which memprof does not speak.
-    pub(crate) fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, String> {
         let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("--push-url {url}: give an http:// URL (https is not supported: put a proxy that adds TLS in front)")
+            "give an http:// URL (https is not supported: put a proxy that adds TLS in front)"
+                .to_string()
         })?;
         let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
         if authority.is_empty() || authority.contains('@') {
-            return Err(format!("--push-url {url}: give http://HOST[:PORT][/PATH]"));
+            return Err("give http://HOST[:PORT][/PATH]".to_string());
         }
         // An IPv6 address is in brackets; its colons are not the port's.
         let (host, port) = match authority.rsplit_once(':') {
             Some((host, port)) if !port.contains(']') => {
                 let port = port
                     .parse()
-                    .map_err(|_| format!("--push-url {url}: `{port}` is not a port"))?;
+                    .map_err(|_| format!("`{port}` is not a port"))?;
                 (host, port)
             }
             _ => (authority, 80),

@@ -2,7 +2,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Args;
-use memprof::agent::AgentOptions;
+use memprof::agent::{AgentOptions, PushTarget};
 
 use super::args::{self, FilterArgs};
 
@@ -37,7 +37,7 @@ pub(crate) struct AgentArgs {
 
     /// Also push the profiles to Grafana Pyroscope's push API at this URL
     /// (http://HOST:PORT, its /push.v1.PusherService/Push), every --push-interval.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", value_parser = push_url)]
     push_url: Option<String>,
 
     /// How often the profiles are pushed to --push-url, from 1s to 1h.
@@ -46,6 +46,11 @@ pub(crate) struct AgentArgs {
 
     #[command(flatten)]
     probes: args::ProbeArgs,
+}
+
+/// Checked here so that a bad URL is a usage error, before anything loads.
+fn push_url(s: &str) -> Result<String, String> {
+    PushTarget::parse(s).map(|_| s.to_string())
 }
 
 fn push_interval(s: &str) -> Result<Duration, String> {

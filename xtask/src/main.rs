@@ -41,6 +41,9 @@ Commands:
                the installed peers (bpftrace, perf, strace), interleaved; prints the median
                slowdowns, memprof's events, lost events, CPU, peak RSS and time to tracing,
                and its budgets (`cargo xtask bench --help`)
+  bench --soak MINUTES
+               setup, build memprof (release), then run memprof agent for MINUTES against
+               process churn and a memory storm: its RSS and CPU over time, and its budget
   help         Print this help
 
 Environment:

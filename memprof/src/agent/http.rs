@@ -3,7 +3,12 @@
 //! [`Snapshot`] and nothing else. Every request gets an answer: a bad one a 400 that says
 //! what was wrong.
 use std::{
-    cell::RefCell, convert::Infallible, net::TcpListener, rc::Rc, sync::Arc, time::Duration,
+    cell::{Cell, RefCell},
+    convert::Infallible,
+    net::TcpListener,
+    rc::Rc,
+    sync::Arc,
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -17,9 +22,12 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use prost::Message as _;
+
 use super::{
     Shared, Snapshot, metrics,
     profiles::{self, Query, Symbols},
+    push::{self, PushTarget},
 };
 use crate::export::Metric;
 
@@ -30,6 +38,15 @@ pub(super) struct Config {
     pub(super) shared: Shared,
     /// `--per-pid N`.
     pub(super) per_pid: Option<usize>,
+    /// `--push-url` and `--push-interval`.
+    pub(super) push: Option<(PushTarget, Duration)>,
+}
+
+/// How the pushes went, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct PushCounts {
+    pub(super) pushed: u64,
+    pub(super) failed: u64,
 }
 
 /// Starts serving on `listener`, on a thread of its own, until memprof exits.
@@ -51,6 +68,7 @@ pub(super) fn serve(listener: TcpListener, config: Config) -> anyhow::Result<()>
 struct Server {
     config: Config,
     symbols: RefCell<Symbols>,
+    pushes: Cell<PushCounts>,
 }
 
 async fn accept(listener: TcpListener, config: Config) {
@@ -61,7 +79,11 @@ async fn accept(listener: TcpListener, config: Config) {
     let server = Rc::new(Server {
         config,
         symbols: RefCell::default(),
+        pushes: Cell::default(),
     });
+    if let Some((target, every)) = server.config.push.clone() {
+        tokio::task::spawn_local(push_every(server.clone(), target, every));
+    }
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -150,7 +172,11 @@ impl Server {
                 "" => response(
                     StatusCode::OK,
                     metrics::CONTENT_TYPE,
-                    metrics::encode(&self.snapshot(), self.config.per_pid),
+                    metrics::encode(
+                        &self.snapshot(),
+                        self.config.per_pid,
+                        self.config.push.as_ref().map(|_| self.pushes.get()),
+                    ),
                 ),
                 _ => text(StatusCode::BAD_REQUEST, "/metrics takes no parameters"),
             },
@@ -226,6 +252,46 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Pushes the latest snapshot's profiles every `every`, on the server's thread, where the
+/// symbolizer is; the request itself waits on a blocking thread. A failure is said when
+/// pushing stops working and when it works again, not at every try: the agent runs for days.
+async fn push_every(server: Rc<Server>, target: PushTarget, every: Duration) {
+    let hostname = push::hostname();
+    let labels = [("service_name", "memprof"), ("hostname", hostname.as_str())];
+    let mut ticker = tokio::time::interval(every);
+    // Late ticks are skipped, not made up in a burst.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        ticker.tick().await;
+        let snapshot = server.snapshot();
+        let body =
+            push::request(&mut server.symbols.borrow_mut(), &snapshot, &labels).encode_to_vec();
+        let to = target.clone();
+        let outcome = tokio::task::spawn_blocking(move || push::post(&to, &body))
+            .await
+            .unwrap_or_else(|e| Err(format!("the push's thread failed: {e}")));
+        let mut counts = server.pushes.get();
+        match outcome {
+            Ok(()) => {
+                counts.pushed += 1;
+                if failing {
+                    crate::note!("memprof: pushing profiles to {} again", target.authority);
+                }
+                failing = false;
+            }
+            Err(e) => {
+                counts.failed += 1;
+                if !failing {
+                    crate::note!("memprof: warning: pushing profiles failed: {e}");
+                }
+                failing = true;
+            }
+        }
+        server.pushes.set(counts);
     }
 }
 

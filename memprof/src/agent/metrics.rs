@@ -8,35 +8,41 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::{Group, Snapshot};
+use super::{Group, Snapshot, http::PushCounts};
 use crate::process::ResidentSplit;
 
 pub(super) use prometheus_text::CONTENT_TYPE;
 
+/// A program in a cgroup; `unit` and `container` are read from the cgroup's path ("" when
+/// it names none), so they add no series of their own.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct GroupLabels {
     comm: String,
     cgroup: String,
+    unit: String,
+    container: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabels {
-    comm: String,
-    cgroup: String,
+    #[prometheus(flatten)]
+    group: GroupLabels,
     kind: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct PidLabels {
     pid: u32,
-    comm: String,
-    cgroup: String,
+    #[prometheus(flatten)]
+    group: GroupLabels,
 }
 
 fn labels(group: &Group) -> GroupLabels {
     GroupLabels {
         comm: group.comm.to_string(),
         cgroup: group.cgroup.to_string(),
+        unit: group.unit.to_string(),
+        container: group.container.to_string(),
     }
 }
 
@@ -44,6 +50,12 @@ fn gauge(bytes: u64) -> Gauge {
     let gauge = Gauge::default();
     gauge.set(i64::try_from(bytes).unwrap_or(i64::MAX));
     gauge
+}
+
+fn counter(count: u64) -> Counter {
+    let counter = Counter::default();
+    counter.inc_by(count);
+    counter
 }
 
 /// A gauge family, registered under `name`.
@@ -73,7 +85,11 @@ fn kinds(split: &ResidentSplit) -> [(&'static str, u64); 3] {
 
 /// The exposition of `snapshot`; with `per_pid`, per-process series for the most reserved
 /// processes, and how many were left out.
-pub(super) fn encode(snapshot: &Snapshot, per_pid: Option<usize>) -> String {
+pub(super) fn encode(
+    snapshot: &Snapshot,
+    per_pid: Option<usize>,
+    pushes: Option<PushCounts>,
+) -> String {
     let mut registry = Registry::default();
     let reserved = gauges(
         &mut registry,
@@ -96,6 +112,12 @@ pub(super) fn encode(snapshot: &Snapshot, per_pid: Option<usize>) -> String {
         "memprof_processes",
         "Live traced processes of a program and cgroup",
     );
+    let folded = gauges(
+        &mut registry,
+        "memprof_sites_folded",
+        "Live sites of a program and cgroup's processes that the profiles fold into one \
+         [other sites] frame per process (over --max-sites-per-process)",
+    );
     let faults = Family::<GroupLabels, Counter>::default();
     registry.register(
         "memprof_page_faults",
@@ -112,21 +134,19 @@ pub(super) fn encode(snapshot: &Snapshot, per_pid: Option<usize>) -> String {
         set(&reserved, l.clone(), figures.reserved);
         set(&committed, l.clone(), figures.committed);
         set(&processes, l.clone(), figures.processes);
+        set(&folded, l.clone(), figures.sites_folded);
         for (kind, bytes) in kinds(&figures.resident) {
             let l = KindLabels {
-                comm: l.comm.clone(),
-                cgroup: l.cgroup.clone(),
+                group: l.clone(),
                 kind,
             };
             set(&resident, l, bytes);
         }
     }
-    let lost = Counter::<u64>::default();
-    lost.inc_by(snapshot.lost_events);
     registry.register(
         "memprof_lost_events",
         "Events the kernel could not deliver to memprof (a full ring buffer): figures may be off when not 0",
-        lost,
+        counter(snapshot.lost_events),
     );
     registry.register(
         "memprof_traced_seconds",
@@ -135,6 +155,18 @@ pub(super) fn encode(snapshot: &Snapshot, per_pid: Option<usize>) -> String {
     );
     if let Some(limit) = per_pid {
         per_process(&mut registry, snapshot, limit);
+    }
+    if let Some(pushes) = pushes {
+        registry.register(
+            "memprof_pushes",
+            "Pushes of the profiles to --push-url that it accepted",
+            counter(pushes.pushed),
+        );
+        registry.register(
+            "memprof_push_failures",
+            "Pushes of the profiles to --push-url that failed (memprof said why on stderr)",
+            counter(pushes.failed),
+        );
     }
     let mut text = String::new();
     prometheus_text::encode(&mut text, &registry).expect("writing to a String cannot fail");
@@ -163,8 +195,7 @@ fn per_process(registry: &mut Registry, snapshot: &Snapshot, limit: usize) {
     for p in order.iter().take(limit) {
         let l = PidLabels {
             pid: p.pid,
-            comm: p.group.comm.to_string(),
-            cgroup: p.group.cgroup.to_string(),
+            group: labels(&p.group),
         };
         set(&reserved, l.clone(), p.reserved);
         set(&committed, l.clone(), p.committed);
@@ -183,10 +214,7 @@ mod tests {
     use crate::agent::{GroupFigures, ProcessFigures};
 
     fn group(comm: &str) -> Group {
-        Group {
-            comm: comm.into(),
-            cgroup: "/system.slice/x.service".into(),
-        }
+        Group::new(comm, "/system.slice/x.service")
     }
 
     fn snapshot() -> Snapshot {
@@ -218,6 +246,7 @@ mod tests {
                 committed: 50 << 20,
                 resident: split,
                 page_faults: 10,
+                sites_folded: 3,
             },
         );
         // Exited since the last snapshot: its faults only.
@@ -240,8 +269,8 @@ mod tests {
 
     #[test]
     fn groups_are_exposed_with_prometheus_names() {
-        let text = encode(&snapshot(), None);
-        let labels = r#"comm="app",cgroup="/system.slice/x.service""#;
+        let text = encode(&snapshot(), None, None);
+        let labels = r#"comm="app",cgroup="/system.slice/x.service",unit="x.service",container="""#;
         assert!(
             text.contains("# TYPE memprof_reserved_bytes gauge\n"),
             "{text}"
@@ -268,16 +297,20 @@ mod tests {
         assert_eq!(line(&text, "memprof_page_faults_total{").len(), 2);
         assert!(text.contains("memprof_lost_events_total 2\n"), "{text}");
         assert!(text.contains(&format!("memprof_processes{{{labels}}} 1\n")));
+        assert_eq!(
+            line(&text, "memprof_sites_folded{"),
+            [format!("memprof_sites_folded{{{labels}}} 3")]
+        );
         assert!(!text.contains("memprof_process_reserved_bytes"));
     }
 
     #[test]
     fn per_pid_series_are_capped_and_the_rest_counted() {
-        let text = encode(&snapshot(), Some(1));
+        let text = encode(&snapshot(), Some(1), None);
         assert_eq!(
             line(&text, "memprof_process_reserved_bytes{"),
             [format!(
-                r#"memprof_process_reserved_bytes{{pid="2",comm="db",cgroup="/system.slice/x.service"}} {}"#,
+                r#"memprof_process_reserved_bytes{{pid="2",comm="db",cgroup="/system.slice/x.service",unit="x.service",container=""}} {}"#,
                 300 << 20
             )]
         );

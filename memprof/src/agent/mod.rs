@@ -8,8 +8,13 @@
 //! touching the tracker. Symbolizing is left to the server, on request: it reads binaries
 //! from disk, which must not hold up the ring buffer.
 mod http;
+mod labels;
 mod metrics;
 mod profiles;
+mod push;
+
+/// Pyroscope's push messages, as memprof sends them.
+pub use push::{LabelPair, PushRequest, PushTarget, RawProfileSeries, RawSample};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -21,7 +26,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    address_space::SiteId,
+    address_space::{PAGE_SIZE, SiteId},
     events::monotonic_ns,
     export::program_name,
     filter::{FilterSpec, ProcessFilter},
@@ -29,7 +34,7 @@ use crate::{
     process::{Process, ResidentSplit},
     procfs::ProcSource,
     session::{Flow, Session, Watch},
-    sites::Site,
+    sites::{Site, SiteFigures},
     tracker::Tracker,
 };
 
@@ -42,6 +47,11 @@ pub struct AgentOptions {
     pub refresh: Duration,
     /// Also export per-process series for this many processes, the most reserved first.
     pub per_pid: Option<usize>,
+    /// The sites of a process served apart; the rest are folded into one.
+    pub max_sites_per_process: usize,
+    /// Push the profiles to Pyroscope at this URL (`http://HOST:PORT`) every `push_interval`.
+    pub push_url: Option<String>,
+    pub push_interval: Duration,
     /// Record the stack of one fault in this many; None: no fault stacks.
     pub fault_stacks: Option<u32>,
     /// Slots of the kernel's cache of stacks it sent (a power of two).
@@ -57,6 +67,22 @@ pub struct Group {
     pub comm: Arc<str>,
     /// Its cgroup v2 path ("" when /proc did not say).
     pub cgroup: Arc<str>,
+    /// The systemd unit the cgroup is (or is in), "" when none: derived from the cgroup,
+    /// as is `container`, so neither adds series.
+    pub unit: Arc<str>,
+    /// The container id the cgroup names, "" when none.
+    pub container: Arc<str>,
+}
+
+impl Group {
+    pub fn new(comm: &str, cgroup: &str) -> Self {
+        Self {
+            comm: comm.into(),
+            cgroup: cgroup.into(),
+            unit: labels::unit(cgroup).into(),
+            container: labels::container(cgroup).into(),
+        }
+    }
 }
 
 /// One process's figures when the snapshot was taken.
@@ -81,14 +107,16 @@ pub struct GroupFigures {
     /// Page faults of the group's processes since memprof traced them, those of processes
     /// that exited while the group had live ones included: a counter.
     pub page_faults: u64,
+    /// Live sites of its processes folded into their `[other sites]`
+    /// (`--max-sites-per-process`).
+    pub sites_folded: u64,
 }
 
 /// A live site's figures in one process, with its stack, not yet symbolized.
 #[derive(Clone, Debug)]
 pub struct SiteRow {
     pub pid: u32,
-    pub comm: Arc<str>,
-    pub cgroup: Arc<str>,
+    pub group: Group,
     pub site: Arc<Site>,
     pub reserved: u64,
     pub resident: u64,
@@ -121,10 +149,7 @@ fn group_of(p: &Process, names: &mut HashMap<(String, String), Group>) -> Group 
     let key = (program_name(&p.command).to_string(), p.cgroup.clone());
     names
         .entry(key)
-        .or_insert_with_key(|(comm, cgroup)| Group {
-            comm: comm.as_str().into(),
-            cgroup: cgroup.as_str().into(),
-        })
+        .or_insert_with_key(|(comm, cgroup)| Group::new(comm, cgroup))
         .clone()
 }
 
@@ -138,6 +163,49 @@ struct Agent {
     forgotten_faults: HashMap<Group, u64>,
     /// The stacks of the live sites, shared with the snapshots rather than copied each time.
     stacks: HashMap<SiteId, Arc<Site>>,
+    /// `--max-sites-per-process`.
+    max_sites: usize,
+    /// Each process's `[other sites]`, the same from one snapshot to the next so that a
+    /// delta profile tells its growth.
+    other_sites: HashMap<u32, Arc<Site>>,
+}
+
+/// The frame that stands for the sites of a process over `--max-sites-per-process`.
+pub const OTHER_SITES: &str = "[other sites]";
+
+/// What [`fold_smallest`] folded: how many sites, and their figures summed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Folded {
+    sites: u64,
+    figures: SiteFigures,
+}
+
+/// Keeps the `max` largest of `sites` (by the bytes they stand for: reserved, resident and
+/// a page for each fault their code made) and folds the others into one, so that a process
+/// with a site per request serves a bounded profile and no byte goes missing; None when
+/// they were no more than `max`.
+fn fold_smallest(sites: &mut Vec<(SiteId, SiteFigures)>, max: usize) -> Option<Folded> {
+    if sites.len() <= max {
+        return None;
+    }
+    let weight = |f: &SiteFigures| {
+        f.reserved
+            .saturating_add(f.resident)
+            .saturating_add(f.faults_by_code.saturating_mul(PAGE_SIZE))
+    };
+    // Ties broken by id so that the same sites are kept from one snapshot to the next.
+    sites.select_nth_unstable_by_key(max, |(id, f)| (std::cmp::Reverse(weight(f)), *id));
+    let mut folded = Folded::default();
+    for (_, f) in sites.drain(max..) {
+        folded.sites += 1;
+        folded.figures.reserved += f.reserved;
+        folded.figures.committed += f.committed;
+        folded.figures.resident += f.resident;
+        folded.figures.faults_in_regions += f.faults_in_regions;
+        folded.figures.released += f.released;
+        folded.figures.faults_by_code += f.faults_by_code;
+    }
+    Some(folded)
 }
 
 impl Agent {
@@ -147,6 +215,7 @@ impl Agent {
         let mut processes = Vec::new();
         let mut sites = Vec::new();
         let mut stacks = HashMap::new();
+        let mut other_sites = HashMap::new();
         for p in tracker.processes.values() {
             let group = group_of(p, &mut names);
             let figures = groups.entry(group.clone()).or_default();
@@ -167,10 +236,34 @@ impl Agent {
                 resident: p.resident_split,
                 page_faults: p.events.page_faults,
             });
-            for (id, f) in p.site_figures(u64::from(self.fault_sample.max(1))) {
-                if f.reserved == 0 && f.resident == 0 && f.faults_by_code == 0 {
-                    continue;
-                }
+            let mut live: Vec<(SiteId, SiteFigures)> = p
+                .site_figures(u64::from(self.fault_sample.max(1)))
+                .into_iter()
+                .filter(|(_, f)| f.reserved != 0 || f.resident != 0 || f.faults_by_code != 0)
+                .collect();
+            if let Some(rest) = fold_smallest(&mut live, self.max_sites) {
+                figures.sites_folded += rest.sites;
+                let site = self.other_sites.remove(&p.pid).unwrap_or_else(|| {
+                    Arc::new(Site {
+                        pid: p.pid,
+                        user: Vec::new(),
+                        kernel: Vec::new(),
+                        placeholder: Some(OTHER_SITES),
+                        complete: None,
+                        cut: false,
+                    })
+                });
+                other_sites.insert(p.pid, site.clone());
+                sites.push(SiteRow {
+                    pid: p.pid,
+                    group: group.clone(),
+                    site,
+                    reserved: rest.figures.reserved,
+                    resident: rest.figures.resident,
+                    faults_by_code: rest.figures.faults_by_code,
+                });
+            }
+            for (id, f) in live {
                 let site = self
                     .stacks
                     .remove(&id)
@@ -178,8 +271,7 @@ impl Agent {
                 stacks.insert(id, site.clone());
                 sites.push(SiteRow {
                     pid: p.pid,
-                    comm: group.comm.clone(),
-                    cgroup: group.cgroup.clone(),
+                    group: group.clone(),
                     site,
                     reserved: f.reserved,
                     resident: f.resident,
@@ -188,6 +280,7 @@ impl Agent {
             }
         }
         self.stacks = stacks;
+        self.other_sites = other_sites;
         for (group, figures) in &mut groups {
             figures.page_faults += self.forgotten_faults.get(group).copied().unwrap_or(0);
         }
@@ -264,6 +357,13 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
     let listener = TcpListener::bind(options.listen)
         .with_context(|| format!("listening on {}", options.listen))?;
     let listen = listener.local_addr()?;
+    let push = match &options.push_url {
+        Some(url) => Some((
+            PushTarget::parse(url).map_err(|e| anyhow::anyhow!("--push-url {url}: {e}"))?,
+            options.push_interval,
+        )),
+        None => None,
+    };
     let layout = probes::check_machine()?;
     let fault_sample = options.fault_stacks.unwrap_or(0);
     let (probes, events) = Probes::load(&LoadOptions {
@@ -282,6 +382,8 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
         shared: Shared::default(),
         forgotten_faults: HashMap::new(),
         stacks: HashMap::new(),
+        max_sites: options.max_sites_per_process,
+        other_sites: HashMap::new(),
     };
     // Served from the first request on, not only after the first refresh.
     let first = agent.snapshot(&session.tracker, 0);
@@ -291,6 +393,7 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
         http::Config {
             shared: agent.shared.clone(),
             per_pid: options.per_pid,
+            push,
         },
     )?;
     crate::note!(
@@ -308,7 +411,7 @@ mod tests {
     use super::*;
     use crate::{
         session::NO_TIMELINE,
-        testing::{FakeProc, MIB, exit, faults, mmap},
+        testing::{FakeProc, MIB, exit, faults, mmap, stack},
         tracker::Origin,
     };
 
@@ -321,6 +424,8 @@ mod tests {
             shared: Shared::default(),
             forgotten_faults: HashMap::new(),
             stacks: HashMap::new(),
+            max_sites: 2000,
+            other_sites: HashMap::new(),
         }
     }
 
@@ -376,5 +481,78 @@ mod tests {
         // Still counted, with pid 7 alone left in the group.
         assert_eq!(app_faults(&agent), 3);
         assert_eq!(served(&agent).processes.len(), 2);
+    }
+
+    #[test]
+    fn the_smallest_sites_are_folded_and_counted() {
+        let figures = |reserved, resident, faults_by_code| SiteFigures {
+            reserved,
+            resident,
+            faults_by_code,
+            ..SiteFigures::default()
+        };
+        let mut sites = vec![
+            (1, figures(10, 0, 0)),
+            (2, figures(0, 0, 1)),
+            (3, figures(100, 50, 0)),
+            (4, figures(10, 0, 0)),
+            (5, figures(0, 4096, 0)),
+        ];
+        assert_eq!(fold_smallest(&mut sites.clone(), 5), None);
+        let folded = fold_smallest(&mut sites, 2).unwrap();
+        // A fault made by a site's code weighs a page: 2 and 5 outweigh the rest but 3.
+        let mut kept: Vec<SiteId> = sites.iter().map(|(id, _)| *id).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, [2, 5]);
+        assert_eq!(
+            folded,
+            Folded {
+                sites: 3,
+                figures: figures(120, 50, 0)
+            }
+        );
+    }
+
+    /// Over `--max-sites-per-process`, a process's smallest sites are served as one
+    /// `[other sites]`, the same from one snapshot to the next, and their bytes are all
+    /// there.
+    #[test]
+    fn profiles_keep_every_byte_of_the_sites_over_the_cap() {
+        let proc = FakeProc::default().with(7, "app", MAPS, MIB);
+        let mut tracker = Tracker::new(proc, 0, Origin::All, NO_TIMELINE, 0);
+        tracker.seed_from_proc(7, 0).unwrap();
+        for i in 1..=5u64 {
+            tracker.apply(stack(7, 10 + i, &[0x500_0000 + 0x100 * i]));
+            tracker.apply(mmap(7, 0x7f00_0000_0000 + i * 0x1000_0000, i * MIB, 10 + i));
+        }
+        let mut agent = Agent {
+            max_sites: 2,
+            ..agent()
+        };
+        agent.update(&mut tracker, 0);
+        let snapshot = served(&agent);
+        let rows: Vec<(Option<&str>, u64)> = snapshot
+            .sites
+            .iter()
+            .filter(|r| r.reserved >= MIB)
+            .map(|r| (r.site.placeholder, r.reserved))
+            .collect();
+        let mut sizes: Vec<u64> = rows.iter().map(|&(_, bytes)| bytes / MIB).collect();
+        sizes.sort_unstable();
+        // 4 and 5 MiB apart, 1 + 2 + 3 folded (the seeded region's site is smaller still).
+        assert_eq!(sizes, [4, 5, 6], "{rows:?}");
+        assert!(rows.contains(&(Some(OTHER_SITES), 6 * MIB + 0x2000)));
+        let (_, app) = snapshot.groups.iter().next().unwrap();
+        assert_eq!(app.sites_folded, 4);
+        let served_bytes: u64 = snapshot.sites.iter().map(|r| r.reserved).sum();
+        assert_eq!(served_bytes, app.reserved);
+        let other = |s: &Snapshot| {
+            s.sites
+                .iter()
+                .find(|r| r.site.placeholder == Some(OTHER_SITES))
+                .map(|r| Arc::as_ptr(&r.site))
+        };
+        agent.update(&mut tracker, 0);
+        assert_eq!(other(&served(&agent)), other(&snapshot));
     }
 }

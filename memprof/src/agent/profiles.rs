@@ -3,12 +3,15 @@
 //! between two snapshots N seconds apart.
 use std::{
     collections::{HashMap, HashSet},
+    io::Write as _,
     sync::Arc,
 };
 
-use super::{SiteRow, Snapshot};
+use prost::Message as _;
+
+use super::{Group, SiteRow, Snapshot};
 use crate::{
-    export::{self, Metric, ProfileInfo, SiteSample},
+    export::{self, Metric, ProfileInfo, SiteSample, proto},
     report::{self, stacks},
     sites::Site,
     symbolize::{Frame, Symbolizer},
@@ -32,12 +35,16 @@ impl Query {
     fn wants(&self, row: &SiteRow) -> bool {
         let in_cgroup = |c: &str| {
             let c = c.trim_end_matches('/');
-            row.cgroup
+            row.group
+                .cgroup
                 .strip_prefix(c)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         };
         self.pid.is_none_or(|pid| pid == row.pid)
-            && self.comm.as_deref().is_none_or(|comm| comm == &*row.comm)
+            && self
+                .comm
+                .as_deref()
+                .is_none_or(|comm| comm == &*row.group.comm)
             && self.cgroup.as_deref().is_none_or(in_cgroup)
     }
 }
@@ -125,7 +132,7 @@ pub(super) fn profile(
     // With several processes, each stack starts at its process, as in `--output`'s files.
     let roots: Vec<Option<String>> = rows
         .iter()
-        .map(|(row, _)| (pids.len() > 1).then(|| format!("{} ({})", row.comm, row.pid)))
+        .map(|(row, _)| (pids.len() > 1).then(|| format!("{} ({})", row.group.comm, row.pid)))
         .collect();
     let samples: Vec<SiteSample> = rows
         .iter()
@@ -135,7 +142,7 @@ pub(super) fn profile(
             frames,
             root: root.as_deref(),
             pid: row.pid,
-            comm: &row.comm,
+            comm: &row.group.comm,
             reserved: if metric == Metric::Reserved { v } else { 0 },
             resident: if metric == Metric::Resident { v } else { 0 },
             faults_by_code: if metric == Metric::Faults { v } else { 0 },
@@ -163,7 +170,50 @@ pub(super) fn profile(
         ],
         drop_frames: stacks::plumbing_pattern(),
     };
-    export::pprof(&samples, &info)
+    let mut profile = export::pprof_profile(&samples, &info);
+    label_groups(&mut profile, rows.iter().map(|(row, _)| &row.group));
+    gzip(&profile.encode_to_vec())
+}
+
+/// Labels each sample (in the order of `groups`) with its process's cgroup, unit and
+/// container, as the metrics are, so that a profile can be narrowed to a service or a
+/// container where it is read; empty ones are left out.
+fn label_groups<'a>(profile: &mut proto::Profile, groups: impl Iterator<Item = &'a Group>) {
+    let mut index: HashMap<String, i64> = profile
+        .string_table
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.clone(), i as i64))
+        .collect();
+    let table = &mut profile.string_table;
+    let mut string = |s: &str| {
+        *index.entry(s.to_string()).or_insert_with(|| {
+            table.push(s.to_string());
+            table.len() as i64 - 1
+        })
+    };
+    for (sample, group) in profile.sample.iter_mut().zip(groups) {
+        for (key, value) in [
+            ("cgroup", &group.cgroup),
+            ("unit", &group.unit),
+            ("container", &group.container),
+        ] {
+            if !value.is_empty() {
+                sample.label.push(proto::Label {
+                    key: string(key),
+                    str: string(value),
+                    ..proto::Label::default()
+                });
+            }
+        }
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(bytes)
+        .and_then(|()| gz.finish())
+        .expect("gzip into memory cannot fail")
 }
 
 #[cfg(test)]
@@ -184,8 +234,7 @@ mod tests {
     fn row(site: &Arc<Site>, cgroup: &str, reserved: u64) -> SiteRow {
         SiteRow {
             pid: site.pid,
-            comm: "app".into(),
-            cgroup: cgroup.into(),
+            group: Group::new("app", cgroup),
             site: site.clone(),
             reserved,
             resident: reserved / 2,
@@ -255,5 +304,57 @@ mod tests {
         let mut symbols = Symbols::default();
         let text = profile(&mut symbols, &now, Some(&before), &debug, Metric::Reserved);
         assert_eq!(String::from_utf8(text).unwrap(), "[test site] 13\n");
+    }
+
+    /// Samples carry their process's cgroup, and the unit and container read from it when
+    /// it names them.
+    #[test]
+    fn samples_are_labelled_with_cgroup_unit_and_container() {
+        let id = "ab".repeat(32);
+        let docker = format!("/system.slice/docker-{id}.scope");
+        let now = snapshot(vec![row(&site(1), &docker, 10), row(&site(2), "/", 20)]);
+        let gzipped = profile(
+            &mut Symbols::default(),
+            &now,
+            None,
+            &Query::default(),
+            Metric::Reserved,
+        );
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzipped[..]), &mut bytes)
+            .unwrap();
+        let profile = proto::Profile::decode(&bytes[..]).unwrap();
+        let name = |i: i64| profile.string_table[i as usize].as_str();
+        let labels: Vec<Vec<(&str, String)>> = profile
+            .sample
+            .iter()
+            .map(|s| {
+                s.label
+                    .iter()
+                    .map(|l| match l.str {
+                        0 => (name(l.key), l.num.to_string()),
+                        v => (name(l.key), name(v).to_string()),
+                    })
+                    .collect()
+            })
+            .collect();
+        let unit = format!("docker-{id}.scope");
+        assert_eq!(
+            labels,
+            [
+                vec![
+                    ("pid", "1".to_string()),
+                    ("comm", "app".into()),
+                    ("cgroup", docker.clone()),
+                    ("unit", unit),
+                    ("container", id.clone()),
+                ],
+                vec![
+                    ("pid", "2".to_string()),
+                    ("comm", "app".into()),
+                    ("cgroup", "/".into()),
+                ],
+            ]
+        );
     }
 }

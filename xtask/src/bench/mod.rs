@@ -15,6 +15,7 @@ mod frameless;
 mod measure;
 mod report;
 mod server;
+mod soak;
 mod storm;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -37,6 +38,7 @@ use crate::{run, setup, show, workspace_root};
 
 const USAGE: &str = "\
 Usage: cargo xtask bench [--quick] [--runs N] [--scale F] [--storm NAME]... [--json PATH]
+       cargo xtask bench --soak MINUTES
 
 Runs setup, builds memprof (release), then each storm (faults, syscalls, mixed of the
 project's workload; frameless, a C program without frame pointers that the bench builds
@@ -53,6 +55,9 @@ storm and memprof's budgets with PASS or OVER.
   --storm NAME   Only this storm (repeatable): faults, syscalls, mixed, frameless, host
                  or redis
   --json PATH    Also write every run's raw figures to PATH
+  --soak MINUTES Instead, run memprof agent for MINUTES against process churn and a
+                 memory storm, printing its RSS and CPU over time and its budget
+                 (at most 150 MB, flat)
 ";
 
 #[derive(Debug, PartialEq)]
@@ -63,6 +68,8 @@ struct Options {
     /// The real-server bench (redis).
     server: bool,
     json: Option<PathBuf>,
+    /// Minutes of the agent's soak, which runs instead of the storms.
+    soak: Option<f64>,
     /// Internal: already set up and built, binaries in this target directory (the re-run
     /// through sudo).
     prebuilt: Option<PathBuf>,
@@ -75,6 +82,7 @@ fn parse(args: &[OsString]) -> Result<Options> {
         storms: Vec::new(),
         server: false,
         json: None,
+        soak: None,
         prebuilt: None,
     };
     let mut args = args.iter();
@@ -119,6 +127,15 @@ fn parse(args: &[OsString]) -> Result<Options> {
                 }
             }
             "--json" => options.json = Some(PathBuf::from(value()?)),
+            "--soak" => {
+                let v = value()?;
+                let minutes: f64 = v.parse().with_context(|| format!("--soak {v}"))?;
+                ensure!(
+                    minutes > 0.0 && minutes <= 7.0 * 24.0 * 60.0,
+                    "--soak {v}: give minutes, more than 0 and at most a week"
+                );
+                options.soak = Some(minutes);
+            }
             "--prebuilt" => options.prebuilt = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -126,6 +143,13 @@ fn parse(args: &[OsString]) -> Result<Options> {
             }
             _ => bail!("unknown bench argument `{arg}`\n\n{USAGE}"),
         }
+    }
+    if options.soak.is_some() {
+        ensure!(
+            options.storms.is_empty() && !options.server && options.json.is_none(),
+            "--soak runs alone: no --storm or --json with it"
+        );
+        return Ok(options);
     }
     if options.storms.is_empty() && !options.server {
         options.storms = Storm::ALL.to_vec();
@@ -163,6 +187,9 @@ pub(crate) fn bench(args: &[OsString]) -> Result<()> {
             target
         }
     };
+    if let Some(minutes) = options.soak {
+        return soak::run(&target, minutes);
+    }
     Bench::new(options, &target)?.run()
 }
 
@@ -320,6 +347,7 @@ mod tests {
                 storms: Storm::ALL.to_vec(),
                 server: true,
                 json: None,
+                soak: None,
                 prebuilt: None,
             }
         );
@@ -380,6 +408,12 @@ mod tests {
         assert!(redis.server && redis.storms.is_empty());
         assert!(error(&["--json"]).starts_with("--json needs a value"));
         assert!(error(&["--fast"]).starts_with("unknown bench argument `--fast`"));
+        assert!(error(&["--soak", "0"]).contains("more than 0"));
+        assert!(error(&["--soak", "x"]).contains("--soak x"));
+        assert!(error(&["--soak", "1", "--storm", "faults"]).contains("--soak runs alone"));
+        let soak = parse_words(&["--soak", "1.5"]).unwrap();
+        assert_eq!(soak.soak, Some(1.5));
+        assert!(soak.storms.is_empty() && !soak.server);
     }
 
     #[test]

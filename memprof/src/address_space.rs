@@ -7,7 +7,12 @@
 //! here as the kernel rounds them.
 
 use crate::procfs::MapsEntry;
-use std::{cmp::Ordering, collections::BTreeMap, ops::Range, sync::Arc};
+use std::{
+    cmp::Ordering,
+    collections::{BTreeMap, HashMap},
+    ops::Range,
+    sync::Arc,
+};
 
 pub const PAGE_SIZE: u64 = 4096;
 /// The kernel's default fault_around_bytes (64 KiB), in pages.
@@ -363,8 +368,8 @@ pub struct AddressSpace {
     totals: Totals,
     touched: PageSet,
     brk: Option<u64>,
-    /// Bytes unmapped, by site id.
-    released: Vec<u64>,
+    /// Bytes unmapped, by site id: sparse, as ids are numbered across every process.
+    released: HashMap<SiteId, u64>,
     /// mlockall(MCL_FUTURE): mappings made from now on are locked, so faulted in whole.
     lock_future: bool,
 }
@@ -897,11 +902,7 @@ impl AddressSpace {
         self.split_at(start);
         self.split_at(end);
         for r in self.regions.range(start..end).map(|(_, r)| r) {
-            let site = r.site as usize;
-            if self.released.len() <= site {
-                self.released.resize(site + 1, 0);
-            }
-            self.released[site] += r.size();
+            *self.released.entry(r.site).or_default() += r.size();
         }
         self.clear(start, end);
     }
@@ -917,7 +918,7 @@ impl AddressSpace {
     pub fn forked(&self) -> Self {
         // Memory locks are not inherited across fork.
         let mut child = Self {
-            released: Vec::new(),
+            released: HashMap::new(),
             lock_future: false,
             ..self.clone()
         };
@@ -932,13 +933,14 @@ impl AddressSpace {
 
     /// Bytes unmapped so far, by the site that had reserved them.
     pub fn released(&self, site: SiteId) -> u64 {
-        self.released.get(site as usize).copied().unwrap_or(0)
+        self.released.get(&site).copied().unwrap_or(0)
     }
 
     /// Every site that has released bytes, with how many.
     pub fn released_by_site(&self) -> impl Iterator<Item = (SiteId, u64)> + '_ {
-        (0..)
-            .zip(self.released.iter().copied())
+        self.released
+            .iter()
+            .map(|(&site, &bytes)| (site, bytes))
             .filter(|&(_, bytes)| bytes > 0)
     }
 

@@ -34,6 +34,11 @@ impl Extent {
         self.end = value;
         self.peak = self.peak.max(value);
     }
+
+    /// How much it grew while traced, to its peak.
+    pub fn growth(&self) -> u64 {
+        self.peak - self.start
+    }
 }
 
 /// Resident bytes by kind, as the kernel's RSS counters split them.

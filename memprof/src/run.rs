@@ -65,6 +65,9 @@ pub struct RunOptions {
     pub json: Option<JsonTo>,
     /// Regions listed per process in the terminal report.
     pub regions: usize,
+    /// At most this many processes that exited while traced are kept, those that grew
+    /// most; None: every one.
+    pub keep_exited: Option<usize>,
     /// Write flame graphs, folded stacks, pprof, the timeline and the JSON here.
     pub output: Option<PathBuf>,
     /// Record the stack of one fault in this many; None: no fault stacks.
@@ -171,7 +174,11 @@ pub fn run(mut options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
     })?;
     let (runtime, stop) = session::runtime()?;
     let interval = options.interval;
-    let tracker = |root, origin| Tracker::new(Proc, root, origin, interval, monotonic_ns());
+    let tracker = |root, origin| {
+        let mut tracker = Tracker::new(Proc, root, origin, interval, monotonic_ns());
+        tracker.keep_exited = options.keep_exited;
+        tracker
+    };
     let mut session = match (attach_to, launched) {
         _ if let Some(filter) = &filter => {
             let mut session = Session::new(probes, tracker(0, Origin::All));

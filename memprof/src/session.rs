@@ -176,7 +176,10 @@ impl Session {
                     self.drain(events.get_mut());
                     self.probes.drain_logs();
                 }
-                _ = tick.tick() => self.end_vanished(events.get_mut()),
+                _ = tick.tick() => {
+                    self.end_vanished(events.get_mut());
+                    self.tracker.trim_exited();
+                }
                 _ = refresh.tick(), if watch.is_some() => {
                     self.drain(events.get_mut());
                     let lost = self.lost_events_so_far();

@@ -3,6 +3,7 @@
 //! buffer's events, tests feed it hand-made ones, and it reaches /proc only through
 //! [`ProcSource`].
 use std::{
+    cmp::Reverse,
     collections::{BTreeMap, HashMap, HashSet},
     io,
     time::Duration,
@@ -67,6 +68,11 @@ pub struct Tracker<P = Proc> {
     /// kernel asks again (its slot was taken by another stack meanwhile). A stack whose first
     /// copy was lost is judged at its next copy.
     judged: HashMap<u64, u32>,
+    /// At most this many processes that exited are kept, those that grew most
+    /// ([`Tracker::trim_exited`]); None: every one.
+    pub keep_exited: Option<usize>,
+    /// Processes that exited and were left out, beyond `keep_exited`.
+    pub left_out: u64,
 }
 
 /// What the kernel could not send, counted at the end.
@@ -174,6 +180,8 @@ impl<P: ProcSource> Tracker<P> {
             file_paths: HashMap::new(),
             verdicts: Vec::new(),
             judged: HashMap::new(),
+            keep_exited: None,
+            left_out: 0,
         }
     }
 
@@ -410,9 +418,36 @@ impl<P: ProcSource> Tracker<P> {
     pub fn forget_exited(&mut self) {
         let before = self.processes.len();
         self.processes.retain(|_, p| !p.exited);
-        if self.processes.len() == before {
+        if self.processes.len() < before {
+            self.forget_unused();
+        }
+    }
+
+    /// Forgets the processes that exited beyond the `keep_exited` that grew most, counting
+    /// them in `left_out`: a trace of a host's churn (`run --all`) would otherwise hold every
+    /// process it ever saw. Some slack over the bound, so that not every exit sorts them.
+    pub fn trim_exited(&mut self) {
+        let Some(keep) = self.keep_exited else {
+            return;
+        };
+        let mut exited: Vec<(u64, u64, u32)> = self
+            .processes
+            .values()
+            .filter(|p| p.exited)
+            .map(|p| (p.reserved.growth(), p.resident.growth(), p.pid))
+            .collect();
+        if exited.len() <= keep + keep / 4 + 16 {
             return;
         }
+        exited.sort_by_key(|&(reserved, resident, pid)| (Reverse((reserved, resident)), pid));
+        let gone: HashSet<u32> = exited[keep..].iter().map(|&(.., pid)| pid).collect();
+        self.left_out += gone.len() as u64;
+        self.processes.retain(|pid, _| !gone.contains(pid));
+        self.forget_unused();
+    }
+
+    /// Forgets the sites and stacks of processes no longer kept, and what was judged of them.
+    fn forget_unused(&mut self) {
         let live: HashSet<u32> = self.processes.keys().copied().collect();
         let used: HashSet<SiteId> = self
             .processes
@@ -545,6 +580,40 @@ mod tests {
         tracker.apply(mmap(8, gone, MIB, 13));
         assert_eq!(site(&tracker, 8, gone), gone_site);
         assert_eq!(tracker.sites.get(gone_site).pid, 8);
+    }
+
+    /// Beyond `keep_exited`, the processes that exited and grew least are left out and
+    /// counted; live ones stay, whatever they grew.
+    #[test]
+    fn exited_processes_beyond_the_bound_are_left_out_least_growth_first() {
+        let maps = "5000000-5002000 r-xp 00001000 fe:00 7 /opt/memprof-test/app\n";
+        let mut proc = FakeProc::default().with(1, "init", maps, MIB);
+        let children: Vec<u32> = (100..160).collect();
+        for &pid in &children {
+            proc = proc.with(pid, "child", maps, MIB);
+        }
+        let mut tracker = Tracker::new(proc, 0, Origin::All, Duration::from_secs(1), 0);
+        tracker.keep_exited = Some(10);
+        tracker.seed_from_proc(1, 0).unwrap();
+        for &pid in &children {
+            tracker.apply(new_process(1, pid, "child"));
+            // Each grows by as many pages as its pid is above 100.
+            let pages = u64::from(pid - 100) + 1;
+            tracker.apply(mmap(pid, 0x7f00_0000_0000, pages * 4096, NO_STACK));
+        }
+        // 20 exited: within the slack over 10 (28), nothing yet; then 60, and 10 are kept.
+        for &pid in &children[..20] {
+            tracker.apply(exit(pid));
+        }
+        tracker.trim_exited();
+        assert_eq!((tracker.processes.len(), tracker.left_out), (61, 0));
+        for &pid in &children[20..] {
+            tracker.apply(exit(pid));
+        }
+        tracker.trim_exited();
+        let kept: Vec<u32> = tracker.processes.keys().copied().collect();
+        assert_eq!(kept, [1, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159]);
+        assert_eq!(tracker.left_out, 50);
     }
 
     #[test]

@@ -143,3 +143,24 @@ fn all_traces_processes_started_in_cgroups_exactly_and_filters_keep_what_they_na
     expected.sort_unstable();
     assert_eq!(by_name, expected);
 }
+
+/// A host's churn: 300 short processes under `--keep-exited 5`. The report keeps a few (those
+/// that grew most) and counts the rest, so memprof holds no more however long it runs.
+#[test]
+fn exited_processes_beyond_keep_exited_are_counted_not_kept() {
+    let dir = scratch("all-churn");
+    let cgroup = TestCgroup::new("all-churn");
+    let json = dir.join("report.json");
+    let tracer = start_all(&json, &["--cgroup", &cgroup.path, "--keep-exited", "5"]);
+    let mut shell = cgroup.spawn(&["sh", "-c", "for i in $(seq 300); do /bin/true; done"]);
+    assert!(shell.wait().unwrap().success());
+    // A few of memprof's checks (every 200 ms) after the last exit.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let report = stop(tracer, &json);
+    let kept = report["processes"].as_array().unwrap().len() as u64;
+    let left_out = report["processes_left_out"].as_u64().unwrap();
+    // The shell, its `seq` and its 300 children, all exited: kept or counted, each once.
+    assert_eq!(kept + left_out, 302, "{kept} kept, {left_out} left out");
+    // At most the bound and its slack (5 + 5/4 + 16) between two checks.
+    assert!(kept <= 22, "{kept} kept");
+}

@@ -96,6 +96,20 @@ pub(crate) fn positive<T: TryFrom<u64>>(s: &str) -> Result<T, String> {
     }
 }
 
+/// How many processes that exited a report keeps: a count (0 or more), or every one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeepExited(pub(crate) Option<usize>);
+
+pub(crate) fn keep_exited(s: &str) -> Result<KeepExited, String> {
+    match s {
+        "all" => Ok(KeepExited(None)),
+        _ if s == "0" => Ok(KeepExited(Some(0))),
+        _ => positive::<usize>(s)
+            .map(|n| KeepExited(Some(n)))
+            .map_err(|e| format!("{e}, or `all`")),
+    }
+}
+
 /// Slots of the kernel's cache of sent stacks: a power of two, at most 2^24.
 pub(crate) fn stack_cache_slots(s: &str) -> Result<u32, String> {
     const MAX: u32 = 1 << 24;

@@ -44,10 +44,17 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 15)]
     regions: usize,
 
+    /// Processes that exited while traced kept in the report, those that grew most; the
+    /// others are counted (processes_left_out), so that tracing a host's churn holds no more.
+    /// `all` keeps every one.
+    #[arg(long, value_name = "N|all", default_value = "1000", value_parser = args::keep_exited)]
+    keep_exited: args::KeepExited,
+
     /// Write flame graphs and profiles in this directory (made if missing): reserved.folded,
     /// resident.folded, reserved.svg, resident.svg (faults.folded and faults.svg with
-    /// --fault-stacks), timeline.svg, profile.pb.gz (pprof), report.json, and lost.txt when
-    /// the kernel lost events. Files of an earlier run that this one does not write are
+    /// --fault-stacks), breakdown.folded and breakdown.svg (reserved bytes by category),
+    /// timeline.svg, profile.pb.gz (pprof), report.json, and lost.txt when the kernel lost
+    /// events. Files of an earlier run that this one does not write are
     /// removed.
     #[arg(short, long, value_name = "DIR")]
     output: Option<PathBuf>,
@@ -88,6 +95,7 @@ impl RunArgs {
                 _ => JsonTo::File(path),
             }),
             regions: self.regions,
+            keep_exited: self.keep_exited.0,
             output: self.output,
             fault_stacks: self.probes.fault_stacks(),
             stack_cache_slots: self.probes.stack_cache_slots,

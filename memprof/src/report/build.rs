@@ -89,6 +89,7 @@ impl Report {
             lost_stacks: tracker.lost_stacks,
             stacks_over_budget: tracker.stacks_over_budget,
             fault_sample: u64::from(fault_sample),
+            processes_left_out: tracker.left_out,
             processes,
         }
     }

@@ -43,6 +43,9 @@ pub struct Report {
     /// With --fault-stacks, one fault in this many had its stack recorded; the
     /// `faults_by_code` figures are scaled by it (estimates when above 1). 0: off.
     pub fault_sample: u64,
+    /// Processes that exited while traced and were left out, beyond `--keep-exited` (those
+    /// kept grew most).
+    pub processes_left_out: u64,
     pub processes: Vec<ProcessReport>,
 }
 
@@ -132,10 +135,7 @@ pub struct RegionReport {
 impl ProcessReport {
     /// How much it grew while traced: reserved, then resident (peaks, as the timeline picks).
     pub fn growth(&self) -> (u64, u64) {
-        (
-            self.reserved_bytes.peak - self.reserved_bytes.start,
-            self.resident_bytes.peak - self.resident_bytes.start,
-        )
+        (self.reserved_bytes.growth(), self.resident_bytes.growth())
     }
 }
 

@@ -51,6 +51,14 @@ impl Report {
                 order.len() - max_processes
             );
         }
+        if self.processes_left_out > 0 {
+            let _ = writeln!(
+                out,
+                "processes left out: {} that exited while traced (the report keeps those that \
+                 grew most: --keep-exited)",
+                self.processes_left_out
+            );
+        }
         let _ = writeln!(
             out,
             "lost events: {}{}",
@@ -454,6 +462,7 @@ mod tests {
             lost_stacks: 0,
             stacks_over_budget: 0,
             fault_sample,
+            processes_left_out: 0,
             processes,
         }
     }
@@ -609,6 +618,10 @@ mod tests {
                 process(11, "[short]", extent(0, 0, 0), true),
             ],
         );
+        let report = Report {
+            processes_left_out: 1200,
+            ..report
+        };
         assert_snapshot("report-processes.txt", &report.render(2, 1));
     }
 }

@@ -11,12 +11,8 @@ mod support;
 use std::{
     collections::HashMap,
     fs,
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::Path,
     process::{Command, Stdio},
-    thread,
-    time::Duration,
 };
 
 use serde_json::Value;
@@ -247,37 +243,8 @@ fn a_c_programs_blocks_and_threads() {
 #[test]
 fn a_go_server_by_the_runtime_and_glibc() {
     let dir = scratch("breakdown-gin");
-    let gin = build_gin_server(&dir);
-    let port = free_port();
+    let (pid, text) = trace_gin_server(&dir);
     let out = dir.join("out");
-    let mut memprof = memprof()
-        .args(["run", "--output"])
-        .arg(&out)
-        .arg("--")
-        .arg(&gin)
-        .arg(port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (pid, _stderr) = wait_until_tracing(&mut memprof);
-    let mut stdout = memprof.stdout.take().unwrap();
-    let text = thread::spawn(move || {
-        let mut text = String::new();
-        stdout.read_to_string(&mut text).map(|_| text)
-    });
-    wait_for_port(port);
-    for _ in 0..20 {
-        let mut http = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        http.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        http.read_to_end(&mut Vec::new()).unwrap();
-    }
-    thread::sleep(Duration::from_millis(300));
-    signal(&memprof, libc::SIGINT);
-    assert!(memprof.wait().unwrap().success());
-    // SAFETY: ending the server memprof launched, which outlives the trace.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    let text = text.join().unwrap().unwrap();
     let report = read_json(&out.join("report.json"));
     let process = process(&report, u64::from(pid));
     assert_adds_up(process);
@@ -289,12 +256,7 @@ fn a_go_server_by_the_runtime_and_glibc() {
         resident.abs_diff(vm_rss) <= 64 << 10,
         "{resident} vs {vm_rss}"
     );
-    let by_sites: u64 = process["sites"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["resident_bytes"].as_u64().unwrap())
-        .sum();
+    let by_sites = total(&process["sites"], "resident_bytes");
     let folded: u64 = fs::read_to_string(out.join("resident.folded"))
         .unwrap()
         .lines()

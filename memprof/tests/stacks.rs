@@ -10,12 +10,8 @@ mod support;
 
 use std::{
     fs,
-    io::{Read as _, Write as _},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    thread,
-    time::Duration,
 };
 
 use serde_json::Value;
@@ -372,39 +368,8 @@ fn redis_attached_is_charged_on_complete_stacks() {
 #[test]
 fn a_go_server_with_cgo_is_charged_on_complete_stacks() {
     let dir = scratch("stacks-gin");
-    let gin = build_gin_server(&dir);
-    let port = free_port();
+    let (_, text) = trace_gin_server(&dir);
     let out = dir.join("out");
-    let mut memprof = memprof()
-        .args(["run", "--output"])
-        .arg(&out)
-        .arg("--")
-        .arg(&gin)
-        .arg(port.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (pid, _stderr) = wait_until_tracing(&mut memprof);
-    // The server keeps memprof's stdout open: read it meanwhile.
-    let mut stdout = memprof.stdout.take().unwrap();
-    let report_text = thread::spawn(move || {
-        let mut text = String::new();
-        stdout.read_to_string(&mut text).map(|_| text)
-    });
-    wait_for_port(port);
-    for _ in 0..20 {
-        let mut http = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        http.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        http.read_to_end(&mut Vec::new()).unwrap();
-    }
-    thread::sleep(Duration::from_millis(300));
-    signal(&memprof, libc::SIGINT);
-    let status = memprof.wait().unwrap();
-    // SAFETY: signalling the server memprof launched, which outlives the trace.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    assert!(status.success());
-    let text = report_text.join().unwrap().unwrap();
     assert!(
         text.contains("runtime.(*pageAlloc).sysInit"),
         "the report does not name the page allocator's reservation:\n{text}"

@@ -498,12 +498,7 @@ fn nginx_workers_are_named_by_their_titles_and_exact() {
         );
         // Each region as the kernel has it (the pages fork copied to a worker and those it
         // did not): together the process's VmRSS within 1%.
-        let regions: u64 = p["regions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["resident_bytes"].as_u64().unwrap())
-            .sum();
+        let regions = total(&p["regions"], "resident_bytes");
         assert!(
             regions.abs_diff(kernel) <= kernel / 100,
             "{}: regions {regions} vs VmRSS {kernel}",
@@ -634,12 +629,7 @@ int main(int argc, char **argv) {
         Some("8192"),
         "this machine gave no transparent huge pages (see /sys/kernel/mm/transparent_hugepage)"
     );
-    let regions: u64 = p["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["resident_bytes"].as_u64().unwrap())
-        .sum();
+    let regions = total(&p["regions"], "resident_bytes");
     let kernel = p["proc_check"]["vm_rss_bytes"].as_u64().unwrap();
     assert!(kernel > 48 * MIB, "{kernel}");
     assert!(

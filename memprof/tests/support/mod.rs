@@ -89,6 +89,16 @@ pub(crate) fn process(report: &Value, pid: u64) -> &Value {
         .unwrap_or_else(|| panic!("pid {pid} not in report: {report:#}"))
 }
 
+/// The sum of `field` over the objects of the array `items` (a process's regions or sites).
+pub(crate) fn total(items: &Value, field: &str) -> u64 {
+    items
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item[field].as_u64().unwrap())
+        .sum()
+}
+
 pub(crate) fn resident_close(ours: u64, kernel: u64) -> bool {
     let tolerance = (kernel / 100).max(MIB);
     ours.abs_diff(kernel) <= tolerance
@@ -309,6 +319,49 @@ pub(crate) fn build_gin_server(dir: &Path) -> PathBuf {
             .env("CGO_ENABLED", "1"),
     );
     dir.join("gin-hello")
+}
+
+/// The gin hello world built in `dir`, run under `memprof run --output DIR/out` until it
+/// served 20 requests; then memprof is stopped (SIGINT, so it reports) and the server,
+/// which outlives the trace, killed. Returns the server's pid and memprof's terminal
+/// report.
+pub(crate) fn trace_gin_server(dir: &Path) -> (u32, String) {
+    use std::{
+        io::{Read as _, Write as _},
+        net::TcpStream,
+    };
+    let gin = build_gin_server(dir);
+    let port = free_port();
+    let mut memprof = memprof()
+        .args(["run", "--output"])
+        .arg(dir.join("out"))
+        .arg("--")
+        .arg(&gin)
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (pid, _stderr) = wait_until_tracing(&mut memprof);
+    // The server keeps memprof's stdout open: read it meanwhile.
+    let mut stdout = memprof.stdout.take().unwrap();
+    let text = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    wait_for_port(port);
+    for _ in 0..20 {
+        let mut http = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        http.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        http.read_to_end(&mut Vec::new()).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&memprof, libc::SIGINT);
+    let status = memprof.wait().unwrap();
+    // SAFETY: ending the server memprof launched.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    assert!(status.success());
+    (pid, text.join().unwrap().unwrap())
 }
 
 pub(crate) fn which(program: &str) -> Option<std::path::PathBuf> {

@@ -59,6 +59,10 @@ const HUGE_PAGE: u64 = 2 << 20;
 /// x86 page fault error code bit: the access was a write.
 const FAULT_WRITE: u64 = 2;
 
+/// Largest mapping before tracing taken for a thread's stack by its flags (glibc's default
+/// is 8 MiB, Java's 1 MiB; servers raise them).
+const THREAD_STACK_MAX: u64 = 64 << 20;
+
 /// Largest PROT_NONE region below a stack still called its guard (glibc's default guard
 /// is one page, Java's a few).
 const GUARD_MAX: u64 = 64 << 10;
@@ -390,7 +394,16 @@ impl AddressSpace {
             if path == Some("[vsyscall]") {
                 continue;
             }
-            let kind = RegionKind::of_maps(path, e.perms.shared);
+            let kind = match RegionKind::of_maps(path, e.perms.shared) {
+                // A thread's stack and its guard, as glibc maps them (MAP_STACK): maps says
+                // so only by the flag the kernel gives MAP_STACK mappings.
+                RegionKind::Anonymous
+                    if e.no_huge && !e.perms.shared && e.end - e.start <= THREAD_STACK_MAX =>
+                {
+                    RegionKind::ThreadStack
+                }
+                kind => kind,
+            };
             space.assign(Region {
                 start: e.start,
                 end: e.end,

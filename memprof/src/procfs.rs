@@ -127,6 +127,9 @@ pub struct MapsEntry {
     pub growsdown: bool,
     /// smaps `VmFlags` has `hg` (madvise(MADV_HUGEPAGE): faults may map a huge page).
     pub huge: bool,
+    /// smaps `VmFlags` has `nh` (no huge pages: MADV_NOHUGEPAGE, or MAP_STACK, which the
+    /// kernel maps to it since 6.7).
+    pub no_huge: bool,
 }
 
 /// Parses /proc/PID/maps or /proc/PID/smaps text.
@@ -143,6 +146,7 @@ pub fn parse_maps(text: &str) -> Vec<MapsEntry> {
                 "VmFlags" => {
                     last.growsdown = value.split_whitespace().any(|f| f == "gd");
                     last.huge = value.split_whitespace().any(|f| f == "hg");
+                    last.no_huge = value.split_whitespace().any(|f| f == "nh");
                 }
                 _ => {}
             }
@@ -185,6 +189,7 @@ fn parse_maps_line(line: &str) -> Option<MapsEntry> {
         anonymous_bytes: 0,
         growsdown: false,
         huge: false,
+        no_huge: false,
     })
 }
 
@@ -439,6 +444,7 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
                 anonymous_bytes: 0,
                 growsdown: false,
                 huge: false,
+                no_huge: false,
             }
         );
         assert_eq!(e[1].perms.prot(), 5);

@@ -398,3 +398,47 @@ fn python_by_its_arenas_and_malloc() {
     assert!(rows["malloc_mmap"][2] >= 64 * MIB, "{rows:?}");
     assert_adds_up(&process);
 }
+
+/// Attached to the gin server already running, memprof has no stacks for what it mapped:
+/// the shapes say the same as the stacks do when it is launched.
+#[test]
+fn a_go_server_attached_by_the_shape_of_its_memory() {
+    let dir = scratch("breakdown-gin-attached");
+    let gin = build_gin_server(&dir);
+    let port = free_port();
+    let mut server = Command::new(&gin)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port);
+    let pid = server.id().to_string();
+    let report = json_report(
+        "breakdown-gin-attached-run",
+        &["--pid", &pid, "--duration", "1"],
+        &[],
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let process = &report["processes"][0];
+    assert_adds_up(process);
+    assert!(
+        reserved(process, "go_runtime") >= 256 * MIB,
+        "{:?}",
+        breakdown(process)
+    );
+    assert!(
+        reserved(process, "go_heap") >= 32 * MIB,
+        "{:?}",
+        breakdown(process)
+    );
+    let arenas = reserved(process, "malloc_arena");
+    assert!(arenas >= ARENA && arenas.is_multiple_of(ARENA), "{arenas}");
+    assert!(
+        reserved(process, "thread_stack") >= 8 * MIB,
+        "{:?}",
+        breakdown(process)
+    );
+    assert_eq!(reserved(process, "other"), 0, "{:?}", breakdown(process));
+}

@@ -189,11 +189,11 @@ impl ProcessReport {
         let figures = p.site_figures(fault_sample);
         let mut sites: Vec<(SiteId, SiteFigures)> = figures.into_iter().collect();
         sites.sort_by_key(|&(id, f)| (std::cmp::Reverse((f.reserved, f.resident)), id));
-        let code_files = category::code_files(&p.space);
+        let facts = category::ProcessFacts::of(&p.space);
         let categorized: Vec<_> = p
             .space
             .regions()
-            .map(|r| (r, category::categorize(&p.space, r, &code_files, stacks)))
+            .map(|r| (r, category::categorize(&p.space, r, &facts, stacks)))
             .collect();
         let mut breakdown: Vec<BreakdownRow> = category::breakdown(&p.space, categorized.clone())
             .into_iter()

@@ -23,6 +23,13 @@ use crate::{
 /// aligned to it, which is how its regions are told from blocks malloc mapped alone.
 const ARENA_HEAP: u64 = 64 << 20;
 
+/// A PROT_NONE region no larger is a guard page (or a few).
+const GUARD_MAX: u64 = 64 << 10;
+
+/// Where the Go runtime puts its heap on 64-bit x86 (its first arena hint, 0xc000000000,
+/// and the 256 GiB above it): every Go program has a mapping at its start.
+const GO_ARENAS: std::ops::Range<u64> = 0xc0_0000_0000..0x100_0000_0000;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
@@ -289,12 +296,30 @@ fn is_shared_file(region: &Region) -> bool {
 }
 
 /// What is left to say from the region alone.
-fn by_region(space: &AddressSpace, region: &Region, code_files: &HashSet<&str>) -> Category {
+fn by_region(space: &AddressSpace, region: &Region, process: &ProcessFacts) -> Category {
     match (&region.kind, region.path.as_deref()) {
-        (RegionKind::File, Some(path)) if code_files.contains(path) => Category::Binary,
+        (RegionKind::File, Some(path)) if process.code_files.contains(path) => Category::Binary,
         (RegionKind::File, _) => Category::File,
-        (RegionKind::Anonymous, None) if is_bss(space, region, code_files) => Category::Binary,
-        _ if space.region_label(region) == "guard" => Category::Guard,
+        (RegionKind::Anonymous, None) if is_bss(space, region, &process.code_files) => {
+            Category::Binary
+        }
+        _ if region.prot == 0 && region.size() <= GUARD_MAX => {
+            // A stack's guard is the stack's (the JVM maps its own below a thread's).
+            match space.region_at(region.end).map(|above| above.kind) {
+                Some(RegionKind::ThreadStack) => Category::ThreadStack,
+                Some(RegionKind::MainStack) => Category::MainStack,
+                _ => Category::Guard,
+            }
+        }
+        // What a Go program mapped before memprof looked: its heap's arenas from the first
+        // hint up, the runtime's metadata elsewhere.
+        (RegionKind::Anonymous, None) if process.go && !region.shared => {
+            if GO_ARENAS.contains(&region.start) {
+                Category::GoHeap
+            } else {
+                Category::GoRuntime
+            }
+        }
         _ => Category::Other,
     }
 }
@@ -353,21 +378,35 @@ impl<T: SiteFrames> SiteStacks for T {
     }
 }
 
-/// The files a process maps executable somewhere: its program and libraries, whose other
-/// segments are theirs too.
-pub fn code_files(space: &AddressSpace) -> HashSet<&str> {
-    space
-        .regions()
-        .filter(|r| r.kind == RegionKind::File && r.prot & PROT_EXEC != 0)
-        .filter_map(|r| r.path.as_deref())
-        .collect()
+/// What the rules need to know of the whole process.
+pub struct ProcessFacts<'a> {
+    /// The files it maps executable somewhere: its program and libraries, whose other
+    /// segments are theirs too.
+    code_files: HashSet<&'a str>,
+    /// It is a Go program: it has a mapping where the Go runtime puts its heap.
+    go: bool,
+}
+
+impl<'a> ProcessFacts<'a> {
+    pub fn of(space: &'a AddressSpace) -> Self {
+        Self {
+            code_files: space
+                .regions()
+                .filter(|r| r.kind == RegionKind::File && r.prot & PROT_EXEC != 0)
+                .filter_map(|r| r.path.as_deref())
+                .collect(),
+            go: space
+                .region_at(GO_ARENAS.start)
+                .is_some_and(|r| r.start == GO_ARENAS.start),
+        }
+    }
 }
 
 /// The category of one region of `space`.
 pub fn categorize(
     space: &AddressSpace,
     region: &Region,
-    code_files: &HashSet<&str>,
+    process: &ProcessFacts,
     sites: &mut impl SiteStacks,
 ) -> Category {
     if let Some(category) = by_kind(region) {
@@ -380,9 +419,15 @@ pub fn categorize(
     match by_stack {
         Some(Category::MallocMmap) if in_arena_heap(space, region) => Category::MallocArena,
         Some(category) => category,
-        // An arena's shape says what it is when its stack does not (attach mode).
-        None if reservation.nothing && in_arena_heap(space, region) => Category::MallocArena,
-        None => by_region(space, region, code_files),
+        // An arena's shape says what it is when its stack does not (attach mode); the Go
+        // heap's first arena has that shape too.
+        None if reservation.nothing
+            && in_arena_heap(space, region)
+            && !(process.go && GO_ARENAS.contains(&region.start)) =>
+        {
+            Category::MallocArena
+        }
+        None => by_region(space, region, process),
     }
 }
 
@@ -499,7 +544,7 @@ mod tests {
     }
 
     fn categories(space: &AddressSpace, stacks: &mut Stacks) -> Vec<(u64, &'static str)> {
-        let code = code_files(space);
+        let code = ProcessFacts::of(space);
         space
             .regions()
             .map(|r| (r.start, categorize(space, r, &code, stacks).id()))
@@ -508,7 +553,7 @@ mod tests {
 
     /// The sum of every category is the totals, whatever the regions.
     fn assert_adds_up(space: &AddressSpace, stacks: &mut Stacks) {
-        let code = code_files(space);
+        let code = ProcessFacts::of(space);
         let rows = breakdown(
             space,
             space
@@ -808,7 +853,8 @@ mod tests {
                 "shared_memory",
                 "shared_memory",
                 "shared_memory",
-                "guard",
+                // The stack's guard is the stack's.
+                "main_stack",
                 "main_stack",
                 "other",
                 "other",
@@ -817,6 +863,41 @@ mod tests {
                 "malloc_arena",
                 "malloc_arena",
                 "other",
+            ]
+        );
+        assert_adds_up(&space, &mut stacks);
+    }
+
+    /// Attached to a running Go program: no stacks for what it mapped before, so its shape
+    /// says: the heap where the Go runtime puts it, thread stacks by their flag, guards.
+    #[test]
+    fn a_go_program_mapped_before_tracing_by_its_shape() {
+        let smaps = |range: &str, perms: &str, flags: &str| {
+            format!("{range} {perms} 00000000 00:00 0\nRss: 0 kB\nVmFlags: {flags}\n")
+        };
+        let text = [
+            smaps("c000000000-c000400000", "rw-p", "rd wr mr mw me ac"),
+            smaps("c000400000-c004000000", "---p", "mr mw me"),
+            smaps("7f0000000000-7f0020000000", "---p", "mr mw me"),
+            smaps("7f1000000000-7f1000001000", "---p", "mr mw me nh"),
+            smaps("7f1000001000-7f1000801000", "rw-p", "rd wr mr mw me ac nh"),
+            smaps("7f2000000000-7f2000001000", "---p", "mr mw me"),
+        ]
+        .concat();
+        let space = AddressSpace::from_maps(&parse_maps(&text), None);
+        let mut stacks = Stacks::default().with(SITE_BEFORE_TRACING, &["[mapped before tracing]"]);
+        assert_eq!(
+            categories(&space, &mut stacks)
+                .into_iter()
+                .map(|(_, c)| c)
+                .collect::<Vec<_>>(),
+            [
+                "go_heap",
+                "go_heap",
+                "go_runtime",
+                "thread_stack",
+                "thread_stack",
+                "guard"
             ]
         );
         assert_adds_up(&space, &mut stacks);

@@ -112,16 +112,13 @@ impl SiteStacks for MemoOf<'_> {
 impl StackMemo {
     /// The categories holding most of `p`'s reserved and of its resident bytes.
     fn most_in(&mut self, sites: &Sites, p: &Process) -> MostIn {
-        let code_files = category::code_files(&p.space);
+        let facts = category::ProcessFacts::of(&p.space);
         let mut stacks = MemoOf { memo: self, sites };
         let rows = category::breakdown(
             &p.space,
-            p.space.regions().map(|r| {
-                (
-                    r,
-                    category::categorize(&p.space, r, &code_files, &mut stacks),
-                )
-            }),
+            p.space
+                .regions()
+                .map(|r| (r, category::categorize(&p.space, r, &facts, &mut stacks))),
         );
         let most = |figure: fn(&category::CategoryFigures) -> u64| -> Option<Category> {
             rows.iter()

@@ -269,7 +269,6 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
     let (probes, events) = Probes::load(&LoadOptions {
         ring_buffer_bytes: options.ring_buffer_bytes,
         stack_cache_slots: options.stack_cache_slots,
-        kernel_stacks: false,
         fault_stack_sample: fault_sample,
         filter: filter.kernel(std::process::id()),
         user_stacks: true,

@@ -100,8 +100,6 @@ pub struct SyscallEvent {
     pub order: u32,
     /// The caller's user stack (a [`StackEvent`] id), or [`NO_STACK`].
     pub user_stack: u64,
-    /// The kernel stack (with `--kernel-stacks`), or [`NO_STACK`].
-    pub kernel_stack: u64,
     /// mmap: addr, len, prot, flags, fd, offset; munmap: addr, len; mremap: addr, old_len,
     /// new_len, flags, new_addr; brk: brk; mprotect: addr, len, prot; madvise: addr, len,
     /// advice; shmat: shmid, shmaddr, shmflg and, at [`SHMAT_LENGTH_ARG`], the length of the
@@ -110,7 +108,7 @@ pub struct SyscallEvent {
     /// The syscall's return value (negative errno on failure).
     pub ret: i64,
 }
-plain_data!(SyscallEvent, 104);
+plain_data!(SyscallEvent, 96);
 
 /// Page faults of one thread: one, or a run of faults on consecutive pages, each on the page
 /// after the one before, with one error code (the header's time is the first's). The kernel

@@ -12,11 +12,6 @@ use memprof_common::{ANY_UID, Filter, KernelLayout};
 #[unsafe(no_mangle)]
 pub(crate) static USER_STACKS: u32 = 1;
 
-/// Also record the kernel stack of those syscalls (`LoadOptions::kernel_stacks`; no command
-/// asks for it: it holds only the frames every syscall shares).
-#[unsafe(no_mangle)]
-pub(crate) static KERNEL_STACKS: u32 = 0;
-
 /// `--fault-stacks`, `--fault-sample`: record the stack of one fault in this many; 0 records
 /// none.
 #[unsafe(no_mangle)]

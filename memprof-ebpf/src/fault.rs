@@ -3,7 +3,6 @@
 //! stack. sched_switch sends a thread's run when the thread leaves its CPU.
 
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
     macros::{map, raw_tracepoint},
     maps::PerCpuArray,
     programs::RawTracePointContext,
@@ -17,7 +16,7 @@ use crate::{
     filter::state,
     kernel::{current_ids, ok, prandom, read_kernel},
     slot::with_scratch,
-    stack::{UserRegs, kernel_stack, user_stack, walking},
+    stack::{UserRegs, user_stack, user_stack_walked_by_kernel, walking},
 };
 
 /// This CPU's run of faults not sent yet (`pages` 0: none), see [`FaultEvent`]. A run
@@ -67,7 +66,7 @@ fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i6
         user_stack(tgid, tid, regs, false)
     } else {
         // The kernel finds the user registers itself.
-        kernel_stack(ctx, tgid, tid, u64::from(BPF_F_USER_STACK))
+        user_stack_walked_by_kernel(ctx, tgid, tid)
     };
     end_fault_run();
     emit(FaultEvent {

@@ -3,11 +3,12 @@
 //! binaries' unwind tables, to the same frames), the name alone goes out. Otherwise a copy of
 //! the stack goes out (a raw stack), for userspace to unwind: code built without frame
 //! pointers (most of a distribution's C libraries and programs) leaves a walk by frame
-//! pointers short or wrong. Kernel stacks (a reservation's when asked, a kernel-mode fault's
-//! user stack) are walked by the kernel's unwinder and sent once, by name.
+//! pointers short or wrong. The user stack of a fault taken in kernel mode is walked by the
+//! kernel's unwinder and sent once, by name.
 
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_stack,
         generated::{bpf_find_vma, bpf_get_current_task_btf, bpf_loop, bpf_probe_read_user},
@@ -30,10 +31,10 @@ use crate::{
     slot::{Slot, with_scratch},
 };
 
-/// Ids of the kernel stacks already sent to userspace, so each is sent once: a direct-mapped
-/// cache (stack id modulo the slots), cheaper than any hash map; a stack whose slot another
-/// one took is sent again. Userspace sets the size (`--stack-cache-slots`,
-/// [`STACK_SLOT_MASK`]).
+/// Ids of the stacks the kernel's unwinder walked ([`user_stack_walked_by_kernel`]) already
+/// sent to userspace, so each is sent once: a direct-mapped cache (stack id modulo the
+/// slots), cheaper than any hash map; a stack whose slot another one took is sent again.
+/// Userspace sets the size (`--stack-cache-slots`, [`STACK_SLOT_MASK`]).
 #[map]
 static MP_STACKS_SENT: Array<u64> = Array::with_max_entries(1, 0);
 
@@ -165,13 +166,14 @@ fn copy_allowed(kind: u32) -> bool {
     true
 }
 
-/// The id of the kernel's unwinding of the current stack (`bpf_get_stack` with `flags`),
-/// sent to userspace the first time; [`NO_STACK`] when it could not be.
+/// The id of the current task's user stack as the kernel's unwinder walks it (`bpf_get_stack`
+/// with `BPF_F_USER_STACK`, which finds the user registers itself: for a fault taken in kernel
+/// mode), sent to userspace the first time; [`NO_STACK`] when it could not be.
 #[inline(never)]
-pub(crate) fn kernel_stack<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32, flags: u64) -> u64 {
+pub(crate) fn user_stack_walked_by_kernel<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32) -> u64 {
     with_scratch(&MP_STACK_SCRATCH, |stack| {
         set_walking(1);
-        let walked = walk_kernel(ctx, stack, flags);
+        let walked = walk_kernel(ctx, stack);
         set_walking(0);
         if !walked {
             count(COUNTER_STACKS_LOST);
@@ -310,8 +312,9 @@ fn read_user(window: &mut [u64; WINDOW_WORDS], address: u64, words: usize) -> bo
     unsafe { bpf_probe_read_user(window.as_mut_ptr().cast(), size, address as *const _) == 0 }
 }
 
-fn walk_kernel<C: EbpfContext>(ctx: &C, stack: &mut StackEvent, flags: u64) -> bool {
+fn walk_kernel<C: EbpfContext>(ctx: &C, stack: &mut StackEvent) -> bool {
     let size = core::mem::size_of::<[u64; MAX_STACK_DEPTH]>() as u32;
+    let flags = u64::from(BPF_F_USER_STACK);
     // SAFETY: `ips` is writable for `size` bytes.
     let bytes = unsafe { bpf_get_stack(ctx.as_ptr(), stack.ips.as_mut_ptr().cast(), size, flags) };
     stack.frames = (bytes.max(0) / 8) as u32;

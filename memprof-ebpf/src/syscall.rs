@@ -15,14 +15,14 @@ use memprof_common::{
 
 use crate::{
     arch::{nr, regs},
-    config::{self, KERNEL_STACKS, USER_STACKS},
+    config::{self, USER_STACKS},
     event::{emit, header},
     fault::end_fault_run,
     filter::{count_change, is_traced, set_state, state},
     kernel::{current_ids, field, ok},
     path::send_file_path,
     slot::Slot,
-    stack::{UserRegs, kernel_stack, mapping_end, user_stack},
+    stack::{UserRegs, mapping_end, user_stack},
 };
 
 /// Attached to the exit tracepoints of only the syscalls followed (syscalls:sys_exit_mmap,
@@ -160,9 +160,6 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<u32, i64> {
         };
         // The caller's stack is as it was when the syscall wrapper ran `syscall`.
         event.user_stack = user_stack(tgid, tid, regs, true);
-    }
-    if creates && config::get(&KERNEL_STACKS) != 0 {
-        event.kernel_stack = kernel_stack(ctx, tgid, tid, 0);
     }
     end_fault_run();
     emit(event);

@@ -216,7 +216,6 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// How many stacks the kernel remembers having sent: a power of two.
     pub stack_cache_slots: u32,
-    pub kernel_stacks: bool,
     /// Record the stack of one fault in this many; 0 for none.
     pub fault_stack_sample: u32,
     /// `--all`: the processes the kernel starts tracing on its own.
@@ -264,7 +263,6 @@ impl Probes {
         // SAFETY: plain syscall with a valid pointer.
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
 
-        let kernel_stacks = u32::from(options.kernel_stacks);
         let user_stacks = u32::from(options.user_stacks);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("MP_EVENTS", options.ring_buffer_bytes)
@@ -273,7 +271,6 @@ impl Probes {
             .map_max_entries("MP_STACKS_COPIED", options.stack_cache_slots)
             .override_global("USER_STACKS", &user_stacks, true)
             .override_global("STACK_SLOT_MASK", &(options.stack_cache_slots - 1), true)
-            .override_global("KERNEL_STACKS", &kernel_stacks, true)
             .override_global("FAULT_STACK_SAMPLE", &options.fault_stack_sample, true)
             .override_global("FILTER", &options.filter, true)
             .override_global("LAYOUT", &options.layout, true)

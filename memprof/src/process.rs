@@ -175,11 +175,11 @@ pub struct Process {
     pub faults_in_regions: HashMap<SiteId, u64>,
     /// Sampled faults by the stack of the code that made them ("made resident by").
     pub faults_by_code: HashMap<SiteId, u64>,
-    /// The sites of this image's stacks by stack ids (user, kernel). Ids hash addresses,
-    /// which mean other code after exec: cleared then.
-    pub site_ids: HashMap<(u64, u64), SiteId>,
-    /// The sites of this image's unwound stacks, by their frames and kernel stack id.
-    pub unwound_sites: HashMap<(Vec<u64>, u64), SiteId>,
+    /// The sites of this image's stacks by stack id. Ids hash addresses, which mean other
+    /// code after exec: cleared then.
+    pub site_ids: HashMap<u64, SiteId>,
+    /// The sites of this image's unwound stacks, by their frames.
+    pub unwound_sites: HashMap<Vec<u64>, SiteId>,
     /// The unwound copies of fault stacks whose frame walk was denied, by stack id: faults
     /// the kernel sent by id before it learnt the verdict stand for them.
     pub copied_stacks: HashMap<u64, Unwound>,

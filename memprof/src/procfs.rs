@@ -379,23 +379,6 @@ pub fn cgroup2_root(mounts: &str) -> Option<&str> {
     })
 }
 
-/// The kernel's symbols (/proc/kallsyms) with an address, sorted by address; empty when
-/// they are hidden.
-pub fn read_kernel_symbols() -> Vec<(u64, String)> {
-    let text = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let mut symbols: Vec<(u64, String)> = text
-        .lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            let address = u64::from_str_radix(words.next()?, 16).ok()?;
-            let name = words.nth(1)?;
-            (address != 0).then(|| (address, name.to_string()))
-        })
-        .collect();
-    symbols.sort_unstable();
-    symbols
-}
-
 /// The pids of every process, from the directories of /proc.
 pub fn pids() -> io::Result<Vec<u32>> {
     let mut pids: Vec<u32> = fs::read_dir("/proc")?

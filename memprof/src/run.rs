@@ -162,9 +162,6 @@ pub fn run(mut options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
     let (mut probes, events) = Probes::load(&LoadOptions {
         ring_buffer_bytes: options.ring_buffer_bytes,
         stack_cache_slots: options.stack_cache_slots,
-        // A reservation's kernel stack holds only frames every syscall shares (README, Call
-        // stacks): run no longer offers it.
-        kernel_stacks: false,
         fault_stack_sample: fault_sample,
         filter: filter
             .as_ref()

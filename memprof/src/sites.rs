@@ -42,8 +42,6 @@ pub struct Site {
     pub pid: u32,
     /// Leaf first.
     pub user: Vec<CapturedFrame>,
-    /// Leaf first; kernel addresses (with `--kernel-stacks`).
-    pub kernel: Vec<u64>,
     /// What to call the site when it has no stack.
     pub placeholder: Option<&'static str>,
     /// Whether the unwinder reached the thread's entry point; None when the stack came from
@@ -77,7 +75,6 @@ pub struct Sites {
 const FORGOTTEN: Site = Site {
     pid: 0,
     user: Vec::new(),
-    kernel: Vec::new(),
     placeholder: Some("[forgotten]"),
     complete: None,
     cut: false,
@@ -88,7 +85,6 @@ impl Default for Sites {
         let placeholder = |name| Site {
             pid: 0,
             user: Vec::new(),
-            kernel: Vec::new(),
             placeholder: Some(name),
             complete: None,
             cut: false,
@@ -142,31 +138,16 @@ impl Sites {
         self.stacks.get(&id).cloned().unwrap_or_default()
     }
 
-    /// A new site for stacks captured in process `pid` (ids the kernel sent or userspace
+    /// A new site for a stack captured in process `pid` (an id the kernel sent or userspace
     /// vouched for), pinned to modules with its address space `space` as it is now.
-    pub fn add(
-        &mut self,
-        pid: u32,
-        user_stack: u64,
-        kernel_stack: u64,
-        space: &AddressSpace,
-    ) -> SiteId {
+    pub fn add(&mut self, pid: u32, user_stack: u64, space: &AddressSpace) -> SiteId {
         let user = self.stack(user_stack);
-        let kernel = self.stack(kernel_stack).frames;
-        self.push(pid, &user.frames, user.complete, kernel, space)
+        self.push(pid, &user.frames, user.complete, space)
     }
 
-    /// A new site for a stack unwound from a raw stack of process `pid`, with the kernel stack
-    /// `kernel_stack`.
-    pub fn add_unwound(
-        &mut self,
-        pid: u32,
-        unwound: &Unwound,
-        kernel_stack: u64,
-        space: &AddressSpace,
-    ) -> SiteId {
-        let kernel = self.stack(kernel_stack).frames;
-        self.push(pid, &unwound.frames, Some(unwound.complete), kernel, space)
+    /// A new site for a stack unwound from a raw stack of process `pid`.
+    pub fn add_unwound(&mut self, pid: u32, unwound: &Unwound, space: &AddressSpace) -> SiteId {
+        self.push(pid, &unwound.frames, Some(unwound.complete), space)
     }
 
     fn push(
@@ -174,7 +155,6 @@ impl Sites {
         pid: u32,
         frames: &[u64],
         complete: Option<bool>,
-        kernel: Vec<u64>,
         space: &AddressSpace,
     ) -> SiteId {
         let mut user = Vec::with_capacity(frames.len());
@@ -188,7 +168,6 @@ impl Sites {
         let site = Site {
             pid,
             user,
-            kernel,
             placeholder: None,
             complete,
             cut,
@@ -219,10 +198,9 @@ impl Sites {
         self.stacks.retain(|_, stack| live.contains(&stack.pid));
     }
 
-    /// Whether either stack was captured (and sent).
-    pub fn captured(&self, user_stack: u64, kernel_stack: u64) -> bool {
-        let known = |id| id != NO_STACK && self.stacks.contains_key(&id);
-        known(user_stack) || known(kernel_stack)
+    /// Whether the stack was captured (and sent).
+    pub fn captured(&self, user_stack: u64) -> bool {
+        user_stack != NO_STACK && self.stacks.contains_key(&user_stack)
     }
 
     pub fn get(&self, id: SiteId) -> &Site {

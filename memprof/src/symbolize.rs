@@ -273,17 +273,6 @@ fn parse_perf_map_line(line: &str) -> Option<(u64, u64, String)> {
     (!name.is_empty()).then(|| (start, start.saturating_add(size), name.to_string()))
 }
 
-/// The kernel function containing `address` (from /proc/kallsyms, read once), marked
-/// `_[k]` as perf and flamegraph.pl mark kernel frames.
-pub fn kernel_symbol(address: u64) -> String {
-    static SYMBOLS: std::sync::OnceLock<Vec<(u64, String)>> = std::sync::OnceLock::new();
-    let symbols = SYMBOLS.get_or_init(crate::procfs::read_kernel_symbols);
-    match symbols.partition_point(|&(a, _)| a <= address) {
-        0 => format!("[kernel]+{address:#x}"),
-        i => format!("{}_[k]", symbols[i - 1].1),
-    }
-}
-
 fn module_cache<'m>(
     modules: &'m mut HashMap<String, ModuleCache>,
     path: &str,

@@ -106,18 +106,18 @@ fn refresh_command(proc: &impl ProcSource, process: &mut Process) {
     }
 }
 
-/// The site of a stack captured in `process`: by ids, or (`user` [`RAW_STACK`]) the stack
+/// The site of a stack captured in `process`: by its id, or (`user` [`RAW_STACK`]) the stack
 /// `unwound` from the raw stack its thread sent before. A stack seen for the first time is
 /// pinned to modules, so the paths of files mapped since the last batch are read first.
 fn site_of(
     sites: &mut Sites,
     proc: &impl ProcSource,
     process: &mut Process,
-    (user, kernel): (u64, u64),
+    user: u64,
     unwound: Option<Unwound>,
 ) -> SiteId {
     let by_id = user != RAW_STACK;
-    if by_id && let Some(&id) = process.site_ids.get(&(user, kernel)) {
+    if by_id && let Some(&id) = process.site_ids.get(&user) {
         return id;
     }
     // A stack vouched for by id is the stack unwound then: one site either way. A fault's
@@ -130,30 +130,23 @@ fn site_of(
         unwound
     };
     let id = match unwound {
-        Some(unwound) => {
-            let key = (unwound.frames, kernel);
-            match process.unwound_sites.get(&key) {
-                Some(&id) => id,
-                None => {
-                    name_files(proc, process);
-                    let unwound = Unwound {
-                        frames: key.0,
-                        complete: unwound.complete,
-                    };
-                    let id = sites.add_unwound(process.pid, &unwound, kernel, &process.space);
-                    process.unwound_sites.insert((unwound.frames, kernel), id);
-                    id
-                }
+        Some(unwound) => match process.unwound_sites.get(&unwound.frames) {
+            Some(&id) => id,
+            None => {
+                name_files(proc, process);
+                let id = sites.add_unwound(process.pid, &unwound, &process.space);
+                process.unwound_sites.insert(unwound.frames, id);
+                id
             }
-        }
-        None if by_id && sites.captured(user, kernel) => {
+        },
+        None if by_id && sites.captured(user) => {
             name_files(proc, process);
-            sites.add(process.pid, user, kernel, &process.space)
+            sites.add(process.pid, user, &process.space)
         }
         None => return SITE_NO_STACK,
     };
     if by_id {
-        process.site_ids.insert((user, kernel), id);
+        process.site_ids.insert(user, id);
     }
     id
 }
@@ -257,8 +250,7 @@ impl<P: ProcSource> Tracker<P> {
                 let creates = [libc::SYS_mmap, libc::SYS_brk, libc::SYS_shmat];
                 let site = if creates.contains(&i64::from(e.nr)) {
                     let unwound = self.unwound.remove(&header.tid);
-                    let stacks = (e.user_stack, e.kernel_stack);
-                    site_of(&mut self.sites, &self.proc, process, stacks, unwound)
+                    site_of(&mut self.sites, &self.proc, process, e.user_stack, unwound)
                 } else {
                     SITE_NO_STACK
                 };
@@ -275,8 +267,7 @@ impl<P: ProcSource> Tracker<P> {
             Event::Fault(e) => {
                 let stack = (e.stack != NO_STACK).then(|| {
                     let unwound = self.unwound.remove(&header.tid);
-                    let stacks = (e.stack, NO_STACK);
-                    site_of(&mut self.sites, &self.proc, process, stacks, unwound)
+                    site_of(&mut self.sites, &self.proc, process, e.stack, unwound)
                 });
                 process.apply_fault(&e, stack);
             }
@@ -575,7 +566,7 @@ mod tests {
             tracker.sites.get(gone_site).placeholder,
             Some("[forgotten]")
         );
-        assert!(!tracker.sites.captured(11, NO_STACK));
+        assert!(!tracker.sites.captured(11));
         tracker.apply(stack(8, 13, &[0x500_0300]));
         tracker.apply(mmap(8, gone, MIB, 13));
         assert_eq!(site(&tracker, 8, gone), gone_site);

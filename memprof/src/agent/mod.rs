@@ -247,7 +247,6 @@ impl Agent {
                     Arc::new(Site {
                         pid: p.pid,
                         user: Vec::new(),
-                        kernel: Vec::new(),
                         placeholder: Some(OTHER_SITES),
                         complete: None,
                         cut: false,
@@ -369,7 +368,6 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
     let (probes, events) = Probes::load(&LoadOptions {
         ring_buffer_bytes: options.ring_buffer_bytes,
         stack_cache_slots: options.stack_cache_slots,
-        kernel_stacks: false,
         fault_stack_sample: fault_sample,
         filter: filter.kernel(std::process::id()),
         user_stacks: true,

@@ -224,7 +224,6 @@ mod tests {
         Arc::new(Site {
             pid,
             user: Vec::new(),
-            kernel: Vec::new(),
             placeholder: Some("[test site]"),
             complete: None,
             cut: false,

@@ -13,7 +13,7 @@ use crate::{
     process::Process,
     procfs::ProcSource,
     sites::{Site, SiteFigures, Sites},
-    symbolize::{self, Frame, Location, Symbolizer},
+    symbolize::{Frame, Location, Symbolizer},
     tracker::Tracker,
 };
 
@@ -126,43 +126,7 @@ pub fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
     if let Some(name) = site.placeholder {
         return vec![placeholder_frame(name)];
     }
-    // The kernel's walk starts in memprof's own probe (its programs and the tracepoint code
-    // that runs them) and ends in the way in from user space (the syscall and page-fault
-    // entry and exit code), the same in every stack: neither says anything.
-    let is_probe = |name: &String| {
-        [
-            "bpf_prog_",
-            "bpf_trace_run",
-            "__bpf_trace_",
-            "perf_trace_",
-            "trace_call_bpf",
-        ]
-        .iter()
-        .any(|probe| name.starts_with(probe))
-    };
-    let is_entry = |name: &String| {
-        [
-            "entry_SYSCALL",
-            "do_syscall_",
-            "syscall_exit_",
-            "syscall_trace_",
-            "exit_to_user_mode",
-            "asm_exc_page_fault",
-            "exc_page_fault",
-            "irqentry_",
-        ]
-        .iter()
-        .any(|entry| name.starts_with(entry))
-    };
-    let kernel = site
-        .kernel
-        .iter()
-        .map(|&address| symbolize::kernel_symbol(address))
-        .skip_while(is_probe)
-        .filter(|name| !is_entry(name))
-        .map(|name| placeholder_frame(&name));
-    let user: Vec<Frame> = site
-        .user
+    site.user
         .iter()
         .flat_map(|f| {
             let location = match &f.module {
@@ -180,8 +144,7 @@ pub fn symbolize_site(symbolizer: &mut Symbolizer, site: &Site) -> Vec<Frame> {
             }
             frames
         })
-        .collect();
-    kernel.chain(user).collect()
+        .collect()
 }
 
 impl ProcessReport {

@@ -292,7 +292,6 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
         ring_buffer_bytes: args.ring_buffer_bytes,
         // No stacks: top shows processes, not call sites.
         stack_cache_slots: 1,
-        kernel_stacks: false,
         fault_stack_sample: 0,
         filter: filter.kernel(std::process::id()),
         user_stacks: false,

@@ -173,7 +173,7 @@ fn copy_allowed(kind: u32) -> bool {
 pub(crate) fn user_stack_walked_by_kernel<C: EbpfContext>(ctx: &C, tgid: u32, tid: u32) -> u64 {
     with_scratch(&MP_STACK_SCRATCH, |stack| {
         set_walking(1);
-        let walked = walk_kernel(ctx, stack);
+        let walked = walk_user_by_kernel(ctx, stack);
         set_walking(0);
         if !walked {
             count(COUNTER_STACKS_LOST);
@@ -312,7 +312,7 @@ fn read_user(window: &mut [u64; WINDOW_WORDS], address: u64, words: usize) -> bo
     unsafe { bpf_probe_read_user(window.as_mut_ptr().cast(), size, address as *const _) == 0 }
 }
 
-fn walk_kernel<C: EbpfContext>(ctx: &C, stack: &mut StackEvent) -> bool {
+fn walk_user_by_kernel<C: EbpfContext>(ctx: &C, stack: &mut StackEvent) -> bool {
     let size = core::mem::size_of::<[u64; MAX_STACK_DEPTH]>() as u32;
     let flags = u64::from(BPF_F_USER_STACK);
     // SAFETY: `ips` is writable for `size` bytes.

@@ -59,13 +59,31 @@ const HUGE_PAGE: u64 = 2 << 20;
 /// x86 page fault error code bit: the access was a write.
 const FAULT_WRITE: u64 = 2;
 
-/// Largest mapping before tracing taken for a thread's stack by its flags (glibc's default
+/// Largest mapping before tracing taken for a thread's stack by its shape (glibc's default
 /// is 8 MiB, Java's 1 MiB; servers raise them).
 const THREAD_STACK_MAX: u64 = 64 << 20;
 
+/// Whether entry `i` of a process's smaps (mapped before tracing) is a thread's stack or the
+/// guard glibc puts below one: anonymous, private, with the no-huge-pages flag the kernel
+/// gives MAP_STACK mappings (since 6.7), the stack writable right above a guard of a few
+/// PROT_NONE pages (glibc's, or one the JVM maps). The flag alone is not enough:
+/// MADV_NOHUGEPAGE sets it too (Go's scavenger, jemalloc's metadata).
+fn is_thread_stack(entries: &[MapsEntry], i: usize) -> bool {
+    let plain = |e: &MapsEntry| e.path.is_none() && !e.perms.shared;
+    let guard = |e: &MapsEntry| plain(e) && e.perms.prot() == 0 && e.end - e.start <= GUARD_MAX;
+    let stack = |e: &MapsEntry| {
+        plain(e) && e.no_huge && e.perms.write && e.end - e.start <= THREAD_STACK_MAX
+    };
+    let e = &entries[i];
+    let below = i.checked_sub(1).map(|b| &entries[b]);
+    let above = entries.get(i + 1);
+    (stack(e) && below.is_some_and(|b| b.end == e.start && guard(b)))
+        || (e.no_huge && guard(e) && above.is_some_and(|a| a.start == e.end && stack(a)))
+}
+
 /// Largest PROT_NONE region below a stack still called its guard (glibc's default guard
-/// is one page, Java's a few).
-const GUARD_MAX: u64 = 64 << 10;
+/// is one page, Java's a few), and the largest called a guard at all.
+pub const GUARD_MAX: u64 = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RegionKind {
@@ -388,20 +406,14 @@ impl AddressSpace {
     pub fn from_maps(entries: &[MapsEntry], start_brk: Option<u64>) -> Self {
         let mut space = Self::new();
         let mut last_path = None;
-        for e in entries {
+        for (i, e) in entries.iter().enumerate() {
             let path = e.path.as_deref();
             // The vsyscall page is not the process's own: VmSize leaves it out.
             if path == Some("[vsyscall]") {
                 continue;
             }
             let kind = match RegionKind::of_maps(path, e.perms.shared) {
-                // A thread's stack and its guard, as glibc maps them (MAP_STACK): maps says
-                // so only by the flag the kernel gives MAP_STACK mappings.
-                RegionKind::Anonymous
-                    if e.no_huge && !e.perms.shared && e.end - e.start <= THREAD_STACK_MAX =>
-                {
-                    RegionKind::ThreadStack
-                }
+                RegionKind::Anonymous if is_thread_stack(entries, i) => RegionKind::ThreadStack,
                 kind => kind,
             };
             space.assign(Region {
@@ -475,18 +487,19 @@ impl AddressSpace {
 
     /// What a region is, for people: its kind, or what a PROT_NONE region is for.
     pub fn region_label(&self, r: &Region) -> &'static str {
-        if r.prot != 0 {
-            return r.kind.label();
+        match (r.prot, self.stack_guarded(r)) {
+            (0, Some(_)) => "guard",
+            (0, None) => "PROT_NONE reservation",
+            _ => r.kind.label(),
         }
-        let above = self.regions.get(&r.end);
-        let below_stack = above.is_some_and(|s| {
-            s.prot != 0 && matches!(s.kind, RegionKind::MainStack | RegionKind::ThreadStack)
-        });
-        if below_stack && r.size() <= GUARD_MAX {
-            "guard"
-        } else {
-            "PROT_NONE reservation"
-        }
+    }
+
+    /// The kind of stack (main or thread) whose guard `r` is: a PROT_NONE region of a few
+    /// pages right below a stack.
+    pub fn stack_guarded(&self, r: &Region) -> Option<RegionKind> {
+        let above = self.regions.get(&r.end)?;
+        let stack = matches!(above.kind, RegionKind::MainStack | RegionKind::ThreadStack);
+        (r.prot == 0 && r.size() <= GUARD_MAX && above.prot != 0 && stack).then_some(above.kind)
     }
 
     pub fn has_unnamed_files(&self) -> bool {
@@ -516,11 +529,13 @@ impl AddressSpace {
     }
 
     /// Takes each region's resident bytes from the kernel's own per-mapping figures
-    /// (/proc/PID/smaps `Rss`), read with the process at rest: exact where memprof's count
-    /// of faults is not (pages a fork did or did not copy, huge pages, readahead). Where a
+    /// (/proc/PID/smaps `Rss`, read at the end of tracing): exact where memprof's count of
+    /// faults is not (pages a fork did or did not copy, huge pages, readahead). Where a
     /// mapping of the kernel spans several regions (it merged what memprof keeps apart), its
-    /// pages are shared among them as memprof counted them, whole pages, none beyond a
-    /// region's size. Returns the resident bytes of all regions.
+    /// pages are shared among them as memprof counted them (by size where it counted none),
+    /// whole pages, none beyond a region's size. Returns the resident bytes of all the
+    /// kernel's mappings: more than the regions hold only where memprof lacks a mapping (its
+    /// reserved bytes then differ from VmSize too).
     pub fn settle_resident(&mut self, entries: &[MapsEntry]) -> u64 {
         let mut settled: BTreeMap<u64, u64> = BTreeMap::new();
         for e in entries.iter().filter(|e| e.rss_bytes > 0) {
@@ -539,6 +554,17 @@ impl AddressSpace {
                 .iter()
                 .map(|&(_, _, counted)| u128::from(counted))
                 .sum();
+            // None counted: by size.
+            let (parts, counted) = match counted {
+                0 => (
+                    parts
+                        .iter()
+                        .map(|&(s, pages, _)| (s, pages, pages))
+                        .collect::<Vec<_>>(),
+                    parts.iter().map(|&(_, pages, _)| u128::from(pages)).sum(),
+                ),
+                _ => (parts, counted),
+            };
             // As counted (whole pages, the largest remainders first), then what is left into
             // the room each region has.
             let mut shares: Vec<(u64, u64, u64, u128)> = parts
@@ -567,12 +593,13 @@ impl AddressSpace {
             }
         }
         self.touched = PageSet::default();
-        let mut total = 0;
         for (start, r) in &mut self.regions {
             r.seeded_resident = settled.get(start).copied().unwrap_or(0) * PAGE_SIZE;
-            total += r.seeded_resident;
         }
-        total
+        entries
+            .iter()
+            .map(|e| e.rss_bytes / PAGE_SIZE * PAGE_SIZE)
+            .sum()
     }
 
     /// Names the file mapping that starts at `start` (the kernel sent its path when it was

@@ -421,10 +421,11 @@ impl<P: ProcSource> Tracker<P> {
         let Some(keep) = self.keep_exited else {
             return;
         };
+        // The traced process stays whatever it grew: tracing ends by it.
         let mut exited: Vec<(u64, u64, u32)> = self
             .processes
             .values()
-            .filter(|p| p.exited)
+            .filter(|p| p.exited && p.pid != self.root)
             .map(|p| (p.reserved.growth(), p.resident.growth(), p.pid))
             .collect();
         if exited.len() <= keep + keep / 4 + 16 {
@@ -455,7 +456,8 @@ impl<P: ProcSource> Tracker<P> {
         match self.origin {
             Origin::Attached => self.processes.get(&self.root).is_some_and(|p| p.exited),
             Origin::Launched(_) => {
-                !self.processes.is_empty() && self.processes.values().all(|p| p.exited)
+                (!self.processes.is_empty() || self.left_out > 0)
+                    && self.processes.values().all(|p| p.exited)
             }
             Origin::All => false,
         }
@@ -605,6 +607,27 @@ mod tests {
         let kept: Vec<u32> = tracker.processes.keys().copied().collect();
         assert_eq!(kept, [1, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159]);
         assert_eq!(tracker.left_out, 50);
+    }
+
+    /// The traced process is never left out: tracing ends when it has exited.
+    #[test]
+    fn the_traced_process_is_kept_whatever_it_grew() {
+        let mut proc = FakeProc::default().with(1, "sh", BASH_MAPS, MIB);
+        for pid in 2..40 {
+            proc = proc.with(pid, "true", BASH_MAPS, MIB);
+        }
+        let mut tracker = attached(proc, 1);
+        tracker.keep_exited = Some(0);
+        for pid in 2..40 {
+            tracker.apply(new_process(1, pid, "true"));
+            tracker.apply(mmap(pid, 0x7f00_0000_0000, MIB, NO_STACK));
+            tracker.apply(exit(pid));
+        }
+        tracker.apply(exit(1));
+        tracker.trim_exited();
+        assert_eq!(tracker.processes.keys().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(tracker.left_out, 38);
+        assert!(tracker.finished());
     }
 
     #[test]

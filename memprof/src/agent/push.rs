@@ -144,13 +144,23 @@ pub(super) fn request(
 /// it runs on a thread that may wait.
 pub(super) fn post(target: &PushTarget, body: &[u8]) -> Result<(), String> {
     let timeout = Duration::from_secs(10);
-    let address = (target.host.as_str(), target.port)
+    // Every address the name has, in turn: `localhost` may give ::1 first to a server on
+    // 127.0.0.1.
+    let mut failed = format!("{}: no address", target.authority);
+    let mut stream = None;
+    for address in (target.host.as_str(), target.port)
         .to_socket_addrs()
         .map_err(|e| format!("{}: {e}", target.authority))?
-        .next()
-        .ok_or_else(|| format!("{}: no address", target.authority))?;
-    let mut stream = TcpStream::connect_timeout(&address, timeout)
-        .map_err(|e| format!("connecting to {}: {e}", target.authority))?;
+    {
+        match TcpStream::connect_timeout(&address, timeout) {
+            Ok(connected) => {
+                stream = Some(connected);
+                break;
+            }
+            Err(e) => failed = format!("connecting to {} ({address}): {e}", target.authority),
+        }
+    }
+    let mut stream = stream.ok_or(failed)?;
     stream.set_read_timeout(Some(timeout)).ok();
     stream.set_write_timeout(Some(timeout)).ok();
     let head = format!(

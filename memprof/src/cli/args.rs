@@ -103,7 +103,7 @@ pub(crate) struct KeepExited(pub(crate) Option<usize>);
 pub(crate) fn keep_exited(s: &str) -> Result<KeepExited, String> {
     match s {
         "all" => Ok(KeepExited(None)),
-        _ if s == "0" => Ok(KeepExited(Some(0))),
+        "0" => Ok(KeepExited(Some(0))),
         _ => positive::<usize>(s)
             .map(|n| KeepExited(Some(n)))
             .map_err(|e| format!("{e}, or `all`")),

@@ -45,8 +45,8 @@ pub(crate) struct RunArgs {
     regions: usize,
 
     /// Processes that exited while traced kept in the report, those that grew most; the
-    /// others are counted (processes_left_out), so that tracing a host's churn holds no more.
-    /// `all` keeps every one.
+    /// others are counted (processes_left_out). It bounds memprof's memory and its report's
+    /// size when tracing a host's churn (--all); `all` keeps every one.
     #[arg(long, value_name = "N|all", default_value = "1000", value_parser = args::keep_exited)]
     keep_exited: args::KeepExited,
 

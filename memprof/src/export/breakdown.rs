@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::{
+    address_space::SiteId,
     report::{ProcessReport, category::Category},
     symbolize::Frame,
 };
@@ -23,7 +24,7 @@ pub(super) fn category_stacks(process: &ProcessReport) -> Vec<CategoryStack> {
         .iter()
         .map(|s| (s.id, s.stack.as_slice()))
         .collect();
-    let mut figures: BTreeMap<(Category, u32), (u64, u64)> = BTreeMap::new();
+    let mut figures: BTreeMap<(Category, SiteId), (u64, u64)> = BTreeMap::new();
     for r in &process.regions {
         let f = figures.entry((r.category, r.site_id)).or_default();
         f.0 += r.reserved_bytes;

@@ -3,10 +3,12 @@
 //! exactly one, so a process's categories add up to its reserved, committed and resident
 //! bytes.
 //!
-//! The rules are the two tables below, tried in this order: the region's kind
-//! ([`by_kind`]), then [`FRAME_RULES`] on the frames of its reservation (and, failing that,
-//! of the call that mapped it), then what the region is ([`by_region`]). A runtime or an
-//! allocator is added by a line in [`FRAME_RULES`].
+//! The rules, tried in this order ([`categorize`]): the region's kind ([`by_kind`]); the
+//! table [`FRAME_RULES`] on the frames of its reservation (and, failing that, of the call
+//! that mapped it), with glibc's arenas told from its other blocks by their shape, which also
+//! names them when no stack says anything; then what the region is ([`by_region`]). A
+//! runtime or an allocator is added by a line in [`FRAME_RULES`]; docs/categories.md says
+//! more.
 use std::collections::{BTreeMap, HashSet};
 
 use serde::Serialize;
@@ -14,7 +16,8 @@ use serde::Serialize;
 use super::stacks::name_matches;
 use crate::{
     address_space::{
-        AddressSpace, PROT_EXEC, PROT_WRITE, Region, RegionKind, SITE_BEFORE_TRACING, SiteId,
+        AddressSpace, GUARD_MAX, PROT_EXEC, PROT_WRITE, Region, RegionKind, SITE_BEFORE_TRACING,
+        SiteId,
     },
     symbolize::Frame,
 };
@@ -23,15 +26,14 @@ use crate::{
 /// aligned to it, which is how its regions are told from blocks malloc mapped alone.
 const ARENA_HEAP: u64 = 64 << 20;
 
-/// A PROT_NONE region no larger is a guard page (or a few).
-const GUARD_MAX: u64 = 64 << 10;
+/// The sizes of CPython's obmalloc arenas: 1 MiB from 3.10, 256 KiB before.
+const PYTHON_ARENAS: [u64; 2] = [1 << 20, 256 << 10];
 
 /// Where the Go runtime puts its heap on 64-bit x86 (its first arena hint, 0xc000000000,
 /// and the 256 GiB above it): every Go program has a mapping at its start.
 const GO_ARENAS: std::ops::Range<u64> = 0xc0_0000_0000..0x100_0000_0000;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Category {
     GoHeap,
     GoRuntime,
@@ -54,6 +56,13 @@ pub enum Category {
     Guard,
     Kernel,
     Other,
+}
+
+/// By its identifier, the one name it has everywhere.
+impl Serialize for Category {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.id())
+    }
 }
 
 impl Category {
@@ -174,7 +183,8 @@ const FRAME_RULES: &[(Category, &[&str])] = &[
         ],
     ),
     // Go: the heap's arenas are reserved by mheap.sysAlloc (and mapped in by mheap.grow);
-    // everything else the runtime maps is its own metadata.
+    // everything else the runtime maps itself (through runtime.mmap, which the program's
+    // own code does not call) is its metadata.
     (
         Category::GoHeap,
         &[
@@ -182,7 +192,7 @@ const FRAME_RULES: &[(Category, &[&str])] = &[
             "runtime.sysMap < runtime.(*mheap).grow",
         ],
     ),
-    (Category::GoRuntime, &["runtime.*", "runtime/*"]),
+    (Category::GoRuntime, &["runtime.mmap*"]),
     // HotSpot.
     (
         Category::JvmHeap,
@@ -205,7 +215,8 @@ const FRAME_RULES: &[(Category, &[&str])] = &[
             "FileMapInfo::*",
         ],
     ),
-    (Category::JvmOther, &["*@libjvm.so"]),
+    // What the JVM maps itself; not what Java code or a JNI library maps below its frames.
+    (Category::JvmOther, &["mmap* < *@libjvm.so"]),
     // V8: its code range first, which the heap's setup reserves.
     (
         Category::V8Code,
@@ -215,13 +226,13 @@ const FRAME_RULES: &[(Category, &[&str])] = &[
         Category::V8Heap,
         &[
             "v8::internal::MemoryAllocator::*",
-            "v8::internal::Heap::*",
             "v8::internal::VirtualMemoryCage::*",
             "cppgc::*",
         ],
     ),
-    // CPython maps memory itself only for obmalloc's arenas: named, or without symbols
-    // (Debian strips them) the caller of the mmap wrapper in the interpreter.
+    // CPython maps memory itself for obmalloc's arenas: named, or without symbols (Debian
+    // strips them) the caller of the mmap wrapper in the interpreter, an arena's size (its
+    // built-in mmap module maps what it is asked).
     (
         Category::PythonHeap,
         &[
@@ -303,14 +314,12 @@ fn by_region(space: &AddressSpace, region: &Region, process: &ProcessFacts) -> C
         (RegionKind::Anonymous, None) if is_bss(space, region, &process.code_files) => {
             Category::Binary
         }
-        _ if region.prot == 0 && region.size() <= GUARD_MAX => {
-            // A stack's guard is the stack's (the JVM maps its own below a thread's).
-            match space.region_at(region.end).map(|above| above.kind) {
-                Some(RegionKind::ThreadStack) => Category::ThreadStack,
-                Some(RegionKind::MainStack) => Category::MainStack,
-                _ => Category::Guard,
-            }
-        }
+        // A stack's guard is the stack's (the JVM maps its own below a thread's).
+        _ if region.prot == 0 && region.size() <= GUARD_MAX => match space.stack_guarded(region) {
+            Some(RegionKind::ThreadStack) => Category::ThreadStack,
+            Some(RegionKind::MainStack) => Category::MainStack,
+            _ => Category::Guard,
+        },
         // What a Go program mapped before memprof looked: its heap's arenas from the first
         // hint up, the runtime's metadata elsewhere.
         (RegionKind::Anonymous, None) if process.go && !region.shared => {
@@ -413,11 +422,22 @@ pub fn categorize(
         return category;
     }
     let reservation = sites.says(region.reservation);
-    let by_stack = reservation
-        .category
-        .or_else(|| sites.says(region.site).category);
+    let by_stack = if region.kind == RegionKind::File {
+        // A file mapped on its own is a file, whichever code mapped it; mapped into what a
+        // runtime reserved (the JVM's class-data archive), it is part of that.
+        reservation
+            .category
+            .filter(|_| region.reservation != region.site)
+    } else {
+        reservation
+            .category
+            .or_else(|| sites.says(region.site).category)
+    };
     match by_stack {
         Some(Category::MallocMmap) if in_arena_heap(space, region) => Category::MallocArena,
+        Some(Category::PythonHeap) if !PYTHON_ARENAS.contains(&region.size()) => {
+            by_region(space, region, process)
+        }
         Some(category) => category,
         // An arena's shape says what it is when its stack does not (attach mode); the Go
         // heap's first arena has that shape too.
@@ -453,8 +473,8 @@ fn in_arena_heap(space: &AddressSpace, region: &Region) -> bool {
     end == heap_end
 }
 
-/// Whether a stack says nothing of who asked: none, a placeholder, or only the C library's
-/// frames (an unwinding that stopped in it).
+/// Whether a stack says nothing of who asked: none, a placeholder, or only frames of the C
+/// library (an unwinding that stopped in it) and of no file (code a runtime generated).
 fn says_nothing(frames: &[Frame]) -> bool {
     frames.iter().all(|f| {
         f.module.as_deref().is_none_or(|m| {
@@ -471,7 +491,6 @@ pub struct CategoryFigures {
     pub reserved_bytes: u64,
     pub committed_bytes: u64,
     pub resident_bytes: u64,
-    pub regions: u64,
 }
 
 /// Reserved, committed and resident bytes by category, from the regions of `space` and
@@ -486,7 +505,6 @@ pub fn breakdown<'a>(
         row.reserved_bytes += region.size();
         row.committed_bytes += if region.prot == 0 { 0 } else { region.size() };
         row.resident_bytes += space.region_resident(region);
-        row.regions += 1;
     }
     rows
 }
@@ -565,7 +583,6 @@ mod tests {
         assert_eq!(sum(|r| r.committed_bytes), space.committed());
         let resident: u64 = space.regions().map(|r| space.region_resident(r)).sum();
         assert_eq!(sum(|r| r.resident_bytes), resident);
-        assert_eq!(sum(|r| r.regions), space.regions().count() as u64);
     }
 
     #[test]
@@ -876,7 +893,8 @@ mod tests {
             format!("{range} {perms} 00000000 00:00 0\nRss: 0 kB\nVmFlags: {flags}\n")
         };
         let text = [
-            smaps("c000000000-c000400000", "rw-p", "rd wr mr mw me ac"),
+            // No huge pages for it (Go's scavenger asks so): not a stack, with no guard.
+            smaps("c000000000-c000400000", "rw-p", "rd wr mr mw me ac nh"),
             smaps("c000400000-c004000000", "---p", "mr mw me"),
             smaps("7f0000000000-7f0020000000", "---p", "mr mw me"),
             smaps("7f1000000000-7f1000001000", "---p", "mr mw me nh"),
@@ -899,6 +917,47 @@ mod tests {
                 "thread_stack",
                 "guard"
             ]
+        );
+        assert_adds_up(&space, &mut stacks);
+    }
+
+    /// A program's own mappings are not its runtime's because the runtime's frames lie
+    /// below them: a Go program's or a JVM's own files are files, their own anonymous
+    /// memory `other`, and CPython's mmap module maps no arena.
+    #[test]
+    fn code_that_runs_on_a_runtime_maps_its_own_memory() {
+        let go_file = &[
+            "runtime/internal/syscall.Syscall6@/srv/app",
+            "syscall.Mmap@/srv/app",
+            "main.openIndex@/srv/app",
+            "runtime.main@/srv/app",
+            "runtime.goexit@/srv/app",
+        ];
+        let jni = &[
+            "mmap@libc.so.6",
+            "Java_com_example_Native_map@libexample.so",
+            "JavaCalls::call_helper@libjvm.so",
+            "thread_native_entry@libjvm.so",
+        ];
+        let python_mmap = &["mmap@libc.so.6", "python3.11+0x1f00@python3.11"];
+        let mut stacks = Stacks::default()
+            .with(2, go_file)
+            .with(3, jni)
+            .with(4, python_mmap);
+        let mut space = AddressSpace::new();
+        let file = 0x7f00_0000_0000;
+        space.mmap(file, 16 * MIB, 1, 0x01, 3, 0, 2);
+        space.name_file(file, "/srv/index.db");
+        space.mmap(0x7f10_0000_0000, 16 * MIB, RW, PRIVATE_ANON, -1, 0, 2);
+        space.mmap(0x7f20_0000_0000, 8 * MIB, RW, PRIVATE_ANON, -1, 0, 3);
+        space.mmap(0x7f30_0000_0000, 3 * MIB, RW, PRIVATE_ANON, -1, 0, 4);
+        space.mmap(0x7f40_0000_0000, MIB, RW, PRIVATE_ANON, -1, 0, 4);
+        assert_eq!(
+            categories(&space, &mut stacks)
+                .into_iter()
+                .map(|(_, c)| c)
+                .collect::<Vec<_>>(),
+            ["file", "other", "other", "other", "python_heap"]
         );
         assert_adds_up(&space, &mut stacks);
     }

@@ -200,7 +200,7 @@ impl ProcessReport {
         let _ = writeln!(
             out,
             "  breakdown  what the memory is for, most reserved first\n    {:<16} {:>10} {:>10} {:>10} {:>9}",
-            "CATEGORY", "RESERVED", "COMMITTED", "RESIDENT", "RES/RES"
+            "CATEGORY", "RESERVED", "COMMITTED", "RESIDENT", "RESIDENT%"
         );
         let share = |part: u64, whole: u64| match whole {
             0 => String::from("-"),
@@ -432,20 +432,13 @@ mod tests {
         }
     }
 
-    fn row(
-        category: Category,
-        reserved: u64,
-        committed: u64,
-        resident: u64,
-        regions: u64,
-    ) -> BreakdownRow {
+    fn row(category: Category, reserved: u64, committed: u64, resident: u64) -> BreakdownRow {
         BreakdownRow {
             category,
             figures: CategoryFigures {
                 reserved_bytes: reserved,
                 committed_bytes: committed,
                 resident_bytes: resident,
-                regions,
             },
             description: category.describe(),
         }
@@ -513,9 +506,9 @@ mod tests {
                     },
                 },
                 breakdown: vec![
-                    row(Category::GoRuntime, 768 << 20, 0, 0, 3),
-                    row(Category::GoHeap, 256 << 20, 256 << 20, 60 << 20, 2),
-                    row(Category::MallocHeap, 1 << 20, 1 << 20, 4096, 1),
+                    row(Category::GoRuntime, 768 << 20, 0, 0),
+                    row(Category::GoHeap, 256 << 20, 256 << 20, 60 << 20),
+                    row(Category::MallocHeap, 1 << 20, 1 << 20, 4096),
                 ],
                 regions: vec![
                     region(

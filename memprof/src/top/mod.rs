@@ -4,7 +4,6 @@ pub mod terminal;
 pub mod view;
 
 use std::{
-    collections::{HashMap, HashSet},
     io::{self, IsTerminal as _, Write as _},
     time::{Duration, SystemTime},
 };
@@ -17,13 +16,8 @@ use crate::{
     filter::{FilterSpec, ProcessFilter},
     probes::{self, LoadOptions, Probes},
     process::Process,
-    report::{
-        category::{self, Category, SiteStacks, StackSays},
-        symbolize_site,
-    },
+    report::category::{self, Category, SiteStacks, StackSays},
     session::{Flow, Session, Watch},
-    sites::Sites,
-    symbolize::Symbolizer,
     tracker::Tracker,
 };
 use render::Header;
@@ -83,63 +77,39 @@ struct Top {
     /// Tracing ended because of this view (its iterations done, stdout closed): nothing is
     /// left to print.
     ended_it: bool,
-    stacks: StackMemo,
 }
 
-/// What each site's stack says of the memory it reserved, symbolized once per site: the
-/// rows' categories are worked out every refresh.
-#[derive(Default)]
-struct StackMemo {
-    symbolizer: Symbolizer,
-    says: HashMap<SiteId, StackSays>,
-}
+/// Top records no stacks (they would cost every traced process): its categories come from
+/// the regions' shapes alone.
+struct NoStacks;
 
-/// [`StackMemo`] over the session's sites.
-struct MemoOf<'a> {
-    memo: &'a mut StackMemo,
-    sites: &'a Sites,
-}
-
-impl SiteStacks for MemoOf<'_> {
-    fn says(&mut self, site: SiteId) -> StackSays {
-        let StackMemo { symbolizer, says } = &mut *self.memo;
-        *says
-            .entry(site)
-            .or_insert_with(|| StackSays::of(&symbolize_site(symbolizer, self.sites.get(site))))
-    }
-}
-
-impl StackMemo {
-    /// The categories holding most of `p`'s reserved and of its resident bytes.
-    fn most_in(&mut self, sites: &Sites, p: &Process) -> MostIn {
-        let facts = category::ProcessFacts::of(&p.space);
-        let mut stacks = MemoOf { memo: self, sites };
-        let rows = category::breakdown(
-            &p.space,
-            p.space
-                .regions()
-                .map(|r| (r, category::categorize(&p.space, r, &facts, &mut stacks))),
-        );
-        let most = |figure: fn(&category::CategoryFigures) -> u64| -> Option<Category> {
-            rows.iter()
-                .filter(|(_, f)| figure(f) > 0)
-                .max_by_key(|(_, f)| figure(f))
-                .map(|(&c, _)| c)
-        };
-        MostIn {
-            reserved: most(|f| f.reserved_bytes),
-            resident: most(|f| f.resident_bytes),
+impl SiteStacks for NoStacks {
+    fn says(&mut self, _: SiteId) -> StackSays {
+        StackSays {
+            category: None,
+            nothing: true,
         }
     }
+}
 
-    /// Forgets the sites the tracker forgot: their ids go to new sites.
-    fn keep(&mut self, tracker: &Tracker) {
-        let used: HashSet<SiteId> = tracker
-            .processes
-            .values()
-            .flat_map(Process::sites_used)
-            .collect();
-        self.says.retain(|site, _| used.contains(site));
+/// The categories holding most of `p`'s reserved and of its resident bytes.
+fn most_in(p: &Process) -> MostIn {
+    let facts = category::ProcessFacts::of(&p.space);
+    let rows = category::breakdown(
+        &p.space,
+        p.space
+            .regions()
+            .map(|r| (r, category::categorize(&p.space, r, &facts, &mut NoStacks))),
+    );
+    let most = |figure: fn(&category::CategoryFigures) -> u64| -> Option<Category> {
+        rows.iter()
+            .filter(|(_, f)| figure(f) > 0)
+            .max_by_key(|(_, f)| figure(f))
+            .map(|(&c, _)| c)
+    };
+    MostIn {
+        reserved: most(|f| f.reserved_bytes),
+        resident: most(|f| f.resident_bytes),
     }
 }
 
@@ -157,14 +127,13 @@ impl Top {
                 reserved: p.reserved.end,
                 resident: p.resident.end,
                 faults: p.events.page_faults,
-                most_in: self.stacks.most_in(&tracker.sites, p),
+                most_in: most_in(p),
                 exited: p.exited,
             })
             .collect();
         self.rows = self.rates.update(now, figures);
         // Shown once as exited, then forgotten: top may run for days.
         tracker.forget_exited();
-        self.stacks.keep(tracker);
         self.header = Header {
             elapsed_secs: (now - self.started_ns) as f64 / 1e9,
             unix_secs: SystemTime::now()
@@ -333,7 +302,6 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
         iterations: args.iterations,
         duration: args.duration,
         ended_it: false,
-        stacks: StackMemo::default(),
     };
     if interactive {
         // At once, rather than a blank screen until the first refresh (rates need a second).

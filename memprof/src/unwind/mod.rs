@@ -117,8 +117,9 @@ struct ElfTables {
     /// The code the tables describe (virtual addresses, sorted): other code of the file has
     /// no rule to unwind it by.
     described: Vec<Range<u64>>,
-    /// Code the tables describe wrongly (virtual addresses): [`MISDESCRIBED`].
-    misdescribed: Vec<Range<u64>>,
+    /// Code the tables describe wrongly (virtual addresses): [`MISDESCRIBED`], each with
+    /// whether a stack ends in it ([`SWITCHING`]).
+    misdescribed: Vec<(Range<u64>, bool)>,
     file: memmap2::Mmap,
 }
 
@@ -135,6 +136,12 @@ const MISDESCRIBED: [&str; 5] = [
     "runtime.mcall",
     "runtime.morestack",
 ];
+
+/// Of those, the ones that always leave the goroutine's stack for the system stack and never
+/// return: a stack copied from the system stack ends in them (the goroutine's part is on a
+/// stack the kernel did not copy), and the words above their frame there are whatever it last
+/// held (imitating morestack's code to its `ret` under load read a stale return address).
+const SWITCHING: [&str; 2] = ["runtime.mcall", "runtime.morestack"];
 
 impl ElfTables {
     fn read(path: &Path) -> Option<Self> {
@@ -182,11 +189,12 @@ impl ElfTables {
         let misdescribed = match section(".go.buildinfo") {
             Some(_) => elf
                 .symbols()
-                .filter(|s| {
-                    s.name()
-                        .is_ok_and(|name| MISDESCRIBED.iter().any(|m| name.starts_with(m)))
+                .filter_map(|s| {
+                    let name = s.name().ok()?;
+                    MISDESCRIBED.iter().find(|m| name.starts_with(*m))?;
+                    let switching = SWITCHING.iter().any(|m| name.starts_with(m));
+                    Some((s.address()..s.address() + s.size(), switching))
                 })
-                .map(|s| s.address()..s.address() + s.size())
                 .collect(),
             None => Vec::new(),
         };
@@ -218,12 +226,12 @@ impl ElfTables {
     }
 
     /// The function [`MISDESCRIBED`] names that holds file offset `offset`: its virtual
-    /// addresses.
-    fn misdescribed_at(&self, offset: u64) -> Option<Range<u64>> {
+    /// addresses, and whether it is [`SWITCHING`].
+    fn misdescribed_at(&self, offset: u64) -> Option<(Range<u64>, bool)> {
         let address = self.vaddr(offset)?;
         self.misdescribed
             .iter()
-            .find(|r| r.contains(&address))
+            .find(|(r, _)| r.contains(&address))
             .cloned()
     }
 
@@ -363,7 +371,14 @@ impl Unwinding {
             let at = regs;
             let lookup = frame.address_for_lookup();
             let undescribed = code.undescribed(lookup);
-            let misdescribed = code.misdescribed(lookup);
+            let (misdescribed, switching) = match code.misdescribed(lookup) {
+                Some((function, switching)) => (Some(function), switching),
+                None => (None, false),
+            };
+            if switching {
+                unwound.complete = true;
+                break;
+            }
             // framehop follows the tables; where they say nothing (`undescribed`), the frame
             // pointers, which code that keeps them (V8's builtins, JIT code) leaves right
             // and other code leaves pointing anywhere: a return address that follows no call
@@ -462,12 +477,15 @@ impl Code<'_> {
     }
 
     /// The function whose tables are known to be wrong that holds `address`: its addresses
-    /// in the process.
-    fn misdescribed(&self, address: u64) -> Option<Range<u64>> {
+    /// in the process, and whether a stack ends in it ([`SWITCHING`]).
+    fn misdescribed(&self, address: u64) -> Option<(Range<u64>, bool)> {
         let (tables, offset) = self.tables_at(address)?;
-        let function = tables.misdescribed_at(offset)?;
+        let (function, switching) = tables.misdescribed_at(offset)?;
         let shift = address - tables.vaddr(offset)?;
-        Some(function.start.wrapping_add(shift)..function.end.wrapping_add(shift))
+        Some((
+            function.start.wrapping_add(shift)..function.end.wrapping_add(shift),
+            switching,
+        ))
     }
 
     /// The first word above the stack pointer of `regs` that is a return address into code

@@ -13,10 +13,19 @@
 macro_rules! note {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
+        let mut stderr = std::io::stderr().lock();
+        // Over the status line, which is redrawn below it at its next refresh.
+        if $crate::STATUS_LINE_SHOWN.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = write!(stderr, "\r\x1b[K");
+        }
+        let _ = writeln!(stderr, $($arg)*);
     }};
 }
 pub(crate) use note;
+
+/// `run`'s status line is on the terminal's last row: a note first clears it.
+pub(crate) static STATUS_LINE_SHOWN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 // The machine.
 /// Sizes and durations, parsed from options and printed in reports.

@@ -323,6 +323,7 @@ impl Watch for StatusLine {
         // Not a failure of the trace when nobody can read it.
         let _ = write!(io::stderr(), "\r{line}\x1b[K");
         self.drawn = true;
+        crate::STATUS_LINE_SHOWN.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(Flow::Continue)
     }
 
@@ -339,6 +340,7 @@ impl Drop for StatusLine {
     fn drop(&mut self) {
         if self.drawn {
             let _ = write!(io::stderr(), "\r\x1b[K");
+            crate::STATUS_LINE_SHOWN.store(false, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

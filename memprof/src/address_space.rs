@@ -201,7 +201,8 @@ impl Region {
         self.end - self.start
     }
 
-    fn committed(&self) -> u64 {
+    /// Its bytes when not PROT_NONE.
+    pub fn committed(&self) -> u64 {
         if self.prot == 0 { 0 } else { self.size() }
     }
 
@@ -644,9 +645,9 @@ impl AddressSpace {
         };
         let prot = (prot & PROT_MASK) as u32;
         let shared = flags & MAP_SHARED != 0;
-        let reservation = match self.region_at(addr) {
-            Some(r) if flags & MAP_FIXED != 0 => r.reservation,
-            _ => site,
+        let reservation = match flags & MAP_FIXED {
+            0 => site,
+            _ => self.region_at(addr).map_or(site, |r| r.reservation),
         };
         self.assign(Region {
             growsdown: flags & MAP_GROWSDOWN != 0,

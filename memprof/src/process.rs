@@ -482,7 +482,7 @@ impl Process {
         for r in self.space.regions() {
             let f = figures.entry(r.site).or_default();
             f.reserved += r.size();
-            f.committed += if r.prot == 0 { 0 } else { r.size() };
+            f.committed += r.committed();
             f.resident += self.space.region_resident(r);
         }
         for (&site, &n) in &self.faults_in_regions {

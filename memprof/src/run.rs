@@ -9,6 +9,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::ExitStatus,
+    sync::atomic::Ordering,
     time::Duration,
 };
 
@@ -212,7 +213,7 @@ pub fn run(mut options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
     // A sign of life on the terminal where nothing else writes: the command launched
     // writes there itself, and a line redrawn in place would garble its output.
     let mut status = (!quiet && !launched_command(&options.target) && io::stderr().is_terminal())
-        .then(StatusLine::default);
+        .then_some(StatusLine);
     let watch = status.as_mut().map(|s| s as &mut dyn Watch);
     runtime.block_on(session.run(events, stop, options.duration, watch))?;
     // Cleared before anything else is said.
@@ -304,10 +305,8 @@ const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 /// A line on stderr (a terminal), redrawn in place every [`STATUS_EVERY`] while tracing runs
 /// and cleared when it ends: a long trace otherwise looks hung.
-#[derive(Default)]
-struct StatusLine {
-    drawn: bool,
-}
+/// Whether it is on the terminal is `crate::STATUS_LINE_SHOWN`, which notes read too.
+struct StatusLine;
 
 impl Watch for StatusLine {
     fn refresh_every(&self) -> Duration {
@@ -322,8 +321,7 @@ impl Watch for StatusLine {
         let line: String = line.chars().take(width.saturating_sub(1)).collect();
         // Not a failure of the trace when nobody can read it.
         let _ = write!(io::stderr(), "\r{line}\x1b[K");
-        self.drawn = true;
-        crate::STATUS_LINE_SHOWN.store(true, std::sync::atomic::Ordering::Relaxed);
+        crate::STATUS_LINE_SHOWN.store(true, Ordering::Relaxed);
         Ok(Flow::Continue)
     }
 
@@ -338,9 +336,8 @@ impl Watch for StatusLine {
 
 impl Drop for StatusLine {
     fn drop(&mut self) {
-        if self.drawn {
+        if crate::STATUS_LINE_SHOWN.swap(false, Ordering::Relaxed) {
             let _ = write!(io::stderr(), "\r\x1b[K");
-            crate::STATUS_LINE_SHOWN.store(false, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -158,14 +158,15 @@ impl ProcessReport {
             .regions()
             .map(|r| (r, category::categorize(&p.space, r, &facts, stacks)))
             .collect();
-        let mut breakdown: Vec<BreakdownRow> = category::breakdown(&p.space, categorized.clone())
-            .into_iter()
-            .map(|(category, figures)| BreakdownRow {
-                category,
-                figures,
-                description: category.describe(),
-            })
-            .collect();
+        let mut breakdown: Vec<BreakdownRow> =
+            category::breakdown(&p.space, categorized.iter().copied())
+                .into_iter()
+                .map(|(category, figures)| BreakdownRow {
+                    category,
+                    figures,
+                    description: category.describe(),
+                })
+                .collect();
         breakdown.sort_by_key(|row| {
             std::cmp::Reverse((row.figures.reserved_bytes, row.figures.resident_bytes))
         });

@@ -266,10 +266,9 @@ fn frame_matches(spec: &str, frame: &Frame) -> bool {
 
 /// Whether some consecutive frames (leaf first) are the ones `pattern` names.
 fn stack_matches(pattern: &str, frames: &[Frame]) -> bool {
-    let specs: Vec<&str> = pattern.split(" < ").collect();
-    frames.windows(specs.len()).any(|run| {
-        specs
-            .iter()
+    let specs = || pattern.split(" < ");
+    frames.windows(specs().count()).any(|run| {
+        specs()
             .zip(run)
             .all(|(spec, frame)| frame_matches(spec, frame))
     })
@@ -434,17 +433,15 @@ pub fn categorize(
             .or_else(|| sites.says(region.site).category)
     };
     match by_stack {
-        Some(Category::MallocMmap) if in_arena_heap(space, region) => Category::MallocArena,
+        Some(Category::MallocMmap) if in_arena_heap(space, region, process) => {
+            Category::MallocArena
+        }
         Some(Category::PythonHeap) if !PYTHON_ARENAS.contains(&region.size()) => {
             by_region(space, region, process)
         }
         Some(category) => category,
-        // An arena's shape says what it is when its stack does not (attach mode); the Go
-        // heap's first arena has that shape too.
-        None if reservation.nothing
-            && in_arena_heap(space, region)
-            && !(process.go && GO_ARENAS.contains(&region.start)) =>
-        {
+        // An arena's shape says what it is when its stack does not (attach mode).
+        None if reservation.nothing && in_arena_heap(space, region, process) => {
             Category::MallocArena
         }
         None => by_region(space, region, process),
@@ -453,8 +450,12 @@ pub fn categorize(
 
 /// Whether a region lies in one of glibc's arena heaps: 64 MiB of private anonymous memory
 /// reserved at once, aligned to 64 MiB, usable from its start (a block malloc maps alone is
-/// as large as asked). Its regions share a reservation, unless mapped before tracing.
-fn in_arena_heap(space: &AddressSpace, region: &Region) -> bool {
+/// as large as asked). Its regions share a reservation, unless mapped before tracing. The Go
+/// heap's first arena has that shape too, where glibc puts none.
+fn in_arena_heap(space: &AddressSpace, region: &Region, process: &ProcessFacts) -> bool {
+    if process.go && GO_ARENAS.contains(&region.start) {
+        return false;
+    }
     let heap_start = region.start & !(ARENA_HEAP - 1);
     let heap_end = heap_start + ARENA_HEAP;
     let mut end = heap_start;
@@ -503,7 +504,7 @@ pub fn breakdown<'a>(
     for (region, category) in regions {
         let row = rows.entry(category).or_default();
         row.reserved_bytes += region.size();
-        row.committed_bytes += if region.prot == 0 { 0 } else { region.size() };
+        row.committed_bytes += region.committed();
         row.resident_bytes += space.region_resident(region);
     }
     rows

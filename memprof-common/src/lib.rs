@@ -355,8 +355,10 @@ pub struct KernelLayout {
     /// `bpf_array.pptrs`, a per-CPU array map's per-CPU pointers: where each CPU's copies of
     /// per-CPU data lie.
     pub array_pptrs: u32,
+    /// `mm_struct.mm_users`: the tasks sharing an address space (an `atomic_t`).
+    pub mm_users: u32,
 }
-plain_data!(KernelLayout, 84);
+plain_data!(KernelLayout, 88);
 
 impl KernelLayout {
     /// Before userspace sets it at load time.
@@ -382,6 +384,7 @@ impl KernelLayout {
         mm_total_vm: 0,
         counter_counters: 0,
         array_pptrs: 0,
+        mm_users: 0,
     };
 }
 
@@ -458,15 +461,6 @@ pub mod fields {
     pub const SYSCALL_EXIT_NR: Field = ("syscalls/sys_exit_mmap", "__syscall_nr", 8);
     pub const SYSCALL_EXIT_RET: Field = ("syscalls/sys_exit_mmap", "ret", 16);
 
-    pub const MMAP_LOCK_WRITE: Field = ("mmap_lock/mmap_lock_acquire_returned", "write", 24);
-    pub const MMAP_LOCK_SUCCESS: Field = ("mmap_lock/mmap_lock_acquire_returned", "success", 25);
-
     /// The fields of the other tracepoints.
-    pub const ALL: [Field; 5] = [
-        NEWTASK_PID,
-        NEWTASK_CLONE_FLAGS,
-        EXIT_GROUP_DEAD,
-        MMAP_LOCK_WRITE,
-        MMAP_LOCK_SUCCESS,
-    ];
+    pub const ALL: [Field; 3] = [NEWTASK_PID, NEWTASK_CLONE_FLAGS, EXIT_GROUP_DEAD];
 }

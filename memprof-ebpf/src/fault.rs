@@ -17,6 +17,7 @@ use crate::{
     kernel::{current_ids, ok, prandom, read_kernel},
     slot::with_scratch,
     stack::{UserRegs, user_stack, user_stack_walked_by_kernel, walking},
+    syscall::park_change,
 };
 
 /// This CPU's run of faults not sent yet (`pages` 0: none), see [`FaultEvent`]. A run
@@ -80,10 +81,12 @@ fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i6
 }
 
 /// Attached to sched:sched_switch (raw), which runs in the task being switched out: its run
-/// of faults goes out before it can run, and fault, on another CPU.
+/// of faults goes out before it can run, and fault, on another CPU; the number of a change it
+/// made in a syscall not finished yet is parked until that syscall's exit, wherever it runs.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 fn mp_sched_switch(_ctx: RawTracePointContext) -> u32 {
     end_fault_run();
+    park_change();
     0
 }
 

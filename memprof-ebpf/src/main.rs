@@ -13,6 +13,8 @@
 //! never per syscall, fault or counter change. Userspace sets their level at load time from
 //! RUST_LOG's, and the verifier drops the statements above it.
 #![no_std]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 #![expect(
     unused_crate_dependencies,

@@ -56,6 +56,21 @@ impl<T: Copy> Slot<T> {
     }
 }
 
+impl Slot<u64> {
+    /// Adds `delta` (wrapping) in one atomic instruction: for a value CPUs change at once.
+    pub(crate) fn add_atomic(self, delta: u64) {
+        // SAFETY: a slot's pointer is valid and aligned (see `Slot`), and map memory is only
+        // ever accessed by whole integers.
+        // The intrinsic: this target's core has no `AtomicU64::fetch_add`, but the instruction
+        // set has the atomic add it lowers to.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                self.0, delta,
+            )
+        };
+    }
+}
+
 impl<T: Copy, const N: usize> Slot<[T; N]> {
     /// The slot of one element, `None` past the end.
     pub(crate) fn at(self, index: usize) -> Option<Slot<T>> {

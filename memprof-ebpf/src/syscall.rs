@@ -4,9 +4,9 @@
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
-    macros::{map, tracepoint},
-    maps::LruHashMap,
-    programs::TracePointContext,
+    macros::{map, raw_tracepoint, tracepoint},
+    maps::{Array, LruHashMap, PerCpuArray},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use memprof_common::{
     EventKind, SHMAT_LENGTH_ARG, SyscallEvent, fields,
@@ -15,13 +15,13 @@ use memprof_common::{
 
 use crate::{
     arch::{nr, regs},
-    config::{self, USER_STACKS},
+    config::{self, LAYOUT, USER_STACKS},
     event::{emit, header},
     fault::end_fault_run,
     filter::{count_change, is_traced, set_state, state},
-    kernel::{current_ids, field, ok},
+    kernel::{current_ids, field, ok, read_kernel},
     path::send_file_path,
-    slot::Slot,
+    slot::{Slot, with_scratch},
     stack::{UserRegs, mapping_end, user_stack},
 };
 
@@ -49,30 +49,59 @@ fn creates_memory(nr: u64) -> Option<bool> {
     }
 }
 
-/// Per thread, the number of the change its current syscall made to its process's address
-/// space ([`count_change`]), until the syscall's exit sends it (0 then).
-#[map]
-static MP_CHANGE_NUMBER: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+/// The number of the change the thread on this CPU made in its current syscall
+/// ([`count_change`]), until the syscall's exit sends it; `number` 0: none. A thread keeps its
+/// CPU from its change to its syscall's exit unless it is switched out, and then
+/// [`park_change`] moves the number to [`MP_PARKED_CHANGE`]: a per-CPU value is a load, where
+/// a map keyed by thread cost a hash lookup in both programs of every syscall.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct PendingChange {
+    tid: u32,
+    number: u32,
+}
 
-/// On mmap_lock:mmap_lock_acquire_returned: a thread of a traced process took its address
-/// space's write lock in a followed syscall. Threads racing on one address space reach their
-/// syscalls' exits in any order; the number counted here, under the lock, is the kernel's
-/// order of their changes, which userspace applies them in. Outside a followed syscall (a
+#[map]
+static MP_PENDING_CHANGE: PerCpuArray<PendingChange> = PerCpuArray::with_max_entries(1, 0);
+
+/// The numbers of threads switched out between their change and their syscall's exit, by
+/// thread id.
+#[map]
+static MP_PARKED_CHANGE: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// How many numbers [`MP_PARKED_CHANGE`] holds (or held, when one was evicted): while none,
+/// a syscall's exit does not look there.
+#[map]
+static MP_PARKED_CHANGES: Array<u64> = Array::with_max_entries(1, 0);
+
+/// On mmap_lock:mmap_lock_acquire_returned (raw: the mm, write, success): a thread of a
+/// traced process took its address space's write lock in a followed syscall. Threads racing
+/// on one address space reach their syscalls' exits in any order; the number counted here,
+/// under the lock, is the kernel's order of their changes, which userspace applies them in.
+/// An address space no other task uses (`mm_users` 1: a single-threaded process) has no
+/// race, and its changes go unnumbered, applied as they come. Outside a followed syscall (a
 /// page fault growing the stack, fork copying the address space) nothing is counted: no
-/// event would carry the number, and userspace would wait for it.
-#[tracepoint]
-fn mp_mmap_write_locked(ctx: TracePointContext) -> u32 {
+/// event would carry the number, and userspace would wait for it. A raw tracepoint: every
+/// process's lock taken for reading (a page fault's fallback, /proc readers) runs it, and the
+/// formatted event would have the kernel look up the mm's memory cgroup first.
+#[raw_tracepoint(tracepoint = "mmap_lock_acquire_returned")]
+fn mp_mmap_write_locked(ctx: RawTracePointContext) -> u32 {
     ok(try_mmap_write_locked(&ctx))
 }
 
-fn try_mmap_write_locked(ctx: &TracePointContext) -> Result<u32, i64> {
+fn try_mmap_write_locked(ctx: &RawTracePointContext) -> Result<u32, i64> {
+    let (write, success): (u64, u64) = (ctx.arg(1), ctx.arg(2));
+    // bools, in the low byte of their argument.
+    if write & 0xff == 0 || success & 0xff == 0 {
+        return Ok(0);
+    }
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return Ok(0);
     }
-    let write: u8 = field(ctx, fields::MMAP_LOCK_WRITE)?;
-    let success: u8 = field(ctx, fields::MMAP_LOCK_SUCCESS)?;
-    if write == 0 || success == 0 {
+    let mm: u64 = ctx.arg(0);
+    let users: i32 = read_kernel((mm + u64::from(config::get(&LAYOUT).mm_users)) as *const i32)?;
+    if users <= 1 {
         return Ok(0);
     }
     if creates_memory(PtRegs::current().get(regs::ORIG_AX)).is_none() {
@@ -81,12 +110,54 @@ fn try_mmap_write_locked(ctx: &TracePointContext) -> Result<u32, i64> {
     let Some(number) = count_change(tgid) else {
         return Ok(0);
     };
-    // Kept per thread, its number 0 between calls: a lookup is cheaper than an insert.
-    match Slot::lru(&MP_CHANGE_NUMBER, tid) {
-        Some(slot) => slot.set(number),
-        None => MP_CHANGE_NUMBER.insert(tid, number, 0)?,
-    }
+    with_scratch(&MP_PENDING_CHANGE, |pending| {
+        *pending = PendingChange { tid, number };
+    });
     Ok(0)
+}
+
+/// Parks the pending change number of the thread being switched out (see
+/// [`PendingChange`]). Called by the sched_switch program, which runs in that thread.
+pub(crate) fn park_change() {
+    with_scratch(&MP_PENDING_CHANGE, |pending| {
+        if pending.number == 0 || pending.tid != current_ids().1 {
+            return;
+        }
+        if MP_PARKED_CHANGE
+            .insert(pending.tid, pending.number, 0)
+            .is_ok()
+            && let Some(parked) = Slot::array(&MP_PARKED_CHANGES, 0)
+        {
+            parked.add_atomic(1);
+        }
+        pending.number = 0;
+    });
+}
+
+/// Takes the number of the change thread `tid`'s current syscall made: 0 when it made none
+/// (or its process is single-threaded).
+fn take_change_number(tid: u32) -> u32 {
+    let here = with_scratch(&MP_PENDING_CHANGE, |pending| {
+        if pending.tid != tid {
+            return 0;
+        }
+        let number = pending.number;
+        pending.number = 0;
+        number
+    });
+    if let Some(number) = here.filter(|&number| number != 0) {
+        return number;
+    }
+    let Some(parked) = Slot::array(&MP_PARKED_CHANGES, 0).filter(|parked| parked.get() != 0) else {
+        return 0;
+    };
+    let Some(number) = Slot::lru(&MP_PARKED_CHANGE, tid).map(Slot::get) else {
+        return 0;
+    };
+    if MP_PARKED_CHANGE.remove(tid).is_ok() {
+        parked.add_atomic(u64::MAX);
+    }
+    number
 }
 
 /// The current task's user registers (`struct pt_regs`, by word): the syscall's number and
@@ -128,11 +199,7 @@ fn try_syscall_exit(ctx: &TracePointContext) -> Result<u32, i64> {
     }
     let registers = PtRegs::current();
     let reg = |index| registers.get(index);
-    let order = Slot::lru(&MP_CHANGE_NUMBER, tid).map_or(0, |slot| {
-        let number = slot.get();
-        slot.set(0);
-        number
-    });
+    let order = take_change_number(tid);
     let mut event = SyscallEvent {
         header: header(EventKind::Syscall, tgid, tid),
         nr: nr as u32,

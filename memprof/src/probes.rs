@@ -138,6 +138,7 @@ pub fn kernel_layout() -> Result<KernelLayout, Error> {
         mm_total_vm: btf.member_offset("mm_struct", "total_vm")?,
         counter_counters: btf.member_offset("percpu_counter", "counters")?,
         array_pptrs: btf.member_offset("bpf_array", "pptrs")?,
+        mm_users: btf.member_offset("mm_struct", "mm_users")?,
     })
 }
 
@@ -306,11 +307,6 @@ impl Probes {
         release_freed_memory();
         let mut links: Vec<Box<dyn Send>> = Vec::new();
         for (category, name, program) in ATTACHMENTS {
-            // It sends runs of faults, which a stack on every fault leaves none of: not worth
-            // its cost to every context switch on the host.
-            if program == "mp_sched_switch" && options.fault_stack_sample == 1 {
-                continue;
-            }
             let attaching = || format!("attaching to {category}:{name}");
             match ebpf.program_mut(program) {
                 Some(Program::TracePoint(p)) => {

@@ -456,11 +456,5 @@ pub mod fields {
     pub const NEWTASK_PID: Field = ("task/task_newtask", "pid", 8);
     pub const NEWTASK_CLONE_FLAGS: Field = ("task/task_newtask", "clone_flags", 32);
     pub const EXIT_GROUP_DEAD: Field = ("sched/sched_process_exit", "group_dead", 32);
-    /// Every syscalls:sys_exit_* tracepoint has these two: the loader checks them on each one
-    /// the syscall program is on, not in [`ALL`].
-    pub const SYSCALL_EXIT_NR: Field = ("syscalls/sys_exit_mmap", "__syscall_nr", 8);
-    pub const SYSCALL_EXIT_RET: Field = ("syscalls/sys_exit_mmap", "ret", 16);
-
-    /// The fields of the other tracepoints.
     pub const ALL: [Field; 3] = [NEWTASK_PID, NEWTASK_CLONE_FLAGS, EXIT_GROUP_DEAD];
 }

@@ -29,6 +29,8 @@ pub(crate) mod regs {
     pub(crate) const R10: usize = 7;
     pub(crate) const R9: usize = 8;
     pub(crate) const R8: usize = 9;
+    /// The syscall's result, at its exit.
+    pub(crate) const AX: usize = 10;
     pub(crate) const DX: usize = 12;
     pub(crate) const SI: usize = 13;
     pub(crate) const DI: usize = 14;

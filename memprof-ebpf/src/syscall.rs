@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use memprof_common::{
-    EventKind, SHMAT_LENGTH_ARG, SyscallEvent, fields,
+    EventKind, SHMAT_LENGTH_ARG, SyscallEvent,
     pid_state::{EXECING, TRACED},
 };
 
@@ -19,7 +19,7 @@ use crate::{
     event::{emit, header},
     fault::end_fault_run,
     filter::{count_change, is_traced, set_state, state},
-    kernel::{current_ids, field, ok, read_kernel},
+    kernel::{current_ids, ok, read_kernel},
     path::send_file_path,
     slot::{Slot, with_scratch},
     stack::{UserRegs, mapping_end, user_stack},
@@ -33,8 +33,8 @@ use crate::{
 /// (EPERM), and kprobes are not built in. One program on every such tracepoint: the kernel
 /// verifies it once.
 #[tracepoint]
-fn mp_syscall_exit(ctx: TracePointContext) -> u32 {
-    ok(try_syscall_exit(&ctx))
+fn mp_syscall_exit(_ctx: TracePointContext) -> u32 {
+    ok(try_syscall_exit())
 }
 
 /// For the memory syscalls followed: whether the call creates memory (mmap, brk, shmat),
@@ -179,32 +179,30 @@ impl PtRegs {
     }
 }
 
-fn try_syscall_exit(ctx: &TracePointContext) -> Result<u32, i64> {
-    let nr = field::<i32>(ctx, fields::SYSCALL_EXIT_NR)? as u64;
-    let creates = match creates_memory(nr) {
-        Some(creates) => creates,
-        None => {
-            // execve or execveat: a failed exec leaves the old image (mp_exec saw the
-            // successful ones).
-            let tgid = current_ids().0;
-            if state(tgid) == EXECING {
-                set_state(tgid, TRACED);
-            }
-            return Ok(0);
-        }
-    };
+fn try_syscall_exit() -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     if !is_traced(tgid) {
         return Ok(0);
     }
+    // The number and the result from the registers, plain loads, rather than the formatted
+    // event's fields, a helper call each.
     let registers = PtRegs::current();
     let reg = |index| registers.get(index);
+    let nr = reg(regs::ORIG_AX);
+    let Some(creates) = creates_memory(nr) else {
+        // execve or execveat: a failed exec leaves the old image (mp_exec saw the
+        // successful ones).
+        if state(tgid) == EXECING {
+            set_state(tgid, TRACED);
+        }
+        return Ok(0);
+    };
     let order = take_change_number(tid);
     let mut event = SyscallEvent {
         header: header(EventKind::Syscall, tgid, tid),
         nr: nr as u32,
         order,
-        ret: field(ctx, fields::SYSCALL_EXIT_RET)?,
+        ret: reg(regs::AX) as i64,
         ..Default::default()
     };
     for (arg, &register) in event.args.iter_mut().zip(regs::ARGS.iter()) {

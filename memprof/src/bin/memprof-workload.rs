@@ -8,8 +8,9 @@
 //! `memprof_race`), then the checkpoint "end".
 //!
 //! With `--storm faults|syscalls|mixed|host` it instead runs one of the benchmark's storms (see
-//! `cargo xtask bench`) and prints only `{"storm":"NAME","elapsed_ns":N}`, the storm's own
-//! CLOCK_MONOTONIC duration, so that start-up and a tracer's attach time are not counted.
+//! `cargo xtask bench`) and prints only `{"storm":"NAME","elapsed_ns":N,"cpu_ns":M}`, the
+//! storm's own CLOCK_MONOTONIC duration, so that start-up and a tracer's attach time are not
+//! counted, and the CPU time it took (the probes' time in its system time among it).
 #![expect(
     unused_crate_dependencies,
     reason = "a standalone program that shares the package's dependencies"
@@ -236,7 +237,7 @@ fn storm_run(storm: Storm, scale: f64) -> Result<()> {
     // The full storm's figures, scaled; at least one page and one round.
     let touch_len = (((GIB as f64 * scale) as usize) / PAGE).max(1) * PAGE;
     let rounds = |full: usize| ((full as f64 * scale) as usize).max(1);
-    let start = monotonic_ns()?;
+    let (start, cpu_start) = (monotonic_ns()?, clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)?);
     match storm {
         Storm::Faults => memprof_storm_faults(4, touch_len)?,
         Storm::Syscalls => memprof_storm_syscalls(rounds(200_000))?,
@@ -247,10 +248,11 @@ fn storm_run(storm: Storm, scale: f64) -> Result<()> {
         Storm::Host => copy_bytes(rounds(1_500_000))?,
     }
     let elapsed = monotonic_ns()? - start;
+    let cpu = clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)? - cpu_start;
     let mut line = io::Cursor::new([0u8; 128]);
     writeln!(
         line,
-        r#"{{"storm":"{}","elapsed_ns":{elapsed}}}"#,
+        r#"{{"storm":"{}","elapsed_ns":{elapsed},"cpu_ns":{cpu}}}"#,
         storm.name()
     )?;
     emit(&line.get_ref()[..line.position() as usize])?;
@@ -388,12 +390,16 @@ fn copy_bytes(rounds: usize) -> Result<()> {
 
 /// CLOCK_MONOTONIC, in nanoseconds.
 fn monotonic_ns() -> Result<u64> {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> Result<u64> {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `now` is a valid timespec to fill.
-    let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let ret = unsafe { libc::clock_gettime(clock, &mut now) };
     check(ret != 0, "clock_gettime")?;
     Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
 }

@@ -21,7 +21,7 @@ Commands:
                component of the eBPF toolchain (nightly; nightly-2026-05-20 when there is
                no nightly), bpf-linker 0.10.4 (cargo install), and the test tools from
                Debian's packages (apt-get): golang-go, tmux, redis-server, redis-tools,
-               nginx, prometheus, openjdk-17-jdk-headless, nodejs and
+               wrk, nginx, prometheus, openjdk-17-jdk-headless, nodejs and
                golang-github-gin-gonic-gin-dev
   test [ARGS]  setup, then `cargo test --workspace ARGS` (every crate but memprof-ebpf,
                which only builds for BPF), the test binaries run as root (through
@@ -224,12 +224,15 @@ fn bpf_linker() -> Result<Option<PathBuf>> {
     Ok(Some(bin))
 }
 
-/// What integration tests run, from Debian's packages: a program on PATH, or a file.
-const TEST_TOOLS: [(&str, &str); 9] = [
+/// What integration tests and the bench run, from Debian's packages: a program on PATH, or a
+/// file.
+const TEST_TOOLS: [(&str, &str); 10] = [
     ("go", "golang-go"),
     ("tmux", "tmux"),
     ("redis-server", "redis-server"),
     ("redis-benchmark", "redis-tools"),
+    // The bench's HTTP load on the gin server.
+    ("wrk", "wrk"),
     // Not on PATH for users without sbin in it.
     ("/usr/sbin/nginx", "nginx"),
     // The agent's test scrapes it with a real Prometheus and checks it with promtool.

@@ -34,13 +34,15 @@ Commands:
                _memprof.ps1), made with clap_complete
   man DIR      setup, build memprof (debug), then write its man pages in DIR
                (memprof.1, memprof-run.1, memprof-top.1), made with clap_mangen
-  bench [--quick] [--runs N] [--storm NAME]... [--json PATH]
+  bench [--quick] [--runs N] [--storm NAME]... [--json PATH] [--readme]
                setup, build memprof (release), then measure its overhead: storms of page
                faults, of mmap/munmap, and of malloc/free in C without frame pointers (built
                with gcc) run untraced, under memprof (default and --fault-stacks) and under
-               the installed peers (bpftrace, perf, strace), interleaved; prints the median
-               slowdowns, memprof's events, lost events, CPU, peak RSS and time to tracing,
-               and its budgets (`cargo xtask bench --help`)
+               the installed peers (bpftrace, perf, strace), interleaved; a syscall-bound
+               process beside memprof and beside memprof agent; redis and a gin server
+               under load; prints the median slowdowns, memprof's events, lost events, CPU,
+               peak RSS and time to tracing, and its budgets, and with --readme writes them
+               into README.md (`cargo xtask bench --help`)
   bench --soak MINUTES
                setup, build memprof (release), then run memprof agent for MINUTES against
                process churn and a memory storm: its RSS and CPU over time, and its budget

@@ -225,6 +225,12 @@ fn more_runs(ratios: &[Vec<f64>], done: usize, runs: usize) -> bool {
             && ratios.iter().any(|r| iqr(r).is_some_and(|q| q > IQR_MAX)))
 }
 
+/// "2/5" for the progress lines; a round beyond them says why it runs.
+fn round(index: usize, runs: usize) -> String {
+    let extra = if index < runs { "" } else { " (ratios spread)" };
+    format!("{}/{runs}{extra}", index + 1)
+}
+
 /// The README's figures, between these markers, are what `--readme` rewrites.
 const README_START: &str = "<!-- bench:start -->";
 const README_END: &str = "<!-- bench:end -->";
@@ -375,10 +381,9 @@ impl Bench {
                     match run_once(&self.commands, storm, config, index) {
                         Ok(run) => {
                             eprintln!(
-                                "xtask: bench {} {}/{}: {:<40} {:>9.3} s{}",
+                                "xtask: bench {} {}: {:<40} {:>9.3} s{}",
                                 storm.name(),
-                                index + 1,
-                                self.options.runs,
+                                round(index, self.options.runs),
                                 config.name(),
                                 run.elapsed_ns as f64 / 1e9,
                                 run.memprof.as_ref().map_or(String::new(), |m| m.stacks())
@@ -532,6 +537,12 @@ mod tests {
         // A single run has no spread.
         assert!(!more_runs(&[vec![1.5]], 1, 1));
         assert!(!more_runs(&[vec![]], 1, 1));
+    }
+
+    #[test]
+    fn rounds_beyond_the_runs_asked_say_why() {
+        assert_eq!(round(0, 5), "1/5");
+        assert_eq!(round(5, 5), "6/5 (ratios spread)");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::{fs, process::Command, thread, time::Duration};
 use super::{
     RUNS_CAP_FACTOR,
     measure::{MemprofRun, Run},
+    soak,
     storm::{Config, Storm},
 };
 use crate::workspace_root;
@@ -35,6 +36,7 @@ const HOST_MAX: f64 = 1.15;
 const FRAMELESS_COMPLETE_MIN_PERCENT: f64 = 95.0;
 const CPU_MAX_CORES: f64 = 0.5;
 const RSS_MAX_BYTES: u64 = 100_000_000;
+const AGENT_RSS_MAX_BYTES: u64 = soak::RSS_BUDGET;
 const TO_TRACING_MAX: Duration = Duration::from_millis(500);
 
 /// The runs of one bench and what it ran, to report.
@@ -265,19 +267,34 @@ impl Report<'_> {
             format!("≤ {CPU_MAX_CORES} core"),
             cpu.map(|c| c <= CPU_MAX_CORES),
         );
-        let rss = memprof
-            .iter()
-            .map(|m| m.peak_rss_kib)
-            .collect::<Option<Vec<u64>>>()
-            .and_then(|k| k.into_iter().max());
-        line(
-            "memprof peak RSS".into(),
-            rss.map_or("unknown (ptrace refused)".into(), |k| {
-                format!("{:.1} MB", (k * 1024) as f64 / 1e6)
-            }),
-            format!("≤ {} MB", RSS_MAX_BYTES / 1_000_000),
-            rss.map(|k| k * 1024 <= RSS_MAX_BYTES),
-        );
+        // The agent, tracing the whole host, holds more than `memprof run`: it has its own
+        // budget, the soak's.
+        for (what, agent, max) in [
+            ("memprof peak RSS", false, RSS_MAX_BYTES),
+            ("memprof agent peak RSS", true, AGENT_RSS_MAX_BYTES),
+        ] {
+            let runs: Vec<&Run> = self
+                .runs
+                .iter()
+                .filter(|r| r.memprof.is_some() && (r.config == Config::Agent) == agent)
+                .collect();
+            if agent && runs.is_empty() {
+                continue;
+            }
+            let rss = runs
+                .iter()
+                .map(|r| r.memprof.as_ref()?.peak_rss_kib)
+                .collect::<Option<Vec<u64>>>()
+                .and_then(|k| k.into_iter().max());
+            line(
+                what.into(),
+                rss.map_or("unknown (ptrace refused)".into(), |k| {
+                    format!("{:.1} MB", (k * 1024) as f64 / 1e6)
+                }),
+                format!("≤ {} MB", max / 1_000_000),
+                rss.map(|k| k * 1024 <= max),
+            );
+        }
         let tracing = memprof.iter().map(|m| m.to_tracing_ns).max();
         line(
             "time to tracing".into(),
@@ -676,6 +693,51 @@ Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all
         assert_eq!(json["runs"][4]["complete_stack_bytes"], 980);
         assert_eq!(json["runs"][4]["stack_bytes"], 1000);
         assert_eq!(json["runs"][4]["stacks_over_budget"], 12_345);
+    }
+
+    /// The host storm beside memprof and the agent: both against the host budget, and the
+    /// agent's RSS against its own.
+    #[test]
+    fn host_budgets() {
+        let storm = Storm::Host;
+        let mut agent = memprof(storm, 0, 1_300, 0, 0, Some(100), 230);
+        agent.config = Config::Agent;
+        let m = agent.memprof.as_mut().unwrap();
+        m.events = None;
+        m.peak_rss_kib = Some(126_000);
+        let runs = [
+            untraced(storm, 0, 1_000),
+            memprof(storm, 0, 1_100, 0, 0, Some(100), 200),
+            agent,
+        ];
+        let report = Report {
+            scale: 1.0,
+            runs_per_configuration: 1,
+            storms: &[storm],
+            configs: &[Config::Untraced, Config::Memprof, Config::Agent],
+            notes: &[],
+            runs: &runs,
+        };
+        let text = report.text("m");
+        assert!(
+            text.contains("| memprof agent | 1.300 s | 1.30x | – | 0 |"),
+            "{text}"
+        );
+        let budgets = text.split_once(":\n\n").unwrap().1;
+        assert!(
+            budgets.starts_with(
+                "- PASS host storm, memprof: 1.10x (budget ≤ 1.15x)\n\
+                 - OVER host storm, memprof agent: 1.30x (budget ≤ 1.15x)\n"
+            ),
+            "{budgets}"
+        );
+        assert!(
+            budgets.contains(
+                "- PASS memprof peak RSS: 76.8 MB (budget ≤ 100 MB)\n\
+                 - PASS memprof agent peak RSS: 129.0 MB (budget ≤ 150 MB)\n"
+            ),
+            "{budgets}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::{
 use super::{
     more_runs,
     report::{iqr, median, runs},
+    round,
 };
 use crate::find_in_path;
 
@@ -208,8 +209,8 @@ pub(super) fn run(
             let run = run_once(server, &program, memprof, index, traced)
                 .with_context(|| format!("{name} run {}, traced: {traced}", index + 1))?;
             eprintln!(
-                "xtask: bench {name} {}/{runs}: {:<9} {:>10.0} requests/s, p99 {:.3} ms",
-                index + 1,
+                "xtask: bench {name} {}: {:<9} {:>10.0} requests/s, p99 {:.3} ms",
+                round(index, runs),
                 if traced { "memprof" } else { "untraced" },
                 run.rps,
                 run.p99_ms

@@ -22,7 +22,7 @@ use std::{
 };
 
 /// The agent's RSS budget, in bytes (MB as the issue gives it, not MiB).
-const RSS_BUDGET: u64 = 150_000_000;
+pub(super) const RSS_BUDGET: u64 = 150_000_000;
 /// How far the second half's peak may rise over the first half's and still be flat.
 const FLAT_BUDGET: u64 = 5_000_000;
 

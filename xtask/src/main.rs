@@ -21,7 +21,7 @@ Commands:
                component of the eBPF toolchain (nightly; nightly-2026-05-20 when there is
                no nightly), bpf-linker 0.10.4 (cargo install), and the test tools from
                Debian's packages (apt-get): golang-go, tmux, redis-server, redis-tools,
-               nginx, prometheus, openjdk-17-jdk-headless, nodejs and
+               wrk, nginx, prometheus, openjdk-17-jdk-headless, nodejs and
                golang-github-gin-gonic-gin-dev
   test [ARGS]  setup, then `cargo test --workspace ARGS` (every crate but memprof-ebpf,
                which only builds for BPF), the test binaries run as root (through
@@ -34,13 +34,15 @@ Commands:
                _memprof.ps1), made with clap_complete
   man DIR      setup, build memprof (debug), then write its man pages in DIR
                (memprof.1, memprof-run.1, memprof-top.1), made with clap_mangen
-  bench [--quick] [--runs N] [--storm NAME]... [--json PATH]
+  bench [--quick] [--runs N] [--storm NAME]... [--json PATH] [--readme]
                setup, build memprof (release), then measure its overhead: storms of page
                faults, of mmap/munmap, and of malloc/free in C without frame pointers (built
                with gcc) run untraced, under memprof (default and --fault-stacks) and under
-               the installed peers (bpftrace, perf, strace), interleaved; prints the median
-               slowdowns, memprof's events, lost events, CPU, peak RSS and time to tracing,
-               and its budgets (`cargo xtask bench --help`)
+               the installed peers (bpftrace, perf, strace), interleaved; a syscall-bound
+               process beside memprof and beside memprof agent; redis and a gin server
+               under load; prints the median slowdowns, memprof's events, lost events, CPU,
+               peak RSS and time to tracing, and its budgets, and with --readme writes them
+               into README.md (`cargo xtask bench --help`)
   bench --soak MINUTES
                setup, build memprof (release), then run memprof agent for MINUTES against
                process churn and a memory storm: its RSS and CPU over time, and its budget
@@ -224,12 +226,15 @@ fn bpf_linker() -> Result<Option<PathBuf>> {
     Ok(Some(bin))
 }
 
-/// What integration tests run, from Debian's packages: a program on PATH, or a file.
-const TEST_TOOLS: [(&str, &str); 9] = [
+/// What integration tests and the bench run, from Debian's packages: a program on PATH, or a
+/// file.
+const TEST_TOOLS: [(&str, &str); 10] = [
     ("go", "golang-go"),
     ("tmux", "tmux"),
     ("redis-server", "redis-server"),
     ("redis-benchmark", "redis-tools"),
+    // The bench's HTTP load on the gin server.
+    ("wrk", "wrk"),
     // Not on PATH for users without sbin in it.
     ("/usr/sbin/nginx", "nginx"),
     // The agent's test scrapes it with a real Prometheus and checks it with promtool.

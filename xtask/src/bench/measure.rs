@@ -7,6 +7,7 @@ use serde_json::Value;
 use std::{
     fs,
     io::{BufRead, BufReader, Read},
+    net::TcpListener,
     os::unix::process::ExitStatusExt,
     process::{Child, Command, ExitStatus, Stdio},
     sync::mpsc,
@@ -17,6 +18,7 @@ use std::{
 use super::{
     frameless::{self, StackShare},
     report::group,
+    soak::{get, metric_value},
     storm::{Commands, Config, Storm},
 };
 use crate::show;
@@ -58,11 +60,12 @@ impl Run {
 
 pub(super) struct MemprofRun {
     /// Events memprof received for the workload: page faults, RSS updates, memory syscalls,
-    /// forks and execs.
-    pub(super) events: u64,
+    /// forks and execs; None from the agent, which counts none of them.
+    pub(super) events: Option<u64>,
     pub(super) lost_events: u64,
     /// Stacks the kernel could not store, and user stacks it did not copy for unwinding (over
-    /// its budget of copies): both charged to "[stack not captured]".
+    /// its budget of copies): both charged to "[stack not captured]". 0 from the agent, which
+    /// does not export them.
     pub(super) lost_stacks: u64,
     pub(super) stacks_over_budget: u64,
     /// On the frameless storm, the bytes on complete stacks through its round.
@@ -71,7 +74,7 @@ pub(super) struct MemprofRun {
     /// it exits; None when it could not be followed with ptrace.
     pub(super) cpu_ns: Option<u64>,
     pub(super) peak_rss_kib: Option<u64>,
-    /// From spawning memprof until it printed `tracing pid`.
+    /// From spawning memprof until it printed `tracing pid` (the agent: `serving http://`).
     pub(super) to_tracing_ns: u64,
 }
 
@@ -110,7 +113,7 @@ pub(super) fn run_once(
     config: Config,
     index: usize,
 ) -> Result<Run> {
-    if matches!(config, Config::Memprof | Config::MemprofFaultStacks) {
+    if config.is_memprof() {
         return run_memprof(commands, storm, config, index);
     }
     let mut cmd = commands.command(storm, config);
@@ -136,12 +139,19 @@ pub(super) fn run_once(
 /// Runs memprof as a child followed with ptrace (PTRACE_SEIZE, which stops it only when
 /// it exits), to read its own CPU time and peak RSS then: the rusage that wait4 returns
 /// would include the workload, which memprof reaps. On the host storm memprof traces an idle
-/// process of the bench's while the storm runs untraced beside it, then is interrupted.
+/// process of the bench's, or the agent the host, while the storm runs beside it, then is
+/// interrupted.
 fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) -> Result<Run> {
     let json_path = commands.report_json();
     fs::remove_file(&json_path).ok();
     let mut traced = None;
-    let mut cmd = if storm == Storm::Host {
+    let mut agent_port = None;
+    let mut cmd = if config == Config::Agent {
+        // Free now; the agent refuses a busy one before it loads anything.
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        agent_port = Some(port);
+        commands.agent(port)
+    } else if storm == Storm::Host {
         let idle = Command::new("sleep")
             .arg("3600")
             .spawn()
@@ -151,6 +161,11 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
         cmd
     } else {
         commands.command(storm, config)
+    };
+    let ready = if config == Config::Agent {
+        "serving http://"
+    } else {
+        "tracing pid"
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -182,7 +197,7 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
         let mut tracing = None;
         for line in BufReader::new(stderr).lines() {
             let line = line?;
-            if tracing.is_none() && line.contains("tracing pid") {
+            if tracing.is_none() && line.contains(ready) {
                 tracing = Some(start.elapsed());
                 tracing_tx.send(()).ok();
             }
@@ -191,15 +206,14 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
         }
         Ok::<_, std::io::Error>((text, tracing))
     });
-    let beside = traced
-        .as_ref()
-        .map(|_| run_beside(commands, storm, pid, &tracing_rx));
+    let beside =
+        (storm == Storm::Host).then(|| run_beside(commands, storm, pid, &tracing_rx, agent_port));
     let (status, own) = reap(pid, seized)?;
     drop(traced);
     let wall_ns = start.elapsed().as_nanos() as u64;
     let stdout = stdout.join().expect("stdout reader panicked")?;
     let (stderr, to_tracing) = stderr.join().expect("stderr reader panicked")?;
-    let elapsed_ns = match beside {
+    let (elapsed_ns, metrics) = match beside {
         Some(storm_elapsed) => {
             ensure!(
                 status.success(),
@@ -208,9 +222,27 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
             );
             storm_elapsed?
         }
-        None => check_output(&cmd, status, &stdout, &stderr, storm)?,
+        None => (check_output(&cmd, status, &stdout, &stderr, storm)?, None),
     };
-    let to_tracing = to_tracing.context("memprof never printed `tracing pid`")?;
+    let to_tracing = to_tracing.with_context(|| format!("memprof never printed `{ready}`"))?;
+    let own_figures = |events, lost_events, lost_stacks, stacks_over_budget, stack_share| Run {
+        memprof: Some(MemprofRun {
+            events,
+            lost_events,
+            lost_stacks,
+            stacks_over_budget,
+            stack_share,
+            cpu_ns: own.map(|o| o.cpu_ns),
+            peak_rss_kib: own.map(|o| o.peak_rss_kib),
+            to_tracing_ns: to_tracing.as_nanos() as u64,
+        }),
+        ..Run::timed(storm, config, index, elapsed_ns, wall_ns)
+    };
+    if let Some(metrics) = metrics {
+        let lost = metric_value(&metrics, "memprof_lost_events_total")
+            .context("the agent's /metrics has no memprof_lost_events_total")?;
+        return Ok(own_figures(None, lost, 0, 0, None));
+    }
     let report = fs::read_to_string(&json_path)
         .with_context(|| format!("memprof wrote no {}", json_path.display()))?;
     let report: Value = serde_json::from_str(&report)
@@ -231,19 +263,13 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
         .iter()
         .map(|p| events(&p["events"]))
         .sum();
-    Ok(Run {
-        memprof: Some(MemprofRun {
-            events,
-            lost_events,
-            lost_stacks,
-            stacks_over_budget,
-            stack_share,
-            cpu_ns: own.map(|o| o.cpu_ns),
-            peak_rss_kib: own.map(|o| o.peak_rss_kib),
-            to_tracing_ns: to_tracing.as_nanos() as u64,
-        }),
-        ..Run::timed(storm, config, index, elapsed_ns, wall_ns)
-    })
+    Ok(own_figures(
+        Some(events),
+        lost_events,
+        lost_stacks,
+        stacks_over_budget,
+        stack_share,
+    ))
 }
 
 /// A child killed and reaped when dropped.
@@ -257,13 +283,15 @@ impl Drop for Killed {
 }
 
 /// Once memprof (`memprof_pid`) traces, runs `storm` untraced beside it, then interrupts
-/// memprof (which reports and exits); the storm's duration.
+/// memprof (which reports and exits); the storm's duration, and the agent's `/metrics` then
+/// when it is the agent serving on `agent_port`.
 fn run_beside(
     commands: &Commands,
     storm: Storm,
     memprof_pid: libc::pid_t,
     tracing: &mpsc::Receiver<()>,
-) -> Result<u64> {
+    agent_port: Option<u16>,
+) -> Result<(u64, Option<String>)> {
     let traces = tracing.recv_timeout(Duration::from_secs(30));
     let result = traces
         .context("memprof did not start tracing within 30 s")
@@ -275,7 +303,14 @@ fn run_beside(
                 .with_context(|| format!("cannot run {}", show(&cmd)))?;
             let stdout = String::from_utf8_lossy(&out.stdout);
             let stderr = String::from_utf8_lossy(&out.stderr);
-            check_output(&cmd, out.status, &stdout, &stderr, storm)
+            let elapsed = check_output(&cmd, out.status, &stdout, &stderr, storm)?;
+            let metrics = agent_port
+                .map(|port| get(port, "/metrics").context("GET /metrics from the agent"))
+                .transpose()?;
+            Ok((
+                elapsed,
+                metrics.map(|m| String::from_utf8_lossy(&m).into_owned()),
+            ))
         });
     // SAFETY: signalling our own child, which reap() has not waited for yet.
     unsafe { libc::kill(memprof_pid, libc::SIGINT) };
@@ -466,7 +501,7 @@ mod tests {
     #[test]
     fn stack_figures_said_when_there_is_something_to_say() {
         let mut run = MemprofRun {
-            events: 1,
+            events: Some(1),
             lost_events: 0,
             lost_stacks: 0,
             stacks_over_budget: 0,

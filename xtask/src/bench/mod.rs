@@ -6,7 +6,8 @@
 //! of the machine (frequency, host noise, page cache) spread over all configurations alike.
 //! The time compared is the one the workload measures around the storm itself
 //! (CLOCK_MONOTONIC), so that start-up and a tracer's attach time are not in it. The slowdown
-//! is the median over runs of traced_i / untraced_i, each pair from the same run i.
+//! is the median over runs of traced_i / untraced_i, each pair from the same run i. Where
+//! memprof's ratios spread widely, a storm runs further rounds (see [`more_runs`]).
 //!
 //! This file holds the entry point, the options and the run order; `storm` says what runs and
 //! how, `measure` runs one configuration and reads its figures, `report` prints them.
@@ -31,30 +32,35 @@ use std::{
 
 use self::{
     measure::{Run, run_once},
-    report::{Report, machine_line},
+    report::{Report, iqr, machine_line, ratios},
+    server::Server,
     storm::{Commands, Config, Storm, configurations},
 };
-use crate::{run, setup, show, workspace_root};
+use crate::{run, setup, show, stdout, workspace_root};
 
 const USAGE: &str = "\
 Usage: cargo xtask bench [--quick] [--runs N] [--scale F] [--storm NAME]... [--json PATH]
+                         [--readme]
        cargo xtask bench --soak MINUTES
 
 Runs setup, builds memprof (release), then each storm (faults, syscalls, mixed of the
 project's workload; frameless, a C program without frame pointers that the bench builds
 with gcc) untraced, under memprof, under memprof --fault-stacks, and under the peers that
 are installed (bpftrace, perf record, strace, strace -k), N times interleaved; and the host
-storm, a syscall-bound process memprof does not trace, alone and beside memprof tracing
-another process; then redis, Debian's redis-server under redis-benchmark, untraced and
-launched under memprof (throughput and p99 latency ratios). Prints a markdown table per
-storm and memprof's budgets with PASS or OVER.
+storm, a syscall-bound process memprof does not trace, alone, beside memprof tracing
+another process and beside memprof agent; then two servers, untraced and launched under
+memprof (throughput and p99 latency ratios): redis, Debian's redis-server under
+redis-benchmark, and gin, the gin hello world (Go) under wrk. Where the interquartile range
+of memprof's paired ratios is wider than 0.10 after N rounds, further rounds run, up to 3N.
+Prints a markdown table per storm and memprof's budgets with PASS or OVER.
 
   --quick        Scale the storms by 0.25
   --runs N       Runs of each configuration (default 5)
   --scale F      Scale the storms' sizes and round counts by F (default 1, in (0, 4])
-  --storm NAME   Only this storm (repeatable): faults, syscalls, mixed, frameless, host
-                 or redis
+  --storm NAME   Only this storm (repeatable): faults, syscalls, mixed, frameless, host,
+                 redis or gin
   --json PATH    Also write every run's raw figures to PATH
+  --readme       Also write what it prints into README.md, between its bench markers
   --soak MINUTES Instead, run memprof agent for MINUTES against process churn and a
                  memory storm, printing its RSS and CPU over time and its budget
                  (at most 150 MB, flat)
@@ -65,9 +71,11 @@ struct Options {
     scale: f64,
     runs: usize,
     storms: Vec<Storm>,
-    /// The real-server bench (redis).
-    server: bool,
+    /// The real-server benches.
+    servers: Vec<Server>,
     json: Option<PathBuf>,
+    /// Write the figures into README.md.
+    readme: bool,
     /// Minutes of the agent's soak, which runs instead of the storms.
     soak: Option<f64>,
     /// Internal: already set up and built, binaries in this target directory (the re-run
@@ -80,8 +88,9 @@ fn parse(args: &[OsString]) -> Result<Options> {
         scale: 1.0,
         runs: 5,
         storms: Vec::new(),
-        server: false,
+        servers: Vec::new(),
         json: None,
+        readme: false,
         soak: None,
         prebuilt: None,
     };
@@ -110,8 +119,10 @@ fn parse(args: &[OsString]) -> Result<Options> {
             }
             "--storm" => {
                 let v = value()?;
-                if v == "redis" {
-                    options.server = true;
+                if let Some(server) = Server::ALL.into_iter().find(|s| s.name() == v) {
+                    if !options.servers.contains(&server) {
+                        options.servers.push(server);
+                    }
                     continue;
                 }
                 let storm = Storm::ALL
@@ -119,7 +130,8 @@ fn parse(args: &[OsString]) -> Result<Options> {
                     .find(|s| s.name() == v)
                     .with_context(|| {
                         format!(
-                            "--storm {v}: not faults, syscalls, mixed, frameless, host or redis"
+                            "--storm {v}: not faults, syscalls, mixed, frameless, host, redis \
+                             or gin"
                         )
                     })?;
                 if !options.storms.contains(&storm) {
@@ -127,6 +139,7 @@ fn parse(args: &[OsString]) -> Result<Options> {
                 }
             }
             "--json" => options.json = Some(PathBuf::from(value()?)),
+            "--readme" => options.readme = true,
             "--soak" => {
                 let v = value()?;
                 let minutes: f64 = v.parse().with_context(|| format!("--soak {v}"))?;
@@ -146,14 +159,17 @@ fn parse(args: &[OsString]) -> Result<Options> {
     }
     if options.soak.is_some() {
         ensure!(
-            options.storms.is_empty() && !options.server && options.json.is_none(),
-            "--soak runs alone: no --storm or --json with it"
+            options.storms.is_empty()
+                && options.servers.is_empty()
+                && options.json.is_none()
+                && !options.readme,
+            "--soak runs alone: no --storm, --json or --readme with it"
         );
         return Ok(options);
     }
-    if options.storms.is_empty() && !options.server {
+    if options.storms.is_empty() && options.servers.is_empty() {
         options.storms = Storm::ALL.to_vec();
-        options.server = true;
+        options.servers = Server::ALL.to_vec();
     }
     Ok(options)
 }
@@ -193,6 +209,50 @@ pub(crate) fn bench(args: &[OsString]) -> Result<()> {
     Bench::new(options, &target)?.run()
 }
 
+/// Rounds beyond `--runs N` run while memprof's ratios spread, up to this many times N.
+const RUNS_CAP_FACTOR: usize = 3;
+/// The interquartile range of a memprof configuration's paired ratios above which a storm
+/// (or server) runs another round: wider, and the median moves with single runs.
+const IQR_MAX: f64 = 0.10;
+
+/// Whether a storm (or server) that has run `done` rounds of the `runs` asked runs another:
+/// until it has `runs`, then while the paired ratios of any memprof configuration (`ratios`,
+/// one list each) have an interquartile range wider than [`IQR_MAX`], up to
+/// [`RUNS_CAP_FACTOR`] × `runs`.
+fn more_runs(ratios: &[Vec<f64>], done: usize, runs: usize) -> bool {
+    done < runs
+        || (done < runs * RUNS_CAP_FACTOR
+            && ratios.iter().any(|r| iqr(r).is_some_and(|q| q > IQR_MAX)))
+}
+
+/// "2/5" for the progress lines; a round beyond them says why it runs.
+fn round(index: usize, runs: usize) -> String {
+    let extra = if index < runs { "" } else { " (ratios spread)" };
+    format!("{}/{runs}{extra}", index + 1)
+}
+
+/// The README's figures, between these markers, are what `--readme` rewrites.
+const README_START: &str = "<!-- bench:start -->";
+const README_END: &str = "<!-- bench:end -->";
+
+/// `readme` with what lies between its bench markers replaced by `figures`.
+fn splice_readme(readme: &str, figures: &str) -> Result<String> {
+    let (before, rest) = readme
+        .split_once(README_START)
+        .with_context(|| format!("README.md has no `{README_START}`"))?;
+    let (_, after) = rest
+        .split_once(README_END)
+        .with_context(|| format!("README.md has no `{README_END}` after `{README_START}`"))?;
+    ensure!(
+        !after.contains(README_START) && !before.contains(README_END),
+        "README.md has more than one pair of bench markers"
+    );
+    let figures = figures.trim_end();
+    Ok(format!(
+        "{before}{README_START}\n\n{figures}\n\n{README_END}{after}"
+    ))
+}
+
 /// The order of run `index`: every configuration once, rotated by `index`, and reversed when
 /// `index` is odd so that a configuration does not always follow the same one.
 fn run_order(configs: &[Config], index: usize) -> Vec<Config> {
@@ -228,18 +288,9 @@ impl Bench {
     }
 
     fn run(mut self) -> Result<()> {
-        let result = self.run_all();
+        let result = self.run_all().and_then(|()| self.run_servers());
         fs::remove_dir_all(self.commands.dir()).ok();
-        result?;
-        let server_runs = if self.options.server && server::available() {
-            server::run(self.commands.memprof(), self.options.runs)?
-        } else {
-            if self.options.server {
-                self.notes
-                    .push("skipped: redis (redis-server or redis-benchmark not installed)".into());
-            }
-            Vec::new()
-        };
+        let servers = result?;
         let report = Report {
             scale: self.options.scale,
             runs_per_configuration: self.options.runs,
@@ -249,13 +300,28 @@ impl Bench {
             runs: &self.runs,
         };
         let machine = machine_line();
-        if self.options.storms.is_empty() {
-            println!("memprof overhead on a server: {machine}");
+        let mut text = if self.options.storms.is_empty() {
+            let mut text = format!("memprof overhead on a server: {machine}\n");
+            for note in &self.notes {
+                text.push_str(&format!("- {note}\n"));
+            }
+            text
         } else {
-            print!("{}", report.text(&machine));
+            report.text(&machine)
+        };
+        for (server, runs) in &servers {
+            text.push_str(&format!("\n{}", server::text(*server, runs)));
         }
-        if !server_runs.is_empty() {
-            print!("\n{}", server::text(&server_runs));
+        print!("{text}");
+        if self.options.readme {
+            let path = workspace_root().join("README.md");
+            let readme =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let date = stdout(Command::new("date").args(["-u", "+%Y-%m-%d"]))?;
+            let figures = format!("Latest figures ({}):\n\n{text}", date.trim());
+            fs::write(&path, splice_readme(&readme, &figures)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("xtask: wrote the figures into {}", path.display());
         }
         if let Some(path) = &self.options.json {
             let unix_time = SystemTime::now()
@@ -266,6 +332,26 @@ impl Bench {
             eprintln!("xtask: wrote {}", path.display());
         }
         Ok(())
+    }
+
+    /// Each server's runs; a note for each that cannot run here.
+    fn run_servers(&mut self) -> Result<Vec<(Server, Vec<server::ServerRun>)>> {
+        let mut servers = Vec::new();
+        for &server in &self.options.servers {
+            if let Some(note) = server.missing() {
+                eprintln!("xtask: {note}");
+                self.notes.push(note);
+                continue;
+            }
+            let runs = server::run(
+                server,
+                self.commands.memprof(),
+                self.commands.dir(),
+                self.options.runs,
+            )?;
+            servers.push((server, runs));
+        }
+        Ok(servers)
     }
 
     fn run_all(&mut self) -> Result<()> {
@@ -281,15 +367,23 @@ impl Bench {
             // One untraced run first, not counted: it warms the page cache and the allocator.
             run_once(&self.commands, storm, Config::Untraced, 0)
                 .with_context(|| format!("{} storm, warm-up run", storm.name()))?;
-            for index in 0..self.options.runs {
+            let mut index = 0;
+            loop {
+                let spread: Vec<Vec<f64>> = configs
+                    .iter()
+                    .filter(|c| c.is_memprof())
+                    .map(|&c| ratios(&self.runs, storm, c))
+                    .collect();
+                if !more_runs(&spread, index, self.options.runs) {
+                    break;
+                }
                 for config in run_order(&configs, index) {
                     match run_once(&self.commands, storm, config, index) {
                         Ok(run) => {
                             eprintln!(
-                                "xtask: bench {} {}/{}: {:<40} {:>9.3} s{}",
+                                "xtask: bench {} {}: {:<40} {:>9.3} s{}",
                                 storm.name(),
-                                index + 1,
-                                self.options.runs,
+                                round(index, self.options.runs),
                                 config.name(),
                                 run.elapsed_ns as f64 / 1e9,
                                 run.memprof.as_ref().map_or(String::new(), |m| m.stacks())
@@ -320,9 +414,12 @@ impl Bench {
                         }
                     }
                 }
+                index += 1;
             }
         }
-        eprintln!("xtask: bench took {:.0} s", started.elapsed().as_secs_f64());
+        if !self.options.storms.is_empty() {
+            eprintln!("xtask: bench took {:.0} s", started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 }
@@ -345,8 +442,9 @@ mod tests {
                 scale: 1.0,
                 runs: 5,
                 storms: Storm::ALL.to_vec(),
-                server: true,
+                servers: Server::ALL.to_vec(),
                 json: None,
+                readme: false,
                 soak: None,
                 prebuilt: None,
             }
@@ -369,6 +467,7 @@ mod tests {
             "mixed",
             "--json",
             "out.json",
+            "--readme",
         ])
         .unwrap();
         assert_eq!(options.scale, 0.25);
@@ -379,6 +478,8 @@ mod tests {
             [Storm::Mixed, Storm::Frameless, Storm::Faults]
         );
         assert_eq!(options.json, Some(PathBuf::from("out.json")));
+        assert!(options.readme);
+        assert!(options.servers.is_empty());
         // The last of --quick and --scale wins.
         assert_eq!(
             parse_words(&["--quick", "--scale", "4"]).unwrap().scale,
@@ -401,19 +502,73 @@ mod tests {
         assert!(error(&["--scale", "4.5"]).contains("not in (0, 4]"));
         assert!(
             error(&["--storm", "brk"])
-                .contains("not faults, syscalls, mixed, frameless, host or redis")
+                .contains("not faults, syscalls, mixed, frameless, host, redis or gin")
         );
-        // redis alone runs no storm.
-        let redis = parse_words(&["--storm", "redis"]).unwrap();
-        assert!(redis.server && redis.storms.is_empty());
+        // A server alone runs no storm.
+        let gin = parse_words(&["--storm", "gin", "--storm", "redis", "--storm", "gin"]).unwrap();
+        assert!(gin.storms.is_empty());
+        assert_eq!(gin.servers, [Server::Gin, Server::Redis]);
         assert!(error(&["--json"]).starts_with("--json needs a value"));
         assert!(error(&["--fast"]).starts_with("unknown bench argument `--fast`"));
         assert!(error(&["--soak", "0"]).contains("more than 0"));
         assert!(error(&["--soak", "x"]).contains("--soak x"));
         assert!(error(&["--soak", "1", "--storm", "faults"]).contains("--soak runs alone"));
+        assert!(error(&["--soak", "1", "--readme"]).contains("--soak runs alone"));
         let soak = parse_words(&["--soak", "1.5"]).unwrap();
         assert_eq!(soak.soak, Some(1.5));
-        assert!(soak.storms.is_empty() && !soak.server);
+        assert!(soak.storms.is_empty() && soak.servers.is_empty());
+    }
+
+    #[test]
+    fn more_runs_while_the_ratios_spread_up_to_three_times_the_runs() {
+        let steady = || vec![1.10, 1.12, 1.11, 1.13, 1.09];
+        let wide = || vec![1.0, 1.3, 1.1, 1.4, 1.05];
+        // The runs asked for run whatever the spread, and no more when it is narrow.
+        assert!(more_runs(&[], 0, 5));
+        assert!(more_runs(&[steady()], 4, 5));
+        assert!(!more_runs(&[steady()], 5, 5));
+        // Any configuration's wide spread asks for more, up to 3 × 5.
+        assert!(more_runs(&[steady(), wide()], 5, 5));
+        assert!(more_runs(&[wide()], 14, 5));
+        assert!(!more_runs(&[wide()], 15, 5));
+        // The quartiles here are the second and fourth values.
+        assert!(!more_runs(&[vec![1.0, 1.0, 1.05, 1.09, 1.09]], 5, 5));
+        assert!(more_runs(&[vec![1.0, 1.0, 1.05, 1.11, 1.11]], 5, 5));
+        // A single run has no spread.
+        assert!(!more_runs(&[vec![1.5]], 1, 1));
+        assert!(!more_runs(&[vec![]], 1, 1));
+    }
+
+    #[test]
+    fn rounds_beyond_the_runs_asked_say_why() {
+        assert_eq!(round(0, 5), "1/5");
+        assert_eq!(round(5, 5), "6/5 (ratios spread)");
+    }
+
+    #[test]
+    fn readme_figures_spliced_between_the_markers() {
+        let readme = "# memprof\n\n## Overhead\n\nprose\n\n<!-- bench:start -->\n\nold \
+                      figures\n\n<!-- bench:end -->\n\nmore prose\n";
+        let spliced = splice_readme(readme, "new figures\n| a | b |\n").unwrap();
+        assert_eq!(
+            spliced,
+            "# memprof\n\n## Overhead\n\nprose\n\n<!-- bench:start -->\n\nnew figures\n\
+             | a | b |\n\n<!-- bench:end -->\n\nmore prose\n"
+        );
+        // Splicing again gives the same README.
+        assert_eq!(
+            splice_readme(&spliced, "new figures\n| a | b |").unwrap(),
+            spliced
+        );
+        let error = |readme: &str| format!("{:#}", splice_readme(readme, "x").unwrap_err());
+        assert!(error("no markers").contains("no `<!-- bench:start -->`"));
+        assert!(
+            error("<!-- bench:end --> <!-- bench:start -->").contains("no `<!-- bench:end -->`")
+        );
+        assert!(
+            error("<!-- bench:start --><!-- bench:end --><!-- bench:start --><!-- bench:end -->")
+                .contains("more than one pair")
+        );
     }
 
     #[test]

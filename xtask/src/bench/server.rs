@@ -1,82 +1,235 @@
-//! The real-server bench: Debian's redis-server under redis-benchmark, a second process on
-//! loopback, untraced and launched under memprof, interleaved; throughput and p99 latency as
-//! ratios traced / untraced. What memprof costs a server people run, where the storms
-//! measure what it costs a program that does nothing but change its memory.
+//! The real-server benches: Debian's redis-server under redis-benchmark, and the gin hello
+//! world (Go, cgo, built from Debian's gin) under wrk, each load from a second process on
+//! loopback; the server untraced and launched under memprof, interleaved; throughput and p99
+//! latency as ratios traced / untraced. What memprof costs a server people run, where the
+//! storms measure what it costs a program that does nothing but change its memory.
 
 use anyhow::{Context, Result, bail, ensure};
 use std::{
+    env,
+    ffi::OsString,
+    fs,
     io::{BufRead, BufReader},
     net::{TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use super::report::median;
+use super::{
+    more_runs,
+    report::{iqr, median, runs},
+    round,
+};
 use crate::find_in_path;
 
-/// Requests of each kind per run: a few seconds of load here.
+/// redis: requests of each kind per run, a few seconds of load here.
 const REQUESTS: &str = "100000";
-/// Concurrent connections.
+/// redis: concurrent connections.
 const CLIENTS: &str = "50";
-/// SET and GET, and list pushes and ranges, which make redis (jemalloc) ask for memory.
+/// redis: SET and GET, and list pushes and ranges, which make redis (jemalloc) ask for memory.
 const TESTS: &str = "set,get,lpush,lrange_100";
+/// gin: wrk's threads, connections and duration, fixed so that runs compare.
+const WRK_THREADS: &str = "1";
+const WRK_CONNECTIONS: &str = "32";
+const WRK_DURATION: &str = "4s";
+/// gin's hello world, on 127.0.0.1 at the port given as its argument; the same program as
+/// memprof's gin tests build.
+const GIN_HELLO: &str = include_str!("gin_hello.go");
 /// Budget: traced throughput at least this share of untraced.
 pub(super) const THROUGHPUT_MIN: f64 = 0.97;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Server {
+    Redis,
+    Gin,
+}
+
+impl Server {
+    pub(super) const ALL: [Server; 2] = [Server::Redis, Server::Gin];
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Server::Redis => "redis",
+            Server::Gin => "gin",
+        }
+    }
+
+    /// The programs it needs, from Debian (setup installs them).
+    fn programs(self) -> [&'static str; 2] {
+        match self {
+            Server::Redis => ["redis-server", "redis-benchmark"],
+            Server::Gin => ["go", "wrk"],
+        }
+    }
+
+    /// Why it cannot run here, if it cannot.
+    pub(super) fn missing(self) -> Option<String> {
+        let missing: Vec<&str> = self
+            .programs()
+            .into_iter()
+            .filter(|p| find_in_path(p).is_none())
+            .collect();
+        (!missing.is_empty()).then(|| {
+            format!(
+                "skipped: {} ({} not installed)",
+                self.name(),
+                missing.join(" and ")
+            )
+        })
+    }
+
+    fn heading(self) -> String {
+        match self {
+            Server::Redis => format!(
+                "redis-server under redis-benchmark ({REQUESTS} requests × {TESTS}, {CLIENTS} \
+                 clients, loopback)"
+            ),
+            Server::Gin => format!(
+                "gin hello world (Go, cgo) under wrk (-t{WRK_THREADS} -c{WRK_CONNECTIONS} \
+                 -d{WRK_DURATION} GET /, loopback)"
+            ),
+        }
+    }
+
+    /// The server's program, built in `dir` when it must be.
+    fn program(self, dir: &Path) -> Result<PathBuf> {
+        match self {
+            Server::Redis => Ok("redis-server".into()),
+            Server::Gin => {
+                fs::write(dir.join("main.go"), GIN_HELLO)?;
+                // Debian's gin in GOPATH mode: the module proxy is not reachable here.
+                crate::run(
+                    Command::new("go")
+                        .args(["build", "-o", "gin-hello", "main.go"])
+                        .current_dir(dir)
+                        .env("GO111MODULE", "off")
+                        .env("GOPATH", "/usr/share/gocode")
+                        // Kept between benches: the second build takes a second.
+                        .env("GOCACHE", env::temp_dir().join("memprof-bench-gocache"))
+                        .env("CGO_ENABLED", "1"),
+                )
+                .context("building the gin hello world")?;
+                Ok(dir.join("gin-hello"))
+            }
+        }
+    }
+
+    /// The server's command line, listening on `port` of 127.0.0.1.
+    fn argv(self, program: &Path, port: u16) -> Vec<OsString> {
+        let port = port.to_string();
+        let mut argv = vec![program.into(), OsString::from(&port)];
+        if self == Server::Redis {
+            argv.insert(1, "--port".into());
+            argv.extend(
+                ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(OsString::from),
+            );
+        }
+        argv
+    }
+
+    /// The load, against the server on `port`: requests per second and p99 latency (ms).
+    fn load(self, port: u16) -> Result<(f64, f64)> {
+        let port = port.to_string();
+        let mut cmd = match self {
+            Server::Redis => {
+                let mut cmd = Command::new("redis-benchmark");
+                cmd.args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port,
+                    "-n",
+                    REQUESTS,
+                    "-c",
+                    CLIENTS,
+                ])
+                .args(["-t", TESTS, "--csv"]);
+                cmd
+            }
+            Server::Gin => {
+                let mut cmd = Command::new("wrk");
+                cmd.args(["-t", WRK_THREADS, "-c", WRK_CONNECTIONS, "-d", WRK_DURATION])
+                    .arg("--latency")
+                    .arg(format!("http://127.0.0.1:{port}/"));
+                cmd
+            }
+        };
+        let out = cmd
+            .output()
+            .with_context(|| format!("cannot run {}", crate::show(&cmd)))?;
+        ensure!(
+            out.status.success(),
+            "{} failed: {}",
+            crate::show(&cmd),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match self {
+            Server::Redis => parse_csv(&stdout),
+            Server::Gin => parse_wrk(&stdout),
+        }
+    }
+}
 
 /// One run of the load against one server.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct ServerRun {
     pub(super) index: usize,
     pub(super) traced: bool,
-    /// Requests per second, the mean over the benchmark's tests.
+    /// Requests per second (redis: the mean over the benchmark's tests).
     pub(super) rps: f64,
-    /// The highest 99th-percentile latency of the tests, in milliseconds.
+    /// The 99th-percentile latency (redis: the highest of the tests'), in milliseconds.
     pub(super) p99_ms: f64,
 }
 
-/// Whether the server bench can run here (Debian's redis-server and redis-tools).
-pub(super) fn available() -> bool {
-    find_in_path("redis-server").is_some() && find_in_path("redis-benchmark").is_some()
-}
-
-/// `runs` pairs of runs, untraced and under `memprof` (a path), in an order alternating by
-/// run so that neither always goes first.
-pub(super) fn run(memprof: &Path, runs: usize) -> Result<Vec<ServerRun>> {
+/// At least `runs` pairs of runs, untraced and under `memprof` (a path), in an order
+/// alternating by run so that neither always goes first; more while the throughput ratios
+/// spread (see [`more_runs`]). Builds what it must in `dir`.
+pub(super) fn run(
+    server: Server,
+    memprof: &Path,
+    dir: &Path,
+    runs: usize,
+) -> Result<Vec<ServerRun>> {
+    let program = server.program(dir)?;
+    let name = server.name();
     let mut results = Vec::new();
     // Not counted: it warms the page cache and the machine.
-    run_once(memprof, 0, false)?;
-    for index in 0..runs {
+    run_once(server, &program, memprof, 0, false)?;
+    let mut index = 0;
+    while more_runs(&[ratios(&results, |r| r.rps)], index, runs) {
         let order = if index % 2 == 0 {
             [false, true]
         } else {
             [true, false]
         };
         for traced in order {
-            let run = run_once(memprof, index, traced)
-                .with_context(|| format!("redis run {}, traced: {traced}", index + 1))?;
+            let run = run_once(server, &program, memprof, index, traced)
+                .with_context(|| format!("{name} run {}, traced: {traced}", index + 1))?;
             eprintln!(
-                "xtask: bench redis {}/{runs}: {:<9} {:>10.0} requests/s, p99 {:.3} ms",
-                index + 1,
+                "xtask: bench {name} {}: {:<9} {:>10.0} requests/s, p99 {:.3} ms",
+                round(index, runs),
                 if traced { "memprof" } else { "untraced" },
                 run.rps,
                 run.p99_ms
             );
             results.push(run);
         }
+        index += 1;
     }
     Ok(results)
 }
 
-/// A server that is stopped when dropped: redis-server, and memprof when it traces it.
-struct Server {
-    redis: Option<u32>,
+/// A server that is stopped when dropped, and memprof when it traces it.
+struct Running {
+    server: Option<u32>,
     memprof: Option<Child>,
     untraced: Option<Child>,
 }
 
-impl Drop for Server {
+impl Drop for Running {
     fn drop(&mut self) {
         let signal = |pid: u32, signal| {
             // SAFETY: signalling a process this bench started.
@@ -87,14 +240,14 @@ impl Drop for Server {
             signal(memprof.id(), libc::SIGINT);
             let _ = memprof.wait();
         }
-        if let Some(pid) = self.redis {
+        if let Some(pid) = self.server {
             signal(pid, libc::SIGTERM);
         }
         if let Some(untraced) = &mut self.untraced {
             let _ = untraced.wait();
         }
         // Launched by memprof, reaped by it: wait until the server is gone.
-        if let Some(pid) = self.redis {
+        if let Some(pid) = self.server {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
                 thread::sleep(Duration::from_millis(20));
@@ -103,26 +256,19 @@ impl Drop for Server {
     }
 }
 
-fn run_once(memprof: &Path, index: usize, traced: bool) -> Result<ServerRun> {
-    let port = TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port()
-        .to_string();
-    let redis = [
-        "redis-server",
-        "--port",
-        &port,
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ];
-    let _server = if traced {
+fn run_once(
+    server: Server,
+    program: &Path,
+    memprof: &Path,
+    index: usize,
+    traced: bool,
+) -> Result<ServerRun> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let argv = server.argv(program, port);
+    let _running = if traced {
         let mut child = Command::new(memprof)
             .args(["run", "--json", "/dev/null", "--"])
-            .args(redis)
+            .args(&argv)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -139,47 +285,28 @@ fn run_once(memprof: &Path, index: usize, traced: bool) -> Result<ServerRun> {
                     .parse()
                     .ok()
             })
-            .context("memprof did not start tracing redis-server")?;
+            .with_context(|| format!("memprof did not start tracing {}", server.name()))?;
         // Read on, so that memprof never blocks on a full pipe.
         thread::spawn(move || lines.for_each(drop));
-        Server {
-            redis: Some(pid),
+        Running {
+            server: Some(pid),
             memprof: Some(child),
             untraced: None,
         }
     } else {
-        let child = Command::new(redis[0])
-            .args(&redis[1..])
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
             .stdout(Stdio::null())
             .spawn()
-            .context("cannot run redis-server")?;
-        Server {
-            redis: Some(child.id()),
+            .with_context(|| format!("cannot run {}", program.display()))?;
+        Running {
+            server: Some(child.id()),
             memprof: None,
             untraced: Some(child),
         }
     };
-    wait_for_port(&port)?;
-    let out = Command::new("redis-benchmark")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-n",
-            REQUESTS,
-            "-c",
-            CLIENTS,
-        ])
-        .args(["-t", TESTS, "--csv"])
-        .output()
-        .context("cannot run redis-benchmark")?;
-    ensure!(
-        out.status.success(),
-        "redis-benchmark failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (rps, p99_ms) = parse_csv(&String::from_utf8_lossy(&out.stdout))?;
+    wait_for_port(server, port)?;
+    let (rps, p99_ms) = server.load(port)?;
     Ok(ServerRun {
         index,
         traced,
@@ -188,11 +315,14 @@ fn run_once(memprof: &Path, index: usize, traced: bool) -> Result<ServerRun> {
     })
 }
 
-fn wait_for_port(port: &str) -> Result<()> {
+fn wait_for_port(server: Server, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(format!("127.0.0.1:{port}")).is_err() {
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
-            bail!("redis-server did not listen on port {port} within 20 s");
+            bail!(
+                "{} did not listen on port {port} within 20 s",
+                server.name()
+            );
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -233,6 +363,40 @@ fn parse_csv(csv: &str) -> Result<(f64, f64)> {
     Ok((rps / f64::from(tests), p99))
 }
 
+/// wrk's report with --latency: `Requests/sec:` and the `99%` line of its latency
+/// distribution, in wrk's units (us, ms, s). Non-2xx answers are an error: a server that
+/// fails fast would look fast.
+fn parse_wrk(text: &str) -> Result<(f64, f64)> {
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(str::trim)
+            .with_context(|| format!("no `{key}` in wrk's output:\n{text}"))
+    };
+    if let Ok(n) = value("Non-2xx or 3xx responses:") {
+        bail!("the server answered {n} requests with an error");
+    }
+    let rps: f64 = value("Requests/sec:")?
+        .parse()
+        .context("wrk's Requests/sec")?;
+    let p99 = value("99%")?;
+    let split = p99
+        .find(|c: char| c.is_ascii_alphabetic())
+        .with_context(|| format!("no unit in wrk's 99% latency `{p99}`"))?;
+    let (number, unit) = p99.split_at(split);
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("wrk's 99% latency `{p99}`"))?;
+    let ms = match unit {
+        "us" => number / 1e3,
+        "ms" => number,
+        "s" => number * 1e3,
+        "m" => number * 60e3,
+        _ => bail!("wrk's 99% latency `{p99}`: unknown unit"),
+    };
+    Ok((rps, ms))
+}
+
 /// traced_i / untraced_i of `figure` over the runs, paired by run.
 pub(super) fn ratios(runs: &[ServerRun], figure: fn(&ServerRun) -> f64) -> Vec<f64> {
     runs.iter()
@@ -244,8 +408,8 @@ pub(super) fn ratios(runs: &[ServerRun], figure: fn(&ServerRun) -> f64) -> Vec<f
         .collect()
 }
 
-/// The markdown table and the budget line of the server bench.
-pub(super) fn text(runs: &[ServerRun]) -> String {
+/// The markdown table and the budget line of `server`'s bench.
+pub(super) fn text(server: Server, runs: &[ServerRun]) -> String {
     let of = |traced: bool, figure: fn(&ServerRun) -> f64| {
         let values: Vec<f64> = runs
             .iter()
@@ -259,7 +423,11 @@ pub(super) fn text(runs: &[ServerRun]) -> String {
         let (lo, hi) = ratios
             .iter()
             .fold((f64::MAX, f64::MIN), |(lo, hi), &r| (lo.min(r), hi.max(r)));
-        (median, format!("{median:.3}x ({lo:.3}–{hi:.3})"))
+        let iqr = iqr(ratios).unwrap_or(f64::NAN);
+        (
+            median,
+            format!("{median:.3}x ({lo:.3}–{hi:.3}, IQR {iqr:.3})"),
+        )
     };
     let (throughput, throughput_text) = spread(&ratios(runs, |r| r.rps));
     let (_, p99_text) = spread(&ratios(runs, |r| r.p99_ms));
@@ -268,16 +436,19 @@ pub(super) fn text(runs: &[ServerRun]) -> String {
     } else {
         "OVER"
     };
+    let pairs = runs.iter().filter(|r| r.traced).count();
+    let name = server.name();
     format!(
-        "### redis-server under redis-benchmark ({REQUESTS} requests × {TESTS}, {CLIENTS} \
-         clients, loopback)\n\n\
+        "### {}, {}\n\n\
          | configuration | requests/s (median) | p99 latency (median) |\n\
          | --- | ---: | ---: |\n\
          | untraced | {:.0} | {:.3} ms |\n\
          | memprof | {:.0} | {:.3} ms |\n\n\
          throughput traced/untraced {throughput_text}; p99 latency traced/untraced {p99_text}\n\
-         - {verdict} redis throughput under memprof: {throughput:.3}x untraced (budget ≥ \
+         - {verdict} {name} throughput under memprof: {throughput:.3}x untraced (budget ≥ \
          {THROUGHPUT_MIN:.2}x)\n",
+        server.heading(),
+        self::runs(pairs),
         of(false, |r| r.rps),
         of(false, |r| r.p99_ms),
         of(true, |r| r.rps),
@@ -301,6 +472,42 @@ mod tests {
     }
 
     #[test]
+    fn wrk_latency_report_gives_the_rate_and_the_p99() {
+        // A real capture: wrk -t1 -c32 -d2s --latency against the gin hello world.
+        let text = include_str!("testdata/wrk-latency.txt");
+        assert_eq!(parse_wrk(text).unwrap(), (13501.72, 10.40));
+        let us = text.replace("10.40ms", "812.00us");
+        assert_eq!(parse_wrk(&us).unwrap().1, 0.812);
+        let s = text.replace("10.40ms", "1.20s");
+        assert_eq!(parse_wrk(&s).unwrap().1, 1200.0);
+        let errors = format!("{text}  Non-2xx or 3xx responses: 27208\n");
+        let error = format!("{:#}", parse_wrk(&errors).unwrap_err());
+        assert!(
+            error.contains("answered 27208 requests with an error"),
+            "{error}"
+        );
+        let no_latency = text.replace("99%", "98%");
+        assert!(parse_wrk(&no_latency).is_err());
+        assert!(parse_wrk("").is_err());
+    }
+
+    #[test]
+    fn server_command_lines() {
+        let words = |server: Server, program: &str| {
+            let argv = server.argv(Path::new(program), 6379);
+            argv.iter()
+                .map(|w| w.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            words(Server::Redis, "redis-server"),
+            "redis-server --port 6379 --bind 127.0.0.1 --save  --appendonly no"
+        );
+        assert_eq!(words(Server::Gin, "/d/gin-hello"), "/d/gin-hello 6379");
+    }
+
+    #[test]
     fn ratios_pair_runs_by_index() {
         let run = |index, traced, rps| ServerRun {
             index,
@@ -315,6 +522,13 @@ mod tests {
             run(1, false, 100.0),
         ];
         assert_eq!(ratios(&runs, |r| r.rps), [0.98, 0.9]);
-        assert!(text(&runs).contains("OVER redis throughput"));
+        let text = text(Server::Redis, &runs);
+        assert!(
+            text.starts_with("### redis-server under redis-benchmark"),
+            "{text}"
+        );
+        assert!(text.contains("loopback), 2 runs\n"), "{text}");
+        assert!(text.contains("0.940x (0.900–0.980, IQR 0.040)"), "{text}");
+        assert!(text.contains("OVER redis throughput"), "{text}");
     }
 }

@@ -22,7 +22,7 @@ use std::{
 };
 
 /// The agent's RSS budget, in bytes (MB as the issue gives it, not MiB).
-const RSS_BUDGET: u64 = 150_000_000;
+pub(super) const RSS_BUDGET: u64 = 150_000_000;
 /// How far the second half's peak may rise over the first half's and still be flat.
 const FLAT_BUDGET: u64 = 5_000_000;
 
@@ -193,7 +193,7 @@ impl Drop for Agent {
 }
 
 /// A GET over HTTP/1.1: the body of a 200.
-fn get(port: u16, path: &str) -> Result<Vec<u8>> {
+pub(super) fn get(port: u16, path: &str) -> Result<Vec<u8>> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
@@ -212,7 +212,7 @@ fn get(port: u16, path: &str) -> Result<Vec<u8>> {
 }
 
 /// The value of an unlabelled series of a Prometheus exposition.
-fn metric_value(exposition: &str, name: &str) -> Option<u64> {
+pub(super) fn metric_value(exposition: &str, name: &str) -> Option<u64> {
     exposition.lines().find_map(|l| {
         let (series, value) = l.split_once(' ')?;
         (series == name).then(|| value.parse().ok())?

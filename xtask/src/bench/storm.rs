@@ -27,7 +27,8 @@ pub(super) enum Storm {
     Mixed,
     /// malloc/free of mapped blocks in C without frame pointers (not the workload's).
     Frameless,
-    /// A syscall-bound process memprof does not trace, beside memprof tracing another one.
+    /// A syscall-bound process memprof does not trace, beside memprof tracing another one,
+    /// and beside memprof agent tracing the host (where it makes no memory syscall to see).
     Host,
 }
 
@@ -72,7 +73,8 @@ impl Storm {
             ),
             Storm::Host => format!(
                 "{} rounds of a 1-byte read of /dev/zero and write to /dev/null (dd bs=1), \
-                 not traced, alone and beside memprof tracing another (idle) process",
+                 alone, beside memprof tracing another (idle) process, and beside memprof agent \
+                 tracing the host",
                 rounds(1_500_000.0)
             ),
         }
@@ -88,10 +90,12 @@ pub(super) enum Config {
     Perf,
     Strace,
     StraceStacks,
+    /// memprof agent tracing the host, beside the host storm.
+    Agent,
 }
 
 impl Config {
-    const ALL: [Config; 7] = [
+    const ALL: [Config; 8] = [
         Config::Untraced,
         Config::Memprof,
         Config::MemprofFaultStacks,
@@ -99,6 +103,7 @@ impl Config {
         Config::Perf,
         Config::Strace,
         Config::StraceStacks,
+        Config::Agent,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -110,26 +115,36 @@ impl Config {
             Config::Perf => "perf record -e page-faults -c 1 -g",
             Config::Strace => "strace -f -e trace=mmap,munmap,brk",
             Config::StraceStacks => "strace -f -k -e trace=mmap,munmap,brk",
+            Config::Agent => "memprof agent",
         }
     }
 
     /// The peer's program, which must be on PATH.
     pub(super) fn peer(self) -> Option<&'static str> {
         match self {
-            Config::Untraced | Config::Memprof | Config::MemprofFaultStacks => None,
+            Config::Untraced | Config::Memprof | Config::MemprofFaultStacks | Config::Agent => None,
             Config::Bpftrace => Some("bpftrace"),
             Config::Perf => Some("perf"),
             Config::Strace | Config::StraceStacks => Some("strace"),
         }
     }
 
+    /// memprof itself (not a peer, not untraced).
+    pub(super) fn is_memprof(self) -> bool {
+        matches!(
+            self,
+            Config::Memprof | Config::MemprofFaultStacks | Config::Agent
+        )
+    }
+
     /// Whether this configuration runs on `storm` at `scale`: all do, but strace -k, which
     /// runs only on the syscall storm at a small scale, and on the host storm, where only
-    /// memprof's cost to what it does not trace is measured, untraced and memprof.
+    /// memprof's cost to what it does not trace is measured, untraced, memprof and the agent
+    /// (which runs on the host storm only).
     pub(super) fn runs_on(self, storm: Storm, scale: f64) -> bool {
         match (self, storm) {
-            (Config::Untraced | Config::Memprof, Storm::Host) => true,
-            (_, Storm::Host) => false,
+            (Config::Untraced | Config::Memprof | Config::Agent, Storm::Host) => true,
+            (_, Storm::Host) | (Config::Agent, _) => false,
             (Config::StraceStacks, _) => {
                 storm == Storm::Syscalls && scale <= STRACE_STACKS_MAX_SCALE
             }
@@ -143,6 +158,10 @@ impl Config {
 pub(super) fn configurations(storms: &[Storm], scale: f64) -> (Vec<Config>, Vec<String>) {
     let mut configs = Vec::new();
     let mut notes = Vec::new();
+    if storms.is_empty() {
+        // Only servers: no configuration to skip.
+        return (configs, notes);
+    }
     for config in Config::ALL {
         match config.peer() {
             Some(program) if find_in_path(program).is_none() => {
@@ -259,8 +278,19 @@ impl Commands {
         cmd
     }
 
+    /// memprof agent, tracing the host until interrupted, serving on `port` of loopback (the
+    /// default port may be taken).
+    pub(super) fn agent(&self, port: u16) -> Command {
+        let mut cmd = Command::new(&self.memprof);
+        cmd.arg("agent")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"));
+        cmd
+    }
+
     /// The command that runs `storm` under `config` (but memprof on the host storm, which is
-    /// [`Commands::memprof_beside`]); its standard streams are the caller's to set.
+    /// [`Commands::memprof_beside`], and the agent, [`Commands::agent`]); its standard
+    /// streams are the caller's to set.
     pub(super) fn command(&self, storm: Storm, config: Config) -> Command {
         let workload = self.workload_args(storm);
         let mut cmd;
@@ -269,6 +299,7 @@ impl Commands {
                 cmd = Command::new(&workload[0]);
                 cmd.args(&workload[1..]);
             }
+            Config::Agent => unreachable!("the agent runs only beside the host storm"),
             Config::Memprof | Config::MemprofFaultStacks => {
                 cmd = Command::new(&self.memprof);
                 cmd.arg("run").arg("--json").arg(self.report_json());
@@ -354,7 +385,8 @@ mod tests {
                 Storm::Host,
                 1.0,
                 "1,500,000 rounds of a 1-byte read of /dev/zero and write to /dev/null \
-                 (dd bs=1), not traced, alone and beside memprof tracing another (idle) process",
+                 (dd bs=1), alone, beside memprof tracing another (idle) process, and beside \
+                 memprof agent tracing the host",
             ),
         ];
         for (storm, scale, description) in cases {
@@ -379,6 +411,8 @@ mod tests {
         assert!(Config::Memprof.runs_on(Storm::Host, 1.0));
         assert!(!Config::MemprofFaultStacks.runs_on(Storm::Host, 1.0));
         assert!(!Config::Perf.runs_on(Storm::Host, 1.0));
+        assert!(Config::Agent.runs_on(Storm::Host, 1.0));
+        assert!(!Config::Agent.runs_on(Storm::Faults, 1.0));
     }
 
     #[test]
@@ -422,6 +456,10 @@ mod tests {
         assert_eq!(
             crate::show(&commands.memprof_beside(42)),
             "`/t/memprof run --json /d/report.json --pid 42`"
+        );
+        assert_eq!(
+            crate::show(&commands.agent(6060)),
+            "`/t/memprof agent --listen 127.0.0.1:6060`"
         );
         assert_eq!(
             crate::show(&commands.command(Storm::Host, Config::Untraced)),

@@ -299,12 +299,10 @@ pub(crate) fn build_go_program(dir: &Path) -> PathBuf {
 /// Builds the gin hello world (Debian's gin, in GOPATH mode, with cgo) in `dir`: a server
 /// on 127.0.0.1 at the port given as its argument. Returns its path.
 pub(crate) fn build_gin_server(dir: &Path) -> PathBuf {
+    // The bench's server too: one source.
     std::fs::write(
         dir.join("main.go"),
-        "package main\n\nimport (\n\t\"os\"\n\n\t\"github.com/gin-gonic/gin\"\n)\n\n\
-         func main() {\n\tgin.SetMode(gin.ReleaseMode)\n\tr := gin.New()\n\
-         \tr.GET(\"/\", func(c *gin.Context) { c.String(200, \"hello\") })\n\
-         \tr.Run(\"127.0.0.1:\" + os.Args[1])\n}\n",
+        include_str!("../../../xtask/src/bench/gin_hello.go"),
     )
     .unwrap();
     let go = which("go").expect("`cargo xtask setup` installs Debian's golang-go");

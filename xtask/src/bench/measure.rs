@@ -138,9 +138,9 @@ pub(super) fn run_once(
 
 /// Runs memprof as a child followed with ptrace (PTRACE_SEIZE, which stops it only when
 /// it exits), to read its own CPU time and peak RSS then: the rusage that wait4 returns
-/// would include the workload, which memprof reaps. On the host storm memprof traces an idle
-/// process of the bench's, or the agent the host, while the storm runs beside it, then is
-/// interrupted.
+/// would include the workload, which memprof reaps. On the host storm (and for memprof's
+/// hooks alone) memprof traces an idle process of the bench's, or the agent the host, while
+/// the storm runs beside it, then is interrupted.
 fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) -> Result<Run> {
     let json_path = commands.report_json();
     fs::remove_file(&json_path).ok();
@@ -151,7 +151,7 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         agent_port = Some(port);
         commands.agent(port)
-    } else if storm == Storm::Host {
+    } else if storm == Storm::Host || config == Config::Hooks {
         let idle = Command::new("sleep")
             .arg("3600")
             .spawn()
@@ -206,8 +206,8 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
         }
         Ok::<_, std::io::Error>((text, tracing))
     });
-    let beside =
-        (storm == Storm::Host).then(|| run_beside(commands, storm, pid, &tracing_rx, agent_port));
+    let beside = (storm == Storm::Host || config == Config::Hooks)
+        .then(|| run_beside(commands, storm, pid, &tracing_rx, agent_port));
     let (status, own) = reap(pid, seized)?;
     drop(traced);
     let wall_ns = start.elapsed().as_nanos() as u64;

@@ -92,13 +92,18 @@ pub(super) enum Config {
     StraceStacks,
     /// memprof agent tracing the host, beside the host storm.
     Agent,
+    /// The storm not traced, beside memprof tracing an idle process: what memprof's hooks
+    /// alone cost it (the kernel's tracepoint machinery, the programs returning at once),
+    /// the floor under what tracing it costs.
+    Hooks,
 }
 
 impl Config {
-    const ALL: [Config; 8] = [
+    const ALL: [Config; 9] = [
         Config::Untraced,
         Config::Memprof,
         Config::MemprofFaultStacks,
+        Config::Hooks,
         Config::Bpftrace,
         Config::Perf,
         Config::Strace,
@@ -116,13 +121,18 @@ impl Config {
             Config::Strace => "strace -f -e trace=mmap,munmap,brk",
             Config::StraceStacks => "strace -f -k -e trace=mmap,munmap,brk",
             Config::Agent => "memprof agent",
+            Config::Hooks => "memprof's hooks alone (storm not traced)",
         }
     }
 
     /// The peer's program, which must be on PATH.
     pub(super) fn peer(self) -> Option<&'static str> {
         match self {
-            Config::Untraced | Config::Memprof | Config::MemprofFaultStacks | Config::Agent => None,
+            Config::Untraced
+            | Config::Memprof
+            | Config::MemprofFaultStacks
+            | Config::Agent
+            | Config::Hooks => None,
             Config::Bpftrace => Some("bpftrace"),
             Config::Perf => Some("perf"),
             Config::Strace | Config::StraceStacks => Some("strace"),
@@ -133,18 +143,20 @@ impl Config {
     pub(super) fn is_memprof(self) -> bool {
         matches!(
             self,
-            Config::Memprof | Config::MemprofFaultStacks | Config::Agent
+            Config::Memprof | Config::MemprofFaultStacks | Config::Agent | Config::Hooks
         )
     }
 
     /// Whether this configuration runs on `storm` at `scale`: all do, but strace -k, which
     /// runs only on the syscall storm at a small scale, and on the host storm, where only
     /// memprof's cost to what it does not trace is measured, untraced, memprof and the agent
-    /// (which runs on the host storm only).
+    /// (which runs on the host storm only); memprof's hooks alone run beside the fault and
+    /// syscall storms.
     pub(super) fn runs_on(self, storm: Storm, scale: f64) -> bool {
         match (self, storm) {
             (Config::Untraced | Config::Memprof | Config::Agent, Storm::Host) => true,
-            (_, Storm::Host) | (Config::Agent, _) => false,
+            (Config::Hooks, Storm::Faults | Storm::Syscalls) => true,
+            (_, Storm::Host) | (Config::Agent | Config::Hooks, _) => false,
             (Config::StraceStacks, _) => {
                 storm == Storm::Syscalls && scale <= STRACE_STACKS_MAX_SCALE
             }
@@ -299,7 +311,9 @@ impl Commands {
                 cmd = Command::new(&workload[0]);
                 cmd.args(&workload[1..]);
             }
-            Config::Agent => unreachable!("the agent runs only beside the host storm"),
+            Config::Agent | Config::Hooks => {
+                unreachable!("{} runs only beside the storm", config.name())
+            }
             Config::Memprof | Config::MemprofFaultStacks => {
                 cmd = Command::new(&self.memprof);
                 cmd.arg("run").arg("--json").arg(self.report_json());
@@ -413,6 +427,8 @@ mod tests {
         assert!(!Config::Perf.runs_on(Storm::Host, 1.0));
         assert!(Config::Agent.runs_on(Storm::Host, 1.0));
         assert!(!Config::Agent.runs_on(Storm::Faults, 1.0));
+        assert!(Config::Hooks.runs_on(Storm::Syscalls, 1.0));
+        assert!(!Config::Hooks.runs_on(Storm::Host, 1.0));
     }
 
     #[test]

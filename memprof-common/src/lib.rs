@@ -456,5 +456,17 @@ pub mod fields {
     pub const NEWTASK_PID: Field = ("task/task_newtask", "pid", 8);
     pub const NEWTASK_CLONE_FLAGS: Field = ("task/task_newtask", "clone_flags", 32);
     pub const EXIT_GROUP_DEAD: Field = ("sched/sched_process_exit", "group_dead", 32);
-    pub const ALL: [Field; 3] = [NEWTASK_PID, NEWTASK_CLONE_FLAGS, EXIT_GROUP_DEAD];
+    /// Not read: the program is on the raw tracepoint, whose arguments are the mm, write and
+    /// success. Checked as the mark of that layout: older kernels passed a memory cgroup's
+    /// path before `write`.
+    pub const MMAP_LOCK_WRITE: Field = ("mmap_lock/mmap_lock_acquire_returned", "write", 24);
+    pub const MMAP_LOCK_SUCCESS: Field = ("mmap_lock/mmap_lock_acquire_returned", "success", 25);
+
+    pub const ALL: [Field; 5] = [
+        NEWTASK_PID,
+        NEWTASK_CLONE_FLAGS,
+        EXIT_GROUP_DEAD,
+        MMAP_LOCK_WRITE,
+        MMAP_LOCK_SUCCESS,
+    ];
 }

@@ -34,9 +34,12 @@ pub(crate) mod regs {
     pub(crate) const DX: usize = 12;
     pub(crate) const SI: usize = 13;
     pub(crate) const DI: usize = 14;
-    /// The number of the syscall the task is in (-1 outside one).
+    /// The number of the syscall the task is in (-1 outside one; an exception's error code
+    /// in its handler: a page fault's is never the number of a followed syscall).
     pub(crate) const ORIG_AX: usize = 15;
     pub(crate) const IP: usize = 16;
+    /// The user code segment: 0x33 in 64-bit mode.
+    pub(crate) const CS: usize = 17;
     pub(crate) const SP: usize = 19;
     /// Where the syscall ABI passes arguments one to six.
     pub(crate) const ARGS: [usize; SYSCALL_ARGS] = [DI, SI, DX, R10, R8, R9];

@@ -19,6 +19,7 @@ use crate::{
     kernel::{comm, current_ids, field, ok},
     rss::{forget_mm, mm_figures},
     stack::{forget_stack_top, main_stack_top},
+    syscall::take_change_number,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -127,6 +128,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<u32, i64> {
         return Ok(0);
     }
     end_fault_run();
+    take_change_number(tid);
     if field::<u8>(ctx, fields::EXIT_GROUP_DEAD)? == 0 {
         return Ok(0);
     }

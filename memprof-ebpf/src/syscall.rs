@@ -69,21 +69,24 @@ static MP_PENDING_CHANGE: PerCpuArray<PendingChange> = PerCpuArray::with_max_ent
 #[map]
 static MP_PARKED_CHANGE: LruHashMap<u32, u32> = LruHashMap::with_max_entries(16384, 0);
 
-/// How many numbers [`MP_PARKED_CHANGE`] holds (or held, when one was evicted): while none,
-/// a syscall's exit does not look there.
+/// How many numbers [`MP_PARKED_CHANGE`] holds (more when one was evicted or replaced):
+/// while none, a syscall's exit does not look there.
 #[map]
 static MP_PARKED_CHANGES: Array<u64> = Array::with_max_entries(1, 0);
 
-/// On mmap_lock:mmap_lock_acquire_returned (raw: the mm, write, success): a thread of a
+/// On mmap_lock:mmap_lock_acquire_returned (raw: the mm, write, success; the loader checks
+/// the event's layout, which older kernels had a memory cgroup's path in): a thread of a
 /// traced process took its address space's write lock in a followed syscall. Threads racing
 /// on one address space reach their syscalls' exits in any order; the number counted here,
 /// under the lock, is the kernel's order of their changes, which userspace applies them in.
 /// An address space no other task uses (`mm_users` 1: a single-threaded process) has no
-/// race, and its changes go unnumbered, applied as they come. Outside a followed syscall (a
-/// page fault growing the stack, fork copying the address space) nothing is counted: no
-/// event would carry the number, and userspace would wait for it. A raw tracepoint: every
-/// process's lock taken for reading (a page fault's fallback, /proc readers) runs it, and the
-/// formatted event would have the kernel look up the mm's memory cgroup first.
+/// race, and its changes go unnumbered, applied as they come. A syscall is numbered once,
+/// at its first write lock (MADV_COLLAPSE takes one per 2 MiB): its event carries one
+/// number. Outside a followed syscall (fork copying the address space, a user-mode fault
+/// growing the stack) nothing is counted: no event would carry the number, and userspace
+/// would wait for it. A raw tracepoint: every process's lock taken for reading (a page
+/// fault's fallback, /proc readers) runs it, and the formatted event would have the kernel
+/// look up the mm's memory cgroup first.
 #[raw_tracepoint(tracepoint = "mmap_lock_acquire_returned")]
 fn mp_mmap_write_locked(ctx: RawTracePointContext) -> u32 {
     ok(try_mmap_write_locked(&ctx))
@@ -104,7 +107,13 @@ fn try_mmap_write_locked(ctx: &RawTracePointContext) -> Result<u32, i64> {
     if users <= 1 {
         return Ok(0);
     }
-    if creates_memory(PtRegs::current().get(regs::ORIG_AX)).is_none() {
+    let registers = PtRegs::current();
+    // A 32-bit syscall's numbers are others, and its exit fires no syscalls:sys_exit_*.
+    const USER_CS_64: u64 = 0x33;
+    if registers.get(regs::CS) != USER_CS_64
+        || creates_memory(registers.get(regs::ORIG_AX)).is_none()
+        || has_change_number(tid)
+    {
         return Ok(0);
     }
     let Some(number) = count_change(tgid) else {
@@ -134,9 +143,26 @@ pub(crate) fn park_change() {
     });
 }
 
+/// The count of parked numbers, when there are any (see [`MP_PARKED_CHANGES`]).
+fn parked_changes() -> Option<Slot<u64>> {
+    // A plain load (this target has no atomic one): of a whole aligned word, which the atomic
+    // adds never tear.
+    Slot::array(&MP_PARKED_CHANGES, 0).filter(|parked| parked.get() != 0)
+}
+
+/// Whether thread `tid`'s current syscall has its number already.
+fn has_change_number(tid: u32) -> bool {
+    with_scratch(&MP_PENDING_CHANGE, |pending| {
+        pending.tid == tid && pending.number != 0
+    })
+    .unwrap_or(false)
+        || (parked_changes().is_some() && Slot::lru(&MP_PARKED_CHANGE, tid).is_some())
+}
+
 /// Takes the number of the change thread `tid`'s current syscall made: 0 when it made none
-/// (or its process is single-threaded).
-fn take_change_number(tid: u32) -> u32 {
+/// (or its process is single-threaded). Also at a thread's exit, so that no number outlives
+/// the syscall that took it.
+pub(crate) fn take_change_number(tid: u32) -> u32 {
     let here = with_scratch(&MP_PENDING_CHANGE, |pending| {
         if pending.tid != tid {
             return 0;
@@ -148,7 +174,7 @@ fn take_change_number(tid: u32) -> u32 {
     if let Some(number) = here.filter(|&number| number != 0) {
         return number;
     }
-    let Some(parked) = Slot::array(&MP_PARKED_CHANGES, 0).filter(|parked| parked.get() != 0) else {
+    let Some(parked) = parked_changes() else {
         return 0;
     };
     let Some(number) = Slot::lru(&MP_PARKED_CHANGE, tid).map(Slot::get) else {
@@ -181,6 +207,9 @@ impl PtRegs {
 
 fn try_syscall_exit() -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
+    // Taken before anything else: a number never outlives its syscall (its process may have
+    // stopped being traced since).
+    let order = take_change_number(tid);
     if !is_traced(tgid) {
         return Ok(0);
     }
@@ -197,7 +226,6 @@ fn try_syscall_exit() -> Result<u32, i64> {
         }
         return Ok(0);
     };
-    let order = take_change_number(tid);
     let mut event = SyscallEvent {
         header: header(EventKind::Syscall, tgid, tid),
         nr: nr as u32,

@@ -26,8 +26,8 @@ use crate::{btf::Btf, error::Error, procfs};
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Every tracepoint memprof attaches to, with the program that handles it. Programs on the
-/// events every fault fires are BTF tracepoint programs: they get the tracepoint's arguments
-/// without the kernel formatting a record first. The syscalls are followed on their own exit
+/// events every fault fires (and on every mmap lock) are raw tracepoint programs: they get the
+/// tracepoint's arguments without the kernel formatting a record first. The syscalls are followed on their own exit
 /// tracepoints, by one program, so that other syscalls do not run it (see the kernel side's
 /// syscall.rs).
 const ATTACHMENTS: [(&str, &str, &str); 23] = [
@@ -45,6 +45,9 @@ const ATTACHMENTS: [(&str, &str, &str); 23] = [
     ("syscalls", "sys_exit_munlockall", SYSCALL_EXIT),
     ("syscalls", "sys_exit_execve", SYSCALL_EXIT),
     ("syscalls", "sys_exit_execveat", SYSCALL_EXIT),
+    // Before the program that counts changes: a thread switched out between its change and
+    // its syscall's exit must find its number parked.
+    ("sched", "sched_switch", "mp_sched_switch"),
     (
         "mmap_lock",
         "mmap_lock_acquire_returned",
@@ -57,7 +60,6 @@ const ATTACHMENTS: [(&str, &str, &str); 23] = [
     ("task", "task_newtask", "mp_newtask"),
     ("sched", "sched_process_exec", "mp_exec"),
     ("sched", "sched_process_exit", "mp_exit"),
-    ("sched", "sched_switch", "mp_sched_switch"),
 ];
 
 const SYSCALL_EXIT: &str = "mp_syscall_exit";

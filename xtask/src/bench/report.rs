@@ -17,9 +17,9 @@ use crate::workspace_root;
 const LEGEND: &str = "
 time: the storm's own duration as the workload measures it, median over runs. slowdown: \
 median over runs of traced_i / untraced_i, paired by run (in brackets: the lowest and \
-highest of them, and their interquartile range). events: events memprof received \
-(page faults, RSS updates, memory syscalls), median per run (perf: samples). lost: worst \
-run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's \
+highest of them, and their interquartile range). events: what memprof was told of (page \
+faults, each one of a run sent as one event counted, RSS updates, memory syscalls), median \
+per run (perf: samples). lost: worst run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's \
 wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until \
 it prints `tracing pid` (the agent: `serving http://`), median (max).
 ";
@@ -607,7 +607,7 @@ memprof overhead: 2 cores (CPU), Linux 6.18; 3 run(s) of each configuration, up 
 | untraced | 0.710 s | 1.00x | – | – | – | – | – |
 | memprof | 0.870 s | 1.23x (1.22–1.23, IQR 0.00) | 600,113 | 2 | ? | 73.4 MiB | 0.079 s (max 0.081) |
 
-time: the storm's own duration as the workload measures it, median over runs. slowdown: median over runs of traced_i / untraced_i, paired by run (in brackets: the lowest and highest of them, and their interquartile range). events: events memprof received (page faults, RSS updates, memory syscalls), median per run (perf: samples). lost: worst run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until it prints `tracing pid` (the agent: `serving http://`), median (max).
+time: the storm's own duration as the workload measures it, median over runs. slowdown: median over runs of traced_i / untraced_i, paired by run (in brackets: the lowest and highest of them, and their interquartile range). events: what memprof was told of (page faults, each one of a run sent as one event counted, RSS updates, memory syscalls), median per run (perf: samples). lost: worst run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until it prints `tracing pid` (the agent: `serving http://`), median (max).
 
 Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all runs; CPU: memprof's CPU time / its wall time, summed over runs, worst configuration; RSS, time to tracing and complete stacks: worst run) at --scale 0.25:
 

@@ -143,11 +143,12 @@ pub(crate) fn park_change() {
     });
 }
 
-/// The count of parked numbers, when there are any (see [`MP_PARKED_CHANGES`]).
-fn parked_changes() -> Option<Slot<u64>> {
+/// Thread `tid`'s parked number, and the count of parked numbers it is in.
+fn parked_number(tid: u32) -> Option<(Slot<u64>, u32)> {
     // A plain load (this target has no atomic one): of a whole aligned word, which the atomic
     // adds never tear.
-    Slot::array(&MP_PARKED_CHANGES, 0).filter(|parked| parked.get() != 0)
+    let parked = Slot::array(&MP_PARKED_CHANGES, 0).filter(|parked| parked.get() != 0)?;
+    Some((parked, Slot::lru(&MP_PARKED_CHANGE, tid)?.get()))
 }
 
 /// Whether thread `tid`'s current syscall has its number already.
@@ -156,7 +157,7 @@ fn has_change_number(tid: u32) -> bool {
         pending.tid == tid && pending.number != 0
     })
     .unwrap_or(false)
-        || (parked_changes().is_some() && Slot::lru(&MP_PARKED_CHANGE, tid).is_some())
+        || parked_number(tid).is_some()
 }
 
 /// Takes the number of the change thread `tid`'s current syscall made: 0 when it made none
@@ -174,10 +175,7 @@ pub(crate) fn take_change_number(tid: u32) -> u32 {
     if let Some(number) = here.filter(|&number| number != 0) {
         return number;
     }
-    let Some(parked) = parked_changes() else {
-        return 0;
-    };
-    let Some(number) = Slot::lru(&MP_PARKED_CHANGE, tid).map(Slot::get) else {
+    let Some((parked, number)) = parked_number(tid) else {
         return 0;
     };
     if MP_PARKED_CHANGE.remove(tid).is_ok() {

@@ -27,9 +27,9 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Every tracepoint memprof attaches to, with the program that handles it. Programs on the
 /// events every fault fires (and on every mmap lock) are raw tracepoint programs: they get the
-/// tracepoint's arguments without the kernel formatting a record first. The syscalls are followed on their own exit
-/// tracepoints, by one program, so that other syscalls do not run it (see the kernel side's
-/// syscall.rs).
+/// tracepoint's arguments without the kernel formatting a record first. The syscalls are
+/// followed on their own exit tracepoints, by one program, so that other syscalls do not run
+/// it (see the kernel side's syscall.rs).
 const ATTACHMENTS: [(&str, &str, &str); 23] = [
     ("syscalls", "sys_exit_mmap", SYSCALL_EXIT),
     ("syscalls", "sys_exit_brk", SYSCALL_EXIT),

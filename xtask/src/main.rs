@@ -249,14 +249,20 @@ const TEST_TOOLS: [(&str, &str); 10] = [
     ),
 ];
 
+/// Whether `tool` is here: a program on PATH, or a file by its absolute path.
+fn installed(tool: &str) -> bool {
+    if tool.starts_with('/') {
+        Path::new(tool).exists()
+    } else {
+        find_in_path(tool).is_some()
+    }
+}
+
 /// Installs the Debian packages of [`TEST_TOOLS`] that are missing.
 fn test_tools(setup: &Setup) -> Result<()> {
     let missing: Vec<&str> = TEST_TOOLS
         .into_iter()
-        .filter(|(tool, _)| match tool.strip_prefix('/') {
-            Some(_) => !Path::new(tool).exists(),
-            None => find_in_path(tool).is_none(),
-        })
+        .filter(|(tool, _)| !installed(tool))
         .map(|(_, package)| package)
         .collect();
     if missing.is_empty() {

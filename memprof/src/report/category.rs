@@ -570,6 +570,14 @@ mod tests {
             .collect()
     }
 
+    /// Each region's category, in address order.
+    fn category_ids(space: &AddressSpace, stacks: &mut Stacks) -> Vec<&'static str> {
+        categories(space, stacks)
+            .into_iter()
+            .map(|(_, c)| c)
+            .collect()
+    }
+
     /// The sum of every category is the totals, whatever the regions.
     fn assert_adds_up(space: &AddressSpace, stacks: &mut Stacks) {
         let code = ProcessFacts::of(space);
@@ -862,10 +870,7 @@ mod tests {
         );
         let mut stacks = Stacks::default().with(SITE_BEFORE_TRACING, &["[mapped before tracing]"]);
         assert_eq!(
-            categories(&space, &mut stacks)
-                .into_iter()
-                .map(|(_, c)| c)
-                .collect::<Vec<_>>(),
+            category_ids(&space, &mut stacks),
             [
                 "shared_memory",
                 "shared_memory",
@@ -906,10 +911,7 @@ mod tests {
         let space = AddressSpace::from_maps(&parse_maps(&text), None);
         let mut stacks = Stacks::default().with(SITE_BEFORE_TRACING, &["[mapped before tracing]"]);
         assert_eq!(
-            categories(&space, &mut stacks)
-                .into_iter()
-                .map(|(_, c)| c)
-                .collect::<Vec<_>>(),
+            category_ids(&space, &mut stacks),
             [
                 "go_heap",
                 "go_heap",
@@ -954,10 +956,7 @@ mod tests {
         space.mmap(0x7f30_0000_0000, 3 * MIB, RW, PRIVATE_ANON, -1, 0, 4);
         space.mmap(0x7f40_0000_0000, MIB, RW, PRIVATE_ANON, -1, 0, 4);
         assert_eq!(
-            categories(&space, &mut stacks)
-                .into_iter()
-                .map(|(_, c)| c)
-                .collect::<Vec<_>>(),
+            category_ids(&space, &mut stacks),
             ["file", "other", "other", "other", "python_heap"]
         );
         assert_adds_up(&space, &mut stacks);

@@ -19,9 +19,10 @@ time: the storm's own duration as the workload measures it, median over runs. sl
 median over runs of traced_i / untraced_i, paired by run (in brackets: the lowest and \
 highest of them, and their interquartile range). events: what memprof was told of (page \
 faults, each one of a run sent as one event counted, RSS updates, memory syscalls), median \
-per run (perf: samples). lost: worst run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's \
-wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until \
-it prints `tracing pid` (the agent: `serving http://`), median (max).
+per run (perf: samples). lost: worst run. memprof CPU: its own user + system time, median \
+per run (share: CPU time / memprof's wall time, summed over runs). peak RSS: worst run. to \
+tracing: from spawning memprof until it prints `tracing pid` (the agent: `serving \
+http://`), median (max).
 ";
 
 // memprof's budgets.

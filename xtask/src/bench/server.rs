@@ -22,7 +22,7 @@ use super::{
     report::{iqr, median, runs},
     round,
 };
-use crate::find_in_path;
+use crate::installed;
 
 /// redis: requests of each kind per run, a few seconds of load here.
 const REQUESTS: &str = "100000";
@@ -76,10 +76,7 @@ impl Server {
             .needs()
             .iter()
             .copied()
-            .filter(|need| match need.strip_prefix('/') {
-                Some(_) => !Path::new(need).exists(),
-                None => find_in_path(need).is_none(),
-            })
+            .filter(|need| !installed(need))
             .collect();
         (!missing.is_empty()).then(|| {
             format!(

@@ -1,20 +1,23 @@
-//! Page faults of traced processes. A thread's faults on consecutive pages go out as one
-//! event, a run (up to 2 MiB); a sampled fault (`--fault-stacks`) goes out alone with its
-//! stack. sched_switch sends a thread's run when the thread leaves its CPU.
+//! Page faults of traced processes. A thread's faults on consecutive pages with one stack
+//! (none, or a sampled fault's with `--fault-stacks`) go out as one event, a run (up to
+//! 2 MiB); a fault whose stack went out as a copy goes out alone after it. sched_switch sends
+//! a thread's run when the thread leaves its CPU.
 
 use aya_ebpf::{
     macros::{map, raw_tracepoint},
     maps::PerCpuArray,
     programs::RawTracePointContext,
 };
-use memprof_common::{EventKind, FAULT_RUN_PAGES, FaultEvent, NO_STACK, pid_state::TRACED};
+use memprof_common::{
+    EventKind, FAULT_RUN_PAGES, FaultEvent, NO_STACK, RAW_STACK, pid_state::TRACED,
+};
 
 use crate::{
-    arch::{PAGE_SIZE, USER_SPACE_END, regs},
+    arch::{PAGE_SIZE, USER_SPACE_END},
     config::{self, FAULT_STACK_SAMPLE},
     event::{emit, header, lost, send},
     filter::state,
-    kernel::{current_ids, ok, prandom, read_kernel},
+    kernel::{PtRegs, current_ids, ok, prandom},
     slot::with_scratch,
     stack::{UserRegs, user_stack, user_stack_walked_by_kernel, walking},
     syscall::park_change,
@@ -54,21 +57,23 @@ fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i6
     let sample = config::get(&FAULT_STACK_SAMPLE);
     let sampled = sample == 1 || (sample > 1 && prandom().is_multiple_of(sample));
     if !sampled {
-        add_to_fault_run(tgid, tid, address, error_code);
+        add_to_fault_run(tgid, tid, address, error_code, NO_STACK);
         return Ok(0);
     }
     let stack = if user_mode {
-        let regs: *const u64 = ctx.arg(1);
-        let regs = UserRegs {
-            ip: read_kernel(regs.wrapping_add(regs::IP))?,
-            sp: read_kernel(regs.wrapping_add(regs::SP))?,
-            bp: read_kernel(regs.wrapping_add(regs::BP))?,
-        };
-        user_stack(tgid, tid, regs, false)
+        // The task's user registers: the fault's own (its argument) in user mode.
+        user_stack(tgid, tid, UserRegs::of(PtRegs::current()), false)
     } else {
         // The kernel finds the user registers itself.
         user_stack_walked_by_kernel(ctx, tgid, tid)
     };
+    if stack != RAW_STACK {
+        // Named by id: a loop faulting page after page goes out as one event, not one each.
+        add_to_fault_run(tgid, tid, address, error_code, stack);
+        return Ok(0);
+    }
+    // Its copy went out just now, for userspace to take for the next event of the thread
+    // that carries a copied stack: this one, alone.
     end_fault_run();
     emit(FaultEvent {
         header: header(EventKind::Fault, tgid, tid),
@@ -108,13 +113,14 @@ fn send_fault_run(run: &mut FaultEvent) {
 }
 
 /// Adds a fault to this CPU's run when it is on the page after the run's last, by the same
-/// thread with the same error code; otherwise sends the run and starts another.
-fn add_to_fault_run(tgid: u32, tid: u32, address: u64, error_code: u64) {
+/// thread with the same error code and stack; otherwise sends the run and starts another.
+fn add_to_fault_run(tgid: u32, tid: u32, address: u64, error_code: u64, stack: u64) {
     with_scratch(&MP_FAULT_RUN, |run| {
         if run.pages != 0
             && run.pages < FAULT_RUN_PAGES
             && run.header.tid == tid
             && run.error_code == error_code
+            && run.stack == stack
             && address / PAGE_SIZE == run.address / PAGE_SIZE + run.pages
         {
             run.pages += 1;
@@ -125,7 +131,7 @@ fn add_to_fault_run(tgid: u32, tid: u32, address: u64, error_code: u64) {
             header: header(EventKind::Fault, tgid, tid),
             address,
             error_code,
-            stack: NO_STACK,
+            stack,
             pages: 1,
         };
     });

@@ -1,11 +1,12 @@
 //! What the programs ask of the kernel, as safe functions: the helpers that take plain
 //! values and have no preconditions, reads of kernel memory (the helper fails cleanly on a
-//! bad address), a tracepoint's fields, and the current task.
+//! bad address), a tracepoint's fields, and the current task and its user registers.
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         bpf_probe_read_kernel_str_bytes, generated,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     programs::TracePointContext,
 };
@@ -74,4 +75,24 @@ pub(crate) fn comm() -> [u8; 16] {
 /// A program's return value: tracepoint programs' is ignored, errors end them early.
 pub(crate) fn ok(result: Result<u32, i64>) -> u32 {
     result.unwrap_or(0)
+}
+
+/// The current task's user registers (`struct pt_regs`, by word): a syscall's number and
+/// arguments, the user stack of a syscall or of a fault taken in user mode. Plain loads,
+/// where reading them through the fault's argument cost a helper call each.
+#[derive(Clone, Copy)]
+pub(crate) struct PtRegs(*const u64);
+
+impl PtRegs {
+    pub(crate) fn current() -> Self {
+        // SAFETY: the helpers take the current task, which the verifier knows to be valid, and
+        // return its user registers.
+        Self(unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64)
+    }
+
+    pub(crate) fn get(self, index: usize) -> u64 {
+        // SAFETY: a `struct pt_regs *`; the verifier checks each load against its BTF and the
+        // kernel recovers from a bad address.
+        unsafe { *self.0.add(index) }
+    }
 }

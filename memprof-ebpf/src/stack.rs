@@ -24,10 +24,10 @@ use memprof_common::{
 };
 
 use crate::{
-    arch::{PAGE_SIZE, USER_SPACE_END},
+    arch::{PAGE_SIZE, USER_SPACE_END, regs},
     config::{self, LAYOUT, STACK_SLOT_MASK},
     event::{count, header, send, send_waking},
-    kernel::{current_task, jiffies, read_kernel},
+    kernel::{PtRegs, current_task, jiffies, read_kernel},
     slot::{Slot, with_scratch},
 };
 
@@ -89,6 +89,16 @@ pub(crate) struct UserRegs {
     pub(crate) ip: u64,
     pub(crate) sp: u64,
     pub(crate) bp: u64,
+}
+
+impl UserRegs {
+    pub(crate) fn of(registers: PtRegs) -> Self {
+        Self {
+            ip: registers.get(regs::IP),
+            sp: registers.get(regs::SP),
+            bp: registers.get(regs::BP),
+        }
+    }
 }
 
 /// The current thread's user stack: its id when userspace vouched for its frame walk, else

@@ -3,7 +3,6 @@
 //! those that create memory.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, LruHashMap, PerCpuArray},
     programs::{RawTracePointContext, TracePointContext},
@@ -19,7 +18,7 @@ use crate::{
     event::{emit, header},
     fault::end_fault_run,
     filter::{count_change, is_traced, set_state, state},
-    kernel::{current_ids, ok, read_kernel},
+    kernel::{PtRegs, current_ids, ok, read_kernel},
     path::send_file_path,
     slot::{Slot, with_scratch},
     stack::{UserRegs, mapping_end, user_stack},
@@ -184,25 +183,6 @@ pub(crate) fn take_change_number(tid: u32) -> u32 {
     number
 }
 
-/// The current task's user registers (`struct pt_regs`, by word): the syscall's number and
-/// arguments, the caller's stack.
-#[derive(Clone, Copy)]
-struct PtRegs(*const u64);
-
-impl PtRegs {
-    fn current() -> Self {
-        // SAFETY: the helpers take the current task, which the verifier knows to be valid, and
-        // return its user registers.
-        Self(unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64)
-    }
-
-    fn get(self, index: usize) -> u64 {
-        // SAFETY: a `struct pt_regs *`; the verifier checks each load against its BTF and the
-        // kernel recovers from a bad address.
-        unsafe { *self.0.add(index) }
-    }
-}
-
 fn try_syscall_exit() -> Result<u32, i64> {
     let (tgid, tid) = current_ids();
     // Taken before anything else: a number never outlives its syscall (its process may have
@@ -244,13 +224,8 @@ fn try_syscall_exit() -> Result<u32, i64> {
         event.args[SHMAT_LENGTH_ARG] = mapping_end(address).saturating_sub(address);
     }
     if creates && config::get(&USER_STACKS) != 0 {
-        let regs = UserRegs {
-            ip: reg(regs::IP),
-            sp: reg(regs::SP),
-            bp: reg(regs::BP),
-        };
         // The caller's stack is as it was when the syscall wrapper ran `syscall`.
-        event.user_stack = user_stack(tgid, tid, regs, true);
+        event.user_stack = user_stack(tgid, tid, UserRegs::of(registers), true);
     }
     end_fault_run();
     emit(event);

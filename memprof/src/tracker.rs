@@ -106,6 +106,17 @@ fn refresh_command(proc: &impl ProcSource, process: &mut Process) {
     }
 }
 
+/// The raw stack thread `tid` sent last, unwound, for its event whose stack is `stack`: only
+/// an event with [`RAW_STACK`] takes it. Another may come between the copy and its event: the
+/// thread's run of faults with a stack named by id, sent before the event.
+fn take_unwound(unwound: &mut HashMap<u32, Unwound>, tid: u32, stack: u64) -> Option<Unwound> {
+    if stack == RAW_STACK {
+        unwound.remove(&tid)
+    } else {
+        None
+    }
+}
+
 /// The site of a stack captured in `process`: by its id, or (`user` [`RAW_STACK`]) the stack
 /// `unwound` from the raw stack its thread sent before. A stack seen for the first time is
 /// pinned to modules, so the paths of files mapped since the last batch are read first.
@@ -249,7 +260,7 @@ impl<P: ProcSource> Tracker<P> {
                 // created what they change.
                 let creates = [libc::SYS_mmap, libc::SYS_brk, libc::SYS_shmat];
                 let site = if creates.contains(&i64::from(e.nr)) {
-                    let unwound = self.unwound.remove(&header.tid);
+                    let unwound = take_unwound(&mut self.unwound, header.tid, e.user_stack);
                     site_of(&mut self.sites, &self.proc, process, e.user_stack, unwound)
                 } else {
                     SITE_NO_STACK
@@ -266,7 +277,7 @@ impl<P: ProcSource> Tracker<P> {
             }
             Event::Fault(e) => {
                 let stack = (e.stack != NO_STACK).then(|| {
-                    let unwound = self.unwound.remove(&header.tid);
+                    let unwound = take_unwound(&mut self.unwound, header.tid, e.stack);
                     site_of(&mut self.sites, &self.proc, process, e.stack, unwound)
                 });
                 process.apply_fault(&e, stack);
@@ -843,6 +854,33 @@ mod tests {
         assert_eq!(frames(first), [0x5555_0000_0010]);
         assert_eq!(frames(second), [0x5555_0000_0020]);
         assert_eq!(p.space.region_at(base).unwrap().kind, RegionKind::Anonymous);
+    }
+
+    /// The kernel sends a thread's run of faults named by stack id before the thread's next
+    /// event, which may come after that event's stack copy: the copy is still the event's.
+    #[test]
+    fn a_fault_run_between_a_stack_copy_and_its_syscall_leaves_the_copy_to_the_syscall() {
+        let proc = FakeProc::default().with(10, "sh", BASH_MAPS, MIB);
+        let mut tracker = attached(proc, 10);
+        let base = 0x7f00_2000_0000;
+        tracker.apply(stack(10, 7, &[0x5555_0000_0010]));
+        tracker.apply(mmap(10, base, 64 * PAGE_SIZE, 7));
+        tracker.apply(raw_stack(10, 9, false));
+        let Event::Fault(mut run) = faults(10, base, 4) else {
+            unreachable!()
+        };
+        run.stack = 7;
+        tracker.apply(Event::Fault(run));
+        tracker.apply(mmap(10, base + 64 * PAGE_SIZE, 64 * PAGE_SIZE, RAW_STACK));
+        let p = &tracker.processes[&10];
+        let site = |at: u64| p.space.region_at(at).unwrap().site;
+        let first_frame = |at| tracker.sites.get(site(at)).user.first().map(|f| f.address);
+        assert_eq!(
+            first_frame(base + 64 * PAGE_SIZE),
+            Some(0x1000),
+            "the copy's"
+        );
+        assert_eq!(p.site_figures(1)[&site(base)].faults_by_code, 4);
     }
 
     #[test]

@@ -37,8 +37,8 @@ impl FilterArgs {
 #[derive(Debug, Args, Clone)]
 pub(crate) struct ProbeArgs {
     /// Also record the stack of the code that faulted each page in ("made resident by"; the
-    /// agent serves them at /debug/pprof/faults). Costs a stack walk and an event per fault;
-    /// without it a thread's faults on consecutive pages cross to memprof as one event.
+    /// agent serves them at /debug/pprof/faults). Costs a stack walk per fault; a thread's
+    /// faults on consecutive pages with one stack still cross to memprof as one event.
     #[arg(long)]
     fault_stacks: bool,
 

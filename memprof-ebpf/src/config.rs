@@ -23,6 +23,12 @@ pub(crate) static FAULT_STACK_SAMPLE: u32 = 0;
 #[unsafe(no_mangle)]
 pub(crate) static STACK_SLOT_MASK: u32 = 0;
 
+/// `run --empty-programs` (hidden, for the bench): the programs on syscalls, faults, counter
+/// changes, the mmap lock and context switches return at once, so that a run measures what
+/// the kernel's calling them costs. 0 otherwise, and the verifier drops the checks.
+#[unsafe(no_mangle)]
+pub(crate) static EMPTY_PROGRAMS: u32 = 0;
+
 /// From the kernel's BTF.
 #[unsafe(no_mangle)]
 pub(crate) static LAYOUT: KernelLayout = KernelLayout::UNSET;
@@ -37,6 +43,11 @@ pub(crate) static FILTER: Filter = Filter {
     cgroup_id: 0,
     comm: [0; 16],
 };
+
+/// See [`EMPTY_PROGRAMS`].
+pub(crate) fn empty_programs() -> bool {
+    get(&EMPTY_PROGRAMS) != 0
+}
 
 /// The value the loader set: the compiler would otherwise fold in the one written here.
 pub(crate) fn get<T: Copy>(value: &'static T) -> T {

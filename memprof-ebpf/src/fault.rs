@@ -34,6 +34,9 @@ static MP_FAULT_RUN: PerCpuArray<FaultEvent> = PerCpuArray::with_max_entries(1, 
 /// Attached to exceptions:page_fault_user (raw: address, user registers, error code).
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 fn mp_page_fault_user(ctx: RawTracePointContext) -> u32 {
+    if config::empty_programs() {
+        return 0;
+    }
     ok(try_page_fault(&ctx, true))
 }
 
@@ -41,6 +44,9 @@ fn mp_page_fault_user(ctx: RawTracePointContext) -> u32 {
 /// can grow the stack) too. Its registers are the kernel's.
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 fn mp_page_fault_kernel(ctx: RawTracePointContext) -> u32 {
+    if config::empty_programs() {
+        return 0;
+    }
     ok(try_page_fault(&ctx, false))
 }
 
@@ -90,6 +96,9 @@ fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i6
 /// made in a syscall not finished yet is parked until that syscall's exit, wherever it runs.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 fn mp_sched_switch(_ctx: RawTracePointContext) -> u32 {
+    if config::empty_programs() {
+        return 0;
+    }
     end_fault_run();
     park_change();
     0

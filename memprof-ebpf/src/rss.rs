@@ -56,6 +56,9 @@ static MP_MM_OWNER: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0
 /// every change of a resident-page counter: once per fault.
 #[raw_tracepoint(tracepoint = "rss_stat")]
 fn mp_rss_stat(ctx: RawTracePointContext) -> u32 {
+    if config::empty_programs() {
+        return 0;
+    }
     ok(try_rss_stat(&ctx))
 }
 

@@ -33,6 +33,9 @@ use crate::{
 /// verifies it once.
 #[tracepoint]
 fn mp_syscall_exit(_ctx: TracePointContext) -> u32 {
+    if config::empty_programs() {
+        return 0;
+    }
     ok(try_syscall_exit())
 }
 
@@ -88,6 +91,9 @@ static MP_PARKED_CHANGES: Array<u64> = Array::with_max_entries(1, 0);
 /// look up the mm's memory cgroup first.
 #[raw_tracepoint(tracepoint = "mmap_lock_acquire_returned")]
 fn mp_mmap_write_locked(ctx: RawTracePointContext) -> u32 {
+    if config::empty_programs() {
+        return 0;
+    }
     ok(try_mmap_write_locked(&ctx))
 }
 

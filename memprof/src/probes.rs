@@ -221,6 +221,8 @@ pub struct LoadOptions {
     pub user_stacks: bool,
     /// From [`kernel_layout`].
     pub layout: KernelLayout,
+    /// The bench's floor: attach everything, record nothing (`run --empty-programs`).
+    pub empty_programs: bool,
 }
 
 /// The loaded and attached programs and the maps userspace uses.
@@ -271,6 +273,7 @@ impl Probes {
             .override_global("FAULT_STACK_SAMPLE", &options.fault_stack_sample, true)
             .override_global("FILTER", &options.filter, true)
             .override_global("LAYOUT", &options.layout, true)
+            .override_global("EMPTY_PROGRAMS", &u32::from(options.empty_programs), true)
             // The programs' log statements above the `log` crate's level (RUST_LOG) are cut
             // by the verifier: they cost nothing when not shown.
             .override_global(aya_log::LEVEL, &(log::max_level() as u8), false)

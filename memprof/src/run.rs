@@ -79,6 +79,8 @@ pub struct RunOptions {
     pub ring_buffer_bytes: u32,
     /// No report on stdout and no notes on stderr: only the files, and errors.
     pub quiet: bool,
+    /// The bench's floor: the programs attached but returning at once; nothing recorded.
+    pub empty_programs: bool,
 }
 
 /// Why /proc did not show process `pid`: it is gone, or /proc refused.
@@ -169,7 +171,11 @@ pub fn run(mut options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
             .map_or_else(Filter::default, |f| f.kernel(std::process::id())),
         user_stacks: true,
         layout,
+        empty_programs: options.empty_programs,
     })?;
+    if options.empty_programs {
+        note("memprof: --empty-programs: the programs return at once; nothing is recorded");
+    }
     let (runtime, stop) = session::runtime()?;
     let interval = options.interval;
     let tracker = |root, origin| {

@@ -372,6 +372,7 @@ pub fn run(options: AgentOptions) -> anyhow::Result<()> {
         filter: filter.kernel(std::process::id()),
         user_stacks: true,
         layout,
+        empty_programs: false,
     })?;
     let (mut session, runtime, stop, running) = Session::of_host(probes, &filter)?;
     let mut agent = Agent {

@@ -67,6 +67,12 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     probes: args::ProbeArgs,
 
+    /// For `cargo xtask bench`'s floor: attach every program, but have those on syscalls,
+    /// faults, counter changes, the mmap lock and context switches return at once. Records
+    /// nothing.
+    #[arg(long, hide = true)]
+    empty_programs: bool,
+
     /// The command to launch and trace, after `--`.
     #[arg(last = true, value_name = "CMD", required_unless_present_any = ["pid", "all"])]
     command: Vec<String>,
@@ -101,6 +107,7 @@ impl RunArgs {
             stack_cache_slots: self.probes.stack_cache_slots,
             ring_buffer_bytes: self.probes.ring_buffer_size,
             quiet: self.quiet,
+            empty_programs: self.empty_programs,
         }
     }
 }

@@ -265,6 +265,7 @@ pub fn run(args: TopOptions) -> anyhow::Result<()> {
         filter: filter.kernel(std::process::id()),
         user_stacks: false,
         layout,
+        empty_programs: false,
     })?;
     let (mut session, runtime, stop, running) = Session::of_host(probes, &filter)?;
     crate::note!(

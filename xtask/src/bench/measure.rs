@@ -156,7 +156,7 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
             .arg("3600")
             .spawn()
             .context("cannot run sleep")?;
-        let cmd = commands.memprof_beside(idle.id());
+        let cmd = commands.memprof_beside(idle.id(), config);
         traced = Some(Killed(idle));
         cmd
     } else {

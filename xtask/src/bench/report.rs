@@ -215,9 +215,13 @@ impl Report<'_> {
                 continue;
             }
             let slowdown = self.slowdown(storm, config);
+            // The floor under the budget on this machine: no program on these hooks does less.
+            let floor = self
+                .slowdown(storm, Config::Empty)
+                .map_or(String::new(), |f| format!(" (its programs empty: {f:.2}x)"));
             line(
                 format!("{} storm, {}", storm.name(), config.name()),
-                slowdown.map_or("–".into(), |s| format!("{s:.2}x")),
+                slowdown.map_or("–".into(), |s| format!("{s:.2}x{floor}")),
                 format!("≤ {max:.2}x"),
                 slowdown.map(|s| s <= max),
             );
@@ -709,7 +713,7 @@ Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all
     }
 
     /// The host storm beside memprof and the agent: both against the host budget, and the
-    /// agent's RSS against its own.
+    /// agent's RSS against its own, and the floor its programs empty set.
     #[test]
     fn host_budgets() {
         let storm = Storm::Host;
@@ -718,16 +722,24 @@ Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all
         let m = agent.memprof.as_mut().unwrap();
         m.events = None;
         m.peak_rss_kib = Some(126_000);
+        let mut empty = memprof(storm, 0, 1_040, 0, 0, Some(10), 200);
+        empty.config = Config::Empty;
         let runs = [
             untraced(storm, 0, 1_000),
             memprof(storm, 0, 1_100, 0, 0, Some(100), 200),
             agent,
+            empty,
         ];
         let report = Report {
             scale: 1.0,
             runs_per_configuration: 1,
             storms: &[storm],
-            configs: &[Config::Untraced, Config::Memprof, Config::Agent],
+            configs: &[
+                Config::Untraced,
+                Config::Memprof,
+                Config::Agent,
+                Config::Empty,
+            ],
             notes: &[],
             runs: &runs,
         };
@@ -739,8 +751,9 @@ Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all
         let budgets = text.split_once(":\n\n").unwrap().1;
         assert!(
             budgets.starts_with(
-                "- PASS host storm, memprof: 1.10x (budget ≤ 1.15x)\n\
-                 - OVER host storm, memprof agent: 1.30x (budget ≤ 1.15x)\n"
+                "- PASS host storm, memprof: 1.10x (its programs empty: 1.04x) (budget ≤ 1.15x)\n\
+                 - OVER host storm, memprof agent: 1.30x (its programs empty: 1.04x) \
+                 (budget ≤ 1.15x)\n"
             ),
             "{budgets}"
         );

@@ -96,14 +96,19 @@ pub(super) enum Config {
     /// alone cost it (the kernel's tracepoint machinery, the programs returning at once),
     /// the floor under what tracing it costs.
     Hooks,
+    /// memprof with its programs empty (`run --empty-programs`), tracing the storm (beside
+    /// the host storm): what the kernel's calling them costs, the floor under any program on
+    /// those hooks, measured in the same rounds.
+    Empty,
 }
 
 impl Config {
-    const ALL: [Config; 9] = [
+    const ALL: [Config; 10] = [
         Config::Untraced,
         Config::Memprof,
         Config::MemprofFaultStacks,
         Config::Hooks,
+        Config::Empty,
         Config::Bpftrace,
         Config::Perf,
         Config::Strace,
@@ -122,6 +127,7 @@ impl Config {
             Config::StraceStacks => "strace -f -k -e trace=mmap,munmap,brk",
             Config::Agent => "memprof agent",
             Config::Hooks => "memprof's hooks alone (storm not traced)",
+            Config::Empty => "memprof, its programs empty",
         }
     }
 
@@ -132,7 +138,8 @@ impl Config {
             | Config::Memprof
             | Config::MemprofFaultStacks
             | Config::Agent
-            | Config::Hooks => None,
+            | Config::Hooks
+            | Config::Empty => None,
             Config::Bpftrace => Some("bpftrace"),
             Config::Perf => Some("perf"),
             Config::Strace | Config::StraceStacks => Some("strace"),
@@ -143,7 +150,11 @@ impl Config {
     pub(super) fn is_memprof(self) -> bool {
         matches!(
             self,
-            Config::Memprof | Config::MemprofFaultStacks | Config::Agent | Config::Hooks
+            Config::Memprof
+                | Config::MemprofFaultStacks
+                | Config::Agent
+                | Config::Hooks
+                | Config::Empty
         )
     }
 
@@ -151,12 +162,14 @@ impl Config {
     /// runs only on the syscall storm at a small scale, and on the host storm, where only
     /// memprof's cost to what it does not trace is measured, untraced, memprof and the agent
     /// (which runs on the host storm only); memprof's hooks alone run beside the fault and
-    /// syscall storms.
+    /// syscall storms, and memprof with its programs empty on those and the host storm.
     pub(super) fn runs_on(self, storm: Storm, scale: f64) -> bool {
         match (self, storm) {
-            (Config::Untraced | Config::Memprof | Config::Agent, Storm::Host) => true,
-            (Config::Hooks, Storm::Faults | Storm::Syscalls) => true,
-            (_, Storm::Host) | (Config::Agent | Config::Hooks, _) => false,
+            (Config::Untraced | Config::Memprof | Config::Agent | Config::Empty, Storm::Host) => {
+                true
+            }
+            (Config::Hooks | Config::Empty, Storm::Faults | Storm::Syscalls) => true,
+            (_, Storm::Host) | (Config::Agent | Config::Hooks | Config::Empty, _) => false,
             (Config::StraceStacks, _) => {
                 storm == Storm::Syscalls && scale <= STRACE_STACKS_MAX_SCALE
             }
@@ -280,13 +293,21 @@ impl Commands {
     }
 
     /// memprof tracing the process `pid` until interrupted: the host storm runs beside it.
-    pub(super) fn memprof_beside(&self, pid: u32) -> Command {
+    pub(super) fn memprof_beside(&self, pid: u32, config: Config) -> Command {
+        let mut cmd = self.memprof_run(config);
+        cmd.arg("--pid").arg(pid.to_string());
+        cmd
+    }
+
+    /// `memprof run` writing its JSON report, as `config` runs it.
+    fn memprof_run(&self, config: Config) -> Command {
         let mut cmd = Command::new(&self.memprof);
-        cmd.arg("run")
-            .arg("--json")
-            .arg(self.report_json())
-            .arg("--pid")
-            .arg(pid.to_string());
+        cmd.arg("run").arg("--json").arg(self.report_json());
+        match config {
+            Config::MemprofFaultStacks => cmd.arg("--fault-stacks"),
+            Config::Empty => cmd.arg("--empty-programs"),
+            _ => &mut cmd,
+        };
         cmd
     }
 
@@ -314,12 +335,8 @@ impl Commands {
             Config::Agent | Config::Hooks => {
                 unreachable!("{} runs only beside the storm", config.name())
             }
-            Config::Memprof | Config::MemprofFaultStacks => {
-                cmd = Command::new(&self.memprof);
-                cmd.arg("run").arg("--json").arg(self.report_json());
-                if config == Config::MemprofFaultStacks {
-                    cmd.arg("--fault-stacks");
-                }
+            Config::Memprof | Config::MemprofFaultStacks | Config::Empty => {
+                cmd = self.memprof_run(config);
                 cmd.arg("--").args(&workload);
             }
             Config::Bpftrace => {
@@ -429,6 +446,9 @@ mod tests {
         assert!(!Config::Agent.runs_on(Storm::Faults, 1.0));
         assert!(Config::Hooks.runs_on(Storm::Syscalls, 1.0));
         assert!(!Config::Hooks.runs_on(Storm::Host, 1.0));
+        assert!(Config::Empty.runs_on(Storm::Host, 1.0));
+        assert!(Config::Empty.runs_on(Storm::Faults, 1.0));
+        assert!(!Config::Empty.runs_on(Storm::Mixed, 1.0));
     }
 
     #[test]
@@ -470,8 +490,12 @@ mod tests {
             "`/t/memprof run --json /d/report.json -- /d/frameless 25000`"
         );
         assert_eq!(
-            crate::show(&commands.memprof_beside(42)),
+            crate::show(&commands.memprof_beside(42, Config::Memprof)),
             "`/t/memprof run --json /d/report.json --pid 42`"
+        );
+        assert_eq!(
+            crate::show(&commands.memprof_beside(42, Config::Empty)),
+            "`/t/memprof run --json /d/report.json --empty-programs --pid 42`"
         );
         assert_eq!(
             crate::show(&commands.agent(6060)),

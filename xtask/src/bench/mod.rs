@@ -50,9 +50,12 @@ are installed (bpftrace, perf record, strace, strace -k), N times interleaved; a
 storm, a syscall-bound process memprof does not trace, alone, beside memprof tracing
 another process and beside memprof agent; then two servers, untraced and launched under
 memprof (throughput and p99 latency ratios): redis, Debian's redis-server under
-redis-benchmark, and gin, the gin hello world (Go) under wrk. Where the interquartile range
-of memprof's paired ratios is wider than 0.10 after N rounds, further rounds run, up to 3N.
-Prints a markdown table per storm and memprof's budgets with PASS or OVER.
+redis-benchmark, and gin, the gin hello world (Go) under wrk. The floors: the fault and
+syscall storms beside memprof tracing another process (its hooks alone), and these and the
+host storm under memprof with its programs empty (what the kernel's calling them costs).
+Where the interquartile range of memprof's paired ratios is wider than 0.10 after N rounds,
+further rounds run, up to 3N. Prints a markdown table per storm and memprof's budgets with
+PASS or OVER, each ratio's beside its floor.
 
   --quick        Scale the storms by 0.25
   --runs N       Runs of each configuration (default 5)

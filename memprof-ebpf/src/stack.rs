@@ -144,10 +144,16 @@ pub(crate) fn user_stack(tgid: u32, tid: u32, regs: UserRegs, leaf_returns: bool
         return NO_STACK;
     }
     let first = last != id && last != id | STACK_WALK_DENIED;
-    if first && let Some(copied) = copied {
+    let stack = send_raw_stack(tgid, tid, id, regs, leaf_returns, first);
+    // Once the copy is in the ring buffer, before any event that it stands for: a copy lost
+    // would leave the stack's later faults with none until another took the slot.
+    if first
+        && stack == RAW_STACK
+        && let Some(copied) = copied
+    {
         copied.set(id);
     }
-    send_raw_stack(tgid, tid, id, regs, leaf_returns, first)
+    stack
 }
 
 /// Whether this CPU may copy one more stack of `kind` in this tick (see
@@ -371,6 +377,8 @@ fn send_stack(stack: &mut StackEvent, tgid: u32, tid: u32) -> u64 {
 /// Sends a copy of the current thread's stack, from its stack pointer to the top of the
 /// stack, at most [`RAW_STACK_BYTES`], waking userspace when `first`; [`RAW_STACK`], or
 /// [`NO_STACK`] when the ring buffer had no room.
+// Inlined: six arguments, one more than a BPF call passes.
+#[inline(always)]
 fn send_raw_stack(
     tgid: u32,
     tid: u32,

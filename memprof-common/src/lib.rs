@@ -111,10 +111,10 @@ pub struct SyscallEvent {
 plain_data!(SyscallEvent, 96);
 
 /// Page faults of one thread: one, or a run of faults on consecutive pages, each on the page
-/// after the one before, with one error code (the header's time is the first's). The kernel
-/// sends a run when the next fault does not extend it, before any other event of the
-/// thread, when the thread is switched out, and at [`FAULT_RUN_PAGES`]; userspace reads the
-/// runs not sent yet when tracing ends.
+/// after the one before, with one error code and one stack (the header's time is the
+/// first's). The kernel sends a run when the next fault does not extend it, before the
+/// thread's next syscall, fault, fork, exec or exit event, when the thread is switched out,
+/// and at [`FAULT_RUN_PAGES`]; userspace reads the runs not sent yet when tracing ends.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FaultEvent {
@@ -123,8 +123,9 @@ pub struct FaultEvent {
     pub address: u64,
     /// x86 page-fault error code: bit 1 set for a write.
     pub error_code: u64,
-    /// The faulting code's user stack when this fault was sampled (`--fault-stacks`), or
-    /// [`NO_STACK`]. A sampled fault is sent alone.
+    /// The faulting code's user stack when these faults were sampled (`--fault-stacks`), or
+    /// [`NO_STACK`]. A sampled fault whose stack went out as a copy ([`RAW_STACK`]) is sent
+    /// alone, right after its copy.
     pub stack: u64,
     /// How many faults: one on each page from `address`'s on.
     pub pages: u64,

@@ -24,9 +24,12 @@ use crate::{
 };
 
 /// This CPU's run of faults not sent yet (`pages` 0: none), see [`FaultEvent`]. A run
-/// belongs to the thread running on its CPU: it is sent before anything else that thread
-/// sends and when the thread is switched out, so the events of a thread keep their order
-/// though it moves between CPUs. One event per 2 MiB instead of one per fault: sending an
+/// belongs to the thread running on its CPU: it is sent before the thread's next syscall,
+/// fault, fork, exec or exit event and when the thread is switched out, so those events of
+/// a thread keep their order though it moves between CPUs. What is sent before an event it
+/// belongs to (a stack, its copy, a mapped file's path) may go out before the run, and
+/// counter changes (rss_stat) do not end it: userspace takes a stack's copy only for an
+/// event that carries [`RAW_STACK`], never for a run. One event per 2 MiB instead of one per fault: sending an
 /// event costs the faulting thread a helper call, and memprof the time to read it.
 #[map]
 static MP_FAULT_RUN: PerCpuArray<FaultEvent> = PerCpuArray::with_max_entries(1, 0);
@@ -104,8 +107,7 @@ fn mp_sched_switch(_ctx: RawTracePointContext) -> u32 {
     0
 }
 
-/// Sends this CPU's run of faults, if it has one. Called before every other event of a
-/// traced thread and when a thread is switched out.
+/// Sends this CPU's run of faults, if it has one (see [`MP_FAULT_RUN`]).
 pub(crate) fn end_fault_run() {
     with_scratch(&MP_FAULT_RUN, send_fault_run);
 }

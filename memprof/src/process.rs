@@ -402,8 +402,8 @@ impl Process {
         self.update_figures();
     }
 
-    /// Applies a run of page faults (one, when sampled); `stack` is the faulting code's site
-    /// when it was sampled.
+    /// Applies a run of page faults; `stack` is the faulting code's site when they were
+    /// sampled (every fault of a run has its stack).
     pub fn apply_fault(&mut self, event: &FaultEvent, stack: Option<SiteId>) {
         self.events.page_faults += event.pages;
         let before = self.space.reserved();

@@ -174,7 +174,9 @@ pub fn run(mut options: RunOptions) -> anyhow::Result<Option<ExitStatus>> {
         empty_programs: options.empty_programs,
     })?;
     if options.empty_programs {
-        note("memprof: --empty-programs: the programs return at once; nothing is recorded");
+        note(
+            "memprof: --empty-programs: the programs return at once; no memory change is recorded",
+        );
     }
     let (runtime, stop) = session::runtime()?;
     let interval = options.interval;

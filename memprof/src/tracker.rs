@@ -57,8 +57,9 @@ pub struct Tracker<P = Proc> {
     pub stacks_over_budget: u64,
     undecodable: u64,
     unwinding: Unwinding,
-    /// Per thread, its last raw stack, unwound, for the event that follows it.
-    unwound: HashMap<u32, Unwound>,
+    /// Per thread, its process and its last raw stack, unwound, for the thread's next event
+    /// that carries [`RAW_STACK`].
+    unwound: HashMap<u32, (u32, Unwound)>,
     /// Per thread, the path of the file its next mmap maps, and where.
     file_paths: HashMap<u32, (u64, String)>,
     /// What the unwinding found of the kernel's frame walks, for the kernel (see
@@ -106,26 +107,17 @@ fn refresh_command(proc: &impl ProcSource, process: &mut Process) {
     }
 }
 
-/// The raw stack thread `tid` sent last, unwound, for its event whose stack is `stack`: only
-/// an event with [`RAW_STACK`] takes it. Another may come between the copy and its event: the
-/// thread's run of faults with a stack named by id, sent before the event.
-fn take_unwound(unwound: &mut HashMap<u32, Unwound>, tid: u32, stack: u64) -> Option<Unwound> {
-    if stack == RAW_STACK {
-        unwound.remove(&tid)
-    } else {
-        None
-    }
-}
-
-/// The site of a stack captured in `process`: by its id, or (`user` [`RAW_STACK`]) the stack
-/// `unwound` from the raw stack its thread sent before. A stack seen for the first time is
-/// pinned to modules, so the paths of files mapped since the last batch are read first.
+/// The site of a stack captured in thread `tid` of `process`: by its id, or (`user`
+/// [`RAW_STACK`]) the stack unwound from the raw stack the thread sent before, taken from
+/// `unwound`. Only such an event takes it: a run of the thread's faults named by id may come
+/// between the copy and its event. A stack seen for the first time is pinned to modules, so
+/// the paths of files mapped since the last batch are read first.
 fn site_of(
     sites: &mut Sites,
     proc: &impl ProcSource,
     process: &mut Process,
     user: u64,
-    unwound: Option<Unwound>,
+    (unwound, tid): (&mut HashMap<u32, (u32, Unwound)>, u32),
 ) -> SiteId {
     let by_id = user != RAW_STACK;
     if by_id && let Some(&id) = process.site_ids.get(&user) {
@@ -138,7 +130,7 @@ fn site_of(
             .vouched(user)
             .or_else(|| process.copied_stacks.get(&user).cloned())
     } else {
-        unwound
+        unwound.remove(&tid).map(|(_, unwound)| unwound)
     };
     let id = match unwound {
         Some(unwound) => match process.unwound_sites.get(&unwound.frames) {
@@ -260,7 +252,7 @@ impl<P: ProcSource> Tracker<P> {
                 // created what they change.
                 let creates = [libc::SYS_mmap, libc::SYS_brk, libc::SYS_shmat];
                 let site = if creates.contains(&i64::from(e.nr)) {
-                    let unwound = take_unwound(&mut self.unwound, header.tid, e.user_stack);
+                    let unwound = (&mut self.unwound, header.tid);
                     site_of(&mut self.sites, &self.proc, process, e.user_stack, unwound)
                 } else {
                     SITE_NO_STACK
@@ -277,7 +269,7 @@ impl<P: ProcSource> Tracker<P> {
             }
             Event::Fault(e) => {
                 let stack = (e.stack != NO_STACK).then(|| {
-                    let unwound = take_unwound(&mut self.unwound, header.tid, e.stack);
+                    let unwound = (&mut self.unwound, header.tid);
                     site_of(&mut self.sites, &self.proc, process, e.stack, unwound)
                 });
                 process.apply_fault(&e, stack);
@@ -317,8 +309,8 @@ impl<P: ProcSource> Tracker<P> {
         }
     }
 
-    /// Unwinds a raw stack for the event its thread sends next, and vouches for the kernel's
-    /// frame walk of it when the unwinding confirms the walk's frames.
+    /// Unwinds a raw stack for its thread's next event that carries [`RAW_STACK`], and vouches
+    /// for the kernel's frame walk of it when the unwinding confirms the walk's frames.
     fn raw_stack(&mut self, raw: &RawStack) {
         let (pid, tid) = (raw.header.tgid, raw.header.tid);
         let Some(process) = self.processes.get_mut(&pid).filter(|p| !p.exited) else {
@@ -350,7 +342,7 @@ impl<P: ProcSource> Tracker<P> {
                 process.copied_stacks.insert(raw.id, unwound.clone());
             }
         }
-        self.unwound.insert(tid, unwound);
+        self.unwound.insert(tid, (pid, unwound));
     }
 
     /// What the unwinding found of the kernel's frame walks since the last call: a stack
@@ -459,6 +451,8 @@ impl<P: ProcSource> Tracker<P> {
             .collect();
         self.sites.forget(&live, &used);
         self.judged.retain(|_, pid| live.contains(pid));
+        // A copy whose event was lost.
+        self.unwound.retain(|_, (pid, _)| live.contains(pid));
     }
 
     /// Whether tracing ends on its own: the traced process, or the launched command and all

@@ -40,8 +40,10 @@ fn stacks_that_collide_in_the_stack_map_are_sent_whole() {
     charged_to_known_functions("collide", &["--fault-stacks", "--stack-cache-slots", "1"]);
 }
 
-/// Without fault stacks the kernel sends a thread's faults on consecutive pages as one
-/// event: the figures must be the same as when every fault is sent alone.
+/// Without fault stacks: the same figures. The kernel sends a thread's faults on consecutive
+/// pages as one event, with fault stacks when they have one stack too; a sampled fault
+/// whose stack went out as a copy goes alone (`sampled_fault_stacks_estimate_a_million_faults`
+/// sends most alone).
 #[test]
 fn faults_sent_in_runs_are_charged_as_faults_sent_alone() {
     charged_to_known_functions("runs", &[]);

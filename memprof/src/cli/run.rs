@@ -69,7 +69,7 @@ pub(crate) struct RunArgs {
 
     /// For `cargo xtask bench`'s floor: attach every program, but have those on syscalls,
     /// faults, counter changes, the mmap lock and context switches return at once. Records
-    /// nothing.
+    /// no memory change: only processes starting, exec'ing and exiting.
     #[arg(long, hide = true)]
     empty_programs: bool,
 

@@ -51,8 +51,9 @@ storm, a syscall-bound process memprof does not trace, alone, beside memprof tra
 another process and beside memprof agent; then two servers, untraced and launched under
 memprof (throughput and p99 latency ratios): redis, Debian's redis-server under
 redis-benchmark, and gin, the gin hello world (Go) under wrk. The floors: the fault and
-syscall storms beside memprof tracing another process (its hooks alone), and these and the
-host storm under memprof with its programs empty (what the kernel's calling them costs).
+syscall storms beside memprof tracing another process (its hooks alone), and these under
+memprof with its programs empty (what the kernel's calling them costs; the host storm
+beside it).
 Where the interquartile range of memprof's paired ratios is wider than 0.10 after N rounds,
 further rounds run, up to 3N. Prints a markdown table per storm and memprof's budgets with
 PASS or OVER, each ratio's beside its floor.
@@ -299,6 +300,8 @@ impl Bench {
     }
 
     fn run(mut self) -> Result<()> {
+        // Named now, as it was built: the tree may change while the bench runs.
+        let machine = machine_line();
         let result = self.run_all().and_then(|()| self.run_servers());
         fs::remove_dir_all(self.commands.dir()).ok();
         let servers = result?;
@@ -310,7 +313,6 @@ impl Bench {
             notes: &self.notes,
             runs: &self.runs,
         };
-        let machine = machine_line();
         let mut text = if self.options.storms.is_empty() {
             let mut text = format!("memprof overhead on a server: {machine}\n");
             for note in &self.notes {

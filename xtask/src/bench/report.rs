@@ -184,7 +184,8 @@ impl Report<'_> {
 
     fn budgets(&self) -> String {
         let mut out = format!(
-            "Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all \
+            "Budgets (slowdown: median over runs of traced/untraced, paired by run, with the \
+             floor in brackets: the storm under memprof with its programs empty; lost: all \
              runs; CPU: memprof's CPU time / its wall time, summed over runs, worst \
              configuration; RSS, time to tracing and complete stacks: worst run){}:\n\n",
             if self.scale == 1.0 {
@@ -626,7 +627,7 @@ memprof overhead: 2 cores (CPU), Linux 6.18; 3 run(s) of each configuration, up 
 
 time: the storm's own duration as the workload measures it, median over runs. slowdown: median over runs of traced_i / untraced_i, paired by run (in brackets: the lowest and highest of them, and their interquartile range). events: what memprof was told of (page faults, each one of a run sent as one event counted, RSS updates, memory syscalls), median per run (perf: samples). lost: worst run. memprof CPU: its own user + system time, median per run (share: CPU time / memprof's wall time, summed over runs). peak RSS: worst run. to tracing: from spawning memprof until it prints `tracing pid` (the agent: `serving http://`), median (max).
 
-Budgets (slowdown: median over runs of traced/untraced, paired by run; lost: all runs; CPU: memprof's CPU time / its wall time, summed over runs, worst configuration; RSS, time to tracing and complete stacks: worst run) at --scale 0.25:
+Budgets (slowdown: median over runs of traced/untraced, paired by run, with the floor in brackets: the storm under memprof with its programs empty; lost: all runs; CPU: memprof's CPU time / its wall time, summed over runs, worst configuration; RSS, time to tracing and complete stacks: worst run) at --scale 0.25:
 
 - PASS faults storm, memprof: 1.05x (budget ≤ 1.06x)
 - n/a  faults storm, memprof --fault-stacks: – (budget ≤ 1.25x)

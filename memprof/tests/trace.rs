@@ -673,3 +673,117 @@ fn lost_events_are_named_in_every_output() {
         "profile.pb.gz does not say {line}"
     );
 }
+
+/// Resident memory of a traced process that another process, not traced, reclaims
+/// (process_madvise MADV_PAGEOUT: the counters change in the caller's task, as kswapd's
+/// reclaim does in its own) is charged to the traced process: memprof's count follows VmRSS
+/// down. The kernel learns whose an mm is from a change the process makes itself: the
+/// process touches new memory once traced.
+#[test]
+fn resident_memory_reclaimed_by_another_process_is_charged_to_its_owner() {
+    const SIZE: usize = 64 * MIB as usize;
+    // Maps the file privately (writable, so ctypes can take its address), reads a byte of
+    // every page, prints where, and waits; then touches new memory, and waits.
+    const MAPPER: &str = "import ctypes, mmap, sys
+f = open(sys.argv[1], 'rb')
+m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+sum(m[i] for i in range(0, len(m), 4096))
+print(ctypes.addressof(ctypes.c_char.from_buffer(m)), len(m), flush=True)
+sys.stdin.readline()
+touched = bytearray(b'x' * (8 << 20))
+print('touched', flush=True)
+sys.stdin.readline()";
+    let dir = scratch("reclaimed");
+    let path = dir.join("data");
+    fs::write(&path, vec![1u8; SIZE]).unwrap();
+    // Clean pages: dirty ones are written back before they can be reclaimed.
+    fs::File::open(&path).unwrap().sync_all().unwrap();
+    let mut mapper = Command::new("python3")
+        .args(["-c", MAPPER])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = mapper.id();
+    let mut mapper_out = BufReader::new(mapper.stdout.take().unwrap());
+    let mut line = String::new();
+    mapper_out.read_line(&mut line).unwrap();
+    let [address, len] = [0, 1].map(|i| {
+        line.split_whitespace()
+            .nth(i)
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    });
+    assert_eq!(len, SIZE);
+    let json = dir.join("report.json");
+    let mut memprof = memprof()
+        .args(["run", "--json"])
+        .arg(&json)
+        .args(["--pid", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until_tracing(&mut memprof);
+    writeln!(mapper.stdin.as_mut().unwrap()).unwrap();
+    let mut touched = String::new();
+    mapper_out.read_line(&mut touched).unwrap();
+    assert_eq!(touched, "touched\n");
+    let vm_rss = || {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let before = vm_rss();
+    // SAFETY: plain syscalls; the iovec lives across the call.
+    let reclaimed = unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let range = libc::iovec {
+            iov_base: address as *mut libc::c_void,
+            iov_len: len,
+        };
+        let advised = libc::syscall(
+            libc::SYS_process_madvise,
+            pidfd,
+            &raw const range,
+            1,
+            libc::MADV_PAGEOUT,
+            0,
+        );
+        libc::close(pidfd as i32);
+        advised
+    };
+    assert_eq!(reclaimed, len as i64, "{}", std::io::Error::last_os_error());
+    let after = vm_rss();
+    assert!(
+        before - after >= MIB * 32,
+        "the kernel reclaimed only {} bytes of {len} (VmRSS {before} then {after})",
+        before - after
+    );
+    std::thread::sleep(std::time::Duration::from_millis(PAUSE_MS));
+    signal(&memprof, libc::SIGINT);
+    assert!(memprof.wait().unwrap().success());
+    writeln!(mapper.stdin.as_mut().unwrap()).unwrap();
+    mapper.wait().unwrap();
+    let report = read_json(&json);
+    let check = &process(&report, u64::from(pid))["proc_check"];
+    let counted = check["counted_rss_bytes"].as_u64().unwrap();
+    let kernel = check["vm_rss_bytes"].as_u64().unwrap();
+    assert!(
+        resident_close(counted, kernel),
+        "memprof counted {counted} resident bytes, the kernel {kernel} (before the reclaim: \
+         {before})"
+    );
+}

@@ -29,8 +29,9 @@ use crate::{
 /// a thread keep their order though it moves between CPUs. What is sent before an event it
 /// belongs to (a stack, its copy, a mapped file's path) may go out before the run, and
 /// counter changes (rss_stat) do not end it: userspace takes a stack's copy only for an
-/// event that carries [`RAW_STACK`], never for a run. One event per 2 MiB instead of one per fault: sending an
-/// event costs the faulting thread a helper call, and memprof the time to read it.
+/// event that carries [`RAW_STACK`], never for a run. One event per 2 MiB instead of one per
+/// fault: sending an event costs the faulting thread a helper call, and memprof the time to
+/// read it.
 #[map]
 static MP_FAULT_RUN: PerCpuArray<FaultEvent> = PerCpuArray::with_max_entries(1, 0);
 

@@ -8,6 +8,8 @@
 
 use memprof_common::{ANY_UID, Filter, KernelLayout};
 
+use crate::kernel::ok;
+
 /// Record the call stack of mmap and brk (`top` does without).
 #[unsafe(no_mangle)]
 pub(crate) static USER_STACKS: u32 = 1;
@@ -44,9 +46,13 @@ pub(crate) static FILTER: Filter = Filter {
     comm: [0; 16],
 };
 
-/// See [`EMPTY_PROGRAMS`].
-pub(crate) fn empty_programs() -> bool {
-    get(&EMPTY_PROGRAMS) != 0
+/// A hot program's body, unless [`EMPTY_PROGRAMS`] has it return at once.
+#[inline(always)]
+pub(crate) fn unless_empty(body: impl FnOnce() -> Result<u32, i64>) -> u32 {
+    if get(&EMPTY_PROGRAMS) != 0 {
+        return 0;
+    }
+    ok(body())
 }
 
 /// The value the loader set: the compiler would otherwise fold in the one written here.

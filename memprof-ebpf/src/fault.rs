@@ -17,7 +17,7 @@ use crate::{
     config::{self, FAULT_STACK_SAMPLE},
     event::{emit, header, lost, send},
     filter::state,
-    kernel::{PtRegs, current_ids, ok, prandom},
+    kernel::{PtRegs, current_ids, prandom},
     slot::with_scratch,
     stack::{UserRegs, user_stack, user_stack_walked_by_kernel, walking},
     syscall::park_change,
@@ -38,20 +38,14 @@ static MP_FAULT_RUN: PerCpuArray<FaultEvent> = PerCpuArray::with_max_entries(1, 
 /// Attached to exceptions:page_fault_user (raw: address, user registers, error code).
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 fn mp_page_fault_user(ctx: RawTracePointContext) -> u32 {
-    if config::empty_programs() {
-        return 0;
-    }
-    ok(try_page_fault(&ctx, true))
+    config::unless_empty(|| try_page_fault(&ctx, true))
 }
 
 /// Attached to exceptions:page_fault_kernel: a syscall touching user memory faults it in (and
 /// can grow the stack) too. Its registers are the kernel's.
 #[raw_tracepoint(tracepoint = "page_fault_kernel")]
 fn mp_page_fault_kernel(ctx: RawTracePointContext) -> u32 {
-    if config::empty_programs() {
-        return 0;
-    }
-    ok(try_page_fault(&ctx, false))
+    config::unless_empty(|| try_page_fault(&ctx, false))
 }
 
 fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i64> {
@@ -100,12 +94,11 @@ fn try_page_fault(ctx: &RawTracePointContext, user_mode: bool) -> Result<u32, i6
 /// made in a syscall not finished yet is parked until that syscall's exit, wherever it runs.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 fn mp_sched_switch(_ctx: RawTracePointContext) -> u32 {
-    if config::empty_programs() {
-        return 0;
-    }
-    end_fault_run();
-    park_change();
-    0
+    config::unless_empty(|| {
+        end_fault_run();
+        park_change();
+        Ok(0)
+    })
 }
 
 /// Sends this CPU's run of faults, if it has one (see [`MP_FAULT_RUN`]).

@@ -15,7 +15,7 @@ use crate::{
     config::{self, LAYOUT},
     event::{emit, header},
     filter::{is_traced, traced_mm},
-    kernel::{current_ids, current_task, ok, read_kernel},
+    kernel::{current_ids, current_task, read_kernel},
     slot::{Slot, field, with_scratch},
 };
 
@@ -64,10 +64,7 @@ static MP_OWNED_MMS: Array<u64> = Array::with_max_entries(RSS_SLOTS, 0);
 /// every change of a resident-page counter: once per fault.
 #[raw_tracepoint(tracepoint = "rss_stat")]
 fn mp_rss_stat(ctx: RawTracePointContext) -> u32 {
-    if config::empty_programs() {
-        return 0;
-    }
-    ok(try_rss_stat(&ctx))
+    config::unless_empty(|| try_rss_stat(&ctx))
 }
 
 fn try_rss_stat(ctx: &RawTracePointContext) -> Result<u32, i64> {

@@ -18,7 +18,7 @@ use crate::{
     event::{emit, header},
     fault::end_fault_run,
     filter::{count_change, is_traced, set_state, state},
-    kernel::{PtRegs, current_ids, ok, read_kernel},
+    kernel::{PtRegs, current_ids, read_kernel},
     path::send_file_path,
     slot::{Slot, with_scratch},
     stack::{UserRegs, mapping_end, user_stack},
@@ -33,10 +33,7 @@ use crate::{
 /// verifies it once.
 #[tracepoint]
 fn mp_syscall_exit(_ctx: TracePointContext) -> u32 {
-    if config::empty_programs() {
-        return 0;
-    }
-    ok(try_syscall_exit())
+    config::unless_empty(try_syscall_exit)
 }
 
 /// For the memory syscalls followed: whether the call creates memory (mmap, brk, shmat),
@@ -91,10 +88,7 @@ static MP_PARKED_CHANGES: Array<u64> = Array::with_max_entries(1, 0);
 /// look up the mm's memory cgroup first.
 #[raw_tracepoint(tracepoint = "mmap_lock_acquire_returned")]
 fn mp_mmap_write_locked(ctx: RawTracePointContext) -> u32 {
-    if config::empty_programs() {
-        return 0;
-    }
-    ok(try_mmap_write_locked(&ctx))
+    config::unless_empty(|| try_mmap_write_locked(&ctx))
 }
 
 fn try_mmap_write_locked(ctx: &RawTracePointContext) -> Result<u32, i64> {

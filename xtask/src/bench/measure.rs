@@ -146,12 +146,13 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
     fs::remove_file(&json_path).ok();
     let mut traced = None;
     let mut agent_port = None;
+    let beside_storm = storm == Storm::Host || config == Config::Hooks;
     let mut cmd = if config == Config::Agent {
         // Free now; the agent refuses a busy one before it loads anything.
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         agent_port = Some(port);
         commands.agent(port)
-    } else if storm == Storm::Host || config == Config::Hooks {
+    } else if beside_storm {
         let idle = Command::new("sleep")
             .arg("3600")
             .spawn()
@@ -206,8 +207,7 @@ fn run_memprof(commands: &Commands, storm: Storm, config: Config, index: usize) 
         }
         Ok::<_, std::io::Error>((text, tracing))
     });
-    let beside = (storm == Storm::Host || config == Config::Hooks)
-        .then(|| run_beside(commands, storm, pid, &tracing_rx, agent_port));
+    let beside = beside_storm.then(|| run_beside(commands, storm, pid, &tracing_rx, agent_port));
     let (status, own) = reap(pid, seized)?;
     drop(traced);
     let wall_ns = start.elapsed().as_nanos() as u64;
